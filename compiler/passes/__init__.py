@@ -1,0 +1,8 @@
+"""Compiler passes, one per file; importing this package registers them all."""
+
+from spikeshield.compiler.passes import (  # noqa: F401
+    calibrate_thresholds,
+    convert_relu_to_if,
+    fold_batchnorm,
+    fold_scales,
+)

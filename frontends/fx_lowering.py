@@ -1,0 +1,523 @@
+"""Lower a ``torch.fx`` graph (from ``symbolic_trace`` or ``torch.export``'s ``module()``) into the IR.
+
+One converter table covers torch-level targets (``nn.Conv2d`` modules, ``F.relu``, ``operator.add``)
+and ATen-level targets (``aten.conv2d.default``); ``torch.export`` graphs use the latter. Sub-graphs that
+depend only on constants (parameters, buffers, Python numbers) are evaluated eagerly, so expressions such
+as ``1 - alpha`` or ``(x - mean) / std`` lower to a per-channel :class:`Scale`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from spikeshield.compiler.errors import IRValidationError, UnsupportedOpError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Op,
+    Output,
+    ReLU,
+    Scale,
+    Shape,
+    Sum,
+)
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Data:
+    """A value that depends on the network input: the IR node computing it."""
+
+    node: str
+
+
+class _BatchDim:
+    """The (symbolic) batch size, from ``x.size(0)`` or ``x.shape[0]``."""
+
+
+BATCH = _BatchDim()
+
+
+class _Unsupported:
+    """A value downstream of an unsupported op (not reported again)."""
+
+
+UNSUPPORTED = _Unsupported()
+
+MAXPOOL_HINT = (
+    "max pooling has no faithful integrate-and-fire equivalent; replace MaxPool2d with AvgPool2d "
+    "(or a strided convolution) and retrain, as the spikeshield model zoo does"
+)
+
+
+def _is_const(value: Any) -> bool:
+    if isinstance(value, (Data, _BatchDim, _Unsupported)):
+        return False
+    if isinstance(value, (list, tuple)):
+        return all(_is_const(v) for v in value)
+    return True
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    return value.detach().clone().float() if isinstance(value, torch.Tensor) else torch.tensor(
+        float(value)
+    )
+
+
+class FxLowering:
+    """Walks an fx graph once, emitting IR nodes; see :func:`lower_fx`."""
+
+    def __init__(self, gm: fx.GraphModule, input_shape: Shape, name: str) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.graph = Graph(name)
+        self.shapes: dict[str, Shape] = {}
+        self.env: dict[fx.Node, Any] = {}
+        self.problems: list[str] = []
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.current: fx.Node | None = None
+
+    # ---- emitting -------------------------------------------------------------------------
+    def emit(self, op: Op, inputs: list[Data], base: str | None = None) -> Data:
+        name = self.graph.unique_name(_clean(base or self.current.name))
+        in_shape = self.shapes[inputs[0].node] if inputs else ()
+        try:
+            op.validate(in_shape)
+        except IRValidationError as err:
+            raise IRValidationError(f"node {self.current.name!r} ({op.kind}): {err}") from None
+        self.graph.add(name, op, [d.node for d in inputs])
+        self.shapes[name] = tuple(op.infer_shape(in_shape))
+        return Data(name)
+
+    def shape(self, value: Data) -> Shape:
+        return self.shapes[value.node]
+
+    def unsupported(self, what: str, hint: str = "") -> _Unsupported:
+        node = self.current
+        supported = ", ".join(sorted({_target_name(t) for t in CONVERTERS}))
+        msg = f"op {what} at node {node.name!r}"
+        self.problems.append(msg + (f": {hint}" if hint else ""))
+        self._supported = supported
+        return UNSUPPORTED
+
+    # ---- walking --------------------------------------------------------------------------
+    def run(self) -> Graph:
+        live = _live_nodes(self.gm.graph)
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise UnsupportedOpError(
+                f"the model takes {len(placeholders)} inputs; spikeshield compiles models with one "
+                "image or feature tensor input"
+            )
+        for node in self.gm.graph.nodes:
+            if node not in live:
+                continue
+            self.current = node
+            if node.op == "placeholder":
+                self.env[node] = self.emit(Input(self.input_shape), [], base="input")
+            elif node.op == "get_attr":
+                self.env[node] = _fetch_attr(self.gm, node.target)
+            elif node.op == "output":
+                self._output(node)
+            else:
+                self.env[node] = self._call(node)
+        if self.problems:
+            raise UnsupportedOpError(
+                "cannot lower the model: "
+                + "; ".join(self.problems)
+                + f". Supported ops: {self._supported}"
+            )
+        return self.graph.validate()
+
+    def _output(self, node: fx.Node) -> None:
+        result = node.args[0]
+        while isinstance(result, (tuple, list)) and len(result) == 1:
+            result = result[0]
+        value = self.env.get(result) if isinstance(result, fx.Node) else None
+        if isinstance(value, _Unsupported):
+            return
+        if not isinstance(value, Data):
+            raise UnsupportedOpError(
+                "the model must return one tensor of logits computed from its input "
+                f"(got {type(result).__name__})"
+            )
+        self.emit(Output(), [value], base="output")
+
+    def _call(self, node: fx.Node) -> Any:
+        args = fx.node.map_arg(node.args, lambda n: self.env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
+        flat = list(args) + list(kwargs.values())
+        if any(isinstance(a, _Unsupported) for a in _flatten(flat)):
+            self._check_known(node)  # still report unknown ops downstream of an unsupported one
+            return UNSUPPORTED
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if _is_const(flat):
+                return module(*args, **kwargs)
+            converter = _module_converter(module)
+            if converter is None:
+                hint = MAXPOOL_HINT if isinstance(module, nn.MaxPool2d) else ""
+                return self.unsupported(f"{type(module).__name__} (module {node.target!r})", hint)
+            return converter(self, module, *args, **kwargs)
+        if node.op == "call_method":
+            target: Any = node.target
+            if _is_const(flat):
+                return getattr(args[0], target)(*args[1:], **kwargs)
+            converter = METHOD_CONVERTERS.get(target)
+            if converter is None:
+                return self.unsupported(f"Tensor.{target}()")
+            return converter(self, *args, **kwargs)
+        target = node.target
+        if _is_const(flat):
+            return target(*args, **kwargs)
+        converter = CONVERTERS.get(target)
+        if converter is None:
+            hint = MAXPOOL_HINT if "max_pool" in _target_name(target) else ""
+            return self.unsupported(_target_name(target), hint)
+        return converter(self, *args, **kwargs)
+
+
+    def _check_known(self, node: fx.Node) -> None:
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if _module_converter(module) is None:
+                hint = MAXPOOL_HINT if isinstance(module, nn.MaxPool2d) else ""
+                self.unsupported(f"{type(module).__name__} (module {node.target!r})", hint)
+        elif node.op == "call_method":
+            if node.target not in METHOD_CONVERTERS:
+                self.unsupported(f"Tensor.{node.target}()")
+        elif node.target not in CONVERTERS:
+            hint = MAXPOOL_HINT if "max_pool" in _target_name(node.target) else ""
+            self.unsupported(_target_name(node.target), hint)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def _clean(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def _flatten(values: Any) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, type):
+        return target.__name__
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "__name__", None) or str(target)
+    module = getattr(target, "__module__", "") or ""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target.__name__}" if "aten" in str(target) else str(target)
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    if module == "_operator":
+        return f"operator.{name}"
+    return f"torch.{name}" if module.startswith("torch") else name
+
+
+def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    live: set[fx.Node] = set()
+    stack = [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in live:
+            continue
+        live.add(node)
+        stack.extend(node.all_input_nodes)
+    return live
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach() if isinstance(obj, torch.Tensor) else obj
+
+
+def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.Tensor | None:
+    """A constant broadcast against data of batch-less ``shape`` as a ``(1,)`` or ``(C,)`` vector."""
+    t = _tensor(value)
+    if t.numel() == 1:
+        return t.reshape(1)
+    dims = [1] * (len(shape) + 1 - t.dim()) + list(t.shape)
+    if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]):
+        if dims[1] in (1, shape[0]):
+            return t.reshape(-1)
+    lw.unsupported(
+        f"{what} with a constant of shape {tuple(t.shape)}",
+        f"only scalars and per-channel constants broadcast over data of shape {shape} are supported",
+    )
+    return None
+
+
+# ---- converters ---------------------------------------------------------------------------
+def _conv(lw, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if isinstance(padding, str):
+        k = _tensor(weight).shape[2:]
+        if padding == "valid":
+            padding = 0
+        elif padding == "same" and all(n % 2 == 1 for n in k):
+            d = (dilation, dilation) if isinstance(dilation, int) else dilation
+            padding = tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+        else:
+            return lw.unsupported(f"conv2d padding={padding!r}", "use explicit integer padding")
+    op = Conv2d(
+        weight=_tensor(weight),
+        bias=None if bias is None else _tensor(bias),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    return lw.emit(op, [x])
+
+
+def _conv_module(lw, m: nn.Conv2d, x):
+    if m.padding_mode != "zeros":
+        return lw.unsupported(f"Conv2d padding_mode={m.padding_mode!r}", "use zero padding")
+    return _conv(lw, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _linear(lw, x, weight, bias=None):
+    return lw.emit(Linear(weight=_tensor(weight), bias=None if bias is None else _tensor(bias)), [x])
+
+
+def _batchnorm(lw, x, weight, bias, mean, var, training=False, momentum=0.1, eps=1e-5, *_):
+    if training:
+        return lw.unsupported(
+            "batch_norm in training mode", "call model.eval() before tracing or exporting it"
+        )
+    op = BatchNorm(
+        running_mean=_tensor(mean),
+        running_var=_tensor(var),
+        weight=None if weight is None else _tensor(weight),
+        bias=None if bias is None else _tensor(bias),
+        eps=float(eps),
+    )
+    return lw.emit(op, [x])
+
+
+def _batchnorm_module(lw, m: nn.modules.batchnorm._BatchNorm, x):
+    if m.running_mean is None:
+        return lw.unsupported(
+            f"{type(m).__name__} without running statistics", "use track_running_stats=True"
+        )
+    return _batchnorm(lw, x, m.weight, m.bias, m.running_mean, m.running_var, False, 0, m.eps)
+
+
+def _relu(lw, x, *_, **__):
+    return lw.emit(ReLU(), [x])
+
+
+def _identity(lw, x, *_, **__):
+    return x
+
+
+def _avgpool(lw, x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+             divisor_override=None):
+    if ceil_mode or divisor_override is not None:
+        return lw.unsupported(
+            "avg_pool2d with ceil_mode or divisor_override", "use the torch defaults for both"
+        )
+    stride = kernel if stride in (None, [], ()) else stride
+    return lw.emit(AvgPool2d(kernel, stride, padding, bool(count_include_pad)), [x])
+
+
+def _avgpool_module(lw, m: nn.AvgPool2d, x):
+    return _avgpool(lw, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                    m.divisor_override)
+
+
+def _adaptive_avgpool(lw, x, output_size):
+    _, h, w = lw.shape(x)
+    out = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    out = tuple(size if o is None else o for o, size in zip(out, (h, w)))
+    if h % out[0] or w % out[1]:
+        return lw.unsupported(
+            f"adaptive_avg_pool2d from {h}x{w} to {out[0]}x{out[1]}",
+            "the input size must be a multiple of the output size",
+        )
+    kernel = (h // out[0], w // out[1])
+    return lw.emit(AvgPool2d(kernel, kernel, 0, True), [x])
+
+
+def _mean(lw, x, dim=None, keepdim=False, *, dtype=None):
+    shape = lw.shape(x)
+    dims = sorted(d % (len(shape) + 1) for d in ([dim] if isinstance(dim, int) else dim or []))
+    if len(shape) != 3 or dims != [2, 3]:
+        return lw.unsupported(f"mean over dims {dim}", "only global spatial mean (dims 2, 3) is supported")
+    pooled = lw.emit(AvgPool2d(shape[1:], shape[1:], 0, True), [x])
+    return pooled if keepdim else lw.emit(Flatten(), [pooled])
+
+
+def _flatten_fn(lw, x, start_dim=0, end_dim=-1):
+    ndim = len(lw.shape(x)) + 1
+    if start_dim % ndim != 1 or end_dim % ndim != ndim - 1:
+        return lw.unsupported(
+            f"flatten(start_dim={start_dim}, end_dim={end_dim})", "flatten all but the batch dim"
+        )
+    return lw.emit(Flatten(), [x]) if ndim > 2 else x
+
+
+def _flatten_module(lw, m: nn.Flatten, x):
+    return _flatten_fn(lw, x, m.start_dim, m.end_dim)
+
+
+def _reshape(lw, x, *shape):
+    if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+        shape = tuple(shape[0])
+    data_shape = lw.shape(x)
+    rest = list(shape[1:])
+    if rest == list(data_shape):
+        return x
+    if rest in ([-1], [math.prod(data_shape)]):
+        return lw.emit(Flatten(), [x]) if len(data_shape) > 1 else x
+    return lw.unsupported(
+        f"reshape of {data_shape} to {list(shape)}", "only flattening all but the batch dim is supported"
+    )
+
+
+def _size(lw, x, dim=None):
+    if dim == 0:
+        return BATCH
+    return lw.unsupported("Tensor.size() of a non-batch dim", "use fixed sizes in the model")
+
+
+def _getattr(lw, x, name):
+    if name == "shape":
+        return (BATCH, *lw.shape(x))
+    return lw.unsupported(f"getattr(tensor, {name!r})")
+
+
+def _getitem(lw, value, index):
+    if isinstance(value, tuple):
+        return value[index]
+    return lw.unsupported("indexing a tensor", "remove slicing from the forward pass")
+
+
+def _add(lw, a, b, alpha=1):
+    if isinstance(a, Data) and isinstance(b, Data):
+        if alpha != 1:
+            b = _scale(lw, b, alpha)
+        if lw.shape(a) != lw.shape(b):
+            return lw.unsupported(f"add of shapes {lw.shape(a)} and {lw.shape(b)}", "shapes must match")
+        return lw.emit(Sum(), [a, b])
+    x, c = (a, b) if isinstance(a, Data) else (b, a)
+    bias = _per_channel(lw, c, lw.shape(x), "add")
+    if bias is None:
+        return UNSUPPORTED
+    return lw.emit(Scale(scale=torch.ones(1), bias=bias * alpha), [x])
+
+
+def _sub(lw, a, b, alpha=1):
+    if isinstance(b, Data):
+        b = _scale(lw, b, -1.0)
+        return _add(lw, a, b, alpha)
+    return _add(lw, a, -_tensor(b), alpha)
+
+
+def _rsub(lw, a, b, alpha=1):
+    return _sub(lw, b, a, alpha)
+
+
+def _scale(lw, x, c):
+    scale = _per_channel(lw, c, lw.shape(x), "mul")
+    return UNSUPPORTED if scale is None else lw.emit(Scale(scale=scale), [x])
+
+
+def _mul(lw, a, b):
+    if isinstance(a, Data) and isinstance(b, Data):
+        return lw.unsupported("multiplication of two data tensors", "spiking layers cannot multiply activations")
+    x, c = (a, b) if isinstance(a, Data) else (b, a)
+    return _scale(lw, x, c)
+
+
+def _div(lw, a, b, rounding_mode=None):
+    if not isinstance(a, Data) or isinstance(b, Data) or rounding_mode is not None:
+        return lw.unsupported("division by a data tensor", "only division by constants is supported")
+    return _scale(lw, a, 1.0 / _tensor(b))
+
+
+def _bn_legit(lw, x, weight, bias, mean, var, momentum, eps):
+    return (_batchnorm(lw, x, weight, bias, mean, var, False, momentum, eps), None, None)
+
+
+Converter = Callable[..., Any]
+
+CONVERTERS: dict[Any, Converter] = {
+    F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
+    F.conv2d: _conv, aten.conv2d.default: _conv,
+    F.linear: _linear, aten.linear.default: _linear,
+    F.batch_norm: lambda lw, x, mean, var, weight=None, bias=None, training=False, momentum=0.1,
+    eps=1e-5: _batchnorm(lw, x, weight, bias, mean, var, training, momentum, eps),
+    aten.batch_norm.default: _batchnorm,
+    aten._native_batch_norm_legit_no_training.default: _bn_legit,
+    F.avg_pool2d: _avgpool, aten.avg_pool2d.default: _avgpool,
+    F.adaptive_avg_pool2d: _adaptive_avgpool, aten.adaptive_avg_pool2d.default: _adaptive_avgpool,
+    aten._adaptive_avg_pool2d.default: _adaptive_avgpool,
+    torch.mean: _mean, aten.mean.dim: _mean,
+    torch.flatten: _flatten_fn, aten.flatten.using_ints: _flatten_fn,
+    aten.view.default: _reshape, aten.reshape.default: _reshape, aten._unsafe_view.default: _reshape,
+    torch.reshape: _reshape,
+    operator.add: _add, torch.add: _add, aten.add.Tensor: _add,
+    operator.sub: _sub, torch.sub: _sub, aten.sub.Tensor: _sub, aten.rsub.Scalar: _rsub,
+    operator.mul: _mul, torch.mul: _mul, aten.mul.Tensor: _mul,
+    operator.truediv: _div, torch.div: _div, aten.div.Tensor: _div,
+    operator.getitem: _getitem, getattr: _getattr,
+    F.dropout: _identity, aten.dropout.default: _identity, aten.clone.default: _identity,
+    aten.alias.default: _identity, aten.detach.default: _identity,
+    aten.contiguous.default: _identity,
+}
+
+METHOD_CONVERTERS: dict[str, Converter] = {
+    "relu": _relu, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
+    "size": _size, "mean": _mean, "contiguous": _identity, "clone": _identity,
+}
+
+MODULE_CONVERTERS: dict[type, Converter] = {
+    nn.Conv2d: _conv_module,
+    nn.Linear: lambda lw, m, x: _linear(lw, x, m.weight, m.bias),
+    nn.BatchNorm1d: _batchnorm_module,
+    nn.BatchNorm2d: _batchnorm_module,
+    nn.ReLU: lambda lw, m, x: _relu(lw, x),
+    nn.AvgPool2d: _avgpool_module,
+    nn.AdaptiveAvgPool2d: lambda lw, m, x: _adaptive_avgpool(lw, x, m.output_size),
+    nn.Flatten: _flatten_module,
+    nn.Dropout: lambda lw, m, x: x,
+    nn.Dropout2d: lambda lw, m, x: x,
+    nn.Identity: lambda lw, m, x: x,
+}
+CONVERTERS.update(MODULE_CONVERTERS)  # so that error messages list module names too
+
+
+def _module_converter(module: nn.Module) -> Converter | None:
+    for cls in type(module).__mro__:
+        if cls in MODULE_CONVERTERS:
+            return MODULE_CONVERTERS[cls]
+    return None
+
+
+def lower_fx(gm: fx.GraphModule, input_shape: Shape, name: str = "model") -> Graph:
+    """Lower ``gm`` (one tensor input of batch-less ``input_shape``, one logits output) into the IR."""
+    return FxLowering(gm, input_shape, name).run()

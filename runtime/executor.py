@@ -1,0 +1,166 @@
+"""Execute a graph IR as an ANN (one pass) or as an SNN (``T`` time steps).
+
+Execution is layer by layer, not step by step: a stateless op (conv, linear, pooling) runs once on the
+whole sequence with time folded into the batch, and each IF layer is a scan over time. Values that do
+not change over time (the analog input under direct encoding and everything computed from it before the
+first neuron) are computed once, not ``T`` times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import IF, BatchNorm, Input, Output, Sum
+from spikeshield.runtime.kernels import KERNELS, channel_view
+from spikeshield.runtime.neurons import IFParameters, if_scan
+from spikeshield.runtime.surrogates import Surrogate
+
+ENCODINGS = ("direct", "poisson")
+# Tensor fields that are statistics, never trained.
+_FROZEN_FIELDS = {(BatchNorm, "running_mean"), (BatchNorm, "running_var")}
+
+
+@dataclass
+class _Value:
+    data: torch.Tensor  # (N, ...) if static, (T, N, ...) if temporal
+    temporal: bool
+
+    def at_all_steps(self, timesteps: int) -> torch.Tensor:
+        if self.temporal:
+            return self.data
+        return self.data.unsqueeze(0).expand(timesteps, *self.data.shape)
+
+
+class GraphExecutor(nn.Module):
+    """An ``nn.Module`` that runs a :class:`Graph`; the graph's tensors become its parameters.
+
+    ``forward(x, timesteps)`` returns logits: for an SNN, the output layer's value averaged over
+    ``timesteps`` steps. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        surrogate: Surrogate | None = None,
+        encoding: str = "direct",
+    ) -> None:
+        super().__init__()
+        graph.validate()
+        self.graph = graph
+        self.order = graph.nodes()
+        self.surrogate = surrogate or Surrogate()
+        if encoding not in ENCODINGS:
+            raise ConfigError(f"unknown input encoding {encoding!r}; choose one of {ENCODINGS}")
+        self.encoding = encoding
+        self.is_spiking = any(isinstance(graph.op(n), IF) for n in self.order)
+        self._keys = {name: f"n{i}" for i, name in enumerate(self.order)}
+        self.node_params = nn.ModuleDict()
+        for name in self.order:
+            op = graph.op(name)
+            params = nn.ParameterDict()
+            for field, value in op.tensors().items():
+                frozen = (type(op), field) in _FROZEN_FIELDS
+                params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
+            self.node_params[self._keys[name]] = params
+        self.spike_counts: dict[str, torch.Tensor] = {}
+
+    # ---- parameters ---------------------------------------------------------------------
+    def tensors_of(self, name: str) -> dict[str, torch.Tensor]:
+        return dict(self.node_params[self._keys[name]].items())
+
+    def to_graph(self) -> Graph:
+        """A copy of the graph holding the current parameter values."""
+        out = self.graph.copy()
+        for name in self.order:
+            live = self.tensors_of(name)
+            if live:
+                op = out.op(name)
+                out.set_op(name, op.replace(**{k: v.detach().cpu().clone() for k, v in live.items()}))
+        return out
+
+    # ---- execution ----------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: int | None = None,
+        *,
+        record: bool = False,
+        stop_at: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Logits for a batch ``x`` of shape ``(N, *input_shape)``.
+
+        ``timesteps`` is required for a spiking graph. ``record=True`` stores per-sample spike counts
+        of every IF node in ``self.spike_counts``. ``stop_at=node`` returns the value *entering* that
+        node instead (``(T, N, ...)`` when it varies over time), used by threshold calibration.
+        """
+        if self.is_spiking:
+            if timesteps is None or timesteps <= 0:
+                raise ConfigError(
+                    f"a spiking graph needs timesteps >= 1, got {timesteps}; pass --timesteps"
+                )
+        if record:
+            self.spike_counts = {}
+        values: dict[str, _Value] = {}
+        for name in self.order:
+            op = self.graph.op(name)
+            if isinstance(op, Input):
+                values[name] = self._encode(x, timesteps, generator)
+                continue
+            value = self._gather(name, values, timesteps)
+            if name == stop_at:
+                return value.data
+            if isinstance(op, IF):
+                spikes = self._run_if(name, op, value, timesteps)
+                if record:
+                    self.spike_counts[name] = spikes.detach().flatten(2).sum(dim=(0, 2))
+                values[name] = _Value(spikes, temporal=True)
+            elif isinstance(op, Output):
+                data = value.data.mean(dim=0) if value.temporal else value.data
+                values[name] = _Value(data, temporal=False)
+            elif isinstance(op, Sum):
+                values[name] = value
+            else:
+                values[name] = self._run_stateless(name, op, value)
+        outputs = self.graph.output_names
+        if stop_at is not None:
+            raise ConfigError(f"stop_at={stop_at!r} is not a node of graph {self.graph.name!r}")
+        return values[outputs[0]].data
+
+    def _encode(self, x: torch.Tensor, timesteps: int | None, generator) -> _Value:
+        if self.encoding == "poisson" and timesteps is not None:
+            # Each step, pixel value p in [0, 1] is a spike with probability p.
+            from norse.torch.functional.encode import poisson_encode
+
+            return _Value(poisson_encode(x, timesteps, f_max=1.0, dt=1.0, generator=generator), True)
+        return _Value(x, temporal=False)
+
+    def _gather(self, name: str, values: dict[str, _Value], timesteps: int | None) -> _Value:
+        inputs = [values[p] for p in self.graph.inputs(name)]
+        if len(inputs) == 1:
+            return inputs[0]
+        if any(v.temporal for v in inputs):
+            return _Value(sum(v.at_all_steps(timesteps) for v in inputs), temporal=True)
+        return _Value(sum(v.data for v in inputs), temporal=False)
+
+    def _run_stateless(self, name: str, op, value: _Value) -> _Value:
+        kernel = KERNELS[type(op)]
+        tensors = self.tensors_of(name)
+        if not value.temporal:
+            return _Value(kernel(op, tensors, value.data), temporal=False)
+        steps, batch = value.data.shape[:2]
+        y = kernel(op, tensors, value.data.flatten(0, 1))
+        return _Value(y.unflatten(0, (steps, batch)), temporal=True)
+
+    def _run_if(self, name: str, op: IF, value: _Value, timesteps: int) -> torch.Tensor:
+        threshold = self.tensors_of(name)["threshold"]
+        ndim = value.data.dim() - (1 if value.temporal else 0)
+        params = IFParameters(channel_view(threshold, ndim), op.reset, self.surrogate)
+        if value.temporal:
+            return if_scan(value.data, params)
+        return if_scan(value.data, params, timesteps=timesteps)

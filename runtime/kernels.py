@@ -1,0 +1,66 @@
+"""Runtime kernels of the stateless ops: ``kernel(op, tensors, x) -> y`` on a batch ``x`` of shape
+``(N, *shape)``. ``tensors`` are the live (possibly trainable) values of the op's tensor fields."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from spikeshield.compiler.ops import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Flatten,
+    Linear,
+    Op,
+    ReLU,
+    Scale,
+)
+
+Tensors = dict[str, torch.Tensor]
+Kernel = Callable[[Op, Tensors, torch.Tensor], torch.Tensor]
+
+
+def channel_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape a per-channel vector ``(C,)`` or ``(1,)`` to broadcast over ``(N, C, ...)`` of ``ndim``."""
+    return values.view(-1, *([1] * (ndim - 2)))
+
+
+def _conv2d(op: Conv2d, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, t["weight"], t.get("bias"), op.stride, op.padding, op.dilation, op.groups)
+
+
+def _linear(op: Linear, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, t["weight"], t.get("bias"))
+
+
+def _batchnorm(op: BatchNorm, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(
+        x, t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"), False, 0.0, op.eps
+    )
+
+
+def _scale(op: Scale, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    y = x * channel_view(t["scale"], x.dim())
+    if "bias" in t:
+        y = y + channel_view(t["bias"], x.dim())
+    return y
+
+
+def _avgpool2d(op: AvgPool2d, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(
+        x, op.kernel, op.stride, op.padding, count_include_pad=op.count_include_pad
+    )
+
+
+KERNELS: dict[type[Op], Kernel] = {
+    Conv2d: _conv2d,
+    Linear: _linear,
+    BatchNorm: _batchnorm,
+    Scale: _scale,
+    ReLU: lambda op, t, x: F.relu(x),
+    Flatten: lambda op, t, x: x.flatten(1),
+    AvgPool2d: _avgpool2d,
+}

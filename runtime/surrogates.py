@@ -1,0 +1,82 @@
+"""Surrogate gradients for the spike non-linearity.
+
+Forward is always the exact Heaviside step ``s = 1[u > 0]`` with ``u = v - threshold``. Backward replaces
+its derivative (zero almost everywhere) by a smooth pseudo-derivative ``sigma'(u)`` of width ``gamma``:
+
+===================  ===========================================  =====================================
+name                 sigma'(u)                                     gamma is
+===================  ===========================================  =====================================
+triangle             max(0, gamma - |u|) / gamma**2                half-width of the support
+rectangular          1[|u| < gamma / 2] / gamma                    width of the support
+exponential          exp(-gamma |u|)                               decay rate (larger = narrower)
+damped_exponential   0.3 * exp(-gamma |u|)                         decay rate
+sigmoid              gamma * sig(gamma u) * (1 - sig(gamma u))     slope
+arctan               (gamma / 2) / (1 + (pi/2 * gamma * u)**2)     slope
+fast_sigmoid         1 / (1 + gamma |u|)**2                        slope
+straight_through     1                                             (unused)
+none                 0  (no surrogate: gradients are masked)       (unused)
+===================  ===========================================  =====================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from spikeshield.compiler.errors import ConfigError
+
+Derivative = Callable[[torch.Tensor, float], torch.Tensor]
+
+_DERIVATIVES: dict[str, Derivative] = {
+    "triangle": lambda u, g: torch.clamp(g - u.abs(), min=0) / (g * g),
+    "rectangular": lambda u, g: (u.abs() < g / 2).to(u.dtype) / g,
+    "exponential": lambda u, g: torch.exp(-g * u.abs()),
+    "damped_exponential": lambda u, g: 0.3 * torch.exp(-g * u.abs()),
+    "sigmoid": lambda u, g: g * torch.sigmoid(g * u) * (1 - torch.sigmoid(g * u)),
+    "arctan": lambda u, g: (g / 2) / (1 + (math.pi / 2 * g * u) ** 2),
+    "fast_sigmoid": lambda u, g: 1.0 / (1 + g * u.abs()) ** 2,
+    "straight_through": lambda u, g: torch.ones_like(u),
+    "none": lambda u, g: torch.zeros_like(u),
+}
+
+SURROGATE_NAMES: tuple[str, ...] = tuple(_DERIVATIVES)
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """A surrogate family and its width ``gamma`` (see the module table for its meaning)."""
+
+    name: str = "triangle"
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in _DERIVATIVES:
+            raise ConfigError(
+                f"unknown surrogate {self.name!r}; choose one of {', '.join(SURROGATE_NAMES)}"
+            )
+        if not (self.gamma > 0 and math.isfinite(self.gamma)):
+            raise ConfigError(f"surrogate width gamma must be a positive number, got {self.gamma}")
+
+    def derivative(self, u: torch.Tensor) -> torch.Tensor:
+        return _DERIVATIVES[self.name](u, self.gamma)
+
+
+class _SpikeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.surrogate = surrogate
+        return (u > 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        return grad_output * ctx.surrogate.derivative(u), None
+
+
+def spike(u: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+    """Binary spikes ``1[u > 0]`` whose gradient is ``surrogate.derivative(u)``."""
+    return _SpikeFunction.apply(u, surrogate)
