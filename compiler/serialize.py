@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from spikeshield.compiler.artifacts import public_file_mode
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import op_class
@@ -77,6 +78,7 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     structure, tensors = to_dict(graph)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"spikeshield": json.dumps(structure)})
+    public_file_mode(tmp)
     os.replace(tmp, path)
     return path
 

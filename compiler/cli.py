@@ -1,0 +1,197 @@
+"""The ``spikeshield`` command line. It parses arguments and calls the library; nothing else."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spikeshield.compiler.errors import SpikeshieldError
+
+app = typer.Typer(
+    name="spikeshield",
+    help="Compile adversarially robust ANNs into robust spiking neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Data spec: mnist5k (embedded), mnist:DIR, fashion-mnist[:DIR], cifar10:DIR, "
+        "cifar100:DIR, svhn:DIR, imagefolder:DIR, tiny-imagenet:DIR.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data splits, shuffling and init.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Run ``fn``; user errors become one line and exit 2, unexpected ones exit 1 (traceback: --debug)."""
+    try:
+        return fn()
+    except SpikeshieldError as err:
+        if _state["debug"]:
+            raise
+        _fail(str(err).replace("\n", " "), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", 130)
+    except typer.Exit:
+        raise
+    except Exception as err:  # anything else is a bug: say so, briefly
+        if _state["debug"]:
+            raise
+        _fail(f"internal error {type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the trained model (.pt2).")],
+    arch: Annotated[str, typer.Option(help="lenet, vgg11, resnet20 or wrn16-4.")] = "lenet",
+    data: DataOpt = "mnist5k",
+    objective: Annotated[str, typer.Option(help="at, trades, mart, or standard (no attack).")] = "trades",
+    eps: Annotated[float, typer.Option(help="Training perturbation budget (L-inf, pixels in [0,1]).")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (cosine schedule).")] = 0.1,
+    attack_steps: Annotated[int, typer.Option(help="PGD steps of the inner maximisation.")] = 10,
+    width: Annotated[float, typer.Option(help="Channel width multiplier of the architecture.")] = 1.0,
+    max_train: Annotated[Optional[int], typer.Option(help="Train on the first N samples only.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a robust ANN from the model zoo and write it as a torch.export .pt2 file."""
+
+    def run() -> None:
+        from spikeshield.compiler.errors import ConfigError
+        from spikeshield.compiler.train_ann import TrainConfig, export_pt2, train_robust
+        from spikeshield.frontends.datasets import load_data
+        from spikeshield.frontends.zoo import build_model
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.evaluate import accuracy_of
+
+        if out.suffix != ".pt2":
+            raise ConfigError(f"--out must end in .pt2, got {out.name}")
+        cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
+                          attack_steps=attack_steps, seed=seed, max_train=max_train)
+        cfg.validate()
+        dev = resolve_device(device)
+        splits = load_data(data, seed=seed)
+        mean, std = splits.channel_stats()
+        import torch
+
+        torch.manual_seed(seed)
+        model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
+        result = train_robust(model, splits, cfg, dev)
+        test_acc = accuracy_of(model, splits.test, device=dev)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_pt2(model, splits.input_shape, out)
+        typer.echo(
+            f"trained {arch} ({objective}, eps={eps}) on {splits.name}: best epoch {result.best_epoch}, "
+            f"validation accuracy {100 * result.val_accuracy:.2f}%, clean test accuracy "
+            f"{100 * test_acc:.2f}%; wrote {out}"
+        )
+
+    _guard(run)
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[Path, typer.Argument(help="Model file: .pt2 (torch.export), .onnx, or .ir.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced atomically).")],
+    data: DataOpt = "mnist5k",
+    timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Simulation time steps T.")] = 8,
+    reset: Annotated[str, typer.Option(help="IF reset: zero or subtract.")] = "zero",
+    threshold_mode: Annotated[str, typer.Option(help="Thresholds per layer or per channel.")] = "layer",
+    batchnorm: Annotated[str, typer.Option(help="fold into conv/linear, or keep as affine.")] = "fold",
+    calibration: Annotated[str, typer.Option(help="percentile or max of the input current.")] = "percentile",
+    percentile: Annotated[float, typer.Option(help="Percentile of the input current.")] = 99.7,
+    threshold_scale: Annotated[Optional[float], typer.Option(help="Factor on calibrated thresholds (default: clamp(1 - 1.2/T, 0.3, 0.9)).")] = None,
+    calibration_batches: Annotated[int, typer.Option(help="Batches used for calibration.")] = 11,
+    calibration_timesteps: Annotated[Optional[int], typer.Option(help="T during calibration (default: --timesteps).")] = None,
+    encoding: Annotated[str, typer.Option(help="Input encoding: direct (analog each step) or poisson.")] = "direct",
+    eval_samples: Annotated[Optional[int], typer.Option("--n", help="Evaluate on the first N test samples.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Convert a trained ANN into a calibrated SNN; writes snn.ir, ann.ir, report.json, report.md."""
+
+    def run() -> None:
+        from spikeshield.compiler.pipeline import CompileConfig, compile_model
+
+        cfg = CompileConfig(timesteps=timesteps, reset=reset, threshold_mode=threshold_mode,
+                            batchnorm=batchnorm, calibration=calibration, percentile=percentile,
+                            calibration_batches=calibration_batches,
+                            calibration_timesteps=calibration_timesteps, batch_size=batch_size,
+                            eval_samples=eval_samples, encoding=encoding, device=device, seed=seed)
+        if threshold_scale is not None:
+            cfg.threshold_scale = threshold_scale
+        result = compile_model(model, data, cfg, out)
+        r = result.report
+        typer.echo(
+            f"ANN accuracy {100 * r['ann']['accuracy']:.2f}%, SNN (T={timesteps}) accuracy "
+            f"{100 * r['snn']['accuracy']:.2f}% on {r['snn']['samples']} test samples; wrote {out}"
+        )
+
+    _guard(run)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A .ir file, a compile directory, a .pt2 or a .onnx.")],
+) -> None:
+    """Print the graph IR of a compiled SNN or of a model file."""
+
+    def run() -> None:
+        from spikeshield.compiler.model_io import load_model
+
+        typer.echo(load_model(path).dump())
+
+    _guard(run)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Working directory for the demo's files.")] = Path("spikeshield-demo"),
+    epochs: Annotated[int, typer.Option(help="Robust training epochs.")] = 5,
+    eps: Annotated[float, typer.Option(help="TRADES training budget (pixels).")] = 0.1,
+    timesteps: Annotated[str, typer.Option(help="Comma-separated T values to compare.")] = "4,8,16,32",
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train a small robust ANN on mnist5k, compile it for several T, print ANN vs SNN accuracy."""
+
+    def run() -> None:
+        from spikeshield.compiler.demo import run_demo
+
+        steps = [int(t) for t in timesteps.split(",") if t.strip()]
+        run_demo(out, epochs=epochs, eps=eps, timesteps=steps, seed=seed, device=device, echo=typer.echo)
+
+    _guard(run)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="spikeshield")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

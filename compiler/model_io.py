@@ -1,0 +1,45 @@
+"""Load any supported model source into the IR: ``nn.Module``, ``.pt2``, ``.onnx`` or a spikeshield IR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from spikeshield.compiler.errors import ConfigError, ModelLoadError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import Shape
+from spikeshield.compiler.serialize import load_graph
+
+MODEL_SUFFIXES = {".pt2": "torch.export program", ".onnx": "ONNX model", ".ir": "spikeshield IR"}
+
+
+def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None = None) -> Graph:
+    """Lower ``source`` into a validated graph. An ``nn.Module`` needs ``input_shape`` (batch-less)."""
+    if isinstance(source, Graph):
+        return source.copy().validate()
+    if isinstance(source, nn.Module):
+        from spikeshield.frontends.torch_module import from_module
+
+        if input_shape is None:
+            raise ConfigError("lowering an nn.Module needs input_shape, e.g. (1, 28, 28)")
+        return from_module(source, input_shape)
+    path = Path(source)
+    if path.is_dir() and (path / "snn.ir").is_file():
+        return load_graph(path / "snn.ir")
+    if not path.exists():
+        raise ModelLoadError(f"model file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".pt2":
+        from spikeshield.frontends.torch_module import from_pt2
+
+        return from_pt2(path)
+    if suffix == ".onnx":
+        from spikeshield.frontends.onnx_frontend import from_onnx
+
+        return from_onnx(path)
+    if suffix == ".ir":
+        return load_graph(path)
+    known = ", ".join(f"{k} ({v})" for k, v in MODEL_SUFFIXES.items())
+    raise ModelLoadError(f"cannot tell the format of {path.name}; use one of: {known}")

@@ -1,0 +1,187 @@
+"""The compile pipeline: a robust ANN in, a calibrated spiking network and its report out.
+
+``compile_model`` is what ``spikeshield compile`` runs: lower the model, check it against the data,
+fold batch norm, convert ReLU to IF, calibrate thresholds, fold spike amplitudes into weights, then
+measure ANN and SNN clean accuracy on the test split and write the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spikeshield.compiler.artifacts import atomic_directory
+from spikeshield.compiler.errors import ConfigError, DataError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.model_io import load_model
+from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.passes.calibrate_thresholds import (
+    CALIBRATION_MODES,
+    default_threshold_scale,
+)
+from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
+from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
+from spikeshield.compiler.ops.neurons import RESET_MODES
+from spikeshield.compiler.report import write_reports
+from spikeshield.compiler.serialize import save_graph
+from spikeshield.frontends.datasets import DataSplits, load_data
+from spikeshield.runtime.device import resolve_device
+from spikeshield.runtime.evaluate import evaluate_graph
+from spikeshield.runtime.executor import ENCODINGS, GraphExecutor
+
+
+@dataclass
+class CompileConfig:
+    """Every knob of ``spikeshield compile``; defaults are the recommended settings."""
+
+    timesteps: int = 8
+    reset: str = "zero"
+    threshold_mode: str = "layer"
+    batchnorm: str = "fold"
+    calibration: str = "percentile"
+    percentile: float = 99.7
+    threshold_scale: float | None = None  # None: default_threshold_scale(timesteps)
+    calibration_batches: int = 11
+    calibration_timesteps: int | None = None  # default: the same as timesteps
+    batch_size: int = 64
+    eval_samples: int | None = None  # default: the whole test split
+    encoding: str = "direct"
+    device: str = "auto"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.timesteps <= 0:
+            raise ConfigError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.calibration_timesteps is not None and self.calibration_timesteps <= 0:
+            raise ConfigError(f"calibration timesteps must be >= 1, got {self.calibration_timesteps}")
+        choices = {
+            "reset": (self.reset, RESET_MODES),
+            "threshold mode": (self.threshold_mode, THRESHOLD_MODES),
+            "batchnorm": (self.batchnorm, BN_MODES),
+            "calibration": (self.calibration, CALIBRATION_MODES),
+            "encoding": (self.encoding, ENCODINGS),
+        }
+        for what, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.threshold_scale is not None and not self.threshold_scale > 0:
+            raise ConfigError(f"threshold scale must be positive, got {self.threshold_scale}")
+        if self.batch_size <= 0 or self.calibration_batches <= 0:
+            raise ConfigError("batch size and calibration batches must be positive")
+        if self.eval_samples is not None and self.eval_samples <= 0:
+            raise ConfigError(f"eval samples must be positive, got {self.eval_samples}")
+
+
+@dataclass
+class CompileResult:
+    ann: Graph
+    snn: Graph
+    report: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def check_model_data(graph: Graph, data: DataSplits) -> None:
+    """Raise :class:`DataError` when the model's input or output does not fit the data."""
+    expected = graph.op(graph.input_names[0]).shape
+    if tuple(expected) != tuple(data.input_shape):
+        raise DataError(
+            f"the model expects inputs of shape {tuple(expected)} but {data.name} has images of "
+            f"shape {tuple(data.input_shape)}; pick the data set the model was trained on"
+        )
+    outputs = graph.shape(graph.output_names[0])
+    if len(outputs) != 1 or outputs[0] < data.num_classes:
+        raise DataError(
+            f"the model outputs {outputs} but {data.name} has {data.num_classes} classes; "
+            "the model must output one logit per class"
+        )
+
+
+def threshold_scale(cfg: CompileConfig) -> float:
+    """The threshold factor in force: the configured one, or the T-dependent default."""
+    return cfg.threshold_scale or default_threshold_scale(cfg.timesteps)
+
+
+def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor], device) -> list:
+    """The pass list that turns an ANN graph into a calibrated SNN graph."""
+    return [
+        ("fold_batchnorm", {"mode": cfg.batchnorm}),
+        ("convert_relu_to_if", {"reset": cfg.reset, "threshold": cfg.threshold_mode}),
+        ("calibrate_thresholds", {
+            "data": calibration_data,
+            "timesteps": cfg.calibration_timesteps or cfg.timesteps,
+            "percentile": cfg.percentile,
+            "scale": threshold_scale(cfg),
+            "mode": cfg.calibration,
+            "batches": cfg.calibration_batches,
+            "device": device,
+        }),
+        ("fold_scales", {}),
+    ]
+
+
+def compile_model(
+    model: nn.Module | Graph | str | os.PathLike,
+    data: str | DataSplits = "mnist5k",
+    config: CompileConfig | None = None,
+    out: str | os.PathLike | None = None,
+) -> CompileResult:
+    """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
+
+    With ``out``, writes ``snn.ir``, ``ann.ir``, ``report.json`` and ``report.md`` there atomically.
+    """
+    cfg = config or CompileConfig()
+    cfg.validate()
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    splits = load_data(data, seed=cfg.seed) if isinstance(data, str) else data
+    ann = load_model(model, splits.input_shape)
+    check_model_data(ann, splits)
+    calibration = [
+        x for x, _ in splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)
+    ][: cfg.calibration_batches]
+    manager = PassManager()
+    snn = manager.run(ann, conversion_pipeline(cfg, calibration, device))
+    snn.meta.update({"timesteps": cfg.timesteps, "encoding": cfg.encoding, "input_range": [0.0, 1.0]})
+    test = splits.test if cfg.eval_samples is None else splits.test.head(cfg.eval_samples)
+    ann_eval = evaluate_graph(GraphExecutor(ann), test, None, device=device)
+    snn_eval = evaluate_graph(
+        GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps, device=device
+    )
+    report = {
+        "model": ann.meta.get("source", ann.name),
+        "data": splits.name,
+        "config": asdict(cfg),
+        "device": str(device),
+        "passes": [r.to_json() for r in manager.records],
+        "ann": {"accuracy": ann_eval.accuracy, "samples": ann_eval.samples},
+        "snn": {
+            "accuracy": snn_eval.accuracy,
+            "samples": snn_eval.samples,
+            "timesteps": cfg.timesteps,
+            "threshold_scale": threshold_scale(cfg),
+            "spike_rates": snn_eval.spike_rates,
+            "neurons": snn_eval.neurons,
+            "mean_spikes_per_sample": snn_eval.mean_spikes_per_sample,
+        },
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    result = CompileResult(ann, snn, report)
+    if out is not None:
+        with atomic_directory(out) as tmp:
+            save_graph(snn, tmp / "snn.ir")
+            save_graph(ann, tmp / "ann.ir")
+            write_reports(report, snn, tmp)
+        result.out_dir = Path(out)
+    return result
+
+
+def report_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)

@@ -1,0 +1,74 @@
+"""``report.json`` and ``report.md`` of a compile run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import IF
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_markdown(report: dict[str, Any], snn: Graph) -> str:
+    ann, snn_r = report["ann"], report["snn"]
+    cfg = report["config"]
+    lines = [
+        "# spikeshield compile report",
+        "",
+        f"- model: `{report['model']}`",
+        f"- data: `{report['data']}` (test samples: {snn_r['samples']})",
+        f"- timesteps T: {snn_r['timesteps']}, reset: {cfg['reset']}, thresholds: per {cfg['threshold_mode']},"
+        f" encoding: {cfg['encoding']}, device: {report['device']}",
+        "",
+        "## Clean accuracy",
+        "",
+        "| network | accuracy |",
+        "|---|---|",
+        f"| ANN (source model, ReLU) | {_pct(ann['accuracy'])} |",
+        f"| SNN (T={snn_r['timesteps']}) | {_pct(snn_r['accuracy'])} |",
+        f"| difference | {100 * (snn_r['accuracy'] - ann['accuracy']):+.2f} pp |",
+        "",
+        "## Spiking layers",
+        "",
+        "| layer | neurons | threshold | firing rate (spikes / neuron / step) |",
+        "|---|---|---|---|",
+    ]
+    for name in snn.nodes_of(IF):
+        th = snn.op(name).threshold
+        shown = f"{float(th[0]):.4g}" if th.numel() == 1 else f"{th.numel()} values, mean {float(th.mean()):.4g}"
+        lines.append(
+            f"| {name} | {snn_r['neurons'].get(name, 0)} | {shown} | "
+            f"{snn_r['spike_rates'].get(name, 0.0):.4f} |"
+        )
+    lines += [
+        "",
+        f"Mean spikes per sample over all layers and steps: {snn_r['mean_spikes_per_sample']:.1f}",
+        "",
+        "## Passes",
+        "",
+        "| pass | seconds | changed |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {p['name']} | {p['seconds']:.3f} | {p['changed']} |" for p in report["passes"]]
+    lines += [
+        "",
+        "## What the numbers mean",
+        "",
+        "- *Clean accuracy*: fraction of test images classified correctly without any attack. The SNN's",
+        "  prediction is the argmax of its output layer averaged over T steps (the output is non-spiking).",
+        "- *Threshold*: an IF neuron spikes when its membrane potential exceeds it; it was calibrated as "
+        f"{snn_r['threshold_scale']:.3g} x the {cfg['percentile']}th percentile of the layer's input current"
+        " (earlier layers already spiking). Each spike stands for that many units of the ANN activation.",
+        "- *Firing rate*: spikes per neuron per time step, averaged over the test samples (0 to 1).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict[str, Any], snn: Graph, directory: Path) -> None:
+    (directory / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (directory / "report.md").write_text(render_markdown(report, snn))

@@ -1,0 +1,273 @@
+"""ONNX frontend: an ONNX model file into the IR.
+
+The model is checked with ``onnx.checker`` first. Nodes whose inputs are all constants (initializers,
+``Constant`` nodes, shapes) are evaluated with ONNX's reference evaluator; the rest go through the
+converter table. Every unsupported op is collected before one error lists them all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import (
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Op,
+    Output,
+    ReLU,
+    Scale,
+    Sum,
+)
+from spikeshield.frontends.fx_lowering import MAXPOOL_HINT, Data
+
+
+class _Unsupported:
+    pass
+
+
+UNSUPPORTED = _Unsupported()
+
+
+class OnnxLowering:
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        self.model = model
+        self.graph = Graph(name)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.env: dict[str, Any] = {}
+        self.problems: list[str] = []
+        self.node: onnx.NodeProto | None = None
+
+    def emit(self, op: Op, inputs: list[Data], base: str | None = None) -> Data:
+        raw = base or (self.node.name or self.node.output[0])
+        name = self.graph.unique_name("".join(c if c.isalnum() or c == "_" else "_" for c in raw))
+        in_shape = self.shapes[inputs[0].node] if inputs else ()
+        try:
+            op.validate(in_shape)
+        except IRValidationError as err:
+            raise IRValidationError(f"ONNX node {raw!r} ({op.kind}): {err}") from None
+        self.graph.add(name, op, [d.node for d in inputs])
+        self.shapes[name] = tuple(op.infer_shape(in_shape))
+        return Data(name)
+
+    def unsupported(self, what: str, hint: str = "") -> _Unsupported:
+        label = self.node.name or self.node.output[0]
+        self.problems.append(f"{what} at node {label!r}" + (f": {hint}" if hint else ""))
+        return UNSUPPORTED
+
+    def run(self) -> Graph:
+        g = self.model.graph
+        for init in g.initializer:
+            self.env[init.name] = numpy_helper.to_array(init)
+        inputs = [i for i in g.input if i.name not in self.env]
+        if len(inputs) != 1:
+            raise UnsupportedOpError(f"the ONNX model has {len(inputs)} inputs; spikeshield needs one")
+        dims = inputs[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
+        if not shape or any(s is None or s <= 0 for s in shape):
+            raise UnsupportedOpError(
+                f"the ONNX input {inputs[0].name!r} needs fixed non-batch dims, got {shape}"
+            )
+        self.node = onnx.NodeProto(name="input")
+        self.env[inputs[0].name] = self.emit(Input(tuple(shape)), [], base="input")
+        for node in g.node:
+            self.node = node
+            args = [self.env.get(i) if i else None for i in node.input]
+            if any(isinstance(a, _Unsupported) for a in args):
+                if node.op_type not in CONVERTERS:
+                    self.unsupported(f"op {node.op_type}")
+                results: Any = UNSUPPORTED
+            elif all(not isinstance(a, Data) for a in args):
+                results = _evaluate_constant(node, args)
+            elif node.op_type not in CONVERTERS:
+                hint = MAXPOOL_HINT if node.op_type == "MaxPool" else ""
+                results = self.unsupported(f"op {node.op_type}", hint)
+            else:
+                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                results = CONVERTERS[node.op_type](self, args, attrs)
+            outs = results if isinstance(results, tuple) else (results,)
+            for name, value in zip(node.output, outs):
+                self.env[name] = value
+        if self.problems:
+            raise UnsupportedOpError(
+                "cannot lower the ONNX model: " + "; ".join(self.problems)
+                + f". Supported ONNX ops: {', '.join(sorted(CONVERTERS))}"
+            )
+        if len(g.output) != 1 or not isinstance(self.env.get(g.output[0].name), Data):
+            raise UnsupportedOpError("the ONNX model must have one output computed from its input")
+        self.node = onnx.NodeProto(name="output")
+        self.emit(Output(), [self.env[g.output[0].name]], base="output")
+        return self.graph.validate()
+
+
+def _evaluate_constant(node: onnx.NodeProto, args: list[Any]) -> Any:
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type == "Shape":
+        raise UnsupportedOpError("Shape of a constant is not supported")
+    feeds = {name: value for name, value in zip(node.input, args) if name}
+    outs = ReferenceEvaluator(node).run(None, feeds)
+    return tuple(outs) if len(outs) > 1 else outs[0]
+
+
+def _t(value: Any) -> torch.Tensor:
+    return torch.from_numpy(np.array(value, dtype=np.float32))
+
+
+def _per_channel(lw: OnnxLowering, value: Any, shape: tuple[int, ...], what: str):
+    t = _t(value)
+    if t.numel() == 1:
+        return t.reshape(1)
+    dims = [1] * (len(shape) + 1 - t.dim()) + list(t.shape)
+    if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]) and dims[1] in (
+        1, shape[0]
+    ):
+        return t.reshape(-1)
+    lw.unsupported(f"{what} with a constant of shape {tuple(t.shape)}", "only per-channel constants")
+    return None
+
+
+# ---- converters: (lowering, inputs, attributes) -> value ---------------------------------
+def _conv(lw, a, at):
+    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return lw.unsupported("Conv auto_pad", "export with explicit pads")
+    pads = list(at.get("pads", [0, 0, 0, 0]))
+    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+        return lw.unsupported(f"Conv with asymmetric pads {pads}")
+    op = Conv2d(weight=_t(a[1]), bias=_t(a[2]) if len(a) > 2 and a[2] is not None else None,
+                stride=tuple(at.get("strides", [1, 1])), padding=(pads[0], pads[1]),
+                dilation=tuple(at.get("dilations", [1, 1])), groups=int(at.get("group", 1)))
+    return lw.emit(op, [a[0]])
+
+
+def _gemm(lw, a, at):
+    if at.get("transA", 0) or not isinstance(a[0], Data) or isinstance(a[1], Data):
+        return lw.unsupported("Gemm of that form", "only x @ W^T + b with constant W")
+    w = _t(a[1])
+    w = w if at.get("transB", 0) else w.t()
+    alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+    bias = _t(a[2]) * beta if len(a) > 2 and a[2] is not None else None
+    return lw.emit(Linear(weight=(w * alpha).contiguous(), bias=bias), [a[0]])
+
+
+def _matmul(lw, a, at):
+    if not isinstance(a[0], Data) or isinstance(a[1], Data):
+        return lw.unsupported("MatMul of that form", "only x @ W with constant W")
+    return lw.emit(Linear(weight=_t(a[1]).t().contiguous(), bias=None), [a[0]])
+
+
+def _batchnorm(lw, a, at):
+    op = BatchNorm(running_mean=_t(a[3]), running_var=_t(a[4]), weight=_t(a[1]), bias=_t(a[2]),
+                   eps=float(at.get("epsilon", 1e-5)))
+    return lw.emit(op, [a[0]])
+
+
+def _avgpool(lw, a, at):
+    pads = list(at.get("pads", [0, 0, 0, 0]))
+    if at.get("ceil_mode", 0) or pads[0] != pads[2] or pads[1] != pads[3]:
+        return lw.unsupported("AveragePool with ceil_mode or asymmetric pads")
+    kernel = tuple(at["kernel_shape"])
+    op = AvgPool2d(kernel, tuple(at.get("strides", kernel)), (pads[0], pads[1]),
+                   bool(at.get("count_include_pad", 0)))
+    return lw.emit(op, [a[0]])
+
+
+def _global_avgpool(lw, a, at):
+    hw = lw.shapes[a[0].node][1:]
+    return lw.emit(AvgPool2d(hw, hw, 0, True), [a[0]])
+
+
+def _reduce_mean(lw, a, at):
+    axes = at.get("axes")
+    if axes is None and len(a) > 1 and a[1] is not None:
+        axes = [int(v) for v in np.array(a[1]).reshape(-1)]
+    shape = lw.shapes[a[0].node]
+    if len(shape) != 3 or sorted(int(x) % 4 for x in (axes or [])) != [2, 3]:
+        return lw.unsupported(f"ReduceMean over axes {axes}", "only global spatial mean")
+    pooled = _global_avgpool(lw, a, at)
+    return pooled if at.get("keepdims", 1) else lw.emit(Flatten(), [pooled])
+
+
+def _flatten(lw, a, at):
+    if int(at.get("axis", 1)) != 1:
+        return lw.unsupported("Flatten with axis != 1")
+    return lw.emit(Flatten(), [a[0]]) if len(lw.shapes[a[0].node]) > 1 else a[0]
+
+
+def _reshape(lw, a, at):
+    target = [int(v) for v in np.array(a[1]).reshape(-1)]
+    shape = lw.shapes[a[0].node]
+    if list(target[1:]) == list(shape):
+        return a[0]
+    if target[1:] in ([-1], [math.prod(shape)]):
+        return lw.emit(Flatten(), [a[0]]) if len(shape) > 1 else a[0]
+    return lw.unsupported(f"Reshape of {shape} to {target}", "only flattening all but the batch dim")
+
+
+def _binary(kind: str) -> Callable:
+    def convert(lw, a, at):
+        x, y = a[0], a[1]
+        if isinstance(x, Data) and isinstance(y, Data):
+            if kind == "Add":
+                return lw.emit(Sum(), [x, y])
+            if kind == "Sub":
+                return lw.emit(Sum(), [x, lw.emit(Scale(scale=torch.tensor([-1.0])), [y])])
+            return lw.unsupported(f"{kind} of two data tensors")
+        data, const = (x, y) if isinstance(x, Data) else (y, x)
+        if kind == "Div" and not isinstance(x, Data):
+            return lw.unsupported("Div of a constant by data")
+        vec = _per_channel(lw, const, lw.shapes[data.node], kind)
+        if vec is None:
+            return UNSUPPORTED
+        if kind == "Add":
+            return lw.emit(Scale(scale=torch.ones(1), bias=vec), [data])
+        if kind == "Sub":
+            if isinstance(x, Data):
+                return lw.emit(Scale(scale=torch.ones(1), bias=-vec), [data])
+            return lw.emit(Scale(scale=-torch.ones(1), bias=vec), [data])
+        return lw.emit(Scale(scale=vec if kind == "Mul" else 1.0 / vec), [data])
+
+    return convert
+
+
+def _shape(lw, a, at):
+    return np.array([1, *lw.shapes[a[0].node]], dtype=np.int64)  # batch written as 1; Reshape reads [1:]
+
+
+CONVERTERS: dict[str, Callable] = {
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
+    "Relu": lambda lw, a, at: lw.emit(ReLU(), [a[0]]),
+    "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
+    "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape,
+    "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
+    "Dropout": lambda lw, a, at: a[0], "Identity": lambda lw, a, at: a[0],
+}
+
+
+def from_onnx(path: str | os.PathLike) -> Graph:
+    """Read and check an ONNX model file, then lower it into the IR."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as err:  # protobuf DecodeError, ValidationError, OSError
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path} is not a valid ONNX model ({first})") from None
+    graph = OnnxLowering(model, path.stem).run()
+    graph.meta.setdefault("source", f"ONNX {path.name}")
+    return graph
