@@ -122,7 +122,7 @@ def train_robust(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             seen += len(y)
         model.eval()
         val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0

@@ -52,9 +52,10 @@ def fold_scales(graph: Graph) -> PassResult:
                 continue
             factor = factor.view(1, -1, 1, 1)
         else:
-            in_shape = graph.shape(name)
-            if factor.numel() > 1 and any(isinstance(graph.op(p), Flatten) for p in path):
-                factor = factor.repeat_interleave(math.prod(in_shape[1:]))
+            flattens = [p for p in path if isinstance(graph.op(p), Flatten)]
+            if factor.numel() > 1 and flattens:
+                # channel c owns the H*W consecutive features that flatten makes of it
+                factor = factor.repeat_interleave(math.prod(graph.in_shape(flattens[0])[1:]))
             factor = factor.view(1, -1)
         graph.set_op(target, layer.replace(weight=layer.weight * factor))
         graph.remove(name)

@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+
+from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.train_ann import export_pt2
+from spikeshield.frontends.torch_module import from_module, from_pt2
+from spikeshield.frontends.zoo import ARCHITECTURES, build_model
+from spikeshield.runtime.executor import GraphExecutor
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_fx_lowering_reproduces_logits(arch):
+    torch.manual_seed(0)
+    shape = (3, 16, 16)
+    model = _randomise_bn(build_model(arch, shape, 10, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], width=0.25))
+    x = torch.rand(4, *shape)
+    graph = from_module(model, shape)
+    assert (GraphExecutor(graph)(x) - model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["lenet", "resnet20"])
+def test_pt2_lowering_reproduces_logits(arch, tmp_path):
+    torch.manual_seed(1)
+    model = _randomise_bn(build_model(arch, (1, 28, 28), 10, [0.1], [0.3], width=0.5))
+    path = tmp_path / "m.pt2"
+    export_pt2(model, (1, 28, 28), path)
+    x = torch.rand(5, 1, 28, 28)
+    assert (GraphExecutor(from_pt2(path))(x) - model(x)).abs().max() <= 1e-5
+    # The example input stored with the program must be small, not the storage of a data set.
+    weight_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
+    assert path.stat().st_size < 2 * weight_bytes + 400_000
+
+
+class _Bad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return torch.sigmoid(self.pool(self.conv(x))).flatten(1)
+
+
+def test_every_unsupported_op_is_listed_with_a_fix():
+    with pytest.raises(UnsupportedOpError) as info:
+        from_module(_Bad(), (1, 8, 8))
+    message = str(info.value)
+    assert "MaxPool2d" in message and "AvgPool2d" in message  # the fix
+    assert "sigmoid" in message  # found even though it follows the max pool
+    assert "Supported ops" in message and "Conv2d" in message
+
+
+def test_functional_relu_view_and_constants():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(16, 8), nn.Linear(8, 3)
+            self.register_buffer("mean", torch.tensor(0.5))
+
+        def forward(self, x):
+            x = (x - self.mean) * 2.0
+            x = x.view(x.size(0), -1)
+            return self.fc2(torch.relu(self.fc1(x)) + 1.0)
+
+    model = Net().eval()
+    x = torch.rand(3, 1, 4, 4)
+    assert (GraphExecutor(from_module(model, (1, 4, 4)))(x) - model(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip at all", b"PK\x03\x04broken"])
+def test_corrupt_pt2_is_a_typed_error(tmp_path, content):
+    path = tmp_path / "bad.pt2"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match="bad.pt2"):
+        from_pt2(path)

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.pipeline import CompileConfig, compile_model
+from spikeshield.runtime.evaluate import evaluate_graph
+from spikeshield.runtime.executor import GraphExecutor
+from tests.conftest import single_if_graph, tiny_conv_graph
+
+
+def test_if_output_is_the_firing_rate():
+    # constant input 0.3, threshold 1, reset to zero: spikes at steps 4 and 8 of 8 -> rate 0.25
+    executor = GraphExecutor(single_if_graph(1.0, "zero"))
+    out = executor(torch.tensor([[0.3]]), 8, record=True)
+    assert out.item() == pytest.approx(0.25)
+    assert executor.spike_counts["if"].tolist() == [2.0]
+
+
+def test_subtract_reset_rate_is_exact():
+    out = GraphExecutor(single_if_graph(1.0, "subtract"))(torch.tensor([[0.3]]), 10)
+    assert out.item() == pytest.approx(0.3)
+
+
+def test_spiking_graph_requires_timesteps():
+    with pytest.raises(ConfigError, match="timesteps"):
+        GraphExecutor(single_if_graph())(torch.rand(1, 1), 0)
+
+
+def test_input_gradient_flows_through_spikes():
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+
+    snn = convert_relu_to_if(tiny_conv_graph()).graph
+    x = torch.rand(2, 1, 6, 6, requires_grad=True)
+    GraphExecutor(snn)(x, 4).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_poisson_encoding_is_seeded_and_rate_coded():
+    executor = GraphExecutor(single_if_graph(0.5), encoding="poisson")
+    x = torch.full((1, 1), 0.25)
+    a = executor(x, 400, generator=torch.Generator().manual_seed(1))
+    b = executor(x, 400, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.item() == pytest.approx(0.25, abs=0.06)
+
+
+def test_to_graph_writes_parameters_back():
+    executor = GraphExecutor(tiny_conv_graph())
+    with torch.no_grad():
+        executor.tensors_of("conv")["weight"].mul_(0)
+    assert executor.to_graph().op("conv").weight.abs().sum() == 0
+
+
+def test_long_simulation_reproduces_ann_accuracy(trained_lenet, mnist5k):
+    """Conversion correctness: at T=256 the calibrated SNN is within 1 pp of its ANN."""
+    _, path = trained_lenet
+    test = mnist5k.test.head(500)
+    cfg = CompileConfig(timesteps=256, reset="subtract", eval_samples=500, calibration_batches=4)
+    result = compile_model(path, mnist5k, cfg)
+    ann = result.report["ann"]["accuracy"]
+    snn = evaluate_graph(GraphExecutor(result.snn), test, 256).accuracy
+    assert ann > 0.85
+    assert abs(snn - ann) <= 0.01
