@@ -48,7 +48,7 @@ def run_demo(
         rows.append({"timesteps": t, "ann": result.report["ann"]["accuracy"],
                      "snn": result.report["snn"]["accuracy"]})
     echo("")
-    echo(f"clean accuracy on the {rows[0] and result.report['snn']['samples']} mnist5k test images")
+    echo(f"clean accuracy on the {result.report['snn']['samples']} mnist5k test images")
     echo("   T    ANN      SNN      SNN-ANN")
     for r in rows:
         echo(f"{r['timesteps']:4d}  {100 * r['ann']:6.2f}%  {100 * r['snn']:6.2f}%  "

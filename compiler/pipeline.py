@@ -7,7 +7,6 @@ measure ANN and SNN clean accuracy on the test split and write the artifacts.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -181,7 +180,3 @@ def compile_model(
             write_reports(report, snn, tmp)
         result.out_dir = Path(out)
     return result
-
-
-def report_json(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, default=str)

@@ -107,11 +107,8 @@ class FxLowering:
         return self.shapes[value.node]
 
     def unsupported(self, what: str, hint: str = "") -> _Unsupported:
-        node = self.current
-        supported = ", ".join(sorted({_target_name(t) for t in CONVERTERS}))
-        msg = f"op {what} at node {node.name!r}"
+        msg = f"op {what} at node {self.current.name!r}"
         self.problems.append(msg + (f": {hint}" if hint else ""))
-        self._supported = supported
         return UNSUPPORTED
 
     # ---- walking --------------------------------------------------------------------------
@@ -139,7 +136,7 @@ class FxLowering:
             raise UnsupportedOpError(
                 "cannot lower the model: "
                 + "; ".join(self.problems)
-                + f". Supported ops: {self._supported}"
+                + f". Supported ops: {', '.join(sorted({_target_name(t) for t in CONVERTERS}))}"
             )
         return self.graph.validate()
 
@@ -255,8 +252,9 @@ def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     return obj.detach() if isinstance(obj, torch.Tensor) else obj
 
 
-def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.Tensor | None:
-    """A constant broadcast against data of batch-less ``shape`` as a ``(1,)`` or ``(C,)`` vector."""
+def per_channel_vector(value: Any, shape: Shape) -> torch.Tensor | None:
+    """A constant broadcast against data of batch-less ``shape`` as a ``(1,)`` or ``(C,)`` vector, or
+    None when it varies along anything but the channel dim. Shared by the fx and ONNX frontends."""
     t = _tensor(value)
     if t.numel() == 1:
         return t.reshape(1)
@@ -264,11 +262,17 @@ def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.T
     if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]):
         if dims[1] in (1, shape[0]):
             return t.reshape(-1)
-    lw.unsupported(
-        f"{what} with a constant of shape {tuple(t.shape)}",
-        f"only scalars and per-channel constants broadcast over data of shape {shape} are supported",
-    )
     return None
+
+
+def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.Tensor | None:
+    vec = per_channel_vector(value, shape)
+    if vec is None:
+        lw.unsupported(
+            f"{what} with a constant of shape {tuple(_tensor(value).shape)}",
+            f"only scalars and per-channel constants broadcast over data of shape {shape} are supported",
+        )
+    return vec
 
 
 # ---- converters ---------------------------------------------------------------------------

@@ -32,14 +32,13 @@ from spikeshield.compiler.ops import (
     Scale,
     Sum,
 )
-from spikeshield.frontends.fx_lowering import MAXPOOL_HINT, Data
-
-
-class _Unsupported:
-    pass
-
-
-UNSUPPORTED = _Unsupported()
+from spikeshield.frontends.fx_lowering import (
+    MAXPOOL_HINT,
+    UNSUPPORTED,
+    Data,
+    _Unsupported,
+    per_channel_vector,
+)
 
 
 class OnnxLowering:
@@ -128,16 +127,10 @@ def _t(value: Any) -> torch.Tensor:
 
 
 def _per_channel(lw: OnnxLowering, value: Any, shape: tuple[int, ...], what: str):
-    t = _t(value)
-    if t.numel() == 1:
-        return t.reshape(1)
-    dims = [1] * (len(shape) + 1 - t.dim()) + list(t.shape)
-    if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]) and dims[1] in (
-        1, shape[0]
-    ):
-        return t.reshape(-1)
-    lw.unsupported(f"{what} with a constant of shape {tuple(t.shape)}", "only per-channel constants")
-    return None
+    vec = per_channel_vector(_t(value), shape)
+    if vec is None:
+        lw.unsupported(f"{what} with a constant of shape {np.shape(value)}", "only per-channel constants")
+    return vec
 
 
 # ---- converters: (lowering, inputs, attributes) -> value ---------------------------------

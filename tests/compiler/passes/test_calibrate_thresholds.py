@@ -62,4 +62,4 @@ def test_nothing_to_do_without_neurons():
     graph.add("x", Input((2,)))
     graph.add("out", Output(), ["x"])
     assert not calibrate_thresholds(graph.validate(), [torch.rand(2, 2)]).changed
-    assert not IF in {type(graph.op(n)) for n in graph.nodes()}
+    assert IF not in {type(graph.op(n)) for n in graph.nodes()}
