@@ -1,8 +1,8 @@
 """Stage 1: robust training of an ANN (adversarial training, TRADES, MART).
 
-Inner maximisation with torchattacks: PGD on the cross-entropy (AT, MART) or on the KL divergence
-(TRADES, torchattacks' ``TPGD``), ``steps`` steps of size ``2.5 * eps / steps`` with a random start.
-SGD with momentum and a cosine schedule by default. Checkpoint selection on the validation split.
+The objectives and their PGD inner maximisation are those of
+:mod:`spikeshield.compiler.robust_objectives`. SGD with momentum and a cosine schedule by default.
+Checkpoint selection on the validation split.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.robust_objectives import OBJECTIVES, inner_attack, robust_loss
 from spikeshield.frontends.datasets import DataSplits
 from spikeshield.runtime.evaluate import accuracy_of
 
-OBJECTIVES = ("at", "trades", "mart", "standard")
 DEFAULT_BETA = {"trades": 6.0, "mart": 4.0}
 
 
@@ -58,39 +58,6 @@ class TrainResult:
     val_accuracy: float = 0.0
 
 
-def _attack(model: nn.Module, cfg: TrainConfig):
-    import torchattacks
-
-    alpha = 2.5 * cfg.eps / cfg.attack_steps
-    if cfg.objective == "trades":
-        return torchattacks.TPGD(model, eps=cfg.eps, alpha=alpha, steps=cfg.attack_steps)
-    return torchattacks.PGD(model, eps=cfg.eps, alpha=alpha, steps=cfg.attack_steps, random_start=True)
-
-
-def robust_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, objective: str,
-    beta: float,
-) -> torch.Tensor:
-    """The training loss of ``objective`` given clean ``x`` and adversarial ``x_adv``."""
-    if objective == "standard":
-        return F.cross_entropy(model(x), y)
-    if objective == "at":
-        return F.cross_entropy(model(x_adv), y)
-    logits, logits_adv = model(x), model(x_adv)
-    if objective == "trades":
-        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
-        return F.cross_entropy(logits, y) + beta * kl
-    # MART (Wang et al., ICLR 2020)
-    adv_probs = F.softmax(logits_adv, 1)
-    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
-    other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
-    nat_probs = F.softmax(logits, 1)
-    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
-    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
-    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
-
-
 def train_robust(
     model: nn.Module, data: DataSplits, cfg: TrainConfig, device: torch.device | str = "cpu"
 ) -> TrainResult:
@@ -105,7 +72,9 @@ def train_robust(
     )
     steps_per_epoch = train.num_batches(cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
-    attack = _attack(model, cfg) if cfg.objective != "standard" and cfg.eps > 0 else None
+    attack = None
+    if cfg.objective != "standard" and cfg.eps > 0:
+        attack = inner_attack(model, cfg.objective, cfg.eps, "pgd", cfg.attack_steps)
     result = TrainResult(model)
     best_state, best_acc = None, -math.inf
     for epoch in range(cfg.epochs):

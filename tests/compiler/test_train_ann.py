@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.train_ann import TrainConfig, robust_loss
+from spikeshield.compiler.robust_objectives import robust_loss
+from spikeshield.compiler.train_ann import TrainConfig
 from spikeshield.frontends.zoo import build_model
 
 

@@ -1,0 +1,88 @@
+"""Robust training objectives and their inner maximisation, shared by ANN training and SNN finetuning.
+
+- ``at`` (Madry et al., 2018): cross-entropy on the adversarial example.
+- ``trades`` (Zhang et al., 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, inner max on the KL.
+- ``mart`` (Wang et al., 2020): boosted CE on the adversarial example plus a KL term weighted by
+  ``1 - p_y(x)``, inner max on the CE.
+- ``standard``: plain cross-entropy, no attack.
+
+Inner attacks: ``pgd`` (``steps`` steps of ``2.5 * eps / steps`` from a random start; torchattacks'
+``PGD`` on the CE, ``TPGD`` on the KL) or ``rfgsm`` (one step: a random ``alpha``-sign start, then an
+``eps - alpha`` signed-gradient step, ``alpha = eps / 2``; torchattacks' ``RFGSM`` on the CE, and
+:class:`KLRFGSM` below on the KL, which torchattacks lacks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from spikeshield.compiler.errors import ConfigError
+
+OBJECTIVES = ("at", "trades", "mart", "standard")
+INNER_ATTACKS = ("pgd", "rfgsm")
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def robust_loss(
+    model: Model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, objective: str,
+    beta: float,
+) -> torch.Tensor:
+    """The training loss of ``objective`` given clean ``x`` and adversarial ``x_adv``."""
+    if objective == "standard":
+        return F.cross_entropy(model(x), y)
+    if objective == "at":
+        return F.cross_entropy(model(x_adv), y)
+    logits, logits_adv = model(x), model(x_adv)
+    if objective == "trades":
+        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + beta * kl
+    if objective != "mart":
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    adv_probs = F.softmax(logits_adv, 1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
+    nat_probs = F.softmax(logits, 1)
+    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
+
+
+class KLRFGSM:
+    """Single-step R-FGSM (Tramèr et al., 2018) on ``KL(f(x) || f(x_adv))``: TRADES' inner loss."""
+
+    def __init__(self, model: Model, eps: float, alpha: float | None = None) -> None:
+        self.model, self.eps = model, eps
+        self.alpha = eps / 2 if alpha is None else alpha
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.model(x), dim=1)
+        start = (x + self.alpha * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(self.model(start), dim=1), target, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, start)
+        x_adv = start.detach() + (self.eps - self.alpha) * grad.sign()
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1).detach()
+
+
+def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: int = 10):
+    """The inner maximisation of ``objective``: a callable ``(x, y) -> x_adv``."""
+    import torchattacks
+
+    if kind not in INNER_ATTACKS:
+        raise ConfigError(f"inner attack must be one of {', '.join(INNER_ATTACKS)}, got {kind!r}")
+    if steps <= 0:
+        raise ConfigError(f"inner attack steps must be positive, got {steps}")
+    on_kl = objective == "trades"
+    if kind == "rfgsm":
+        if on_kl:
+            return KLRFGSM(model, eps)
+        return torchattacks.RFGSM(model, eps=eps, alpha=eps / 2, steps=1)
+    alpha = 2.5 * eps / steps
+    if on_kl:
+        return torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
+    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
