@@ -4,10 +4,16 @@ Execution is layer by layer, not step by step: a stateless op (conv, linear, poo
 whole sequence with time folded into the batch, and each IF layer is a scan over time. Values that do
 not change over time (the analog input under direct encoding and everything computed from it before the
 first neuron) are computed once, not ``T`` times.
+
+How gradients cross the spiking layers is the executor's ``gradient_mode`` (see
+:mod:`spikeshield.runtime.gradient_modes`); it can be switched at any time, for example by an attack
+ensemble, without rebuilding the executor or touching its parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +22,7 @@ from torch import nn
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, BatchNorm, Input, Output, Sum
+from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, channel_view
 from spikeshield.runtime.neurons import IFParameters, if_scan
 from spikeshield.runtime.surrogates import Surrogate
@@ -41,6 +48,7 @@ class GraphExecutor(nn.Module):
 
     ``forward(x, timesteps)`` returns logits: for an SNN, the output layer's value averaged over
     ``timesteps`` steps. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
+    ``surrogate`` is a shorthand for ``gradient_mode=GradientMode("bptt", surrogate)``.
     """
 
     def __init__(
@@ -48,12 +56,15 @@ class GraphExecutor(nn.Module):
         graph: Graph,
         surrogate: Surrogate | None = None,
         encoding: str = "direct",
+        gradient_mode: GradientMode | None = None,
     ) -> None:
         super().__init__()
         graph.validate()
         self.graph = graph
         self.order = graph.nodes()
-        self.surrogate = surrogate or Surrogate()
+        if gradient_mode is not None and surrogate is not None:
+            raise ConfigError("give either a surrogate or a gradient mode, not both")
+        self.gradient_mode = gradient_mode or GradientMode("bptt", surrogate or Surrogate())
         if encoding not in ENCODINGS:
             raise ConfigError(f"unknown input encoding {encoding!r}; choose one of {ENCODINGS}")
         self.encoding = encoding
@@ -68,6 +79,15 @@ class GraphExecutor(nn.Module):
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def using(self, mode: GradientMode) -> Iterator[GraphExecutor]:
+        """Run the block with ``mode`` as the gradient mode, then restore the previous one."""
+        previous, self.gradient_mode = self.gradient_mode, mode
+        try:
+            yield self
+        finally:
+            self.gradient_mode = previous
 
     # ---- parameters ---------------------------------------------------------------------
     def tensors_of(self, name: str) -> dict[str, torch.Tensor]:
@@ -95,11 +115,15 @@ class GraphExecutor(nn.Module):
     ) -> torch.Tensor:
         """Logits for a batch ``x`` of shape ``(N, *input_shape)``.
 
-        ``timesteps`` is required for a spiking graph. ``record=True`` stores per-sample spike counts
+        ``timesteps`` is required for a spiking graph (and ignored by the ANN proxy gradient mode,
+        which runs every IF layer as ``relu(I)/theta`` in a single pass). ``record=True`` stores per-sample spike counts
         of every IF node in ``self.spike_counts``. ``stop_at=node`` returns the value *entering* that
         node instead (``(T, N, ...)`` when it varies over time), used by threshold calibration.
         """
-        if self.is_spiking:
+        proxy = self.gradient_mode.kind == "ann_proxy"
+        if proxy:
+            timesteps = None
+        elif self.is_spiking:
             if timesteps is None or timesteps <= 0:
                 raise ConfigError(
                     f"a spiking graph needs timesteps >= 1, got {timesteps}; pass --timesteps"
@@ -115,7 +139,9 @@ class GraphExecutor(nn.Module):
             value = self._gather(name, values, timesteps)
             if name == stop_at:
                 return value.data
-            if isinstance(op, IF):
+            if isinstance(op, IF) and proxy:
+                values[name] = self._run_proxy(name, value)
+            elif isinstance(op, IF):
                 spikes = self._run_if(name, op, value, timesteps)
                 if record:
                     self.spike_counts[name] = spikes.detach().flatten(2).sum(dim=(0, 2))
@@ -137,7 +163,9 @@ class GraphExecutor(nn.Module):
             # Each step, pixel value p in [0, 1] is a spike with probability p.
             from norse.torch.functional.encode import poisson_encode
 
-            return _Value(poisson_encode(x, timesteps, f_max=1.0, dt=1.0, generator=generator), True)
+            spikes = poisson_encode(x.detach(), timesteps, f_max=1.0, dt=1.0, generator=generator)
+            # Straight-through towards the pixels, so that attacks see an expected-value gradient.
+            return _Value(spikes + (x - x.detach()).unsqueeze(0), temporal=True)
         return _Value(x, temporal=False)
 
     def _gather(self, name: str, values: dict[str, _Value], timesteps: int | None) -> _Value:
@@ -160,7 +188,18 @@ class GraphExecutor(nn.Module):
     def _run_if(self, name: str, op: IF, value: _Value, timesteps: int) -> torch.Tensor:
         threshold = self.tensors_of(name)["threshold"]
         ndim = value.data.dim() - (1 if value.temporal else 0)
-        params = IFParameters(channel_view(threshold, ndim), op.reset, self.surrogate)
-        if value.temporal:
-            return if_scan(value.data, params)
-        return if_scan(value.data, params, timesteps=timesteps)
+        threshold = channel_view(threshold, ndim)
+        mode = self.gradient_mode
+        steps = None if value.temporal else timesteps
+        if mode.kind == "bptt":
+            return if_scan(value.data, IFParameters(threshold, op.reset, mode.surrogate), steps)
+        # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
+        with torch.no_grad():
+            params = IFParameters(threshold.detach(), op.reset, Surrogate("none"))
+            spikes = if_scan(value.data, params, steps)
+        return rate_gradient_spikes(spikes, value.data, threshold, mode.kind)
+
+    def _run_proxy(self, name: str, value: _Value) -> _Value:
+        data = value.data.mean(dim=0) if value.temporal else value.data
+        threshold = channel_view(self.tensors_of(name)["threshold"], data.dim())
+        return _Value(torch.relu(data) / threshold, temporal=False)

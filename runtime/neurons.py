@@ -30,9 +30,16 @@ class IFState(NamedTuple):
 def if_step(
     x: torch.Tensor, state: IFState, p: IFParameters
 ) -> tuple[torch.Tensor, IFState]:
-    """One step: integrate ``x``, spike where ``v > threshold``, reset the neurons that spiked."""
+    """One step: integrate ``x``, spike where ``v > threshold``, reset the neurons that spiked.
+
+    Gradients: ``ds/dv = surrogate'((v - threshold) / threshold) / threshold``."""
     v = state.v + x
-    s = spike(v - p.threshold, p.surrogate)
+    # The surrogate sees the distance to threshold in units of the threshold, so that a width means
+    # the same in every layer: IF dynamics are unchanged when v, x and threshold are scaled together,
+    # and so is this gradient (up to the 1/threshold of the chain rule). With an absolute distance,
+    # a layer with threshold 4.5 got 100x the gradient of its neighbours and BPTT through the reset
+    # exploded (measured on a converted LeNet; see the finetuning pass).
+    s = spike((v - p.threshold) / p.threshold, p.surrogate)
     if p.reset == "zero":
         v = v * (1.0 - s)
     else:

@@ -1,7 +1,11 @@
 """Surrogate gradients for the spike non-linearity.
 
-Forward is always the exact Heaviside step ``s = 1[u > 0]`` with ``u = v - threshold``. Backward replaces
-its derivative (zero almost everywhere) by a smooth pseudo-derivative ``sigma'(u)`` of width ``gamma``:
+Forward is always the exact Heaviside step ``s = 1[u > 0]``. The IF neuron passes
+``u = (v - threshold) / threshold``, the distance to threshold in units of the threshold, so that a
+width means the same in every layer whatever its calibrated threshold (the reference code uses
+``u = v - threshold``; the two coincide for the unit thresholds most SNN libraries use). Backward
+replaces the step's derivative (zero almost everywhere) by a pseudo-derivative ``sigma'(u)`` of
+width ``gamma``:
 
 ===================  ===========================================  =====================================
 name                 sigma'(u)                                     gamma is

@@ -1,0 +1,208 @@
+"""Attacks on a compiled network, built from torchattacks, and the preset attack ensembles.
+
+An ensemble *member* is a base attack (PGD-20, APGD-CE, Square, ...) paired with the gradient mode it
+differentiates the SNN with (:mod:`spikeshield.runtime.gradient_modes`). Black-box members (Square)
+query the true spiking network; transfer members craft the perturbation on the source ANN. Whatever
+the member, success is always judged by the true spiking network.
+
+Presets (``PRESETS``):
+
+- ``quick``: PGD-20 with the triangle, rectangular and exponential surrogates (γ=1) and BPTR.
+- ``paper``: the 19 members of Özdenizci & Legenstein (2024) with one base attack: triangle
+  γ∈{1,2,3,0.5,0.25}, damped exponential γ∈{0.5,1,2}, exponential γ∈{0.5,1,2}, rectangular
+  γ∈{0.25,0.5,1,2,4}, straight-through, BPTR and the ANN proxy.
+- ``strong``: ``paper`` plus RGA, APGD-CE and APGD-DLR (100 iterations, triangle and BPTR), targeted
+  APGD (100 iterations), a PGD-20 surrogate width sweep from 0.1 to 3.0 over five families, transfer
+  from the source ANN, and Square with 5,000 queries last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.surrogates import Surrogate
+
+ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "transfer")
+BASE_ATTACKS = ("fgsm", "pgd", "apgd-ce")
+PRESETS = ("quick", "paper", "strong")
+_GRADIENT_FREE = ("square",)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A base attack. ``step_size`` None means ``2.5 * eps / steps`` (Madry et al.'s rule)."""
+
+    name: str = "pgd"
+    steps: int = 20
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    queries: int = 5000
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
+        if self.steps <= 0 or self.restarts <= 0 or self.queries <= 0:
+            raise ConfigError(f"attack {self.name}: steps, restarts and queries must be positive")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"attack {self.name}: step size must be positive, got {self.step_size}")
+
+    @property
+    def label(self) -> str:
+        if self.name in ("fgsm", "rfgsm"):
+            return self.name.upper().replace("RFGSM", "R-FGSM")
+        if self.name == "square":
+            return f"Square-{self.queries}"
+        if self.name == "transfer":
+            return f"transfer PGD-{self.steps} from ANN"
+        return f"{self.name.upper()}-{self.steps}"
+
+    @property
+    def uses_gradient_mode(self) -> bool:
+        return self.name not in _GRADIENT_FREE and self.name != "transfer"
+
+    def alpha(self, eps: float) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
+
+    def build(self, model: nn.Module, eps: float, num_classes: int, seed: int):
+        """The torchattacks attack object on ``model`` (which maps pixels in [0, 1] to logits)."""
+        import torchattacks
+
+        name = self.name
+        if name in ("apgd-dlr", "apgd-t") and num_classes < 3:
+            raise ConfigError(f"{self.label} needs at least 3 classes, the data has {num_classes}")
+        if name == "fgsm":
+            return torchattacks.FGSM(model, eps=eps)
+        if name == "rfgsm":
+            return torchattacks.RFGSM(model, eps=eps, alpha=eps / 2, steps=1)
+        if name in ("pgd", "transfer"):
+            return torchattacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
+                                    random_start=self.random_start)
+        if name in ("apgd-ce", "apgd-dlr"):
+            return torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps,
+                                     n_restarts=self.restarts, seed=seed, loss=name[5:])
+        if name == "apgd-t":
+            return torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps,
+                                      n_restarts=self.restarts, seed=seed, n_classes=num_classes)
+        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=self.queries,
+                                   n_restarts=self.restarts, seed=seed)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ensemble member: a base attack and, for white-box attacks, the gradient mode it uses
+    (None: the attacked executor's own mode, which for an ANN is simply its exact gradient)."""
+
+    attack: AttackSpec
+    mode: GradientMode | None = None
+
+    def __post_init__(self) -> None:
+        if not self.attack.uses_gradient_mode and self.mode is not None:
+            raise ConfigError(f"{self.attack.label} takes no gradient mode, got {self.mode.label}")
+
+    @property
+    def label(self) -> str:
+        return self.attack.label if self.mode is None else f"{self.attack.label} / {self.mode.label}"
+
+    @property
+    def white_box(self) -> bool:
+        """Does this member differentiate the attacked network (``mode`` None: its own mode)?"""
+        return self.attack.uses_gradient_mode
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "attack": self.attack.name, "steps": self.attack.steps,
+                "gradient_mode": None if self.mode is None else self.mode.spec}
+
+
+class AttackedModel(nn.Module):
+    """``x -> logits`` of an executor at ``timesteps`` under one gradient mode, for torchattacks.
+
+    The executor is shared, not copied: switching members costs nothing.
+    """
+
+    def __init__(self, executor: GraphExecutor, timesteps: int | None, mode: GradientMode) -> None:
+        super().__init__()
+        self.executor = executor
+        self.timesteps = timesteps
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.executor.using(self.mode):
+            return self.executor(x, self.timesteps)
+
+
+def _bptt(name: str, gamma: float) -> GradientMode:
+    return GradientMode("bptt", Surrogate(name, gamma))
+
+
+def paper_modes() -> list[GradientMode]:
+    """The 19 gradient modes of the reference ensemble, in its order."""
+    modes = [_bptt("triangle", g) for g in (1, 2, 3, 0.5, 0.25)]
+    modes += [_bptt("damped_exponential", g) for g in (0.5, 1, 2)]
+    modes += [_bptt("exponential", g) for g in (0.5, 1, 2)]
+    modes += [_bptt("rectangular", g) for g in (0.25, 0.5, 1, 2, 4)]
+    modes += [_bptt("straight_through", 1.0), GradientMode("bptr"), GradientMode("ann_proxy")]
+    return modes
+
+
+def _width_sweep() -> list[GradientMode]:
+    widths = (0.1, 0.2, 0.3, 0.75, 1.5, 2.5)
+    modes = [_bptt(family, g) for family in ("triangle", "rectangular") for g in widths]
+    # For these families gamma is a slope: small = wide.
+    slopes = (0.3, 1.0, 3.0)
+    modes += [_bptt(family, g) for family in ("sigmoid", "arctan", "fast_sigmoid") for g in slopes]
+    return modes
+
+
+def base_attack(name: str, steps: int | None = None) -> AttackSpec:
+    """The base attack of the ``paper`` preset: fgsm, pgd (20 steps) or apgd-ce (20 steps)."""
+    name = {"apgd": "apgd-ce"}.get(name, name)
+    if name not in BASE_ATTACKS:
+        raise ConfigError(f"base attack must be one of fgsm, pgd, apgd, got {name!r}")
+    return AttackSpec(name, steps=steps or 20)
+
+
+def preset_members(preset: str, base: AttackSpec | None = None) -> list[Member]:
+    """The members of a preset, in the order they run (later members see only survivors)."""
+    base = base or AttackSpec("pgd", steps=20)
+    if preset == "quick":
+        modes = [_bptt("triangle", 1), _bptt("rectangular", 1), _bptt("exponential", 1)]
+        return [Member(base, m) for m in modes + [GradientMode("bptr")]]
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    members = [Member(base, m) for m in paper_modes()]
+    if preset == "paper":
+        return members
+    pgd = AttackSpec("pgd", steps=20)
+    members.append(Member(base, GradientMode("rga")))
+    for name in ("apgd-ce", "apgd-dlr"):
+        for mode in (_bptt("triangle", 1), GradientMode("bptr")):
+            members.append(Member(AttackSpec(name, steps=100), mode))
+    members.append(Member(AttackSpec("apgd-t", steps=100), _bptt("triangle", 1)))
+    members += [Member(pgd, m) for m in _width_sweep()]
+    members.append(Member(AttackSpec("transfer", steps=20)))
+    members.append(Member(AttackSpec("square", queries=5000)))
+    return members
+
+
+def members_for_ann(members: list[Member]) -> list[Member]:
+    """The members that differ on a non-spiking network: gradient modes collapse into the exact
+    gradient, and transfer from the ANN to itself is the white-box attack again."""
+    seen: dict[tuple, Member] = {}
+    for m in members:
+        if m.attack.name == "transfer":
+            continue
+        key = (m.attack.name, m.attack.steps, m.attack.queries)
+        seen.setdefault(key, Member(m.attack))
+    return list(seen.values())
+
+
+def with_steps(member: Member, steps: int) -> Member:
+    """The same member with a different number of iterations (used by the steps curve)."""
+    return Member(replace(member.attack, steps=steps), member.mode)

@@ -1,0 +1,56 @@
+import pytest
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.runtime.attacks import (
+    AttackSpec,
+    Member,
+    base_attack,
+    members_for_ann,
+    preset_members,
+)
+from spikeshield.runtime.gradient_modes import GradientMode
+
+
+def test_paper_preset_is_the_19_member_reference_ensemble():
+    members = preset_members("paper")
+    labels = [m.label for m in members]
+    assert len(members) == 19 and len(set(labels)) == 19
+    assert all(m.attack == AttackSpec("pgd", steps=20) for m in members)
+    kinds = [m.mode.surrogate.name if m.mode.kind == "bptt" else m.mode.kind for m in members]
+    assert kinds.count("triangle") == 5 and kinds.count("rectangular") == 5
+    assert kinds.count("exponential") == 3 and kinds.count("damped_exponential") == 3
+    assert kinds[-3:] == ["straight_through", "bptr", "ann_proxy"]
+    fgsm = preset_members("paper", base_attack("fgsm"))
+    assert {m.attack.name for m in fgsm} == {"fgsm"}
+
+
+def test_quick_and_strong_presets():
+    quick = preset_members("quick")
+    assert len(quick) == 4 and quick[-1].mode == GradientMode("bptr")
+    strong = preset_members("strong")
+    names = [m.attack.name for m in strong]
+    assert strong[:19] == preset_members("paper")
+    assert {"apgd-ce", "apgd-dlr", "apgd-t", "transfer"} <= set(names)
+    assert names[-1] == "square" and strong[-1].attack.queries == 5000
+    sweep = [m for m in strong[19:] if m.attack.name == "pgd" and m.mode.kind == "bptt"]
+    widths = {m.mode.surrogate.gamma for m in sweep}
+    assert min(widths) == pytest.approx(0.1) and max(widths) == pytest.approx(3.0)
+
+
+def test_an_ann_needs_one_member_per_distinct_attack():
+    ann = members_for_ann(preset_members("strong"))
+    assert [m.attack.name for m in ann] == ["pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square"]
+    assert all(m.mode is None for m in ann)
+
+
+def test_bad_attacks():
+    with pytest.raises(ConfigError, match="unknown attack"):
+        AttackSpec("cw")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_members("brutal")
+    with pytest.raises(ConfigError, match="takes no gradient mode"):
+        Member(AttackSpec("square"), GradientMode("bptr"))
+    with pytest.raises(ConfigError, match="base attack"):
+        base_attack("square")
+    with pytest.raises(ConfigError, match="positive"):
+        AttackSpec("pgd", steps=0)

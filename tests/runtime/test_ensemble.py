@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.runtime.attacks import AttackSpec, Member
+from spikeshield.runtime.diagnostics import diagnose
+from spikeshield.runtime.ensemble import _attack_batch, run_ensemble
+from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.surrogates import Surrogate
+
+EPS = 0.1
+DETERMINISTIC = [
+    Member(AttackSpec("fgsm"), GradientMode.parse("triangle:1")),
+    Member(AttackSpec("pgd", steps=5, random_start=False), GradientMode("bptr")),
+    Member(AttackSpec("pgd", steps=5, random_start=False), GradientMode("ann_proxy")),
+]
+
+
+@pytest.fixture(scope="module")
+def snn(converted_lenet):
+    return GraphExecutor(converted_lenet.snn)
+
+
+@pytest.fixture(scope="module")
+def samples(mnist5k):
+    return mnist5k.test.head(64)
+
+
+def test_worst_case_is_never_above_any_member(snn, samples):
+    result = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, exhaustive=True)
+    for member in result.members:
+        assert result.robust <= member.standalone_robust
+    # the worst case is exactly the samples that survived every member
+    survived = torch.ones(len(samples), dtype=torch.bool)
+    for member in result.members:
+        survived &= ~member.broken_mask
+    clean_correct = result.clean_correct
+    assert result.robust == int(survived.sum()) - (len(samples) - clean_correct)
+    assert result.robust < result.clean_correct  # the attacks do something on a non-robust net
+
+
+def test_later_members_attack_only_survivors(snn, samples):
+    result = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10)
+    assert result.members[0].attacked == result.clean_correct
+    for before, after in zip(result.members, result.members[1:]):
+        assert after.attacked == before.robust_after
+    alone = [run_ensemble(snn, samples, [m], EPS, 8, 10).robust for m in DETERMINISTIC]
+    assert result.robust <= min(alone)
+
+
+def test_zero_budget_changes_nothing(snn, samples):
+    result = run_ensemble(snn, samples, DETERMINISTIC[:1], 0.0, 8, 10)
+    assert result.robust == result.clean_correct
+
+
+def test_adversarial_examples_stay_in_the_threat_model(snn, samples):
+    x = samples.images[:16].float() / 255
+    y = samples.labels[:16]
+    for member in DETERMINISTIC + [Member(AttackSpec("square", queries=20))]:
+        x_adv = _attack_batch(member, snn, None, x, y, EPS, 8, 10, seed=0)
+        assert (x_adv - x).abs().max() <= EPS + 1e-6
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_bad_ensembles(snn, samples):
+    with pytest.raises(ConfigError, match="eps must be in"):
+        run_ensemble(snn, samples, DETERMINISTIC, 1.5, 8, 10)
+    with pytest.raises(ConfigError, match="source ANN"):
+        run_ensemble(snn, samples, [Member(AttackSpec("transfer"))], EPS, 8, 10)
+    with pytest.raises(ConfigError, match="at least one member"):
+        run_ensemble(snn, samples, [], EPS, 8, 10)
+
+
+def test_a_masked_model_is_flagged_and_a_sound_one_is_not(snn, samples):
+    masked = [Member(AttackSpec("pgd", steps=10, random_start=False),
+                     GradientMode("bptt", Surrogate("none")))]
+    result = run_ensemble(snn, samples, masked, EPS, 8, 10)
+    assert result.robust == result.clean_correct  # the attack cannot move: looks "robust"
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64)
+    assert diag.zero_gradient_fraction == {"none": 1.0}
+    assert not diag.trustworthy and "NOT TRUSTWORTHY" in diag.verdict
+    assert any("zero input gradient" in reason for reason in diag.masking)
+    assert any("stays at" in reason for reason in diag.masking)
+
+    sound = [Member(AttackSpec("pgd", steps=10), GradientMode.parse("triangle:1"))]
+    result = run_ensemble(snn, samples, sound, EPS, 8, 10)
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64)
+    assert diag.trustworthy, diag.masking
+    assert diag.eps_curve[0][0] == 0 and diag.eps_curve[-1] == (0.5, pytest.approx(0.0, abs=0.1))
+
+
+def test_square_beating_the_white_box_members_is_flagged(snn, samples):
+    members = [Member(AttackSpec("pgd", steps=5), GradientMode("bptt", Surrogate("none"))),
+               Member(AttackSpec("square", queries=100))]
+    result = run_ensemble(snn, samples, members, 0.3, 8, 10)
+    assert result.members[1].broken > 0
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=32)
+    assert any("black-box Square" in reason for reason in diag.masking)

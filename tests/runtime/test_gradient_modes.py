@@ -1,0 +1,101 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.surrogates import SURROGATE_NAMES
+
+from tests.conftest import single_if_graph
+
+ALL_MODES = [f"{name}:{g}" for name in SURROGATE_NAMES if name != "none" for g in (0.5, 2.0)]
+ALL_MODES += ["bptr", "rga", "ann_proxy"]
+
+
+def _input_gradient(executor, x, y, timesteps=8):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(executor(x, timesteps), y), x)
+    return grad
+
+
+@pytest.mark.parametrize("spec", ALL_MODES)
+def test_every_mode_gives_a_nonzero_input_gradient(converted_lenet, mnist5k, spec):
+    executor = GraphExecutor(converted_lenet.snn, gradient_mode=GradientMode.parse(spec))
+    x, y = next(mnist5k.test.batches(16))
+    grad = _input_gradient(executor, x, y)
+    assert torch.isfinite(grad).all()
+    # every single input gets a gradient, not just the batch as a whole
+    assert (grad.flatten(1).abs().amax(dim=1) > 0).all(), spec
+
+
+def test_no_surrogate_masks_every_gradient(converted_lenet, mnist5k):
+    executor = GraphExecutor(converted_lenet.snn, gradient_mode=GradientMode.parse("none"))
+    x, y = next(mnist5k.test.batches(16))
+    assert (_input_gradient(executor, x, y) == 0).all()
+
+
+def test_switching_modes_keeps_the_forward_pass_and_the_parameters(converted_lenet, mnist5k):
+    executor = GraphExecutor(converted_lenet.snn)
+    params = [id(p) for p in executor.parameters()]
+    x, _ = next(mnist5k.test.batches(32))
+    with torch.no_grad():
+        reference = executor(x, 8)
+        for spec in ("rectangular:0.25", "straight_through", "bptr", "rga"):
+            with executor.using(GradientMode.parse(spec)):
+                torch.testing.assert_close(executor(x, 8), reference, rtol=0, atol=0)
+    assert executor.gradient_mode == GradientMode()  # restored after the block
+    assert [id(p) for p in executor.parameters()] == params
+
+
+def test_ann_proxy_of_a_converted_network_is_the_source_ann(converted_lenet, mnist5k):
+    x, _ = next(mnist5k.test.batches(32))
+    proxy = GraphExecutor(converted_lenet.snn, gradient_mode=GradientMode("ann_proxy"))
+    with torch.no_grad():
+        torch.testing.assert_close(proxy(x, 8), GraphExecutor(converted_lenet.ann)(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("current", "bptr", "rga"), [
+    (0.5, 1.0, 1.0),  # fires at half rate: both pass 1/threshold
+    (0.05, 0.0, 1.0),  # never fires in 8 steps: BPTR blocks, RGA sees 0 < I < threshold
+    (2.0, 1.0, 0.0),  # saturated: BPTR passes, RGA's clamp is flat
+    (-0.3, 0.0, 0.0),  # inhibited
+])
+def test_rate_gradients_by_hand(current, bptr, rga):
+    """Single IF neuron (threshold 1) whose output is its rate over 8 steps: d rate / d input."""
+    for kind, expected in (("bptr", bptr), ("rga", rga)):
+        executor = GraphExecutor(single_if_graph(1.0), gradient_mode=GradientMode(kind))
+        x = torch.tensor([[current]], requires_grad=True)
+        (grad,) = torch.autograd.grad(executor(x, 8).sum(), x)
+        assert float(grad) == pytest.approx(expected, abs=1e-6), (kind, current)
+
+
+def test_surrogate_width_is_in_units_of_the_threshold():
+    """Scaling threshold and input together leaves spikes unchanged and scales the gradient by 1/c."""
+    grads = []
+    for scale in (1.0, 4.0):
+        executor = GraphExecutor(single_if_graph(scale), gradient_mode=GradientMode.parse("triangle:1"))
+        x = torch.tensor([[0.3 * scale]], requires_grad=True)
+        (grad,) = torch.autograd.grad(executor(x, 8).sum(), x)
+        grads.append(float(grad))
+    assert grads[0] > 0
+    assert grads[1] == pytest.approx(grads[0] / 4.0, rel=1e-5)
+
+
+def test_parse_and_label_round_trip():
+    for spec in ("triangle:0.25", "damped_exponential:2", "bptr", "rga", "ann_proxy"):
+        assert GradientMode.parse(GradientMode.parse(spec).spec) == GradientMode.parse(spec)
+    assert GradientMode.parse("ste").surrogate.name == "straight_through"
+    assert GradientMode.parse("triangle").label == "triangle γ=1"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("sawtooth", "unknown gradient mode"),
+    ("bptr:2", "takes no width"),
+    ("triangle:wide", "not a number"),
+    ("triangle:-1", "positive"),
+])
+def test_bad_modes(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        GradientMode.parse(spec)
