@@ -127,7 +127,15 @@ def compile_cmd(
     calibration_batches: Annotated[int, typer.Option(help="Batches used for calibration.")] = 11,
     calibration_timesteps: Annotated[Optional[int], typer.Option(help="T during calibration (default: --timesteps).")] = None,
     encoding: Annotated[str, typer.Option(help="Input encoding: direct (analog each step) or poisson.")] = "direct",
-    eval_samples: Annotated[Optional[int], typer.Option("--n", help="Evaluate on the first N test samples.")] = None,
+    finetune: Annotated[str, typer.Option(help="Robust finetuning of the SNN: trades, at, mart or none.")] = "trades",
+    finetune_epochs: Annotated[int, typer.Option(help="Finetuning epochs (the reference uses 60).")] = 10,
+    eps_train: Annotated[Optional[float], typer.Option(help="Finetuning perturbation budget (default: --eps / 4).")] = None,
+    finetune_attack: Annotated[str, typer.Option(help="Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")] = "rfgsm",
+    finetune_lr: Annotated[float, typer.Option(help="Finetuning SGD learning rate (cosine schedule).")] = 1e-3,
+    finetune_max_train: Annotated[Optional[int], typer.Option(help="Finetune on the first N training images only.")] = None,
+    robustness: Annotated[str, typer.Option(help="Attack preset for the ANN vs SNN robustness report: quick, paper, strong or none.")] = "quick",
+    eps: Annotated[Optional[float], typer.Option(help="Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
+    eval_samples: Annotated[Optional[int], typer.Option("--n", help="Evaluate on the first N test samples (robustness: 1000 by default).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -141,7 +149,10 @@ def compile_cmd(
                             batchnorm=batchnorm, calibration=calibration, percentile=percentile,
                             calibration_batches=calibration_batches,
                             calibration_timesteps=calibration_timesteps, batch_size=batch_size,
-                            eval_samples=eval_samples, encoding=encoding, device=device, seed=seed)
+                            eval_samples=eval_samples, encoding=encoding, device=device, seed=seed,
+                            finetune=finetune, finetune_epochs=finetune_epochs, eps_train=eps_train,
+                            finetune_attack=finetune_attack, finetune_lr=finetune_lr,
+                            finetune_max_train=finetune_max_train, robustness=robustness, eps=eps)
         if threshold_scale is not None:
             cfg.threshold_scale = threshold_scale
         result = compile_model(model, data, cfg, out)
@@ -150,6 +161,48 @@ def compile_cmd(
             f"ANN accuracy {100 * r['ann']['accuracy']:.2f}%, SNN (T={timesteps}) accuracy "
             f"{100 * r['snn']['accuracy']:.2f}% on {r['snn']['samples']} test samples; wrote {out}"
         )
+        rob = r.get("robustness")
+        if rob is not None:
+            typer.echo(_robustness_line(rob["eps"], rob["preset"], rob["ann_pgd_robust_accuracy"],
+                                        rob["snn_robust_accuracy"], rob["verdict"]))
+
+    _guard(run)
+
+
+def _robustness_line(eps: float, preset: str, ann_pgd: float | None, snn: float, verdict: str) -> str:
+    ann = "n/a" if ann_pgd is None else f"{100 * ann_pgd:.2f}%"
+    return (f"robust accuracy at eps={eps:.4g}: ANN (PGD) {ann}, SNN ({preset} worst case) "
+            f"{100 * snn:.2f}%. {verdict}")
+
+
+@app.command("eval")
+def eval_cmd(
+    directory: Annotated[Path, typer.Argument(help="A compile directory (holds snn.ir, and ann.ir for the comparison).")],
+    preset: Annotated[str, typer.Option(help="Attack ensemble: quick (4 members), paper (19) or strong (paper + APGD, Square, width sweep).")] = "quick",
+    eps: Annotated[Optional[float], typer.Option(help="L-inf budget in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default 1000; at most the test split).")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
+    attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
+    exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attack a compiled SNN with an adaptive ensemble; writes robustness.json, .md and .png."""
+
+    def run() -> None:
+        from spikeshield.compiler.robustness import RobustnessConfig, evaluate_directory
+
+        cfg = RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
+                               base_attack=attack, exhaustive=exhaustive, seed=seed, device=device)
+        report = evaluate_directory(directory, data, cfg)
+        ann = report.get("ann") or {}
+        snn = report["snn"]
+        typer.echo(f"clean accuracy: ANN {100 * ann.get('clean_accuracy', float('nan')):.2f}%, SNN "
+                   f"{100 * snn['clean_accuracy']:.2f}% on {report['samples']} test samples")
+        typer.echo(_robustness_line(report["eps"], preset, ann.get("pgd_robust_accuracy"),
+                                    snn["robust_accuracy"], snn["diagnostics"]["verdict"]))
+        typer.echo(f"wrote {directory / 'robustness.md'}, robustness.json and robustness.png")
 
     _guard(run)
 
@@ -174,16 +227,22 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Robust training epochs.")] = 5,
     eps: Annotated[float, typer.Option(help="TRADES training budget (pixels).")] = 0.1,
     timesteps: Annotated[str, typer.Option(help="Comma-separated T values to compare.")] = "4,8,16,32",
+    finetune_epochs: Annotated[int, typer.Option(help="Robust finetuning epochs of the T=8 SNN.")] = 3,
+    n: Annotated[int, typer.Option("--n", help="Test images attacked by the quick ensemble.")] = 500,
+    max_train: Annotated[Optional[int], typer.Option(help="Train and finetune on the first N training images only.")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train a small robust ANN on mnist5k, compile it for several T, print ANN vs SNN accuracy."""
+    """Train a small robust ANN on mnist5k, convert it for several T, then finetune and attack the
+    T=8 SNN: prints ANN vs SNN clean and robust accuracy."""
 
     def run() -> None:
         from spikeshield.compiler.demo import run_demo
 
         steps = [int(t) for t in timesteps.split(",") if t.strip()]
-        run_demo(out, epochs=epochs, eps=eps, timesteps=steps, seed=seed, device=device, echo=typer.echo)
+        run_demo(out, epochs=epochs, eps=eps, timesteps=steps, seed=seed, device=device,
+                 echo=typer.echo, finetune_epochs=finetune_epochs, robust_samples=n,
+                 max_train=max_train)
 
     _guard(run)
 

@@ -1,8 +1,9 @@
 """The compile pipeline: a robust ANN in, a calibrated spiking network and its report out.
 
 ``compile_model`` is what ``spikeshield compile`` runs: lower the model, check it against the data,
-fold batch norm, convert ReLU to IF, calibrate thresholds, fold spike amplitudes into weights, then
-measure ANN and SNN clean accuracy on the test split and write the artifacts.
+fold batch norm, convert ReLU to IF, calibrate thresholds, fold spike amplitudes into weights,
+robustly finetune the SNN (selecting on the validation split), then measure ANN and SNN clean
+accuracy on the test split, attack both under a preset, and write the artifacts.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ from spikeshield.compiler.passes.calibrate_thresholds import (
     default_threshold_scale,
 )
 from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
+from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
 from spikeshield.compiler.ops.neurons import RESET_MODES
 from spikeshield.compiler.report import write_reports
+from spikeshield.compiler.robustness import (
+    DEFAULT_EVAL_SAMPLES,
+    RobustnessConfig,
+    default_eps,
+    evaluate_robustness,
+    write_robustness,
+)
 from spikeshield.compiler.serialize import save_graph
 from spikeshield.frontends.datasets import DataSplits, load_data
 from spikeshield.runtime.device import resolve_device
@@ -54,6 +63,16 @@ class CompileConfig:
     encoding: str = "direct"
     device: str = "auto"
     seed: int = 0
+    # Stage 3: robust finetuning of the SNN ("none" skips it).
+    finetune: str = "trades"
+    finetune_epochs: int = 10
+    eps_train: float | None = None  # None: a quarter of the evaluation eps (train small, test large)
+    finetune_attack: str = "rfgsm"
+    finetune_lr: float = 1e-3
+    finetune_max_train: int | None = None
+    # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
+    robustness: str = "quick"
+    eps: float | None = None  # None: default_eps(input shape)
 
     def validate(self) -> None:
         if self.timesteps <= 0:
@@ -76,6 +95,26 @@ class CompileConfig:
             raise ConfigError("batch size and calibration batches must be positive")
         if self.eval_samples is not None and self.eval_samples <= 0:
             raise ConfigError(f"eval samples must be positive, got {self.eval_samples}")
+        if self.finetune != "none":
+            self.finetune_config(0.1).validate()
+        if self.robustness != "none":
+            self.robustness_config().validate()
+
+    def evaluation_eps(self, input_shape: tuple[int, ...]) -> float:
+        return default_eps(input_shape) if self.eps is None else self.eps
+
+    def finetune_config(self, eval_eps: float) -> FinetuneConfig:
+        eps_train = eval_eps / 4 if self.eps_train is None else self.eps_train
+        return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
+                              eps_train=eps_train, inner_attack=self.finetune_attack,
+                              lr=self.finetune_lr, batch_size=self.batch_size,
+                              timesteps=self.timesteps, max_train=self.finetune_max_train,
+                              seed=self.seed)
+
+    def robustness_config(self) -> RobustnessConfig:
+        return RobustnessConfig(preset=self.robustness, eps=self.eps,
+                                samples=self.eval_samples or DEFAULT_EVAL_SAMPLES,
+                                seed=self.seed, device=self.device)
 
 
 @dataclass
@@ -133,7 +172,8 @@ def compile_model(
 ) -> CompileResult:
     """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
 
-    With ``out``, writes ``snn.ir``, ``ann.ir``, ``report.json`` and ``report.md`` there atomically.
+    With ``out``, writes ``snn.ir``, ``ann.ir``, ``report.json`` and ``report.md`` there atomically,
+    and ``robustness.json|md|png`` unless ``config.robustness`` is ``"none"``.
     """
     cfg = config or CompileConfig()
     cfg.validate()
@@ -150,13 +190,25 @@ def compile_model(
     snn = manager.run(ann, conversion_pipeline(cfg, calibration, device))
     snn.meta.update({"timesteps": cfg.timesteps, "encoding": cfg.encoding, "input_range": [0.0, 1.0]})
     test = splits.test if cfg.eval_samples is None else splits.test.head(cfg.eval_samples)
+    eval_eps = cfg.evaluation_eps(splits.input_shape)
+    converted = None
+    if cfg.finetune != "none":
+        converted = evaluate_graph(GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps,
+                                   device=device).accuracy
+        snn = manager.run_one(snn, "finetune_robust", data=splits,
+                              config=cfg.finetune_config(eval_eps), device=device)
     ann_eval = evaluate_graph(GraphExecutor(ann), test, None, device=device)
     snn_eval = evaluate_graph(
         GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps, device=device
     )
+    robustness = None
+    if cfg.robustness != "none":
+        robustness = evaluate_robustness(snn, ann, splits.test, splits.num_classes,
+                                         cfg.robustness_config())
     report = {
         "model": ann.meta.get("source", ann.name),
         "data": splits.name,
+        "data_spec": data if isinstance(data, str) else None,
         "config": asdict(cfg),
         "device": str(device),
         "passes": [r.to_json() for r in manager.records],
@@ -169,7 +221,9 @@ def compile_model(
             "spike_rates": snn_eval.spike_rates,
             "neurons": snn_eval.neurons,
             "mean_spikes_per_sample": snn_eval.mean_spikes_per_sample,
+            "accuracy_before_finetuning": converted,
         },
+        "robustness": _robustness_summary(robustness),
         "seconds": round(time.perf_counter() - started, 2),
     }
     result = CompileResult(ann, snn, report)
@@ -178,5 +232,25 @@ def compile_model(
             save_graph(snn, tmp / "snn.ir")
             save_graph(ann, tmp / "ann.ir")
             write_reports(report, snn, tmp)
+            if robustness is not None:
+                write_robustness(robustness, tmp)
         result.out_dir = Path(out)
     return result
+
+
+def _robustness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The headline numbers of a robustness report, for report.json / report.md."""
+    if report is None:
+        return None
+    ann = report.get("ann") or {}
+    return {
+        "eps": report["eps"],
+        "preset": report["preset"],
+        "samples": report["samples"],
+        "ann_robust_accuracy": ann.get("robust_accuracy"),
+        "ann_pgd_robust_accuracy": ann.get("pgd_robust_accuracy"),
+        "snn_robust_accuracy": report["snn"]["robust_accuracy"],
+        "retention": report.get("retention"),
+        "trustworthy": report["snn"]["diagnostics"]["trustworthy"],
+        "verdict": report["snn"]["diagnostics"]["verdict"],
+    }

@@ -17,7 +17,7 @@ def _pct(x: float) -> str:
 def render_markdown(report: dict[str, Any], snn: Graph) -> str:
     ann, snn_r = report["ann"], report["snn"]
     cfg = report["config"]
-    lines = [
+    lines: list[str] = [
         "# spikeshield compile report",
         "",
         f"- model: `{report['model']}`",
@@ -33,6 +33,27 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         f"| SNN (T={snn_r['timesteps']}) | {_pct(snn_r['accuracy'])} |",
         f"| difference | {100 * (snn_r['accuracy'] - ann['accuracy']):+.2f} pp |",
         "",
+    ]
+    if snn_r.get("accuracy_before_finetuning") is not None:
+        lines[-3:-3] = [f"| SNN before finetuning ({cfg['finetune']}, {cfg['finetune_epochs']} "
+                        f"epochs) | {_pct(snn_r['accuracy_before_finetuning'])} |"]
+    rob = report.get("robustness")
+    if rob is not None:
+        lines += [
+            f"## Robustness (ε = {rob['eps']:.4g}, preset `{rob['preset']}`, {rob['samples']} samples)",
+            "",
+            "| network | robust accuracy (worst case) |",
+            "|---|---|",
+            f"| ANN | {_pct(rob['ann_robust_accuracy'])} (PGD alone: "
+            f"{_pct(rob['ann_pgd_robust_accuracy'])}) |",
+            f"| SNN | {_pct(rob['snn_robust_accuracy'])} |",
+            "",
+            rob["verdict"],
+            "",
+            "Details, per attack member and with the masking diagnostics: robustness.md.",
+            "",
+        ]
+    lines += [
         "## Spiking layers",
         "",
         "| layer | neurons | threshold | firing rate (spikes / neuron / step) |",

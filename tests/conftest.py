@@ -54,3 +54,13 @@ def trained_lenet(mnist5k, tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "lenet.pt2"
     export_pt2(model, mnist5k.input_shape, path)
     return model, path
+
+
+@pytest.fixture(scope="session")
+def converted_lenet(trained_lenet, mnist5k):
+    """``trained_lenet`` converted at T=8 (calibration only): the CompileResult."""
+    from spikeshield.compiler.pipeline import CompileConfig, compile_model
+
+    _, path = trained_lenet
+    cfg = CompileConfig(timesteps=8, eval_samples=100, finetune="none", robustness="none")
+    return compile_model(path, mnist5k, cfg)

@@ -4,5 +4,6 @@ from spikeshield.compiler.passes import (  # noqa: F401
     calibrate_thresholds,
     convert_relu_to_if,
     fold_batchnorm,
+    finetune_robust,
     fold_scales,
 )

@@ -54,7 +54,8 @@ def test_long_simulation_reproduces_ann_accuracy(trained_lenet, mnist5k):
     """Conversion correctness: at T=256 the calibrated SNN is within 1 pp of its ANN."""
     _, path = trained_lenet
     test = mnist5k.test.head(500)
-    cfg = CompileConfig(timesteps=256, reset="subtract", eval_samples=500, calibration_batches=4)
+    cfg = CompileConfig(timesteps=256, reset="subtract", eval_samples=500, calibration_batches=4,
+                        finetune="none", robustness="none")
     result = compile_model(path, mnist5k, cfg)
     ann = result.report["ann"]["accuracy"]
     snn = evaluate_graph(GraphExecutor(result.snn), test, 256).accuracy

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from spikeshield.compiler.errors import ConfigError, PassError
+from spikeshield.compiler.ops import IF, Conv2d, Linear
+from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, add_zero_biases
+from spikeshield.frontends.datasets import DataSplits, Dataset
+
+from tests.conftest import tiny_conv_graph
+
+
+class _Untouchable(Dataset):
+    """A test split that fails the moment anything reads it."""
+
+    def __getattribute__(self, name):
+        if name in ("images", "labels", "batches", "head", "subset", "__len__"):
+            raise AssertionError(f"finetuning read the test split ({name})")
+        return super().__getattribute__(name)
+
+
+def _splits(mnist5k) -> DataSplits:
+    sealed = _Untouchable(mnist5k.test.images[:1], mnist5k.test.labels[:1])
+    return DataSplits(mnist5k.name, mnist5k.train, mnist5k.val, sealed, mnist5k.num_classes)
+
+
+SMALL = dict(epochs=1, max_train=128, val_samples=64, timesteps=4, batch_size=32)
+
+
+def test_finetuning_trains_within_its_contract_without_reading_the_test_split(converted_lenet,
+                                                                                mnist5k):
+    snn = converted_lenet.snn
+    # start one layer below the floor: the pass must lift it and keep every threshold above it
+    first_if = snn.nodes_of(IF)[0]
+    lowered = snn.copy()
+    lowered.set_op(first_if, lowered.op(first_if).replace(threshold=torch.tensor([0.01])))
+    manager = PassManager()
+    cfg = FinetuneConfig(**SMALL, lr=0.05, threshold_floor=0.2, selection="clean")
+    out = manager.run_one(lowered, "finetune_robust", data=_splits(mnist5k), config=cfg)
+    assert [out.op(n).kind for n in out.nodes()] == [snn.op(n).kind for n in snn.nodes()]
+    for name in out.nodes_of(IF):
+        assert float(out.op(name).threshold.min()) >= 0.2
+    assert all(out.op(n).bias is not None for n in out.nodes_of(Conv2d, Linear))
+    info = manager.records[-1].info
+    history = info["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    best = history[info["best_epoch"]]
+    assert best["score"] == max(h["score"] for h in history)  # selection on validation only
+    assert out.meta["finetuned"]["objective"] == "trades"
+    assert info["val_samples"] == 64 and info["train_samples"] == 128
+
+
+@pytest.mark.parametrize("objective", ["at", "mart"])
+def test_other_objectives_and_pgd_inner_attack(converted_lenet, mnist5k, objective):
+    cfg = FinetuneConfig(objective=objective, inner_attack="pgd", inner_steps=2, **SMALL)
+    manager = PassManager()
+    manager.run_one(converted_lenet.snn, "finetune_robust", data=_splits(mnist5k), config=cfg)
+    first = manager.records[-1].info["history"][1]
+    assert first["loss"] > 0 and first["val_robust"] is not None
+
+
+def test_zero_biases_are_added_only_where_missing():
+    graph = tiny_conv_graph()
+    graph.set_op("conv", graph.op("conv").replace(bias=None))
+    out, added = add_zero_biases(graph)
+    assert added == ["conv"]
+    assert torch.equal(out.op("conv").bias, torch.zeros(3))
+    assert torch.equal(out.op("fc").bias, graph.op("fc").bias)
+    assert graph.op("conv").bias is None  # the input graph is untouched
+
+
+def test_bad_finetuning_settings(converted_lenet, mnist5k):
+    for cfg, message in [
+        (FinetuneConfig(objective="standard"), "objective must be one of"),
+        (FinetuneConfig(eps_train=2.0), "eps_train must be in"),
+        (FinetuneConfig(inner_attack="cw"), "attack must be one of"),
+        (FinetuneConfig(threshold_floor=0), "threshold floor must be positive"),
+        (FinetuneConfig(surrogate="sawtooth"), "unknown gradient mode"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            cfg.validate()
+    with pytest.raises(PassError, match="needs a spiking graph"):
+        PassManager().run_one(converted_lenet.ann, "finetune_robust", data=mnist5k,
+                              config=FinetuneConfig(**SMALL))
