@@ -14,12 +14,13 @@ Inner attacks: ``pgd`` (``steps`` steps of ``2.5 * eps / steps`` from a random s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.errors import ConfigError, PassError
 
 OBJECTIVES = ("at", "trades", "mart", "standard")
 INNER_ATTACKS = ("pgd", "rfgsm")
@@ -86,3 +87,40 @@ def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: in
     if on_kl:
         return torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
     return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+
+
+def robust_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: str,
+    beta: float,
+    *,
+    while_attacking: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    after_step: Callable[[], None] | None = None,
+    what: str = "training",
+) -> float:
+    """One epoch of robust training over ``batches`` (an iterable, e.g. a progress bar); returns
+    the mean loss. ``attack`` None trains on clean data with plain cross-entropy. A non-finite loss
+    raises :class:`PassError`, naming the learning rate as the likely fix."""
+    total, seen = 0.0, 0
+    for x, y in batches:
+        with while_attacking():
+            x_adv = attack(x, y) if attack is not None else x
+        model.train()
+        loss = robust_loss(model, x, y, x_adv, objective if attack is not None else "standard", beta)
+        if not torch.isfinite(loss):
+            raise PassError(f"{what} diverged (loss {float(loss)}); lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        total += float(loss.detach()) * len(y)
+        seen += len(y)
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(1, seen)

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.robust_objectives import OBJECTIVES, inner_attack, robust_loss
+from spikeshield.compiler.robust_objectives import OBJECTIVES, inner_attack, robust_epoch
 from spikeshield.frontends.datasets import DataSplits
 from spikeshield.runtime.evaluate import accuracy_of
 
@@ -78,24 +77,14 @@ def train_robust(
     result = TrainResult(model)
     best_state, best_acc = None, -math.inf
     for epoch in range(cfg.epochs):
-        model.train()
-        total, seen = 0.0, 0
         bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})",
                    leave=False, disable=None)
-        for x, y in bar:
-            x_adv = attack(x, y) if attack is not None else x
-            model.train()
-            loss = robust_loss(model, x, y, x_adv, cfg.objective if attack else "standard", beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(y)
-            seen += len(y)
+        loss = robust_epoch(model, bar, attack, optimizer, scheduler, cfg.objective, beta,
+                            what=f"training (epoch {epoch + 1})")
         model.eval()
         val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
-        result.history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "val_accuracy": val_acc})
+        result.history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
         if val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
             result.best_epoch = epoch + 1

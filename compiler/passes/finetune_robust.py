@@ -34,7 +34,7 @@ from spikeshield.compiler.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
 from spikeshield.compiler.pass_manager import PassResult, register_pass
-from spikeshield.compiler.robust_objectives import INNER_ATTACKS, inner_attack, robust_loss
+from spikeshield.compiler.robust_objectives import INNER_ATTACKS, inner_attack, robust_epoch
 from spikeshield.frontends.datasets import DataSplits, Dataset
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
@@ -141,9 +141,13 @@ def finetune_robust(
     mode = GradientMode.parse(cfg.surrogate)
     executor = GraphExecutor(graph, gradient_mode=mode).to(device)
     thresholds = [executor.tensors_of(n)["threshold"] for n in graph.nodes_of(IF)]
-    with torch.no_grad():
-        for t in thresholds:
-            t.clamp_(min=cfg.threshold_floor)
+
+    def clamp_thresholds() -> None:
+        with torch.no_grad():
+            for t in thresholds:
+                t.clamp_(min=cfg.threshold_floor)
+
+    clamp_thresholds()
     model = AttackedModel(executor, cfg.timesteps, mode)
     # Scale nodes are input normalisation or spike amplitudes: preprocessing, or redundant with the
     # next layer's weights. Training them lets the normalisation drift (measured: its gradient is
@@ -163,31 +167,16 @@ def finetune_robust(
     best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
-        executor.train()
-        total, seen = 0.0, 0
         bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
                    total=steps_per_epoch, desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
                    leave=False, disable=None)
-        for x, y in bar:
-            with frozen(executor):
-                x_adv = attack(x, y) if cfg.eps_train > 0 else x
-            loss = robust_loss(model, x, y, x_adv, cfg.objective, cfg.beta)
-            if not torch.isfinite(loss):
-                raise PassError(f"finetuning diverged at epoch {epoch} (loss {float(loss)}); "
-                                "lower the learning rate (--finetune-lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                for t in thresholds:
-                    t.clamp_(min=cfg.threshold_floor)
-            total += float(loss.detach()) * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
+        loss = robust_epoch(model, bar, attack if cfg.eps_train > 0 else None, optimizer, scheduler,
+                            cfg.objective, cfg.beta, while_attacking=lambda: frozen(executor),
+                            after_step=clamp_thresholds,
+                            what=f"finetuning (epoch {epoch})")
         executor.eval()
         scores = _score(executor, val, cfg, mode, device)
-        history.append({"epoch": epoch, "loss": total / max(1, seen), **scores,
+        history.append({"epoch": epoch, "loss": loss, **scores,
                         "seconds": round(time.perf_counter() - started, 2)})
         if scores["score"] > best["score"]:
             best, best_epoch, best_state = scores, epoch, copy.deepcopy(executor.state_dict())
