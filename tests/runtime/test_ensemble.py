@@ -54,13 +54,19 @@ def test_zero_budget_changes_nothing(snn, samples):
     assert result.robust == result.clean_correct
 
 
-def test_adversarial_examples_stay_in_the_threat_model(snn, samples):
+def test_adversarial_examples_stay_in_the_threat_model(snn, samples, converted_lenet):
+    """Every attack of the suite runs through its torchattacks class and stays in the L-inf ball."""
     x = samples.images[:16].float() / 255
     y = samples.labels[:16]
-    for member in DETERMINISTIC + [Member(AttackSpec("square", queries=20))]:
-        x_adv = _attack_batch(member, snn, None, x, y, EPS, 8, 10, seed=0)
+    ann = GraphExecutor(converted_lenet.ann)
+    others = [Member(AttackSpec(name, steps=3), GradientMode("bptr"))
+              for name in ("rfgsm", "apgd-ce", "apgd-dlr", "apgd-t")]
+    others += [Member(AttackSpec("square", queries=20)), Member(AttackSpec("transfer", steps=3))]
+    for member in DETERMINISTIC + others:
+        x_adv = _attack_batch(member, snn, ann, x, y, EPS, 8, 10, seed=0)
         assert (x_adv - x).abs().max() <= EPS + 1e-6
         assert x_adv.min() >= 0 and x_adv.max() <= 1
+        assert (x_adv != x).any(), member.label  # it did perturb something
 
 
 def test_bad_ensembles(snn, samples):
