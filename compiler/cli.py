@@ -180,7 +180,7 @@ def eval_cmd(
     directory: Annotated[Path, typer.Argument(help="A compile directory (holds snn.ir, and ann.ir for the comparison).")],
     preset: Annotated[str, typer.Option(help="Attack ensemble: quick (4 members), paper (19) or strong (paper + APGD, Square, width sweep).")] = "quick",
     eps: Annotated[Optional[float], typer.Option(help="L-inf budget in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
-    n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default 1000; at most the test split).")] = 1000,
+    n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default: 1000, or the whole test split if smaller).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
     attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,

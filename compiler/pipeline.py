@@ -32,7 +32,6 @@ from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
 from spikeshield.compiler.ops.neurons import RESET_MODES
 from spikeshield.compiler.report import write_reports
 from spikeshield.compiler.robustness import (
-    DEFAULT_EVAL_SAMPLES,
     RobustnessConfig,
     default_eps,
     evaluate_robustness,
@@ -113,7 +112,7 @@ class CompileConfig:
 
     def robustness_config(self) -> RobustnessConfig:
         return RobustnessConfig(preset=self.robustness, eps=self.eps,
-                                samples=self.eval_samples or DEFAULT_EVAL_SAMPLES,
+                                samples=self.eval_samples,
                                 seed=self.seed, device=self.device)
 
 

@@ -40,7 +40,7 @@ class RobustnessConfig:
 
     preset: str = "quick"
     eps: float | None = None  # None: default_eps(input shape)
-    samples: int | None = DEFAULT_EVAL_SAMPLES  # first N test samples; None: the whole test split
+    samples: int | None = None  # first N test samples; None: DEFAULT_EVAL_SAMPLES or all if fewer
     batch_size: int = 256
     base_attack: str = "pgd"
     exhaustive: bool = False
@@ -73,7 +73,7 @@ def evaluate_robustness(
     if cfg.samples is not None and cfg.samples > len(test):
         raise DataError(f"asked for {cfg.samples} samples but the test split has {len(test)}; "
                         f"use --n {len(test)} or fewer")
-    data = test if cfg.samples is None else test.head(cfg.samples)
+    data = test.head(min(DEFAULT_EVAL_SAMPLES, len(test)) if cfg.samples is None else cfg.samples)
     timesteps = snn.meta.get("timesteps")
     if not timesteps:
         raise ConfigError(f"graph {snn.name!r} records no timesteps; is it a compiled SNN?")
