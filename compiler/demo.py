@@ -67,7 +67,8 @@ def run_demo(
                         finetune_max_train=max_train)
     result = compile_model(model_path, splits, cfg, out / f"robust-snn-T{robust_t}")
     rob = result.report["robustness"]
-    echo(f"clean: ANN {100 * result.report['ann']['accuracy']:.2f}%, finetuned SNN "
+    echo(f"on those {result.report['snn']['samples']} images, clean: ANN "
+         f"{100 * result.report['ann']['accuracy']:.2f}%, finetuned SNN "
          f"{100 * result.report['snn']['accuracy']:.2f}%; robust at eps={eps}: ANN (PGD-20) "
          f"{100 * rob['ann_pgd_robust_accuracy']:.2f}%, SNN (quick ensemble worst case) "
          f"{100 * rob['snn_robust_accuracy']:.2f}%")
