@@ -29,7 +29,11 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 
 
 def robust_loss(
-    model: Model, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, objective: str,
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    objective: str,
     beta: float,
 ) -> torch.Tensor:
     """The training loss of ``objective`` given clean ``x`` and adversarial ``x_adv``."""
@@ -46,7 +50,9 @@ def robust_loss(
     adv_probs = F.softmax(logits_adv, 1)
     top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
     other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), other)
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(
+        torch.log(1.0001 - adv_probs + 1e-12), other
+    )
     nat_probs = F.softmax(logits, 1)
     true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
     kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
@@ -110,7 +116,9 @@ def robust_epoch(
         with while_attacking():
             x_adv = attack(x, y) if attack is not None else x
         model.train()
-        loss = robust_loss(model, x, y, x_adv, objective if attack is not None else "standard", beta)
+        loss = robust_loss(
+            model, x, y, x_adv, objective if attack is not None else "standard", beta
+        )
         if not torch.isfinite(loss):
             raise PassError(f"{what} diverged (loss {float(loss)}); lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

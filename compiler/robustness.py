@@ -61,7 +61,11 @@ class RobustnessConfig:
 
 
 def evaluate_robustness(
-    snn: Graph, ann: Graph | None, test: Dataset, num_classes: int, config: RobustnessConfig,
+    snn: Graph,
+    ann: Graph | None,
+    test: Dataset,
+    num_classes: int,
+    config: RobustnessConfig,
 ) -> dict[str, Any]:
     """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict."""
     cfg = config
@@ -71,8 +75,10 @@ def evaluate_robustness(
     input_shape = tuple(snn.op(snn.input_names[0]).shape)
     eps = default_eps(input_shape) if cfg.eps is None else cfg.eps
     if cfg.samples is not None and cfg.samples > len(test):
-        raise DataError(f"asked for {cfg.samples} samples but the test split has {len(test)}; "
-                        f"use --n {len(test)} or fewer")
+        raise DataError(
+            f"asked for {cfg.samples} samples but the test split has {len(test)}; "
+            f"use --n {len(test)} or fewer"
+        )
     data = test.head(min(DEFAULT_EVAL_SAMPLES, len(test)) if cfg.samples is None else cfg.samples)
     timesteps = snn.meta.get("timesteps")
     if not timesteps:
@@ -84,10 +90,28 @@ def evaluate_robustness(
     if source is None:
         members = [m for m in members if m.attack.name != "transfer"]
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed}
-    result = run_ensemble(target, data, members, eps, timesteps, num_classes, source=source,
-                          exhaustive=cfg.exhaustive, desc=f"{cfg.preset} ensemble on the SNN", **common)
-    diagnostics = diagnose(target, data, result, timesteps, num_classes, source=source,
-                           curve_samples=cfg.curve_samples, **common)
+    result = run_ensemble(
+        target,
+        data,
+        members,
+        eps,
+        timesteps,
+        num_classes,
+        source=source,
+        exhaustive=cfg.exhaustive,
+        desc=f"{cfg.preset} ensemble on the SNN",
+        **common,
+    )
+    diagnostics = diagnose(
+        target,
+        data,
+        result,
+        timesteps,
+        num_classes,
+        source=source,
+        curve_samples=cfg.curve_samples,
+        **common,
+    )
     report: dict[str, Any] = {
         "eps": eps,
         "preset": cfg.preset,
@@ -99,8 +123,16 @@ def evaluate_robustness(
         "snn": result.to_json() | {"diagnostics": diagnostics.to_json()},
     }
     if source is not None:
-        ann_result = run_ensemble(source, data, members_for_ann(members), eps, None, num_classes,
-                                  desc=f"{cfg.preset} ensemble on the ANN", **common)
+        ann_result = run_ensemble(
+            source,
+            data,
+            members_for_ann(members),
+            eps,
+            None,
+            num_classes,
+            desc=f"{cfg.preset} ensemble on the ANN",
+            **common,
+        )
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
         # The SNN's worst case as a fraction of the ANN's PGD robust accuracy (the issue's yardstick).
@@ -150,7 +182,9 @@ def _replace_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
 
 
 def evaluate_directory(
-    directory: str | os.PathLike, data: str | None = None, config: RobustnessConfig | None = None,
+    directory: str | os.PathLike,
+    data: str | None = None,
+    config: RobustnessConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate the SNN of a compile directory (against its ann.ir, if present) and write
     robustness.json, robustness.md and robustness.png there. ``data`` defaults to the spec the
@@ -164,8 +198,10 @@ def evaluate_directory(
     directory = Path(directory)
     snn_path = directory / "snn.ir"
     if not snn_path.is_file():
-        raise ConfigError(f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
-                          f"MODEL --out {directory}` first")
+        raise ConfigError(
+            f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
+            f"MODEL --out {directory}` first"
+        )
     snn = load_graph(snn_path)
     if not snn.nodes_of(IF):
         raise ConfigError(f"{snn_path} is not a spiking network (no IF layers)")

@@ -29,40 +29,69 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     if ann is not None:
-        lines.append(f"| ANN (source) | {_pct(ann['clean_accuracy'])} | {_pct(ann['robust_accuracy'])} "
-                     f"(PGD alone: {_pct(ann.get('pgd_robust_accuracy'))}) |")
+        lines.append(
+            f"| ANN (source) | {_pct(ann['clean_accuracy'])} | {_pct(ann['robust_accuracy'])} "
+            f"(PGD alone: {_pct(ann.get('pgd_robust_accuracy'))}) |"
+        )
     lines.append(f"| SNN | {_pct(snn['clean_accuracy'])} | {_pct(snn['robust_accuracy'])} |")
     if report.get("retention") is not None:
-        lines += ["", f"The SNN keeps {100 * report['retention']:.1f}% of the ANN's PGD robust "
-                  "accuracy (SNN worst case / ANN PGD)."]
+        lines += [
+            "",
+            f"The SNN keeps {100 * report['retention']:.1f}% of the ANN's PGD robust "
+            "accuracy (SNN worst case / ANN PGD).",
+        ]
     lines += ["", "## Verdict", "", diag["verdict"], ""]
     if diag["warnings"]:
         lines += ["Warnings:", ""] + [f"- {w}" for w in diag["warnings"]] + [""]
     exhaustive = snn.get("exhaustive")
     header = "| # | member | attacked | broken | robust after |"
-    lines += ["## SNN ensemble members", "",
-              "Members run in order; each attacks only the samples still robust after the ones "
-              "before it" + (" (exhaustive: every member attacks every clean-correct sample)."
-                             if exhaustive else "."),
-              "", header + (" alone |" if exhaustive else ""),
-              "|---|---|---|---|---|" + ("---|" if exhaustive else "")]
+    lines += [
+        "## SNN ensemble members",
+        "",
+        "Members run in order; each attacks only the samples still robust after the ones "
+        "before it"
+        + (
+            " (exhaustive: every member attacks every clean-correct sample)." if exhaustive else "."
+        ),
+        "",
+        header + (" alone |" if exhaustive else ""),
+        "|---|---|---|---|---|" + ("---|" if exhaustive else ""),
+    ]
     for i, m in enumerate(snn["members"], 1):
-        row = (f"| {i} | {m['label']} | {m['attacked']} | {m['broken']} | "
-               f"{_pct(m['robust_accuracy_after'])} |")
+        row = (
+            f"| {i} | {m['label']} | {m['attacked']} | {m['broken']} | "
+            f"{_pct(m['robust_accuracy_after'])} |"
+        )
         if exhaustive:
             row += f" {_pct(m.get('standalone_robust_accuracy'))} |"
         lines.append(row)
-    lines += ["", "## Gradient-masking diagnostics", "",
-              f"On the first {diag['curve_samples']} samples.", "",
-              "| gradient mode | inputs with an exactly zero gradient |", "|---|---|"]
+    lines += [
+        "",
+        "## Gradient-masking diagnostics",
+        "",
+        f"On the first {diag['curve_samples']} samples.",
+        "",
+        "| gradient mode | inputs with an exactly zero gradient |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {_pct(v)} |" for k, v in diag["zero_gradient_fraction"].items()]
     if diag["accuracy_vs_eps"]:
-        lines += ["", f"Accuracy vs ε ({diag['curve_member']}, 20 steps):", "",
-                  "| ε | accuracy |", "|---|---|"]
+        lines += [
+            "",
+            f"Accuracy vs ε ({diag['curve_member']}, 20 steps):",
+            "",
+            "| ε | accuracy |",
+            "|---|---|",
+        ]
         lines += [f"| {p['eps']:.4g} | {_pct(p['accuracy'])} |" for p in diag["accuracy_vs_eps"]]
     if diag["accuracy_vs_steps"]:
-        lines += ["", f"Accuracy vs PGD steps at ε = {eps:.4g} ({diag['curve_member']}):", "",
-                  "| steps | accuracy |", "|---|---|"]
+        lines += [
+            "",
+            f"Accuracy vs PGD steps at ε = {eps:.4g} ({diag['curve_member']}):",
+            "",
+            "| steps | accuracy |",
+            "|---|---|",
+        ]
         lines += [f"| {p['steps']} | {_pct(p['accuracy'])} |" for p in diag["accuracy_vs_steps"]]
     lines += [
         "",
@@ -97,13 +126,23 @@ def render_plot(report: dict[str, Any]) -> bytes:
         xs = [p["eps"] for p in diag["accuracy_vs_eps"]]
         ys = [100 * p["accuracy"] for p in diag["accuracy_vs_eps"]]
         left.plot(xs, ys, "o-", label=f"SNN, {diag['curve_member']}")
-    left.plot([report["eps"]], [100 * report["snn"]["robust_accuracy"]], "r*", markersize=12,
-              label=f"SNN, {report['preset']} ensemble")
+    left.plot(
+        [report["eps"]],
+        [100 * report["snn"]["robust_accuracy"]],
+        "r*",
+        markersize=12,
+        label=f"SNN, {report['preset']} ensemble",
+    )
     if report.get("ann") is not None:
-        left.plot([report["eps"]], [100 * report["ann"]["robust_accuracy"]], "ks",
-                  label="ANN, worst case")
-    left.set(xlabel="ε (L-inf, pixels in [0, 1])", ylabel="accuracy (%)", ylim=(-2, 102),
-             title="Robust accuracy vs ε")
+        left.plot(
+            [report["eps"]], [100 * report["ann"]["robust_accuracy"]], "ks", label="ANN, worst case"
+        )
+    left.set(
+        xlabel="ε (L-inf, pixels in [0, 1])",
+        ylabel="accuracy (%)",
+        ylim=(-2, 102),
+        title="Robust accuracy vs ε",
+    )
     left.legend(fontsize=7)
     if diag["accuracy_vs_steps"]:
         steps = [p["steps"] for p in diag["accuracy_vs_steps"]]
@@ -111,8 +150,12 @@ def render_plot(report: dict[str, Any]) -> bytes:
         right.set_xscale("log")
         right.set_xticks(steps, [str(s) for s in steps])
         right.minorticks_off()
-    right.set(xlabel="PGD steps", ylabel="accuracy (%)", ylim=(-2, 102),
-              title=f"Robust accuracy vs steps (ε={report['eps']:.3g})")
+    right.set(
+        xlabel="PGD steps",
+        ylabel="accuracy (%)",
+        ylim=(-2, 102),
+        title=f"Robust accuracy vs steps (ε={report['eps']:.3g})",
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

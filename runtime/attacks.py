@@ -51,7 +51,9 @@ class AttackSpec:
         if self.steps <= 0 or self.restarts <= 0 or self.queries <= 0:
             raise ConfigError(f"attack {self.name}: steps, restarts and queries must be positive")
         if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"attack {self.name}: step size must be positive, got {self.step_size}")
+            raise ConfigError(
+                f"attack {self.name}: step size must be positive, got {self.step_size}"
+            )
 
     @property
     def label(self) -> str:
@@ -82,16 +84,36 @@ class AttackSpec:
         if name == "rfgsm":
             return torchattacks.RFGSM(model, eps=eps, alpha=eps / 2, steps=1)
         if name in ("pgd", "transfer"):
-            return torchattacks.PGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps,
-                                    random_start=self.random_start)
+            return torchattacks.PGD(
+                model,
+                eps=eps,
+                alpha=self.alpha(eps),
+                steps=self.steps,
+                random_start=self.random_start,
+            )
         if name in ("apgd-ce", "apgd-dlr"):
-            return torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps,
-                                     n_restarts=self.restarts, seed=seed, loss=name[5:])
+            return torchattacks.APGD(
+                model,
+                norm="Linf",
+                eps=eps,
+                steps=self.steps,
+                n_restarts=self.restarts,
+                seed=seed,
+                loss=name[5:],
+            )
         if name == "apgd-t":
-            return torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps,
-                                      n_restarts=self.restarts, seed=seed, n_classes=num_classes)
-        return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=self.queries,
-                                   n_restarts=self.restarts, seed=seed)
+            return torchattacks.APGDT(
+                model,
+                norm="Linf",
+                eps=eps,
+                steps=self.steps,
+                n_restarts=self.restarts,
+                seed=seed,
+                n_classes=num_classes,
+            )
+        return torchattacks.Square(
+            model, norm="Linf", eps=eps, n_queries=self.queries, n_restarts=self.restarts, seed=seed
+        )
 
 
 @dataclass(frozen=True)
@@ -108,7 +130,9 @@ class Member:
 
     @property
     def label(self) -> str:
-        return self.attack.label if self.mode is None else f"{self.attack.label} / {self.mode.label}"
+        return (
+            self.attack.label if self.mode is None else f"{self.attack.label} / {self.mode.label}"
+        )
 
     @property
     def white_box(self) -> bool:
@@ -116,8 +140,12 @@ class Member:
         return self.attack.uses_gradient_mode
 
     def to_json(self) -> dict:
-        return {"label": self.label, "attack": self.attack.name, "steps": self.attack.steps,
-                "gradient_mode": None if self.mode is None else self.mode.spec}
+        return {
+            "label": self.label,
+            "attack": self.attack.name,
+            "steps": self.attack.steps,
+            "gradient_mode": None if self.mode is None else self.mode.spec,
+        }
 
 
 class AttackedModel(nn.Module):

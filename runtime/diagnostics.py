@@ -55,10 +55,15 @@ class Diagnostics:
     @property
     def verdict(self) -> str:
         if self.masking:
-            return ("NOT TRUSTWORTHY: gradient masking is suspected (" + "; ".join(self.masking)
-                    + "). The robust accuracy above is an overestimate; do not quote it.")
-        text = ("Looks trustworthy: gradients are non-zero, accuracy falls towards zero as ε grows "
-                "and does not rise with more attack steps")
+            return (
+                "NOT TRUSTWORTHY: gradient masking is suspected ("
+                + "; ".join(self.masking)
+                + "). The robust accuracy above is an overestimate; do not quote it."
+            )
+        text = (
+            "Looks trustworthy: gradients are non-zero, accuracy falls towards zero as ε grows "
+            "and does not rise with more attack steps"
+        )
         if self.warnings:
             text += ", but see the warnings"
         return text + "."
@@ -77,16 +82,22 @@ class Diagnostics:
         }
 
 
-def zero_gradient_fraction(executor: GraphExecutor, x: torch.Tensor, y: torch.Tensor,
-                           timesteps: int | None, mode: GradientMode | None,
-                           batch_size: int = 256) -> float:
+def zero_gradient_fraction(
+    executor: GraphExecutor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    timesteps: int | None,
+    mode: GradientMode | None,
+    batch_size: int = 256,
+) -> float:
     """Fraction of inputs whose cross-entropy input gradient is exactly zero under ``mode``."""
     zero = 0
     with frozen(executor), executor.using(mode or executor.gradient_mode):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].clone().requires_grad_(True)
-            loss = F.cross_entropy(executor(xb, timesteps), y[start : start + batch_size],
-                                   reduction="sum")
+            loss = F.cross_entropy(
+                executor(xb, timesteps), y[start : start + batch_size], reduction="sum"
+            )
             (grad,) = torch.autograd.grad(loss, xb)
             zero += int((grad.flatten(1).abs().amax(dim=1) == 0).sum())
     return zero / max(1, len(x))
@@ -125,11 +136,13 @@ def diagnose(
     zero = {}
     for m in members:
         if m.white_box and m.attack.name != "transfer" and m.mode is not None:
-            zero.setdefault(m.mode.label, zero_gradient_fraction(target, x, y, timesteps, m.mode,
-                                                                 batch_size))
+            zero.setdefault(
+                m.mode.label, zero_gradient_fraction(target, x, y, timesteps, m.mode, batch_size)
+            )
     if not zero and any(m.white_box for m in members):
-        zero[target.gradient_mode.label] = zero_gradient_fraction(target, x, y, timesteps, None,
-                                                                  batch_size)
+        zero[target.gradient_mode.label] = zero_gradient_fraction(
+            target, x, y, timesteps, None, batch_size
+        )
     strongest = _strongest(result)
     eps_curve: list[tuple[float, float]] = []
     steps_curve: list[tuple[int, float]] = []
@@ -144,8 +157,16 @@ def diagnose(
             if (e, steps) not in cache:
                 member = Member(AttackSpec("pgd", steps=steps), strongest.mode)
                 cache[(e, steps)] = run_ensemble(
-                    target, subset, [member], e, timesteps, num_classes, batch_size=batch_size,
-                    seed=seed, desc=f"diagnostics ε={e:g}, {steps} steps").robust_mask
+                    target,
+                    subset,
+                    [member],
+                    e,
+                    timesteps,
+                    num_classes,
+                    batch_size=batch_size,
+                    seed=seed,
+                    desc=f"diagnostics ε={e:g}, {steps} steps",
+                ).robust_mask
             return cache[(e, steps)]
 
         eps_masks = [(e, pgd_robust(e, 20)) for e in curve_eps_values(eps)]
@@ -153,7 +174,9 @@ def diagnose(
         eps_curve = [(e, float(m.float().mean())) for e, m in eps_masks]
         steps_curve = [(s, float(m.float().mean())) for s, m in steps_masks]
     diag = Diagnostics(zero, label, eps_curve, steps_curve, len(subset))
-    _judge(diag, result, num_classes, eps_masks if strongest else [], steps_masks if strongest else [])
+    _judge(
+        diag, result, num_classes, eps_masks if strongest else [], steps_masks if strongest else []
+    )
     return diag
 
 
@@ -172,28 +195,41 @@ def _rises(masks: list[tuple[float, torch.Tensor]]) -> list[tuple]:
     return out
 
 
-def _judge(diag: Diagnostics, result: EnsembleResult, num_classes: int, eps_masks: list,
-           steps_masks: list) -> None:
-    if diag.zero_gradient_fraction and min(diag.zero_gradient_fraction.values()) > ZERO_GRADIENT_LIMIT:
+def _judge(
+    diag: Diagnostics, result: EnsembleResult, num_classes: int, eps_masks: list, steps_masks: list
+) -> None:
+    if (
+        diag.zero_gradient_fraction
+        and min(diag.zero_gradient_fraction.values()) > ZERO_GRADIENT_LIMIT
+    ):
         worst = min(diag.zero_gradient_fraction.values())
-        diag.masking.append(f"every gradient mode gives an exactly zero input gradient on at least "
-                            f"{100 * worst:.0f}% of inputs")
+        diag.masking.append(
+            f"every gradient mode gives an exactly zero input gradient on at least "
+            f"{100 * worst:.0f}% of inputs"
+        )
     for label, fraction in diag.zero_gradient_fraction.items():
         if fraction > 0.5 and not diag.masking:
-            diag.warnings.append(f"{label} gives no gradient on {100 * fraction:.0f}% of inputs; "
-                                 "it adds little to the ensemble")
+            diag.warnings.append(
+                f"{label} gives no gradient on {100 * fraction:.0f}% of inputs; "
+                "it adds little to the ensemble"
+            )
     if diag.eps_curve:
         large_eps, large_acc = diag.eps_curve[-1]
         limit = max(2 / num_classes, 0.1)
         if large_acc > limit:
-            diag.masking.append(f"accuracy stays at {100 * large_acc:.1f}% at ε={large_eps:g}, where "
-                                f"it should fall below {100 * limit:.0f}%")
+            diag.masking.append(
+                f"accuracy stays at {100 * large_acc:.1f}% at ε={large_eps:g}, where "
+                f"it should fall below {100 * limit:.0f}%"
+            )
         for (e0, a0), (e1, a1) in _rises(eps_masks):
-            diag.masking.append(f"accuracy rises from {100 * a0:.1f}% at ε={e0:g} to "
-                                f"{100 * a1:.1f}% at ε={e1:g}")
+            diag.masking.append(
+                f"accuracy rises from {100 * a0:.1f}% at ε={e0:g} to {100 * a1:.1f}% at ε={e1:g}"
+            )
     for (s0, a0), (s1, a1) in _rises(steps_masks):
-        diag.masking.append(f"accuracy rises from {100 * a0:.1f}% at {s0} PGD steps to "
-                            f"{100 * a1:.1f}% at {s1} steps")
+        diag.masking.append(
+            f"accuracy rises from {100 * a0:.1f}% at {s0} PGD steps to "
+            f"{100 * a1:.1f}% at {s1} steps"
+        )
     _compare_members(diag, result)
 
 
@@ -208,8 +244,10 @@ def _compare_members(diag: Diagnostics, result: EnsembleResult) -> None:
     samples = max(1, result.samples)
     square = broken_only_by(lambda m: m.attack.name == "square", lambda m: m.white_box)
     if square is not None and square > BLACK_BOX_LIMIT * samples:
-        diag.masking.append(f"black-box Square broke {square} samples ({100 * square / samples:.1f}%) "
-                            "that every white-box member missed")
+        diag.masking.append(
+            f"black-box Square broke {square} samples ({100 * square / samples:.1f}%) "
+            "that every white-box member missed"
+        )
 
     def is_proxy(m: Member) -> bool:
         return m.mode is not None and m.mode.kind == "ann_proxy"
@@ -222,4 +260,5 @@ def _compare_members(diag: Diagnostics, result: EnsembleResult) -> None:
         diag.warnings.append(
             f"the ANN proxy broke {proxy} samples ({100 * proxy / samples:.1f}%) that survived every "
             "BPTT surrogate: surrogate gradients are weak on this network; quote only the ensemble's "
-            "worst case")
+            "worst case"
+        )

@@ -1,10 +1,10 @@
 """Per-sample worst case over an attack ensemble.
 
-A sample counts as robust only if the true spiking network classifies it correctly on the clean image
-and on the adversarial example of every member. By default each member attacks only the samples that
-are still robust after the members before it (the reference protocol: same worst case, far cheaper);
-``exhaustive=True`` lets every member attack every clean-correct sample, which also gives each
-member's own robust accuracy.
+A sample counts as robust only if the true spiking network classifies it correctly on the clean
+image and on the adversarial example of every member. By default each member attacks only the
+samples that are still robust after the members before it (the reference protocol: same worst
+case, far cheaper); ``exhaustive=True`` lets every member attack every clean-correct sample, which
+also gives each member's own robust accuracy.
 """
 
 from __future__ import annotations
@@ -36,9 +36,14 @@ class MemberResult:
 
     def to_json(self, samples: int) -> dict:
         out = self.member.to_json()
-        out.update({"attacked": self.attacked, "broken": self.broken,
-                    "robust_accuracy_after": self.robust_after / samples,
-                    "seconds": round(self.seconds, 2)})
+        out.update(
+            {
+                "attacked": self.attacked,
+                "broken": self.broken,
+                "robust_accuracy_after": self.robust_after / samples,
+                "seconds": round(self.seconds, 2),
+            }
+        )
         if self.standalone_robust is not None:
             out["standalone_robust_accuracy"] = self.standalone_robust / samples
         return out
@@ -82,8 +87,9 @@ def check_eps(eps: float) -> None:
 
 
 @torch.no_grad()
-def predictions(executor: GraphExecutor, x: torch.Tensor, timesteps: int | None,
-                batch_size: int) -> torch.Tensor:
+def predictions(
+    executor: GraphExecutor, x: torch.Tensor, timesteps: int | None, batch_size: int
+) -> torch.Tensor:
     """Predicted classes of the true network (exact spiking forward, whatever the gradient mode)."""
     out = []
     with executor.using(GradientMode()):
@@ -119,11 +125,54 @@ def run_ensemble(
     if not members:
         raise ConfigError("an attack ensemble needs at least one member")
     if any(m.attack.name == "transfer" for m in members) and source is None:
-        raise ConfigError("a transfer member needs the source ANN (ann.ir in the compile directory)")
+        raise ConfigError(
+            "a transfer member needs the source ANN (ann.ir in the compile directory)"
+        )
     device = next(target.parameters()).device
     with frozen(target), frozen(source):
-        return _run(target, data, members, eps, timesteps, num_classes, source, batch_size,
-                    exhaustive, seed, desc, device)
+        x, y = as_tensors(data, device)
+        clean = predictions(target, x, timesteps, batch_size) == y
+        robust = clean.clone()
+        results = []
+        bar = tqdm(members, desc=desc, leave=False, disable=None)
+        for index, member in enumerate(bar):
+            started = time.perf_counter()
+            todo = (clean if exhaustive else robust).nonzero().flatten()
+            survived = torch.zeros_like(clean)
+            if len(todo) and eps > 0:
+                for start in range(0, len(todo), batch_size):
+                    idx = todo[start : start + batch_size]
+                    x_adv = _attack_batch(
+                        member,
+                        target,
+                        source,
+                        x[idx],
+                        y[idx],
+                        eps,
+                        timesteps,
+                        num_classes,
+                        seed + index,
+                    )
+                    predicted = predictions(target, x_adv, timesteps, batch_size)
+                    survived[idx] = predicted == y[idx]
+            else:
+                survived[todo] = True
+            broken = torch.zeros_like(clean)
+            broken[todo] = ~survived[todo]
+            robust &= ~broken
+            results.append(
+                MemberResult(
+                    member,
+                    attacked=len(todo),
+                    broken=int(broken.sum()),
+                    robust_after=int(robust.sum()),
+                    seconds=time.perf_counter() - started,
+                    standalone_robust=int(survived.sum()) if exhaustive else None,
+                    broken_mask=broken.cpu(),
+                )
+            )
+            bar.set_postfix(robust=f"{int(robust.sum())}/{len(y)}")
+        return EnsembleResult(eps, len(y), int(clean.sum()), robust.cpu(), results, exhaustive)
 
 
 @contextlib.contextmanager
@@ -145,40 +194,17 @@ def frozen(executor: GraphExecutor | None) -> Iterator[None]:
         executor.train(was_training)
 
 
-def _run(target, data, members, eps, timesteps, num_classes, source, batch_size, exhaustive, seed,
-         desc, device) -> EnsembleResult:
-    x, y = as_tensors(data, device)
-    clean = predictions(target, x, timesteps, batch_size) == y
-    robust = clean.clone()
-    results = []
-    bar = tqdm(members, desc=desc, leave=False, disable=None)
-    for index, member in enumerate(bar):
-        started = time.perf_counter()
-        todo = (clean if exhaustive else robust).nonzero().flatten()
-        survived = torch.zeros_like(clean)
-        if len(todo) and eps > 0:
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                x_adv = _attack_batch(member, target, source, x[idx], y[idx], eps, timesteps,
-                                      num_classes, seed + index)
-                survived[idx] = predictions(target, x_adv, timesteps, batch_size) == y[idx]
-        else:
-            survived[todo] = True
-        broken = torch.zeros_like(clean)
-        broken[todo] = ~survived[todo]
-        robust &= ~broken
-        results.append(MemberResult(
-            member, attacked=len(todo), broken=int(broken.sum()), robust_after=int(robust.sum()),
-            seconds=time.perf_counter() - started,
-            standalone_robust=int(survived.sum()) if exhaustive else None, broken_mask=broken.cpu(),
-        ))
-        bar.set_postfix(robust=f"{int(robust.sum())}/{len(y)}")
-    return EnsembleResult(eps, len(y), int(clean.sum()), robust.cpu(), results, exhaustive)
-
-
-def _attack_batch(member: Member, target: GraphExecutor, source: GraphExecutor | None,
-                  x: torch.Tensor, y: torch.Tensor, eps: float, timesteps: int | None,
-                  num_classes: int, seed: int) -> torch.Tensor:
+def _attack_batch(
+    member: Member,
+    target: GraphExecutor,
+    source: GraphExecutor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    timesteps: int | None,
+    num_classes: int,
+    seed: int,
+) -> torch.Tensor:
     if member.attack.name == "transfer":
         model = AttackedModel(source, None, GradientMode())
     else:

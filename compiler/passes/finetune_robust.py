@@ -69,18 +69,29 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         if self.objective not in FINETUNE_OBJECTIVES:
-            raise ConfigError(f"finetune objective must be one of {', '.join(FINETUNE_OBJECTIVES)} "
-                              f"(or none to skip finetuning), got {self.objective!r}")
+            raise ConfigError(
+                f"finetune objective must be one of {', '.join(FINETUNE_OBJECTIVES)} "
+                f"(or none to skip finetuning), got {self.objective!r}"
+            )
         if self.inner_attack not in INNER_ATTACKS:
-            raise ConfigError(f"finetune attack must be one of {', '.join(INNER_ATTACKS)}, "
-                              f"got {self.inner_attack!r}")
+            raise ConfigError(
+                f"finetune attack must be one of {', '.join(INNER_ATTACKS)}, "
+                f"got {self.inner_attack!r}"
+            )
         if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+            raise ConfigError(
+                f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
+            )
         if not 0 <= self.eps_train <= 1:
             raise ConfigError(f"eps_train must be in [0, 1] (pixels), got {self.eps_train}")
-        positive = {"epochs": self.epochs, "batch size": self.batch_size, "timesteps": self.timesteps,
-                    "inner steps": self.inner_steps, "learning rate": self.lr,
-                    "threshold floor": self.threshold_floor}
+        positive = {
+            "epochs": self.epochs,
+            "batch size": self.batch_size,
+            "timesteps": self.timesteps,
+            "inner steps": self.inner_steps,
+            "learning rate": self.lr,
+            "threshold floor": self.threshold_floor,
+        }
         for what, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"finetune {what} must be positive, got {value}")
@@ -105,16 +116,25 @@ def add_zero_biases(graph: Graph) -> tuple[Graph, list[str]]:
     return out, added
 
 
-def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig,
-           mode: GradientMode, device) -> dict[str, float]:
+def _score(
+    executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, mode: GradientMode, device
+) -> dict[str, float]:
     x, y = as_tensors(val, device)
     clean = float((predictions(executor, x, cfg.timesteps, 256) == y).float().mean())
     scores = {"val_clean": clean, "val_robust": None}
     if cfg.selection == "clean+robust" and cfg.eps_train > 0:
         member = Member(AttackSpec("pgd", steps=10), mode)
-        result = run_ensemble(executor, val, [member], cfg.eps_train, cfg.timesteps,
-                              num_classes=int(y.max()) + 1, batch_size=256, seed=cfg.seed,
-                              desc="validation PGD-10")
+        result = run_ensemble(
+            executor,
+            val,
+            [member],
+            cfg.eps_train,
+            cfg.timesteps,
+            num_classes=int(y.max()) + 1,
+            batch_size=256,
+            seed=cfg.seed,
+            desc="validation PGD-10",
+        )
         scores["val_robust"] = result.robust_accuracy
     scores["score"] = clean + (scores["val_robust"] or 0.0)
     return scores
@@ -122,20 +142,26 @@ def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig,
 
 @register_pass("finetune_robust")
 def finetune_robust(
-    graph: Graph, data: DataSplits, config: FinetuneConfig | None = None,
+    graph: Graph,
+    data: DataSplits,
+    config: FinetuneConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> PassResult:
     """Adversarially finetune a calibrated SNN on ``data.train``; select on ``data.val``."""
     cfg = config or FinetuneConfig()
     cfg.validate()
     if not graph.nodes_of(IF):
-        raise PassError("finetune_robust needs a spiking graph; run convert_relu_to_if and "
-                        "calibrate_thresholds first")
+        raise PassError(
+            "finetune_robust needs a spiking graph; run convert_relu_to_if and "
+            "calibrate_thresholds first"
+        )
     train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
     val = data.val if cfg.val_samples is None else data.val.head(cfg.val_samples)
     if len(train) == 0 or len(val) == 0:
-        raise DataError(f"finetuning needs training and validation images; {data.name} has "
-                        f"{len(train)} and {len(val)} (lower the validation fraction or add data)")
+        raise DataError(
+            f"finetuning needs training and validation images; {data.name} has "
+            f"{len(train)} and {len(val)} (lower the validation fraction or add data)"
+        )
     torch.manual_seed(cfg.seed)
     graph, added = add_zero_biases(graph)
     mode = GradientMode.parse(cfg.surrogate)
@@ -156,8 +182,9 @@ def finetune_robust(
         for tensor in executor.tensors_of(name).values():
             tensor.requires_grad_(False)
     params = [p for p in executor.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = train.num_batches(cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     attack = inner_attack(model, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
@@ -167,23 +194,49 @@ def finetune_robust(
     best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
-        bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
-                   total=steps_per_epoch, desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
-                   leave=False, disable=None)
-        loss = robust_epoch(model, bar, attack if cfg.eps_train > 0 else None, optimizer, scheduler,
-                            cfg.objective, cfg.beta, while_attacking=lambda: frozen(executor),
-                            after_step=clamp_thresholds,
-                            what=f"finetuning (epoch {epoch})")
+        bar = tqdm(
+            train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
+            total=steps_per_epoch,
+            desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
+            leave=False,
+            disable=None,
+        )
+        loss = robust_epoch(
+            model,
+            bar,
+            attack if cfg.eps_train > 0 else None,
+            optimizer,
+            scheduler,
+            cfg.objective,
+            cfg.beta,
+            while_attacking=lambda: frozen(executor),
+            after_step=clamp_thresholds,
+            what=f"finetuning (epoch {epoch})",
+        )
         executor.eval()
         scores = _score(executor, val, cfg, mode, device)
-        history.append({"epoch": epoch, "loss": loss, **scores,
-                        "seconds": round(time.perf_counter() - started, 2)})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                **scores,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
         if scores["score"] > best["score"]:
             best, best_epoch, best_state = scores, epoch, copy.deepcopy(executor.state_dict())
     executor.load_state_dict(best_state)
     out = executor.to_graph()
-    out.meta["finetuned"] = {"objective": cfg.objective, "eps_train": cfg.eps_train,
-                             "best_epoch": best_epoch}
-    info = {"biases_added": added, "best_epoch": best_epoch, "history": history,
-            "val_samples": len(val), "train_samples": len(train)}
+    out.meta["finetuned"] = {
+        "objective": cfg.objective,
+        "eps_train": cfg.eps_train,
+        "best_epoch": best_epoch,
+    }
+    info = {
+        "biases_added": added,
+        "best_epoch": best_epoch,
+        "history": history,
+        "val_samples": len(val),
+        "train_samples": len(train),
+    }
     return PassResult(out, changed=True, info=info)
