@@ -1,4 +1,5 @@
-"""Load any supported model source into the IR: ``nn.Module``, ``.pt2``, ``.onnx`` or a spikeshield IR."""
+"""Load any supported model source into the IR: ``nn.Module``, ``.pt2``, ``.onnx``, ``.nir`` or a
+spikeshield IR (a ``.ir`` file or a compile directory)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import Shape
 from spikeshield.compiler.serialize import load_graph
 
-MODEL_SUFFIXES = {".pt2": "torch.export program", ".onnx": "ONNX model", ".ir": "spikeshield IR"}
+MODEL_SUFFIXES = {
+    ".pt2": "torch.export program",
+    ".onnx": "ONNX model",
+    ".nir": "NIR graph",
+    ".ir": "spikeshield IR",
+}
 
 
 def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None = None) -> Graph:
@@ -39,6 +45,10 @@ def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape
         from spikeshield.frontends.onnx_frontend import from_onnx
 
         return from_onnx(path)
+    if suffix == ".nir":
+        from spikeshield.frontends.nir_frontend import from_nir
+
+        return from_nir(path)
     if suffix == ".ir":
         return load_graph(path)
     known = ", ".join(f"{k} ({v})" for k, v in MODEL_SUFFIXES.items())

@@ -79,6 +79,7 @@ class GraphExecutor(nn.Module):
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
+        self.neuron_spike_counts: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
     def using(self, mode: GradientMode) -> Iterator[GraphExecutor]:
@@ -116,8 +117,9 @@ class GraphExecutor(nn.Module):
         """Logits for a batch ``x`` of shape ``(N, *input_shape)``.
 
         ``timesteps`` is required for a spiking graph (and ignored by the ANN proxy gradient mode,
-        which runs every IF layer as ``relu(I)/theta`` in a single pass). ``record=True`` stores per-sample spike counts
-        of every IF node in ``self.spike_counts``. ``stop_at=node`` returns the value *entering* that
+        which runs every IF layer as ``relu(I)/theta`` in a single pass). ``record=True`` stores the
+        spike counts of every IF node per sample in ``self.spike_counts`` (N,) and per neuron in
+        ``self.neuron_spike_counts`` (N, *shape). ``stop_at=node`` returns the value *entering* that
         node instead (``(T, N, ...)`` when it varies over time), used by threshold calibration.
         """
         proxy = self.gradient_mode.kind == "ann_proxy"
@@ -129,7 +131,7 @@ class GraphExecutor(nn.Module):
                     f"a spiking graph needs timesteps >= 1, got {timesteps}; pass --timesteps"
                 )
         if record:
-            self.spike_counts = {}
+            self.spike_counts, self.neuron_spike_counts = {}, {}
         values: dict[str, _Value] = {}
         for name in self.order:
             op = self.graph.op(name)
@@ -144,7 +146,9 @@ class GraphExecutor(nn.Module):
             elif isinstance(op, IF):
                 spikes = self._run_if(name, op, value, timesteps)
                 if record:
-                    self.spike_counts[name] = spikes.detach().flatten(2).sum(dim=(0, 2))
+                    per_neuron = spikes.detach().sum(dim=0)
+                    self.neuron_spike_counts[name] = per_neuron
+                    self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
                 values[name] = _Value(spikes, temporal=True)
             elif isinstance(op, Output):
                 data = value.data.mean(dim=0) if value.temporal else value.data

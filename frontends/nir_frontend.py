@@ -1,0 +1,317 @@
+"""NIR frontend: a ``.nir`` graph (NIR 1.0) into the IR, so that exported graphs round-trip and
+third-party NIR graphs can be simulated, attacked and profiled.
+
+Time: one NIR step (dt = 1) per runtime step; ``IF`` and ``I`` read ``r`` as a per-step gain (as
+Norse, Sinabs and snnTorch do). Recognised patterns:
+
+- ``I(r=1) -> Threshold(theta) -> Scale(-theta) -> back into the I``: an IF neuron with reset by
+  subtraction (what spikeshield's NIR backend writes).
+- ``I(r)`` whose only consumers are ``Output`` nodes: the readout. The IR output averages over time,
+  so the logits are the integrator's state after T steps divided by T (with ``Scale(r)`` when r != 1).
+- Several edges into one node: an IR ``sum`` node (NIR sums fan-in).
+- ``SumPool2d``: average pooling times the window size. ``Flatten`` must flatten the whole
+  batch-less shape (``start_dim=0``).
+
+Everything else that NIR can hold but the IR cannot (leaky neurons, delays, 1-D convs, nested
+graphs, other recurrences) is collected and reported in one error with the nearest alternative.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import nir
+import numpy as np
+import torch
+
+from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import (
+    IF,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Op,
+    Output,
+    Scale,
+    Sum,
+)
+
+# NIR node types the IR cannot hold, with the nearest supported alternative.
+ALTERNATIVES: dict[str, str] = {
+    "LIF": "IF (a LIF without leak); spikeshield simulates integrate-and-fire neurons only",
+    "CubaLIF": "IF fed by an Affine/Conv2d (no synaptic current dynamics)",
+    "LI": "I feeding an Output (the non-leaky readout integrator)",
+    "CubaLI": "I feeding an Output (the non-leaky readout integrator)",
+    "Delay": "no delay: remove it or fold it into the input timing",
+    "Conv1d": "Conv2d with a kernel of height 1",
+    "NIRGraph": "a flat graph: inline the subgraph's nodes",
+    "Threshold": "IF, or I -> Threshold -> Scale(-theta) fed back (reset by subtraction)",
+}
+
+
+def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
+    """``nir.read(path, type_check=True)`` with its failures turned into one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"NIR file {path} does not exist")
+    try:
+        return nir.read(path, type_check=True)
+    except Exception as err:  # h5py, KeyError, ValueError, AssertionError: all mean "bad file"
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ModelLoadError(
+            f"{path.name} is not a valid NIR graph (nir.read with type checking failed: {detail}); "
+            "re-export it with nir >= 1.0"
+        ) from None
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+
+def _per_channel(values: Any, what: str, node: str) -> torch.Tensor:
+    """A full-shape parameter array as the IR's ``(1,)`` or ``(C,)`` vector; it must be constant
+    within each channel (channel = dim 0)."""
+    t = _tensor(values)
+    if t.dim() == 0:
+        return t.reshape(1)
+    flat = t.reshape(t.shape[0], -1)
+    if not torch.equal(flat, flat[:, :1].expand_as(flat)):
+        raise IRValidationError(
+            f"NIR node {node!r}: {what} varies within a channel; spikeshield holds one value per "
+            "channel (dim 0). Use per-channel values"
+        )
+    vector = flat[:, 0].contiguous()
+    return vector[:1].clone() if torch.equal(vector, vector[:1].expand_as(vector)) else vector
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    a = np.atleast_1d(np.asarray(value)).astype(int)
+    return (int(a[0]), int(a[-1]))
+
+
+def _conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
+    if not isinstance(node.padding, str):
+        return _pair(node.padding)
+    if node.padding == "valid":
+        return (0, 0)
+    kernel, dilation = node.weight.shape[2:], _pair(node.dilation)
+    total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    if any(t % 2 for t in total) or _pair(node.stride) != (1, 1):
+        raise IRValidationError(
+            f"NIR node {name!r}: padding 'same' here is asymmetric; give explicit integer padding"
+        )
+    return (total[0] // 2, total[1] // 2)
+
+
+class NirLowering:
+    """Walks a NIR graph in dataflow order and emits IR nodes."""
+
+    def __init__(self, g: nir.NIRGraph, name: str) -> None:
+        self.nir = g
+        meta = {k: _plain(v) for k, v in (g.metadata or {}).items()}
+        self.graph = Graph(name, {"source": f"NIR graph {name}", "nir_metadata": meta})
+        for key in ("timesteps", "encoding", "input_range"):
+            if key in meta and meta[key] not in (0, None):
+                self.graph.meta[key] = meta[key]
+        self.ir_of: dict[str, str] = {}  # NIR node -> the IR node holding its value
+        self.problems: list[str] = []
+        self.fused: dict[str, str] = {}  # Threshold/Scale of a subtract-reset loop -> its I node
+
+    # ---- structure ----------------------------------------------------------------------
+    def find_subtract_resets(self, dg: nx.DiGraph) -> set[tuple[str, str]]:
+        """The recurrent edges of I -> Threshold -> Scale(-theta) -> I loops; the loops are fused."""
+        back_edges = set()
+        for name, node in self.nir.nodes.items():
+            if not isinstance(node, nir.I):
+                continue
+            for thr in dg.successors(name):
+                if not isinstance(self.nir.nodes[thr], nir.Threshold):
+                    continue
+                for reset in dg.successors(thr):
+                    rnode = self.nir.nodes[reset]
+                    if (
+                        isinstance(rnode, nir.Scale)
+                        and list(dg.successors(reset)) == [name]
+                        and list(dg.predecessors(reset)) == [thr]
+                        and np.array_equal(np.asarray(rnode.scale), -np.asarray(self.nir.nodes[thr].threshold))
+                    ):
+                        back_edges.add((reset, name))
+                        self.fused[thr] = self.fused[reset] = name
+        return back_edges
+
+    def lower(self) -> Graph:
+        dg = nx.DiGraph()
+        dg.add_nodes_from(self.nir.nodes)
+        dg.add_edges_from(self.nir.edges)
+        back_edges = self.find_subtract_resets(dg)
+        ff = dg.copy()
+        ff.remove_edges_from(back_edges)
+        if not nx.is_directed_acyclic_graph(ff):
+            cycle = " -> ".join(u for u, _ in nx.find_cycle(ff))
+            raise UnsupportedOpError(
+                f"NIR graph has a recurrent loop {cycle} that is not a reset by subtraction "
+                "(I -> Threshold -> Scale(-theta) -> I); spikeshield runs feed-forward SNNs only"
+            )
+        for name in nx.lexicographical_topological_sort(ff):
+            node = self.nir.nodes[name]
+            kind = type(node).__name__
+            if name in self.fused:
+                continue
+            if kind in ALTERNATIVES or kind not in _CONVERTERS:
+                hint = ALTERNATIVES.get(kind, "supported: " + ", ".join(sorted(_CONVERTERS)))
+                self.problems.append(f"node {name!r} ({kind}): use {hint}")
+                continue
+            preds = [p for p in ff.predecessors(name) if p not in self.fused or self.fused[p] != name]
+            missing = [p for p in preds if self._source(p) is None]
+            if missing:
+                continue  # an upstream node was unsupported; already reported
+            inputs = [self._source(p) for p in preds]
+            if len(inputs) > 1:
+                inputs = [self._emit(f"{name}__sum", Sum(), inputs)]
+            try:
+                self.ir_of[name] = _CONVERTERS[kind](self, name, node, inputs, dg)
+            except IRValidationError as err:
+                self.problems.append(str(err))
+        if self.problems:
+            raise UnsupportedOpError(
+                f"NIR graph holds {len(self.problems)} node(s) spikeshield cannot simulate: "
+                + "; ".join(self.problems)
+            )
+        return self.graph.validate()
+
+    def _source(self, nir_name: str) -> str | None:
+        if nir_name in self.fused:  # the Threshold of a fused loop: its spikes are the IF's output
+            return self.ir_of.get(self.fused[nir_name])
+        return self.ir_of.get(nir_name)
+
+    def _emit(self, name: str, op: Op, inputs: list[str]) -> str:
+        ir_name = self.graph.unique_name("".join(c if c.isalnum() or c == "_" else "_" for c in name))
+        self.graph.add(ir_name, op, inputs)
+        try:
+            self.graph.infer_shapes()
+        except IRValidationError as err:
+            raise IRValidationError(f"NIR node {name!r}: {err}") from None
+        return ir_name
+
+    def _chain(self, name: str, ops: list[tuple[str, Op]], inputs: list[str]) -> str:
+        for suffix, op in ops:
+            inputs = [self._emit(name + suffix, op, inputs)]
+        return inputs[0]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf8", "replace")
+    return value
+
+
+# ---- converters: (lowering, nir name, node, IR inputs, NIR digraph) -> IR node name ------------
+def _input(lw: NirLowering, name: str, node: nir.Input, inputs, dg) -> str:
+    shape = tuple(int(s) for s in np.asarray(node.input_type["input"]).reshape(-1))
+    return lw._emit(name, Input(shape), [])
+
+
+def _output(lw: NirLowering, name: str, node: nir.Output, inputs, dg) -> str:
+    return lw._emit(name, Output(), inputs)
+
+
+def _affine(lw: NirLowering, name: str, node, inputs, dg) -> str:
+    bias = _tensor(node.bias) if isinstance(node, nir.Affine) else None
+    return lw._emit(name, Linear(_tensor(node.weight), bias), inputs)
+
+
+def _conv2d(lw: NirLowering, name: str, node: nir.Conv2d, inputs, dg) -> str:
+    op = Conv2d(_tensor(node.weight), _tensor(node.bias), stride=_pair(node.stride),
+                padding=_conv_padding(node, name), dilation=_pair(node.dilation),
+                groups=int(node.groups))
+    return lw._emit(name, op, inputs)
+
+
+def _scale(lw: NirLowering, name: str, node: nir.Scale, inputs, dg) -> str:
+    return lw._emit(name, Scale(_per_channel(node.scale, "scale", name)), inputs)
+
+
+def _avgpool(lw: NirLowering, name: str, node, inputs, dg) -> str:
+    kernel = _pair(node.kernel_size)
+    pool = AvgPool2d(kernel, _pair(node.stride), _pair(node.padding), count_include_pad=True)
+    if isinstance(node, nir.AvgPool2d):
+        return lw._emit(name, pool, inputs)
+    window = torch.tensor([float(math.prod(kernel))])
+    return lw._chain(name, [("", pool), ("__window", Scale(window))], inputs)
+
+
+def _flatten(lw: NirLowering, name: str, node: nir.Flatten, inputs, dg) -> str:
+    in_shape = lw.graph.shape(inputs[0])
+    ndim = len(in_shape)
+    start, end = node.start_dim % max(ndim, 1), node.end_dim % max(ndim, 1)
+    if ndim > 1 and (start, end) != (0, ndim - 1):
+        raise IRValidationError(
+            f"NIR node {name!r}: Flatten(start_dim={node.start_dim}, end_dim={node.end_dim}) of "
+            f"shape {in_shape} keeps some dimensions; spikeshield flattens the whole batch-less shape "
+            "(start_dim=0, end_dim=-1). A start_dim of 1 usually means the exporter counted a batch"
+        )
+    if ndim == 1:
+        return inputs[0]
+    return lw._emit(name, Flatten(), inputs)
+
+
+def _gain(lw: NirLowering, name: str, r: Any) -> list[tuple[str, Op]]:
+    """A Scale(r) in front of a neuron when its per-step gain r is not 1."""
+    gain = _per_channel(r, "r", name)
+    return [] if torch.all(gain == 1) else [("__r", Scale(gain))]
+
+
+def _if(lw: NirLowering, name: str, node: nir.IF, inputs, dg) -> str:
+    if np.any(np.asarray(node.v_reset) != 0):
+        raise IRValidationError(
+            f"NIR node {name!r}: IF resets to a non-zero potential; spikeshield's IF resets to 0 "
+            "or subtracts the threshold (write the latter as I -> Threshold -> Scale(-theta) -> I)"
+        )
+    threshold = _per_channel(node.v_threshold, "v_threshold", name)
+    return lw._chain(name, _gain(lw, name, node.r) + [("", IF(threshold, "zero"))], inputs)
+
+
+def _integrator(lw: NirLowering, name: str, node: nir.I, inputs, dg) -> str:
+    loop = [s for s in dg.successors(name) if lw.fused.get(s) == name]
+    if loop:  # I -> Threshold -> Scale(-theta) -> I: IF with reset by subtraction
+        threshold_node = next(s for s in loop if isinstance(lw.nir.nodes[s], nir.Threshold))
+        threshold = _per_channel(lw.nir.nodes[threshold_node].threshold, "threshold", name)
+        return lw._chain(name, _gain(lw, name, node.r) + [("", IF(threshold, "subtract"))], inputs)
+    consumers = [lw.nir.nodes[s] for s in dg.successors(name)]
+    if not consumers or not all(isinstance(c, nir.Output) for c in consumers):
+        raise IRValidationError(
+            f"NIR node {name!r}: an I node is supported as the readout (feeding Output nodes only) "
+            "or inside a reset-by-subtraction loop"
+        )
+    # Readout: the IR output averages over time; logits = integrator state after T steps / T.
+    ops = _gain(lw, name, node.r)
+    return lw._chain(name, ops, inputs) if ops else inputs[0]
+
+
+_CONVERTERS = {
+    "Input": _input, "Output": _output, "Affine": _affine, "Linear": _affine, "Conv2d": _conv2d,
+    "Scale": _scale, "AvgPool2d": _avgpool, "SumPool2d": _avgpool, "Flatten": _flatten,
+    "IF": _if, "I": _integrator,
+}
+
+
+def from_nir(source: str | os.PathLike | nir.NIRGraph, name: str | None = None) -> Graph:
+    """Read a NIR file (type-checked) or take a ``nir.NIRGraph`` and lower it into a valid IR graph."""
+    if isinstance(source, nir.NIRGraph):
+        g, label = source, name or "nir"
+    else:
+        g, label = read_nir_file(source), name or Path(source).stem
+    if not isinstance(g, nir.NIRGraph):
+        raise ModelLoadError(f"{label}: the file holds a single {type(g).__name__} node, not a graph")
+    return NirLowering(g, label).lower()
