@@ -236,6 +236,12 @@ def _binary(kind: str) -> Callable:
     return convert
 
 
+def _sum(lw, a, at):
+    if not all(isinstance(v, Data) for v in a):
+        return lw.unsupported("Sum with constant operands", "Add a constant instead")
+    return a[0] if len(a) == 1 else lw.emit(Sum(), list(a))
+
+
 def _shape(lw, a, at):
     return np.array([1, *lw.shapes[a[0].node]], dtype=np.int64)  # batch written as 1; Reshape reads [1:]
 
@@ -245,7 +251,7 @@ CONVERTERS: dict[str, Callable] = {
     "Relu": lambda lw, a, at: lw.emit(ReLU(), [a[0]]),
     "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape,
-    "Add": _binary("Add"), "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
+    "Add": _binary("Add"), "Sum": _sum, "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
     "Dropout": lambda lw, a, at: a[0], "Identity": lambda lw, a, at: a[0],
 }
 

@@ -1,0 +1,111 @@
+"""ONNX export: the unrolled and the single-step graphs run in onnxruntime exactly as the runtime,
+and an exported ANN read back through the ONNX frontend reproduces its source."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from spikeshield.backends.onnx_backend import OPSET, to_onnx, write_onnx
+from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ops import IF, Conv2d
+from spikeshield.frontends.onnx_frontend import from_onnx
+from spikeshield.runtime.executor import GraphExecutor
+from tests.backends.conftest import TIMESTEPS, ZOO, assert_same_spikes, zoo_ann, zoo_snn
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_step_graph(path, x: np.ndarray, steps: int):
+    """Drive the single-step graph for ``steps`` steps from zero state: logits, per-neuron counts
+    and, per layer, the smallest |u - theta| each neuron reached (u: membrane before reset)."""
+    sess = session(path)
+    names = [o.name for o in sess.get_outputs()]
+    feeds = {i.name: np.zeros([len(x), *i.shape[1:]], np.float32) for i in sess.get_inputs()}
+    feeds["input"] = x
+    counts, margins = {}, {}
+    for _ in range(steps):
+        out = dict(zip(names, sess.run(None, feeds)))
+        for key in [k for k in feeds if k.startswith("v__")]:
+            layer = key[3:]
+            spikes = out[f"spikes__{layer}"]
+            counts[layer] = counts.get(layer, 0) + spikes
+            feeds[key] = out[f"v_next__{layer}"]
+        feeds["readout"] = out["readout_next"]
+    return feeds["readout"] / steps, counts
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("arch", list(ZOO))
+def test_zoo_onnx_matches_runtime(arch, reset, tmp_path):
+    snn, x = zoo_snn(arch, reset)
+    executor = GraphExecutor(snn)
+    with torch.no_grad():
+        logits = executor(x, TIMESTEPS, record=True).numpy()
+    unrolled = write_onnx(snn, tmp_path / "u.onnx", "unrolled")
+    step = write_onnx(snn, tmp_path / "s.onnx", "step")
+    for path in (unrolled, step):
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+
+    sess = session(unrolled)
+    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x.numpy()})))
+    assert np.array_equal(out["logits"].argmax(1), logits.argmax(1))
+    assert np.abs(out["logits"] - logits).max() < 1e-4
+    for name in snn.nodes_of(IF):
+        expected = executor.spike_counts[name].numpy()
+        assert np.array_equal(out[f"spike_count__{name}"], expected), name
+
+    step_logits, counts = run_step_graph(step, x.numpy(), TIMESTEPS)
+    assert np.array_equal(step_logits.argmax(1), logits.argmax(1))
+    assert np.abs(step_logits - logits).max() < 1e-4
+    for name in snn.nodes_of(IF):
+        assert_same_spikes(executor.neuron_spike_counts[name].flatten(1).numpy(),
+                           counts[name].reshape(len(x), -1), None, name)
+
+
+def test_model_records_opset_and_how_to_run_it(tmp_path):
+    snn, _ = zoo_snn("lenet", "subtract")
+    model = onnx.load(write_onnx(snn, tmp_path / "s.onnx", "step"))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [OPSET]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["form"] == "step" and meta["reset"] == "subtract"
+    assert meta["timesteps"] == str(TIMESTEPS) and "readout / T" in meta["contract"]
+    inputs = [i.name for i in model.graph.input]
+    assert inputs[0] == "input" and inputs[-1] == "readout"
+    assert {f"v__{n}" for n in snn.nodes_of(IF)} <= set(inputs)
+
+
+def test_unrolled_graph_takes_another_T(tmp_path):
+    snn, x = zoo_snn("lenet", "zero")
+    sess = session(write_onnx(snn, tmp_path / "u3.onnx", "unrolled", timesteps=3))
+    expected = GraphExecutor(snn)(x, 3).detach().numpy()
+    assert np.abs(sess.run(["logits"], {"input": x.numpy()})[0] - expected).max() < 1e-4
+
+
+def test_exported_ann_read_back_reproduces_it(tmp_path):
+    ann, x = zoo_ann("resnet20")
+    path = write_onnx(ann, tmp_path / "ann.onnx")
+    expected = GraphExecutor(ann)(x).detach()
+    logits = session(path).run(["logits"], {"input": x.numpy()})[0]
+    assert np.abs(logits - expected.numpy()).max() < 1e-4
+    back = from_onnx(path)
+    assert (GraphExecutor(back)(x).detach() - expected).abs().max() < 1e-4
+    assert not back.nodes_of(IF)
+    assert len(back.nodes_of(Conv2d)) == len(ann.nodes_of(Conv2d)) > 0
+
+
+def test_step_form_of_an_ann_is_refused():
+    ann, _ = zoo_ann("lenet")
+    with pytest.raises(ConfigError, match="no IF neurons.*--format onnx"):
+        to_onnx(ann, "step")
+
+
+def test_unknown_form_is_refused():
+    snn, _ = zoo_snn("lenet", "zero")
+    with pytest.raises(ConfigError, match="unrolled, step"):
+        to_onnx(snn, "scan")
