@@ -6,4 +6,8 @@ from spikeshield.compiler.passes import (  # noqa: F401
     fold_batchnorm,
     finetune_robust,
     fold_scales,
+    drop_biases,
+    quantize_weights,
+    set_encoding,
+    set_reset_mode,
 )
