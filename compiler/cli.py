@@ -29,6 +29,9 @@ DataOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data splits, shuffling and init.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
+               "Repairable violations (weight bits, biases, reset, encoding) are repaired and the "
+               "accuracy re-measured; others are an error.")
 
 
 @app.callback()
@@ -137,6 +140,8 @@ def compile_cmd(
     eps: Annotated[Optional[float], typer.Option(help="Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option("--n", help="Evaluate on the first N test samples (robustness: 1000 by default).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    export: Annotated[str, typer.Option("--export", help="Also write exports: comma-separated nir, onnx, onnx-step.")] = "",
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -152,7 +157,8 @@ def compile_cmd(
                             eval_samples=eval_samples, encoding=encoding, device=device, seed=seed,
                             finetune=finetune, finetune_epochs=finetune_epochs, eps_train=eps_train,
                             finetune_attack=finetune_attack, finetune_lr=finetune_lr,
-                            finetune_max_train=finetune_max_train, robustness=robustness, eps=eps)
+                            finetune_max_train=finetune_max_train, robustness=robustness, eps=eps,
+                            export=export, target=target)
         if threshold_scale is not None:
             cfg.threshold_scale = threshold_scale
         result = compile_model(model, data, cfg, out)
@@ -165,8 +171,23 @@ def compile_cmd(
         if rob is not None:
             typer.echo(_robustness_line(rob["eps"], rob["preset"], rob["ann_pgd_robust_accuracy"],
                                         rob["snn_robust_accuracy"], rob["verdict"]))
+        for description in r.get("exports", []):
+            typer.echo(_export_line(out / description["file"], description))
 
     _guard(run)
+
+
+def _export_line(path: Path, description: dict) -> str:
+    a = description["adaptation"]
+    line = f"wrote {path} ({description['format']}, target {a['target']})"
+    if a["passes"]:
+        line += f"; adapted with {', '.join(p['name'] for p in a['passes'])}"
+    if a["passes"] and a["accuracy_before"] is None:
+        line += " (accuracy not re-measured: no data spec recorded; pass --data)"
+    elif a["accuracy_before"] is not None:
+        line += (f": accuracy {100 * a['accuracy_before']:.2f}% -> {100 * a['accuracy_after']:.2f}% "
+                 f"on {a['samples']} test samples")
+    return line
 
 
 def _robustness_line(eps: float, preset: str, ann_pgd: float | None, snn: float, verdict: str) -> str:
@@ -203,6 +224,47 @@ def eval_cmd(
         typer.echo(_robustness_line(report["eps"], preset, ann.get("pgd_robust_accuracy"),
                                     snn["robust_accuracy"], snn["diagnostics"]["verdict"]))
         typer.echo(f"wrote {directory / 'robustness.md'}, robustness.json and robustness.png")
+
+    _guard(run)
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[Path, typer.Argument(help="A compile directory (its snn.ir), a .ir or a .nir file.")],
+    fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T) or onnx-step (one step, explicit state).")] = "nir",
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx or snn_step.onnx in DIR).")] = None,
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="T of the unrolled ONNX graph (default: the compiled T).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Data for re-measuring accuracy after target repairs (default: the compile-time spec).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Test samples for that measurement.")] = 1000,
+) -> None:
+    """Export a compiled SNN as NIR or ONNX, optionally adapted to a hardware target."""
+
+    def run() -> None:
+        from spikeshield.compiler.export import export_source
+
+        path, description = export_source(source, fmt, target, out, timesteps, data, n)
+        typer.echo(_export_line(path, description))
+
+    _guard(run)
+
+
+@app.command("run")
+def run_cmd(
+    source: Annotated[Path, typer.Argument(help="A compile directory, a .ir or any .nir graph.")],
+    inputs: Annotated[Path, typer.Option("--inputs", help="A .npy array (N, *input shape) of float inputs in the model's input space: pixels in [0, 1] for spikeshield models (normalisation is inside the graph); whatever the NIR graph's Input node takes otherwise.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .npz: predictions (N,), logits (N, classes), spikes/<layer> (N,) spike counts per sample, layers, timesteps.")],
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Time steps (default: the T recorded in the graph).")] = None,
+) -> None:
+    """Simulate a compiled SNN or a NIR graph on given inputs and save its outputs."""
+
+    def run() -> None:
+        from spikeshield.compiler.simulate import run_on_inputs
+
+        result = run_on_inputs(source, inputs, out, timesteps)
+        spikes = sum(int(result[f"spikes/{n}"].sum()) for n in result["layers"])
+        typer.echo(f"simulated {len(result['predictions'])} inputs for T={int(result['timesteps'])}: "
+                   f"{spikes} spikes in {len(result['layers'])} layers; wrote {out}")
 
     _guard(run)
 

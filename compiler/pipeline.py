@@ -72,6 +72,9 @@ class CompileConfig:
     # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
     robustness: str = "quick"
     eps: float | None = None  # None: default_eps(input shape)
+    # Exports written into the output directory ("" for none) and the hardware target they obey.
+    export: str = ""
+    target: str = "generic"
 
     def validate(self) -> None:
         if self.timesteps <= 0:
@@ -98,6 +101,12 @@ class CompileConfig:
             self.finetune_config(0.1).validate()
         if self.robustness != "none":
             self.robustness_config().validate()
+        if self.export:
+            from spikeshield.backends.targets import load_target
+            from spikeshield.compiler.export import parse_formats
+
+            parse_formats(self.export)
+            load_target(self.target)
 
     def evaluation_eps(self, input_shape: tuple[int, ...]) -> float:
         return default_eps(input_shape) if self.eps is None else self.eps
@@ -172,7 +181,8 @@ def compile_model(
     """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
 
     With ``out``, writes ``snn.ir``, ``ann.ir``, ``report.json`` and ``report.md`` there atomically,
-    and ``robustness.json|md|png`` unless ``config.robustness`` is ``"none"``.
+    ``robustness.json|md|png`` unless ``config.robustness`` is ``"none"``, and the exports named in
+    ``config.export`` (``snn.nir``, ``snn.onnx``, ``snn_step.onnx``, each with a ``.json`` sidecar).
     """
     cfg = config or CompileConfig()
     cfg.validate()
@@ -188,6 +198,8 @@ def compile_model(
     manager = PassManager()
     snn = manager.run(ann, conversion_pipeline(cfg, calibration, device))
     snn.meta.update({"timesteps": cfg.timesteps, "encoding": cfg.encoding, "input_range": [0.0, 1.0]})
+    if cfg.export:
+        _check_target_early(snn, cfg.target)
     test = splits.test if cfg.eval_samples is None else splits.test.head(cfg.eval_samples)
     eval_eps = cfg.evaluation_eps(splits.input_shape)
     converted = None
@@ -230,11 +242,31 @@ def compile_model(
         with atomic_directory(out) as tmp:
             save_graph(snn, tmp / "snn.ir")
             save_graph(ann, tmp / "ann.ir")
+            if cfg.export:
+                report["exports"] = _export_all(snn, cfg, test, tmp, device)
             write_reports(report, snn, tmp)
             if robustness is not None:
                 write_robustness(robustness, tmp)
         result.out_dir = Path(out)
     return result
+
+
+def _check_target_early(snn: Graph, target: str) -> None:
+    """Fail before the long work when the target cannot run this network whatever the passes do."""
+    from spikeshield.backends.targets import check_target
+    from spikeshield.compiler.errors import UnsupportedOpError
+
+    fatal = [v for v in check_target(snn, target) if v.repair is None]
+    if fatal:
+        raise UnsupportedOpError(f"the network cannot run on {target}: "
+                                 + "; ".join(str(v) for v in fatal))
+
+
+def _export_all(snn: Graph, cfg: CompileConfig, test, directory: Path, device) -> list[dict]:
+    from spikeshield.compiler.export import FORMATS, export_graph, parse_formats
+
+    files = {fmt: directory / FORMATS[fmt][0] for fmt in parse_formats(cfg.export)}
+    return export_graph(snn, files, cfg.target, test, cfg.timesteps, str(device))
 
 
 def _robustness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -53,6 +53,7 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
             "Details, per attack member and with the masking diagnostics: robustness.md.",
             "",
         ]
+    lines += export_lines(report.get("exports") or [])
     lines += [
         "## Spiking layers",
         "",
@@ -88,6 +89,24 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         "- *Firing rate*: spikes per neuron per time step, averaged over the test samples (0 to 1).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def export_lines(exports: list[dict[str, Any]]) -> list[str]:
+    """The report section on exported files and what adapting them to a hardware target cost."""
+    if not exports:
+        return []
+    lines = ["## Exports", "", "| file | format | target | repairs | accuracy before -> after |",
+             "|---|---|---|---|---|"]
+    for e in exports:
+        a = e["adaptation"]
+        repairs = ", ".join(p["name"] for p in a["passes"]) or "none needed"
+        change = "unchanged"
+        if a["accuracy_before"] is not None:
+            change = (f"{_pct(a['accuracy_before'])} -> {_pct(a['accuracy_after'])} "
+                      f"({a['samples']} samples)")
+        lines.append(f"| {e['file']} | {e['format']} | {a['target']} | {repairs} | {change} |")
+    return lines + ["", "Each file has a `.json` sidecar with the details (see README, Export formats).",
+                    ""]
 
 
 def write_reports(report: dict[str, Any], snn: Graph, directory: Path) -> None:

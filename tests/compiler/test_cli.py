@@ -193,7 +193,8 @@ def test_train_and_demo_commands(tmp_path):
     assert (tmp_path / "d" / "robust-snn-T8" / "robustness.md").is_file()
 
 
-@pytest.mark.parametrize("cmd", [["--help"], ["compile", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize("cmd", [["--help"], ["compile", "--help"], ["train", "--help"],
+                                 ["export", "--help"], ["run", "--help"]])
 def test_help(cmd):
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0 and "Usage" in result.output
