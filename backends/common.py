@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from spikeshield.compiler.errors import UnsupportedOpError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF

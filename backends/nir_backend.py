@@ -30,6 +30,7 @@ encoding and input range. Each node's metadata names the IR node and op it came 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,6 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
-
 from spikeshield.backends.common import full_shape, graph_description, raise_unsupported
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import (
@@ -84,7 +84,7 @@ class _NirBuilder:
     def chain(self, ir_name: str, *pairs: tuple[str, nir.NIRNode]) -> None:
         """Nodes in sequence standing for ``ir_name``: the first is its entry, the last its exit."""
         names = [self.add(n, node, ir_name) for n, node in pairs]
-        self.edges += list(zip(names, names[1:]))
+        self.edges += list(itertools.pairwise(names))
         self.entry[ir_name], self.exits[ir_name] = names[0], [names[-1]]
 
 
@@ -98,7 +98,11 @@ def _input(b: _NirBuilder, name: str, op: Input) -> None:
 def _output(b: _NirBuilder, name: str, op: Output) -> None:
     shape = b.graph.shape(name)
     readout = nir.I(r=np.ones(shape, dtype=np.float32))
-    b.chain(name, (name + READOUT_SUFFIX, readout), (name, nir.Output(output_type={"output": np.array(shape)})))
+    b.chain(
+        name,
+        (name + READOUT_SUFFIX, readout),
+        (name, nir.Output(output_type={"output": np.array(shape)})),
+    )
 
 
 def dense_weight(op: Conv2d) -> torch.Tensor:
@@ -110,7 +114,10 @@ def dense_weight(op: Conv2d) -> torch.Tensor:
     dense = op.weight.new_zeros(out_ch, in_per_group * op.groups, *op.weight.shape[2:])
     per_group = out_ch // op.groups
     for g in range(op.groups):
-        rows, cols = slice(g * per_group, (g + 1) * per_group), slice(g * in_per_group, (g + 1) * in_per_group)
+        rows, cols = (
+            slice(g * per_group, (g + 1) * per_group),
+            slice(g * in_per_group, (g + 1) * in_per_group),
+        )
         dense[rows, cols] = op.weight[rows]
     return dense
 
@@ -118,8 +125,13 @@ def dense_weight(op: Conv2d) -> torch.Tensor:
 def _conv2d(b: _NirBuilder, name: str, op: Conv2d) -> None:
     bias = op.bias if op.bias is not None else torch.zeros(op.weight.shape[0])
     conv = nir.Conv2d(
-        input_shape=tuple(b.graph.in_shape(name)[1:]), weight=_np(dense_weight(op)),
-        stride=op.stride, padding=op.padding, dilation=op.dilation, groups=1, bias=_np(bias),
+        input_shape=tuple(b.graph.in_shape(name)[1:]),
+        weight=_np(dense_weight(op)),
+        stride=op.stride,
+        padding=op.padding,
+        dilation=op.dilation,
+        groups=1,
+        bias=_np(bias),
     )
     b.chain(name, (name, conv))
 
@@ -142,8 +154,13 @@ def _scale(b: _NirBuilder, name: str, op: Scale) -> None:
     if len(shape) == 3:
         # A diagonal 1x1 conv: each output adds exact zeros from the other channels.
         diagonal = nir.Conv2d(
-            input_shape=tuple(shape[1:]), weight=_np(torch.diag(scale).reshape(channels, channels, 1, 1)),
-            stride=1, padding=0, dilation=1, groups=1, bias=_np(bias),
+            input_shape=tuple(shape[1:]),
+            weight=_np(torch.diag(scale).reshape(channels, channels, 1, 1)),
+            stride=1,
+            padding=0,
+            dilation=1,
+            groups=1,
+            bias=_np(bias),
         )
         b.chain(name, (name, diagonal))
     else:
@@ -171,12 +188,16 @@ def _if(b: _NirBuilder, name: str, op: IF) -> None:
     shape = b.graph.shape(name)
     theta = full_shape(op.threshold, shape)
     if op.reset == "zero":
-        neuron = nir.IF(r=np.ones(shape, np.float32), v_threshold=theta,
-                        v_reset=np.zeros(shape, np.float32))
+        neuron = nir.IF(
+            r=np.ones(shape, np.float32), v_threshold=theta, v_reset=np.zeros(shape, np.float32)
+        )
         b.chain(name, (name, neuron))
         return
-    b.chain(name, (name, nir.I(r=np.ones(shape, np.float32))),
-            (name + THRESHOLD_SUFFIX, nir.Threshold(threshold=theta)))
+    b.chain(
+        name,
+        (name, nir.I(r=np.ones(shape, np.float32))),
+        (name + THRESHOLD_SUFFIX, nir.Threshold(threshold=theta)),
+    )
     reset = b.add(name + RESET_SUFFIX, nir.Scale(scale=-theta), name)
     b.edges += [(name + THRESHOLD_SUFFIX, reset), (reset, name)]
 
@@ -187,8 +208,15 @@ def _sum(b: _NirBuilder, name: str, op: Sum) -> None:
 
 
 CONVERTERS: dict[type[Op], Converter] = {
-    Input: _input, Output: _output, Conv2d: _conv2d, Linear: _linear, Scale: _scale,
-    AvgPool2d: _avgpool2d, Flatten: _flatten, IF: _if, Sum: _sum,
+    Input: _input,
+    Output: _output,
+    Conv2d: _conv2d,
+    Linear: _linear,
+    Scale: _scale,
+    AvgPool2d: _avgpool2d,
+    Flatten: _flatten,
+    IF: _if,
+    Sum: _sum,
 }
 # Ops NIR cannot hold, with the way to get rid of them.
 ALTERNATIVES: dict[type[Op], str] = {
@@ -203,7 +231,9 @@ def unsupported_nodes(graph: Graph) -> list[str]:
     for name in graph.nodes():
         op = graph.op(name)
         if type(op) not in CONVERTERS:
-            hint = ALTERNATIVES.get(type(op), f"supported ops: {', '.join(c.kind for c in CONVERTERS)}")
+            hint = ALTERNATIVES.get(
+                type(op), f"supported ops: {', '.join(c.kind for c in CONVERTERS)}"
+            )
             problems.append(f"node {name!r} ({op.kind}): {hint}")
     if not graph.nodes_of(IF):
         problems.append(f"graph {graph.name!r} has no IF neurons: NIR export is for spiking graphs")
@@ -223,8 +253,13 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
             continue
         sources = [e for p in graph.inputs(name) for e in b.exits[p]]
         if len(set(sources)) != len(sources):
-            raise_unsupported("NIR", [f"node {name!r} receives the same value twice through sums; "
-                                      "NIR edges are unique (merge the sums into one scale)"])
+            raise_unsupported(
+                "NIR",
+                [
+                    f"node {name!r} receives the same value twice through sums; "
+                    "NIR edges are unique (merge the sums into one scale)"
+                ],
+            )
         b.edges += [(src, b.entry[name]) for src in sources]
     meta = graph_description(graph)
     meta["readout"] = "logits = state of the I node before each Output after T steps, divided by T"

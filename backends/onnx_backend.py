@@ -28,7 +28,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-
 from spikeshield.backends.common import graph_description, raise_unsupported
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
@@ -92,9 +91,16 @@ def _conv2d(b: _OnnxBuilder, name: str, op: Conv2d, x: str) -> str:
     inputs = [x, b.const(f"{name}.weight", op.weight)]
     if op.bias is not None:
         inputs.append(b.const(f"{name}.bias", op.bias))
-    return b.op("Conv", inputs, name, strides=list(op.stride), pads=[*op.padding, *op.padding],
-                dilations=list(op.dilation), group=op.groups,
-                kernel_shape=list(op.weight.shape[2:]))
+    return b.op(
+        "Conv",
+        inputs,
+        name,
+        strides=list(op.stride),
+        pads=[*op.padding, *op.padding],
+        dilations=list(op.dilation),
+        group=op.groups,
+        kernel_shape=list(op.weight.shape[2:]),
+    )
 
 
 def _linear(b: _OnnxBuilder, name: str, op: Linear, x: str) -> str:
@@ -114,20 +120,34 @@ def _scale(b: _OnnxBuilder, name: str, op: Scale, x: str) -> str:
 
 def _batchnorm(b: _OnnxBuilder, name: str, op: BatchNorm, x: str) -> str:
     ones, zeros = torch.ones_like(op.running_mean), torch.zeros_like(op.running_mean)
-    inputs = [x, b.const(f"{name}.weight", op.weight if op.weight is not None else ones),
-              b.const(f"{name}.bias", op.bias if op.bias is not None else zeros),
-              b.const(f"{name}.running_mean", op.running_mean),
-              b.const(f"{name}.running_var", op.running_var)]
+    inputs = [
+        x,
+        b.const(f"{name}.weight", op.weight if op.weight is not None else ones),
+        b.const(f"{name}.bias", op.bias if op.bias is not None else zeros),
+        b.const(f"{name}.running_mean", op.running_mean),
+        b.const(f"{name}.running_var", op.running_var),
+    ]
     return b.op("BatchNormalization", inputs, name, epsilon=op.eps)
 
 
 def _avgpool2d(b: _OnnxBuilder, name: str, op: AvgPool2d, x: str) -> str:
-    return b.op("AveragePool", [x], name, kernel_shape=list(op.kernel), strides=list(op.stride),
-                pads=[*op.padding, *op.padding], count_include_pad=int(op.count_include_pad))
+    return b.op(
+        "AveragePool",
+        [x],
+        name,
+        kernel_shape=list(op.kernel),
+        strides=list(op.stride),
+        pads=[*op.padding, *op.padding],
+        count_include_pad=int(op.count_include_pad),
+    )
 
 
 EMITTERS: dict[type[Op], Emitter] = {
-    Conv2d: _conv2d, Linear: _linear, Scale: _scale, BatchNorm: _batchnorm, AvgPool2d: _avgpool2d,
+    Conv2d: _conv2d,
+    Linear: _linear,
+    Scale: _scale,
+    BatchNorm: _batchnorm,
+    AvgPool2d: _avgpool2d,
     Flatten: lambda b, name, op, x: b.op("Flatten", [x], name, axis=1),
     ReLU: lambda b, name, op, x: b.op("Relu", [x], name),
 }
@@ -154,9 +174,11 @@ def _temporal_nodes(graph: Graph, encoding: str) -> set[str]:
     temporal: set[str] = set()
     for name in graph.nodes():
         op = graph.op(name)
-        if isinstance(op, IF) or (isinstance(op, Input) and encoding == "poisson"):
-            temporal.add(name)
-        elif any(p in temporal for p in graph.inputs(name)):
+        if (
+            isinstance(op, IF)
+            or (isinstance(op, Input) and encoding == "poisson")
+            or any(p in temporal for p in graph.inputs(name))
+        ):
             temporal.add(name)
     return temporal
 
@@ -216,12 +238,16 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
     raise_unsupported("ONNX", unsupported_nodes(graph))
     spiking = bool(graph.nodes_of(IF))
     if form == "step" and not spiking:
-        raise ConfigError(f"graph {graph.name!r} has no IF neurons, hence no state: export it with "
-                          "--format onnx (a plain forward graph)")
+        raise ConfigError(
+            f"graph {graph.name!r} has no IF neurons, hence no state: export it with "
+            "--format onnx (a plain forward graph)"
+        )
     encoding = str(graph.meta.get("encoding", "direct"))
     steps = timesteps or int(graph.meta.get("timesteps", 0))
     if spiking and form == "unrolled" and steps <= 0:
-        raise ConfigError("the unrolled ONNX graph needs the number of time steps; pass --timesteps")
+        raise ConfigError(
+            "the unrolled ONNX graph needs the number of time steps; pass --timesteps"
+        )
     b = _OnnxBuilder(graph)
     in_shape = list(graph.op(graph.input_names[0]).shape)
     out_name = graph.output_names[0]
@@ -238,28 +264,38 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
         states: dict[str, str | None] = {n: f"v__{n}" for n in ifs}
         values, spikes = stepper.step("input", states, "", fold_static=False)
         readout = b.op("Add", ["readout", values[out_name]], "readout")
-        b.nodes.append(helper.make_node("Identity", [readout], ["readout_next"], name="readout_next"))
-        b.nodes.append(helper.make_node("Identity", [values[out_name]], ["output_step"],
-                                        name="output_step"))
+        b.nodes.append(
+            helper.make_node("Identity", [readout], ["readout_next"], name="readout_next")
+        )
+        b.nodes.append(
+            helper.make_node("Identity", [values[out_name]], ["output_step"], name="output_step")
+        )
         inputs.append(_value_info("input", [BATCH, *in_shape]))
         inputs += [_value_info(f"v__{n}", [BATCH, *graph.shape(n)]) for n in ifs]
         inputs.append(_value_info("readout", [BATCH, *out_shape]))
         for n in ifs:
-            b.nodes.append(helper.make_node("Identity", [states[n]], [f"v_next__{n}"],
-                                            name=f"v_next__{n}"))
-            b.nodes.append(helper.make_node("Identity", [spikes[n]], [f"spikes__{n}"],
-                                            name=f"spikes__{n}"))
+            b.nodes.append(
+                helper.make_node("Identity", [states[n]], [f"v_next__{n}"], name=f"v_next__{n}")
+            )
+            b.nodes.append(
+                helper.make_node("Identity", [spikes[n]], [f"spikes__{n}"], name=f"spikes__{n}")
+            )
             outputs.append(_value_info(f"v_next__{n}", [BATCH, *graph.shape(n)]))
             outputs.append(_value_info(f"spikes__{n}", [BATCH, *graph.shape(n)]))
-        outputs += [_value_info("readout_next", [BATCH, *out_shape]),
-                    _value_info("output_step", [BATCH, *out_shape])]
+        outputs += [
+            _value_info("readout_next", [BATCH, *out_shape]),
+            _value_info("output_step", [BATCH, *out_shape]),
+        ]
     else:
         poisson = encoding == "poisson"
         states = {n: None for n in ifs}
         per_step_out, counts = [], {n: [] for n in ifs}
         for t in range(steps):
-            x = b.op("Gather", ["input", b.const(f"t{t}", np.array(t, np.int64))], "input",
-                     axis=0) if poisson else "input"
+            x = (
+                b.op("Gather", ["input", b.const(f"t{t}", np.array(t, np.int64))], "input", axis=0)
+                if poisson
+                else "input"
+            )
             values, spikes = stepper.step(x, states, f"_t{t}", fold_static=True)
             per_step_out.append(values[out_name])
             for n in ifs:
@@ -270,20 +306,30 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
         for n in ifs:
             summed = counts[n][0] if steps == 1 else b.op("Sum", counts[n], n)
             flat = b.op("Flatten", [summed], n, axis=1)
-            b.nodes.append(helper.make_node("ReduceSum", [flat, b.const("axis1", np.array([1], np.int64))],
-                                            [f"spike_count__{n}"], name=f"spike_count__{n}", keepdims=0))
+            b.nodes.append(
+                helper.make_node(
+                    "ReduceSum",
+                    [flat, b.const("axis1", np.array([1], np.int64))],
+                    [f"spike_count__{n}"],
+                    name=f"spike_count__{n}",
+                    keepdims=0,
+                )
+            )
             outputs.append(_value_info(f"spike_count__{n}", [BATCH]))
         shape = ["T", BATCH, *in_shape] if poisson else [BATCH, *in_shape]
         inputs.append(_value_info("input", shape))
         outputs.insert(0, _value_info("logits", [BATCH, *out_shape]))
-    onnx_graph = helper.make_graph(b.nodes, graph.name, inputs, outputs,
-                                   initializer=list(b.initializers.values()))
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="spikeshield")
+    onnx_graph = helper.make_graph(
+        b.nodes, graph.name, inputs, outputs, initializer=list(b.initializers.values())
+    )
+    model = helper.make_model(
+        onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="spikeshield"
+    )
     model.ir_version = 8  # readable by onnxruntime >= 1.14
     meta = graph_description(graph)
-    meta.update({"form": form if spiking else "ann", "timesteps": steps if spiking else 0,
-                 "opset": OPSET})
+    meta.update(
+        {"form": form if spiking else "ann", "timesteps": steps if spiking else 0, "opset": OPSET}
+    )
     if spiking and form == "step":
         meta["contract"] = "states start at 0; after T steps logits = readout / T"
     for key, value in meta.items():
@@ -292,8 +338,9 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
     return model
 
 
-def write_onnx(graph: Graph, path: str | os.PathLike, form: str = "unrolled",
-               timesteps: int | None = None) -> Path:
+def write_onnx(
+    graph: Graph, path: str | os.PathLike, form: str = "unrolled", timesteps: int | None = None
+) -> Path:
     """Export ``graph`` to ``path``; returns the path."""
     model = to_onnx(graph, form, timesteps)
     path = Path(path)

@@ -33,8 +33,17 @@ class TargetProfile:
 
     name: str
     description: str
-    ops: tuple[str, ...] = ("input", "output", "conv2d", "linear", "scale", "avgpool2d", "flatten",
-                            "sum", "if")
+    ops: tuple[str, ...] = (
+        "input",
+        "output",
+        "conv2d",
+        "linear",
+        "scale",
+        "avgpool2d",
+        "flatten",
+        "sum",
+        "if",
+    )
     reset_modes: tuple[str, ...] = ("zero", "subtract")
     weight_bits: int | None = None  # signed integer weights with one scale per layer
     bias: bool = True
@@ -52,8 +61,10 @@ class TargetProfile:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"target profile has unknown field(s) {', '.join(unknown)}; "
-                              f"known fields: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"target profile has unknown field(s) {', '.join(unknown)}; "
+                f"known fields: {', '.join(sorted(known))}"
+            )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
@@ -63,27 +74,45 @@ class TargetProfile:
 
 TARGETS: dict[str, TargetProfile] = {
     "generic": TargetProfile(
-        "generic", "any NIR/ONNX consumer: every op spikeshield exports, float32 weights"),
+        "generic", "any NIR/ONNX consumer: every op spikeshield exports, float32 weights"
+    ),
     "loihi2": TargetProfile(
-        "loihi2", "Intel Loihi 2 via Lava: programmable neurons (both resets), graded input spikes, "
+        "loihi2",
+        "Intel Loihi 2 via Lava: programmable neurons (both resets), graded input spikes, "
         "8-bit synaptic weights, 8192 neurons per core, 128 cores",
-        weight_bits=8, max_neurons_per_layer=8192, max_neurons=128 * 8192),
+        weight_bits=8,
+        max_neurons_per_layer=8192,
+        max_neurons=128 * 8192,
+    ),
     "speck": TargetProfile(
-        "speck", "SynSense Speck (DYNAP-CNN) via Sinabs: integrate-and-fire conv cores, event "
+        "speck",
+        "SynSense Speck (DYNAP-CNN) via Sinabs: integrate-and-fire conv cores, event "
         "(spike) input only, 8-bit weights, 9 layers, each sending to at most 2 layers",
         ops=("input", "output", "conv2d", "avgpool2d", "flatten", "sum", "if"),
-        weight_bits=8, encodings=("poisson",), max_destinations=2, max_layers=9),
+        weight_bits=8,
+        encodings=("poisson",),
+        max_destinations=2,
+        max_layers=9,
+    ),
     "xylo": TargetProfile(
-        "xylo", "SynSense Xylo via Rockpool: dense layers of spiking neurons with reset by "
+        "xylo",
+        "SynSense Xylo via Rockpool: dense layers of spiking neurons with reset by "
         "subtraction, event input, 8-bit weights, 16 input channels, 1000 hidden and 8 output "
         "neurons, no convolution",
         ops=("input", "output", "linear", "flatten", "sum", "if"),
-        reset_modes=("subtract",), weight_bits=8, encodings=("poisson",), max_neurons=1000,
-        max_inputs=16, max_outputs=8),
+        reset_modes=("subtract",),
+        weight_bits=8,
+        encodings=("poisson",),
+        max_neurons=1000,
+        max_inputs=16,
+        max_outputs=8,
+    ),
     "spinnaker2": TargetProfile(
-        "spinnaker2", "SpiNNaker2 via py-spinnaker2: neurons run as software on ARM cores with "
+        "spinnaker2",
+        "SpiNNaker2 via py-spinnaker2: neurons run as software on ARM cores with "
         "single-precision FPUs, spike input, dense or sparse projections",
-        encodings=("poisson",)),
+        encodings=("poisson",),
+    ),
 }
 
 
@@ -100,8 +129,9 @@ def load_target(target: str | os.PathLike | TargetProfile) -> TargetProfile:
             return TargetProfile.from_dict(json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError) as err:
             raise ConfigError(f"target profile {path} is not a valid profile: {err}") from None
-    raise ConfigError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)} or give a "
-                      "profile .json file")
+    raise ConfigError(
+        f"unknown target {name!r}; choose one of {', '.join(TARGETS)} or give a profile .json file"
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,7 @@ def _weighted_after(graph: Graph, name: str) -> list[str]:
     found, stack = [], list(graph.consumers(name))
     while stack:
         node = stack.pop()
-        if isinstance(graph.op(node), WEIGHTED) or isinstance(graph.op(node), Output):
+        if isinstance(graph.op(node), (*WEIGHTED, Output)):
             found.append(node)
         else:
             stack += graph.consumers(node)
@@ -155,25 +185,45 @@ def check_target(graph: Graph, target: str | TargetProfile) -> list[Violation]:
     out: list[Violation] = []
     encoding = str(graph.meta.get("encoding", "direct"))
     if encoding not in profile.encodings:
-        out.append(Violation(
-            graph.input_names[0], "encoding",
-            f"{profile.name} takes {'/'.join(profile.encodings)} input, the graph uses {encoding}",
-            f"encode the input as spikes ({profile.encodings[0]})",
-            ("set_encoding", {"encoding": profile.encodings[0]})))
+        out.append(
+            Violation(
+                graph.input_names[0],
+                "encoding",
+                f"{profile.name} takes {'/'.join(profile.encodings)} input, the graph uses {encoding}",
+                f"encode the input as spikes ({profile.encodings[0]})",
+                ("set_encoding", {"encoding": profile.encodings[0]}),
+            )
+        )
     inputs = math.prod(graph.op(graph.input_names[0]).shape)
     if profile.max_inputs is not None and inputs > profile.max_inputs:
-        out.append(Violation(graph.input_names[0], "max_inputs",
-                             f"{inputs} input channels > {profile.max_inputs}",
-                             "reduce the input (fewer pixels or channels)"))
+        out.append(
+            Violation(
+                graph.input_names[0],
+                "max_inputs",
+                f"{inputs} input channels > {profile.max_inputs}",
+                "reduce the input (fewer pixels or channels)",
+            )
+        )
     layers = graph.nodes_of(*WEIGHTED)
     if profile.max_layers is not None and len(layers) > profile.max_layers:
-        out.append(Violation(graph.name, "max_layers",
-                             f"{len(layers)} weighted layers in the network > {profile.max_layers}",
-                             "use a shallower network"))
+        out.append(
+            Violation(
+                graph.name,
+                "max_layers",
+                f"{len(layers)} weighted layers in the network > {profile.max_layers}",
+                "use a shallower network",
+            )
+        )
     neurons = sum(math.prod(graph.shape(n)) for n in graph.nodes_of(IF))
     if profile.max_neurons is not None and neurons > profile.max_neurons:
-        out.append(Violation(graph.name, "max_neurons", f"{neurons} IF neurons in the network > {profile.max_neurons}",
-                             "use a narrower network"))
+        out.append(
+            Violation(
+                graph.name,
+                "max_neurons",
+                f"{neurons} IF neurons in the network > {profile.max_neurons}",
+                "use a narrower network",
+            )
+        )
     for name in graph.nodes():
         out += _node_violations(graph, name, profile)
     return out
@@ -186,48 +236,89 @@ def _node_violations(graph: Graph, name: str, profile: TargetProfile) -> list[Vi
             "conv2d": "replace it by a linear layer over the flattened input",
             "linear": "express it as a conv2d whose kernel covers its whole input (as Sinabs does)",
             "scale": "fold it into the next layer's weights (pass fold_scales; scales with a bias "
-                     "cannot be folded)",
+            "cannot be folded)",
             "avgpool2d": "replace it by a strided conv2d, or drop the pooling",
         }.get(op.kind, f"use one of {', '.join(profile.ops)}")
         repair = ("fold_scales", {}) if isinstance(op, Scale) and op.bias is None else None
-        out.append(Violation(name, "ops", f"{op.kind} is not supported on {profile.name}",
-                             alternative, repair))
+        out.append(
+            Violation(
+                name, "ops", f"{op.kind} is not supported on {profile.name}", alternative, repair
+            )
+        )
     if isinstance(op, IF):
         if op.reset not in profile.reset_modes:
-            out.append(Violation(
-                name, "reset", f"reset {op.reset!r}; {profile.name} resets by "
-                f"{'/'.join(profile.reset_modes)}", f"switch the reset to {profile.reset_modes[0]}",
-                ("set_reset_mode", {"reset": profile.reset_modes[0]})))
+            out.append(
+                Violation(
+                    name,
+                    "reset",
+                    f"reset {op.reset!r}; {profile.name} resets by {'/'.join(profile.reset_modes)}",
+                    f"switch the reset to {profile.reset_modes[0]}",
+                    ("set_reset_mode", {"reset": profile.reset_modes[0]}),
+                )
+            )
         size = math.prod(graph.shape(name))
         if profile.max_neurons_per_layer is not None and size > profile.max_neurons_per_layer:
-            out.append(Violation(name, "max_neurons_per_layer",
-                                 f"{size} neurons > {profile.max_neurons_per_layer} per layer",
-                                 "use fewer channels or a smaller feature map"))
+            out.append(
+                Violation(
+                    name,
+                    "max_neurons_per_layer",
+                    f"{size} neurons > {profile.max_neurons_per_layer} per layer",
+                    "use fewer channels or a smaller feature map",
+                )
+            )
     if isinstance(op, WEIGHTED):
         if profile.weight_bits is not None and quantization_error(graph, name, profile.weight_bits):
-            out.append(Violation(
-                name, "weight_bits", f"float weights; {profile.name} stores {profile.weight_bits}-bit "
-                "integers", f"quantise to {profile.weight_bits} bits with a per-layer scale",
-                ("quantize_weights", {"bits": profile.weight_bits})))
+            out.append(
+                Violation(
+                    name,
+                    "weight_bits",
+                    f"float weights; {profile.name} stores {profile.weight_bits}-bit integers",
+                    f"quantise to {profile.weight_bits} bits with a per-layer scale",
+                    ("quantize_weights", {"bits": profile.weight_bits}),
+                )
+            )
         if profile.max_fan_in is not None and fan_in(graph, name) > profile.max_fan_in:
-            out.append(Violation(name, "max_fan_in",
-                                 f"fan-in {fan_in(graph, name)} > {profile.max_fan_in}",
-                                 "use smaller kernels or fewer input channels"))
+            out.append(
+                Violation(
+                    name,
+                    "max_fan_in",
+                    f"fan-in {fan_in(graph, name)} > {profile.max_fan_in}",
+                    "use smaller kernels or fewer input channels",
+                )
+            )
     if not profile.bias and isinstance(op, (*WEIGHTED, Scale)) and _has_bias(op):
-        out.append(Violation(name, "bias", f"{profile.name} has no biases",
-                             "drop the biases (the accuracy cost is measured)",
-                             ("drop_biases", {})))
+        out.append(
+            Violation(
+                name,
+                "bias",
+                f"{profile.name} has no biases",
+                "drop the biases (the accuracy cost is measured)",
+                ("drop_biases", {}),
+            )
+        )
     if profile.max_destinations is not None and isinstance(op, (IF, Input)):
         targets = _weighted_after(graph, name)
         if len(targets) > profile.max_destinations:
-            out.append(Violation(name, "max_destinations",
-                                 f"sends to {len(targets)} layers ({', '.join(targets)}) > "
-                                 f"{profile.max_destinations}", "restructure the skip connections"))
+            out.append(
+                Violation(
+                    name,
+                    "max_destinations",
+                    f"sends to {len(targets)} layers ({', '.join(targets)}) > "
+                    f"{profile.max_destinations}",
+                    "restructure the skip connections",
+                )
+            )
     if isinstance(op, Output) and profile.max_outputs is not None:
         size = math.prod(graph.shape(name))
         if size > profile.max_outputs:
-            out.append(Violation(name, "max_outputs", f"{size} outputs > {profile.max_outputs}",
-                                 "predict fewer classes"))
+            out.append(
+                Violation(
+                    name,
+                    "max_outputs",
+                    f"{size} outputs > {profile.max_outputs}",
+                    "predict fewer classes",
+                )
+            )
     return out
 
 

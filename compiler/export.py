@@ -50,9 +50,15 @@ class Adaptation:
         cost = None
         if self.accuracy_before is not None and self.accuracy_after is not None:
             cost = self.accuracy_before - self.accuracy_after
-        return {"target": self.target, "repaired": self.repaired, "passes": self.passes,
-                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-                "accuracy_cost": cost, "samples": self.samples}
+        return {
+            "target": self.target,
+            "repaired": self.repaired,
+            "passes": self.passes,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "accuracy_cost": cost,
+            "samples": self.samples,
+        }
 
 
 def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -61,8 +67,10 @@ def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     formats = [s.strip() for s in items if s.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ConfigError(f"unknown export format(s) {', '.join(unknown) or '(none)'}; "
-                          f"choose from {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(FORMATS)}"
+        )
     return formats
 
 
@@ -70,8 +78,13 @@ def _describe(violations: list[Violation]) -> str:
     return "; ".join(str(v) for v in violations)
 
 
-def adapt_to_target(graph: Graph, target: str, test: Dataset | None = None,
-                    timesteps: int | None = None, device: str = "cpu") -> tuple[Graph, Adaptation]:
+def adapt_to_target(
+    graph: Graph,
+    target: str,
+    test: Dataset | None = None,
+    timesteps: int | None = None,
+    device: str = "cpu",
+) -> tuple[Graph, Adaptation]:
     """Repair what can be repaired for ``target``; raise listing whatever cannot. With ``test``,
     the accuracy before and after the repairs is measured on it."""
     profile = load_target(target)
@@ -81,16 +94,20 @@ def adapt_to_target(graph: Graph, target: str, test: Dataset | None = None,
         return graph, adaptation
     fatal = [v for v in violations if v.repair is None]
     if fatal:
-        raise UnsupportedOpError(f"the graph cannot run on {profile.name} ({len(fatal)} "
-                                 f"violation(s)): {_describe(fatal)}")
+        raise UnsupportedOpError(
+            f"the graph cannot run on {profile.name} ({len(fatal)} "
+            f"violation(s)): {_describe(fatal)}"
+        )
     repairs = {v.repair[0]: v.repair[1] for v in violations if v.repair is not None}
     pipeline = [(name, repairs[name]) for name in REPAIR_ORDER if name in repairs]
     manager = PassManager()
     adapted = manager.run(graph, pipeline)
     left = check_target(adapted, profile)
     if left:
-        raise UnsupportedOpError(f"after {', '.join(n for n, _ in pipeline)} the graph still "
-                                 f"breaks {profile.name}'s limits: {_describe(left)}")
+        raise UnsupportedOpError(
+            f"after {', '.join(n for n, _ in pipeline)} the graph still "
+            f"breaks {profile.name}'s limits: {_describe(left)}"
+        )
     adaptation.repaired = [str(v) for v in violations]
     adaptation.passes = [r.to_json() for r in manager.records]
     if test is not None:
@@ -102,7 +119,6 @@ def adapt_to_target(graph: Graph, target: str, test: Dataset | None = None,
 
 def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -> float:
     import torch
-
     from spikeshield.runtime.evaluate import evaluate_graph
     from spikeshield.runtime.executor import GraphExecutor
 
@@ -112,15 +128,21 @@ def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -
     return evaluate_graph(executor, test, steps, device=device).accuracy
 
 
-def export_graph(graph: Graph, files: dict[str, str | os.PathLike], target: str = "generic",
-                 test: Dataset | None = None, timesteps: int | None = None,
-                 device: str = "cpu") -> list[dict[str, Any]]:
+def export_graph(
+    graph: Graph,
+    files: dict[str, str | os.PathLike],
+    target: str = "generic",
+    test: Dataset | None = None,
+    timesteps: int | None = None,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
     """Adapt ``graph`` to ``target`` once, then write it in each format of ``files`` (format ->
     path), each file atomically with a JSON sidecar ``<file>.json``; returns those descriptions."""
     unknown = [f for f in files if f not in FORMATS]
     if unknown:
-        raise ConfigError(f"unknown export format(s) {', '.join(unknown)}; choose from "
-                          f"{', '.join(FORMATS)}")
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
     adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
     steps = timesteps or int(adapted.meta.get("timesteps", 0)) or None
     descriptions = []
@@ -131,10 +153,14 @@ def export_graph(graph: Graph, files: dict[str, str | os.PathLike], target: str 
             save_graph(adapted, tmp)
     for fmt, path in files.items():
         out = Path(path)
-        description = {"format": fmt, "file": out.name, "timesteps": steps,
-                       "encoding": adapted.meta.get("encoding", "direct"),
-                       "adaptation": adaptation.to_json(),
-                       "adapted_ir": adapted_ir.name if adapted_ir else None}
+        description = {
+            "format": fmt,
+            "file": out.name,
+            "timesteps": steps,
+            "encoding": adapted.meta.get("encoding", "direct"),
+            "adaptation": adaptation.to_json(),
+            "adapted_ir": adapted_ir.name if adapted_ir else None,
+        }
         if "quantization" in adapted.meta:
             description["quantization"] = adapted.meta["quantization"]
         sidecar = out.with_name(out.name + ".json")
@@ -145,9 +171,15 @@ def export_graph(graph: Graph, files: dict[str, str | os.PathLike], target: str 
     return descriptions
 
 
-def export_source(source: str | os.PathLike, fmt: str, target: str = "generic",
-                  out: str | os.PathLike | None = None, timesteps: int | None = None,
-                  data: str | None = None, samples: int = 1000) -> tuple[Path, dict[str, Any]]:
+def export_source(
+    source: str | os.PathLike,
+    fmt: str,
+    target: str = "generic",
+    out: str | os.PathLike | None = None,
+    timesteps: int | None = None,
+    data: str | None = None,
+    samples: int = 1000,
+) -> tuple[Path, dict[str, Any]]:
     """``spikeshield export``: load a compile directory, .ir or .nir; adapt; write. The test data
     for re-measuring accuracy after repairs is ``data`` or the spec the directory was compiled with
     (loaded only when a repair is needed)."""

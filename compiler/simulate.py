@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from spikeshield.compiler.artifacts import atomic_file
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
@@ -27,24 +26,37 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> torch.
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path.name} is not a readable .npy array ({err}); save it with numpy.save") from None
+        raise DataError(
+            f"{path.name} is not a readable .npy array ({err}); save it with numpy.save"
+        ) from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
-        raise DataError(f"{path.name} must hold one numeric array, not {getattr(array, 'dtype', type(array))}")
+        raise DataError(
+            f"{path.name} must hold one numeric array, not {getattr(array, 'dtype', type(array))}"
+        )
     if array.nbytes > MAX_INPUT_BYTES:
-        raise DataError(f"{path.name} holds {array.nbytes / 1e9:.1f} GB; split it into files under 2 GB")
+        raise DataError(
+            f"{path.name} holds {array.nbytes / 1e9:.1f} GB; split it into files under 2 GB"
+        )
     if tuple(array.shape) == tuple(input_shape):
         array = array[None]
     if tuple(array.shape[1:]) != tuple(input_shape):
-        raise DataError(f"{path.name} has shape {tuple(array.shape)}; the model expects (N, "
-                        f"{', '.join(map(str, input_shape))})")
+        raise DataError(
+            f"{path.name} has shape {tuple(array.shape)}; the model expects (N, "
+            f"{', '.join(map(str, input_shape))})"
+        )
     tensor = torch.from_numpy(np.array(array, dtype=np.float32))
     if not torch.isfinite(tensor).all():
         raise DataError(f"{path.name} holds NaN or infinite values")
     return tensor
 
 
-def simulate(graph: Graph, inputs: torch.Tensor, timesteps: int | None = None,
-             batch_size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
+def simulate(
+    graph: Graph,
+    inputs: torch.Tensor,
+    timesteps: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Predictions, logits and per-layer spike counts per sample of ``graph`` on ``inputs``."""
     from spikeshield.runtime.executor import GraphExecutor
 
@@ -59,9 +71,10 @@ def simulate(graph: Graph, inputs: torch.Tensor, timesteps: int | None = None,
     logits, counts = [], {n: [] for n in graph.nodes_of(IF)}
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            batch = inputs[start:start + batch_size]
-            logits.append(executor(batch, steps if spiking else None, record=spiking,
-                                   generator=generator))
+            batch = inputs[start : start + batch_size]
+            logits.append(
+                executor(batch, steps if spiking else None, record=spiking, generator=generator)
+            )
             for name in counts:
                 counts[name].append(executor.spike_counts[name])
     all_logits = torch.cat(logits) if logits else torch.zeros(0)
@@ -76,8 +89,12 @@ def simulate(graph: Graph, inputs: torch.Tensor, timesteps: int | None = None,
     return result
 
 
-def run_on_inputs(source: str | os.PathLike, inputs_path: str | os.PathLike, out: str | os.PathLike,
-                  timesteps: int | None = None) -> dict[str, Any]:
+def run_on_inputs(
+    source: str | os.PathLike,
+    inputs_path: str | os.PathLike,
+    out: str | os.PathLike,
+    timesteps: int | None = None,
+) -> dict[str, Any]:
     """Load ``source`` (compile directory, .ir or .nir), simulate it on the .npy inputs and save an
     .npz; returns the arrays saved."""
     out = Path(out)

@@ -27,7 +27,6 @@ import networkx as nx
 import nir
 import numpy as np
 import torch
-
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import (
@@ -140,7 +139,9 @@ class NirLowering:
                         isinstance(rnode, nir.Scale)
                         and list(dg.successors(reset)) == [name]
                         and list(dg.predecessors(reset)) == [thr]
-                        and np.array_equal(np.asarray(rnode.scale), -np.asarray(self.nir.nodes[thr].threshold))
+                        and np.array_equal(
+                            np.asarray(rnode.scale), -np.asarray(self.nir.nodes[thr].threshold)
+                        )
                     ):
                         back_edges.add((reset, name))
                         self.fused[thr] = self.fused[reset] = name
@@ -168,7 +169,9 @@ class NirLowering:
                 hint = ALTERNATIVES.get(kind, "supported: " + ", ".join(sorted(_CONVERTERS)))
                 self.problems.append(f"node {name!r} ({kind}): use {hint}")
                 continue
-            preds = [p for p in ff.predecessors(name) if p not in self.fused or self.fused[p] != name]
+            preds = [
+                p for p in ff.predecessors(name) if p not in self.fused or self.fused[p] != name
+            ]
             missing = [p for p in preds if self._source(p) is None]
             if missing:
                 continue  # an upstream node was unsupported; already reported
@@ -192,7 +195,9 @@ class NirLowering:
         return self.ir_of.get(nir_name)
 
     def _emit(self, name: str, op: Op, inputs: list[str]) -> str:
-        ir_name = self.graph.unique_name("".join(c if c.isalnum() or c == "_" else "_" for c in name))
+        ir_name = self.graph.unique_name(
+            "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+        )
         self.graph.add(ir_name, op, inputs)
         try:
             self.graph.infer_shapes()
@@ -232,9 +237,14 @@ def _affine(lw: NirLowering, name: str, node, inputs, dg) -> str:
 
 
 def _conv2d(lw: NirLowering, name: str, node: nir.Conv2d, inputs, dg) -> str:
-    op = Conv2d(_tensor(node.weight), _tensor(node.bias), stride=_pair(node.stride),
-                padding=_conv_padding(node, name), dilation=_pair(node.dilation),
-                groups=int(node.groups))
+    op = Conv2d(
+        _tensor(node.weight),
+        _tensor(node.bias),
+        stride=_pair(node.stride),
+        padding=_conv_padding(node, name),
+        dilation=_pair(node.dilation),
+        groups=int(node.groups),
+    )
     return lw._emit(name, op, inputs)
 
 
@@ -300,9 +310,17 @@ def _integrator(lw: NirLowering, name: str, node: nir.I, inputs, dg) -> str:
 
 
 _CONVERTERS = {
-    "Input": _input, "Output": _output, "Affine": _affine, "Linear": _affine, "Conv2d": _conv2d,
-    "Scale": _scale, "AvgPool2d": _avgpool, "SumPool2d": _avgpool, "Flatten": _flatten,
-    "IF": _if, "I": _integrator,
+    "Input": _input,
+    "Output": _output,
+    "Affine": _affine,
+    "Linear": _affine,
+    "Conv2d": _conv2d,
+    "Scale": _scale,
+    "AvgPool2d": _avgpool,
+    "SumPool2d": _avgpool,
+    "Flatten": _flatten,
+    "IF": _if,
+    "I": _integrator,
 }
 
 
@@ -313,5 +331,7 @@ def from_nir(source: str | os.PathLike | nir.NIRGraph, name: str | None = None) 
     else:
         g, label = read_nir_file(source), name or Path(source).stem
     if not isinstance(g, nir.NIRGraph):
-        raise ModelLoadError(f"{label}: the file holds a single {type(g).__name__} node, not a graph")
+        raise ModelLoadError(
+            f"{label}: the file holds a single {type(g).__name__} node, not a graph"
+        )
     return NirLowering(g, label).lower()

@@ -33,6 +33,5 @@ def quantize_weights(graph: Graph, bits: int = 8) -> PassResult:
         integers = (op.weight / step).round().clamp(-levels, levels)
         graph.set_op(name, op.replace(weight=integers * step))
         steps[name] = step
-    graph.meta["quantization"] = {"bits": bits, "scheme": "symmetric per layer",
-                                  "steps": steps}
+    graph.meta["quantization"] = {"bits": bits, "scheme": "symmetric per layer", "steps": steps}
     return PassResult(graph, bool(steps), {"bits": bits, "layers": len(steps)})

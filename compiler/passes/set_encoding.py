@@ -9,7 +9,6 @@ from __future__ import annotations
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.pass_manager import PassResult, register_pass
-
 from spikeshield.runtime.executor import ENCODINGS
 
 

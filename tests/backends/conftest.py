@@ -6,7 +6,6 @@ import functools
 
 import numpy as np
 import torch
-
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.pass_manager import PassManager
 from spikeshield.frontends.torch_module import from_module
@@ -19,14 +18,15 @@ FLIP_MARGIN = 1e-4
 FLIP_FRACTION = 1e-3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_ann(arch: str) -> tuple[Graph, torch.Tensor]:
     """An untrained zoo network (half width for the CIFAR-sized ones) with random BatchNorm
     statistics, lowered to the IR, and a batch of 4 inputs in [0, 1]."""
     shape = ZOO[arch]
     torch.manual_seed(0)
-    model = build_model(arch, shape, 10, [0.5] * shape[0], [0.25] * shape[0],
-                        1.0 if arch == "lenet" else 0.5)
+    model = build_model(
+        arch, shape, 10, [0.5] * shape[0], [0.25] * shape[0], 1.0 if arch == "lenet" else 0.5
+    )
     for module in model.modules():  # non-trivial BN so that folding is exercised
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -35,23 +35,27 @@ def zoo_ann(arch: str) -> tuple[Graph, torch.Tensor]:
     return graph, torch.rand(4, *shape, generator=torch.Generator().manual_seed(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_snn(arch: str, reset: str) -> tuple[Graph, torch.Tensor]:
     """``zoo_ann(arch)`` converted with thresholds calibrated on random images."""
     ann, x = zoo_ann(arch)
     calibration = [torch.rand(16, *ZOO[arch], generator=torch.Generator().manual_seed(2))]
-    snn = PassManager().run(ann, [
-        ("fold_batchnorm", {}),
-        ("convert_relu_to_if", {"reset": reset}),
-        ("calibrate_thresholds", {"data": calibration, "timesteps": TIMESTEPS}),
-        ("fold_scales", {}),
-    ])
+    snn = PassManager().run(
+        ann,
+        [
+            ("fold_batchnorm", {}),
+            ("convert_relu_to_if", {"reset": reset}),
+            ("calibrate_thresholds", {"data": calibration, "timesteps": TIMESTEPS}),
+            ("fold_scales", {}),
+        ],
+    )
     snn.meta.update({"timesteps": TIMESTEPS, "encoding": "direct"})
     return snn, x
 
 
-def assert_same_spikes(expected: np.ndarray, actual: np.ndarray, margin: np.ndarray | None,
-                       layer: str) -> None:
+def assert_same_spikes(
+    expected: np.ndarray, actual: np.ndarray, margin: np.ndarray | None, layer: str
+) -> None:
     """Per-neuron spike counts agree, except for rare flips of neurons whose membrane came within
     ``FLIP_MARGIN`` of the threshold (float32 rounding differs between implementations)."""
     differ = expected != actual
@@ -61,4 +65,5 @@ def assert_same_spikes(expected: np.ndarray, actual: np.ndarray, margin: np.ndar
     assert differ.mean() < FLIP_FRACTION, f"{layer}: {differ.mean():.2%} of neurons flipped"
     assert (margin[differ] < FLIP_MARGIN).all(), (
         f"{layer}: a neuron spiked differently though its membrane stayed "
-        f"{margin[differ].min():.3g} or more from the threshold")
+        f"{margin[differ].min():.3g} or more from the threshold"
+    )

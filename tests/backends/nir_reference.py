@@ -66,8 +66,11 @@ class NirReference:
                 if isinstance(node, nir.Input):
                     out[name] = x
                     continue
-                parts = [prev[p] if (p, name) in self.back else out[p]
-                         for p in self.preds[name] if (p, name) not in self.back or p in prev]
+                parts = [
+                    prev[p] if (p, name) in self.back else out[p]
+                    for p in self.preds[name]
+                    if (p, name) not in self.back or p in prev
+                ]
                 inp = sum(parts)
                 out[name] = self._node(name, node, inp, state, counts, margin)
             prev = out
@@ -84,11 +87,23 @@ class NirReference:
         if isinstance(node, nir.Scale):
             return x * _t(node.scale)
         if isinstance(node, nir.Conv2d):
-            return F.conv2d(x, _t(node.weight), _t(node.bias), tuple(node.stride),
-                            tuple(node.padding), tuple(node.dilation), node.groups)
+            return F.conv2d(
+                x,
+                _t(node.weight),
+                _t(node.bias),
+                tuple(node.stride),
+                tuple(node.padding),
+                tuple(node.dilation),
+                node.groups,
+            )
         if isinstance(node, nir.SumPool2d):
-            return F.avg_pool2d(x, tuple(node.kernel_size), tuple(node.stride), tuple(node.padding),
-                                divisor_override=1)
+            return F.avg_pool2d(
+                x,
+                tuple(node.kernel_size),
+                tuple(node.stride),
+                tuple(node.padding),
+                divisor_override=1,
+            )
         if isinstance(node, nir.AvgPool2d):
             return F.avg_pool2d(x, tuple(node.kernel_size), tuple(node.stride), tuple(node.padding))
         if isinstance(node, nir.Flatten):

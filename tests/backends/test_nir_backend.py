@@ -7,13 +7,13 @@ import nir
 import numpy as np
 import pytest
 import torch
-
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.compiler.errors import UnsupportedOpError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, AvgPool2d, Flatten, Input, Linear, Output, Scale
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
+
 from tests.backends.conftest import TIMESTEPS, ZOO, assert_same_spikes, zoo_ann, zoo_snn
 from tests.backends.nir_reference import NirReference
 from tests.conftest import single_if_graph
@@ -46,8 +46,12 @@ def test_zoo_round_trip_matches_runtime(arch, reset, tmp_path):
     assert (ref_logits - logits).abs().max() < 1e-4
     for name in snn.nodes_of(IF):
         nir_node = name + ("__threshold" if reset == "subtract" else "")
-        assert_same_spikes(neurons[name], ref_counts[nir_node].flatten(1).numpy(),
-                           margins[nir_node].flatten(1).numpy(), name)
+        assert_same_spikes(
+            neurons[name],
+            ref_counts[nir_node].flatten(1).numpy(),
+            margins[nir_node].flatten(1).numpy(),
+            name,
+        )
 
     # 2. The NIR frontend reads it back into a graph the runtime runs identically.
     back = from_nir(path)
@@ -107,7 +111,9 @@ def test_padded_average_pooling_becomes_sum_pooling_and_a_scale(tmp_path):
     graph.add("if", IF(torch.tensor([0.3])), ["input"])
     graph.add("pool", AvgPool2d(3, 2, 1, count_include_pad=True), ["if"])
     graph.add("flat", Flatten(), ["pool"])
-    graph.add("fc", Linear(torch.randn(3, 18, generator=torch.Generator().manual_seed(0))), ["flat"])
+    graph.add(
+        "fc", Linear(torch.randn(3, 18, generator=torch.Generator().manual_seed(0))), ["flat"]
+    )
     graph.add("output", Output(), ["fc"])
     graph.validate().meta["timesteps"] = 4
     g = to_nir(graph)
@@ -125,7 +131,9 @@ def test_padded_average_pooling_becomes_sum_pooling_and_a_scale(tmp_path):
 def test_scale_with_bias_is_exported_exactly():
     graph = Graph("norm")
     graph.add("input", Input((3, 4, 4)))
-    graph.add("norm", Scale(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([-1.0, 0.5, 0.25])), ["input"])
+    graph.add(
+        "norm", Scale(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([-1.0, 0.5, 0.25])), ["input"]
+    )
     graph.add("if", IF(torch.tensor([1.0])), ["norm"])
     graph.add("flat", Flatten(), ["if"])
     graph.add("fc", Linear(torch.ones(2, 48), torch.zeros(2)), ["flat"])

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import warnings
 
+import norse.torch as norse
 import pytest
 import torch
-
 from spikeshield.backends.nir_backend import to_nir
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Flatten, Input, Linear, Output, Scale
 from spikeshield.runtime.executor import GraphExecutor
-
-import norse.torch as norse  # noqa: E402  (installed by `make install`)
 
 
 def conv_if_linear(reset: str = "zero", normalise: bool = False) -> Graph:
@@ -24,8 +22,11 @@ def conv_if_linear(reset: str = "zero", normalise: bool = False) -> Graph:
     if normalise:
         graph.add("norm", Scale(torch.tensor([2.0])), ["input"])
         previous = "norm"
-    graph.add("conv", Conv2d(torch.randn(3, 1, 3, 3, generator=gen), 0.1 * torch.randn(3, generator=gen)),
-              [previous])
+    graph.add(
+        "conv",
+        Conv2d(torch.randn(3, 1, 3, 3, generator=gen), 0.1 * torch.randn(3, generator=gen)),
+        [previous],
+    )
     graph.add("if1", IF(torch.tensor([0.5]), reset), ["conv"])
     graph.add("flat", Flatten(), ["if1"])
     graph.add("fc", Linear(torch.randn(4, 48, generator=gen), torch.zeros(4)), ["flat"])

@@ -8,13 +8,23 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
+from spikeshield.backends.nir_backend import to_nir
 from spikeshield.backends.onnx_backend import OPSET, to_onnx, write_onnx
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ops import IF, Conv2d
 from spikeshield.frontends.onnx_frontend import from_onnx
 from spikeshield.runtime.executor import GraphExecutor
-from tests.backends.conftest import TIMESTEPS, ZOO, assert_same_spikes, zoo_ann, zoo_snn
+
+from tests.backends.conftest import (
+    FLIP_FRACTION,
+    FLIP_MARGIN,
+    TIMESTEPS,
+    ZOO,
+    assert_same_spikes,
+    zoo_ann,
+    zoo_snn,
+)
+from tests.backends.nir_reference import NirReference
 
 
 def session(path) -> ort.InferenceSession:
@@ -22,13 +32,13 @@ def session(path) -> ort.InferenceSession:
 
 
 def run_step_graph(path, x: np.ndarray, steps: int):
-    """Drive the single-step graph for ``steps`` steps from zero state: logits, per-neuron counts
-    and, per layer, the smallest |u - theta| each neuron reached (u: membrane before reset)."""
+    """Drive the single-step graph for ``steps`` steps from zero state: logits and per-neuron
+    spike counts of every IF layer."""
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     feeds = {i.name: np.zeros([len(x), *i.shape[1:]], np.float32) for i in sess.get_inputs()}
     feeds["input"] = x
-    counts, margins = {}, {}
+    counts = {}
     for _ in range(steps):
         out = dict(zip(names, sess.run(None, feeds)))
         for key in [k for k in feeds if k.startswith("v__")]:
@@ -56,16 +66,28 @@ def test_zoo_onnx_matches_runtime(arch, reset, tmp_path):
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x.numpy()})))
     assert np.array_equal(out["logits"].argmax(1), logits.argmax(1))
     assert np.abs(out["logits"] - logits).max() < 1e-4
+    # How close each neuron came to its threshold, from the independent NIR simulator: the
+    # only neurons allowed to spike differently in another float32 implementation.
+    with torch.no_grad():
+        _, _, margins = NirReference(to_nir(snn)).run(x, TIMESTEPS)
+    suffix = "__threshold" if reset == "subtract" else ""
+    margin = {n: margins[n + suffix].flatten(1).numpy() for n in snn.nodes_of(IF)}
     for name in snn.nodes_of(IF):
         expected = executor.spike_counts[name].numpy()
-        assert np.array_equal(out[f"spike_count__{name}"], expected), name
+        difference = np.abs(out[f"spike_count__{name}"] - expected).sum()
+        near = (margin[name] < FLIP_MARGIN).sum()  # each such neuron may flip at most T times
+        assert difference <= min(near * TIMESTEPS, FLIP_FRACTION * margin[name].size), name
 
     step_logits, counts = run_step_graph(step, x.numpy(), TIMESTEPS)
     assert np.array_equal(step_logits.argmax(1), logits.argmax(1))
     assert np.abs(step_logits - logits).max() < 1e-4
     for name in snn.nodes_of(IF):
-        assert_same_spikes(executor.neuron_spike_counts[name].flatten(1).numpy(),
-                           counts[name].reshape(len(x), -1), None, name)
+        assert_same_spikes(
+            executor.neuron_spike_counts[name].flatten(1).numpy(),
+            counts[name].reshape(len(x), -1),
+            margin[name],
+            name,
+        )
 
 
 def test_model_records_opset_and_how_to_run_it(tmp_path):

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from spikeshield.backends.targets import TARGETS, TargetProfile, check_target, load_target
 from spikeshield.compiler.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.export import adapt_to_target
@@ -22,8 +21,11 @@ def small_snn(reset: str = "zero") -> Graph:
     gen = torch.Generator().manual_seed(0)
     g = Graph("small", {"timesteps": 4, "encoding": "direct"})
     g.add("input", Input((1, 4, 4)))
-    g.add("conv", Conv2d(torch.randn(2, 1, 3, 3, generator=gen), torch.full((2,), 0.1), padding=1),
-          ["input"])
+    g.add(
+        "conv",
+        Conv2d(torch.randn(2, 1, 3, 3, generator=gen), torch.full((2,), 0.1), padding=1),
+        ["input"],
+    )
     g.add("if1", IF(torch.tensor([0.4]), reset), ["conv"])
     g.add("conv2", Conv2d(torch.randn(2, 2, 3, 3, generator=gen), None, padding=1), ["if1"])
     g.add("if2", IF(torch.tensor([0.4]), reset), ["conv2"])
@@ -47,20 +49,23 @@ def test_generic_accepts_every_exportable_graph():
     assert check_target(small_snn("subtract"), "generic") == []
 
 
-@pytest.mark.parametrize("field, value, rule, nodes", [
-    ("weight_bits", 4, "weight_bits", {"conv", "conv2", "fc"}),
-    ("bias", False, "bias", {"conv"}),  # fc's bias is all zeros: nothing to drop
-    ("reset_modes", ("subtract",), "reset", {"if1", "if2"}),
-    ("encodings", ("poisson",), "encoding", {"input"}),
-    ("ops", ("input", "output", "conv2d", "flatten", "sum", "if", "scale"), "ops", {"fc"}),
-    ("max_fan_in", 10, "max_fan_in", {"conv2", "fc"}),  # conv2: 2*3*3 = 18; conv: 9; fc: 32
-    ("max_destinations", 1, "max_destinations", {"if1"}),  # if1 feeds conv2 and fc
-    ("max_neurons_per_layer", 31, "max_neurons_per_layer", {"if1", "if2"}),
-    ("max_neurons", 63, "max_neurons", {"small"}),
-    ("max_layers", 2, "max_layers", {"small"}),
-    ("max_inputs", 15, "max_inputs", {"input"}),
-    ("max_outputs", 2, "max_outputs", {"output"}),
-])
+@pytest.mark.parametrize(
+    "field, value, rule, nodes",
+    [
+        ("weight_bits", 4, "weight_bits", {"conv", "conv2", "fc"}),
+        ("bias", False, "bias", {"conv"}),  # fc's bias is all zeros: nothing to drop
+        ("reset_modes", ("subtract",), "reset", {"if1", "if2"}),
+        ("encodings", ("poisson",), "encoding", {"input"}),
+        ("ops", ("input", "output", "conv2d", "flatten", "sum", "if", "scale"), "ops", {"fc"}),
+        ("max_fan_in", 10, "max_fan_in", {"conv2", "fc"}),  # conv2: 2*3*3 = 18; conv: 9; fc: 32
+        ("max_destinations", 1, "max_destinations", {"if1"}),  # if1 feeds conv2 and fc
+        ("max_neurons_per_layer", 31, "max_neurons_per_layer", {"if1", "if2"}),
+        ("max_neurons", 63, "max_neurons", {"small"}),
+        ("max_layers", 2, "max_layers", {"small"}),
+        ("max_inputs", 15, "max_inputs", {"input"}),
+        ("max_outputs", 2, "max_outputs", {"output"}),
+    ],
+)
 def test_each_constraint_names_the_layers_that_break_it(field, value, rule, nodes):
     profile = TargetProfile("test", "one constraint", **{field: value})
     found = rules(small_snn(), profile)
@@ -78,14 +83,24 @@ def test_builtin_profiles_flag_what_their_chips_cannot_do():
 
 def test_repairs_run_and_the_accuracy_is_measured_before_and_after():
     graph = small_snn()
-    profile = TargetProfile("strict", "8-bit, no bias, subtract only", weight_bits=8, bias=False,
-                            reset_modes=("subtract",))
+    profile = TargetProfile(
+        "strict",
+        "8-bit, no bias, subtract only",
+        weight_bits=8,
+        bias=False,
+        reset_modes=("subtract",),
+    )
     x = torch.randint(0, 256, (32, 1, 4, 4), generator=torch.Generator().manual_seed(3))
-    test = Dataset(x.to(torch.uint8), torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4)))
+    test = Dataset(
+        x.to(torch.uint8), torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4))
+    )
     adapted, adaptation = adapt_to_target(graph, profile, test)
     assert check_target(adapted, profile) == []
-    assert [p["name"] for p in adaptation.passes] == ["set_reset_mode", "drop_biases",
-                                                       "quantize_weights"]
+    assert [p["name"] for p in adaptation.passes] == [
+        "set_reset_mode",
+        "drop_biases",
+        "quantize_weights",
+    ]
     assert all(adapted.op(n).reset == "subtract" for n in adapted.nodes_of(IF))
     assert adapted.op("conv").bias is None
     assert adaptation.samples == 32
@@ -104,8 +119,9 @@ def test_what_no_pass_can_repair_is_one_error_listing_every_violation():
 
 def test_profiles_load_from_json_and_reject_unknown_fields(tmp_path):
     path = tmp_path / "chip.json"
-    path.write_text(json.dumps({"name": "chip", "description": "x", "weight_bits": 4,
-                                "reset_modes": ["zero"]}))
+    path.write_text(
+        json.dumps({"name": "chip", "description": "x", "weight_bits": 4, "reset_modes": ["zero"]})
+    )
     assert load_target(str(path)).weight_bits == 4
     path.write_text(json.dumps({"name": "chip", "description": "x", "weight_bitz": 4}))
     with pytest.raises(ConfigError, match="weight_bitz"):

@@ -8,11 +8,10 @@ import nir
 import numpy as np
 import onnx
 import pytest
-from typer.testing import CliRunner
-
 from spikeshield.compiler.cli import app
 from spikeshield.compiler.serialize import load_graph
 from spikeshield.runtime.executor import GraphExecutor
+from typer.testing import CliRunner
 
 runner = CliRunner()
 
@@ -22,9 +21,27 @@ def exported(trained_lenet, tmp_path_factory):
     """A converted LeNet compiled with every export, adapted to Loihi 2 (8-bit weights)."""
     _, model = trained_lenet
     out = tmp_path_factory.mktemp("export") / "snn"
-    result = runner.invoke(app, ["compile", str(model), "-T", "4", "--n", "100", "--finetune", "none",
-                                 "--robustness", "none", "--export", "nir,onnx,onnx-step",
-                                 "--target", "loihi2", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "compile",
+            str(model),
+            "-T",
+            "4",
+            "--n",
+            "100",
+            "--finetune",
+            "none",
+            "--robustness",
+            "none",
+            "--export",
+            "nir,onnx,onnx-step",
+            "--target",
+            "loihi2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -54,8 +71,10 @@ def test_run_a_directory_and_its_nir_export_agree(exported, tmp_path):
     results = {}
     for source in ("snn_loihi2.ir", "snn.nir"):
         target = tmp_path / f"{source}.npz"
-        result = runner.invoke(app, ["run", str(out / source), "--inputs", str(tmp_path / "x.npy"),
-                                     "--out", str(target)])
+        result = runner.invoke(
+            app,
+            ["run", str(out / source), "--inputs", str(tmp_path / "x.npy"), "--out", str(target)],
+        )
         assert result.exit_code == 0, result.output
         results[source] = np.load(target)
     ir, from_nir = results["snn_loihi2.ir"], results["snn.nir"]
@@ -73,8 +92,9 @@ def test_run_a_directory_and_its_nir_export_agree(exported, tmp_path):
 def test_export_command_writes_where_asked(exported, tmp_path):
     out, _ = exported
     target = tmp_path / "model.onnx"
-    result = runner.invoke(app, ["export", str(out), "--format", "onnx", "--out", str(target),
-                                 "-T", "2"])
+    result = runner.invoke(
+        app, ["export", str(out), "--format", "onnx", "--out", str(target), "-T", "2"]
+    )
     assert result.exit_code == 0, result.output
     model = onnx.load(target)
     assert {p.key: p.value for p in model.metadata_props}["timesteps"] == "2"
@@ -97,10 +117,13 @@ def test_export_to_an_impossible_target_exits_2_and_writes_nothing(exported, tmp
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--format", "tflite"], "unknown export format"),
-    (["--target", "loihi3"], "unknown target"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "tflite"], "unknown export format"),
+        (["--target", "loihi3"], "unknown target"),
+    ],
+)
 def test_export_bad_options(exported, tmp_path, args, message):
     out, _ = exported
     result = runner.invoke(app, ["export", str(out), "--out", str(tmp_path / "f.nir"), *args])
@@ -112,11 +135,16 @@ def test_run_bad_inputs_exit_2_and_write_nothing(exported, tmp_path):
     out, _ = exported
     np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 28, 28), np.float32))
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
-    cases = [("wrong.npy", "expects (N, 1, 28, 28)"), ("junk.npy", "not a readable .npy"),
-             ("missing.npy", "does not exist")]
+    cases = [
+        ("wrong.npy", "expects (N, 1, 28, 28)"),
+        ("junk.npy", "not a readable .npy"),
+        ("missing.npy", "does not exist"),
+    ]
     for name, message in cases:
-        result = runner.invoke(app, ["run", str(out), "--inputs", str(tmp_path / name),
-                                     "--out", str(tmp_path / "o.npz")])
+        result = runner.invoke(
+            app,
+            ["run", str(out), "--inputs", str(tmp_path / name), "--out", str(tmp_path / "o.npz")],
+        )
         assert result.exit_code == 2 and message in _error_line(result), name
     assert not (tmp_path / "o.npz").exists()
 
@@ -124,6 +152,15 @@ def test_run_bad_inputs_exit_2_and_write_nothing(exported, tmp_path):
 def test_run_a_corrupt_nir_file_is_one_line(tmp_path):
     (tmp_path / "bad.nir").write_bytes(b"garbage")
     np.save(tmp_path / "x.npy", np.zeros((1, 1, 28, 28), np.float32))
-    result = runner.invoke(app, ["run", str(tmp_path / "bad.nir"), "--inputs",
-                                 str(tmp_path / "x.npy"), "--out", str(tmp_path / "o.npz")])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "bad.nir"),
+            "--inputs",
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(tmp_path / "o.npz"),
+        ],
+    )
     assert result.exit_code == 2 and "not a valid NIR graph" in _error_line(result)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import nir
 import numpy as np
 import pytest
 import torch
-
 from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ops import IF, AvgPool2d, Scale
 from spikeshield.frontends.nir_frontend import from_nir
@@ -15,20 +16,27 @@ from spikeshield.runtime.executor import GraphExecutor
 
 def _graph(nodes: dict, metadata: dict | None = None) -> nir.NIRGraph:
     names = list(nodes)
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), metadata=metadata or {})
+    return nir.NIRGraph(nodes=nodes, edges=list(itertools.pairwise(names)), metadata=metadata or {})
 
 
 def test_third_party_if_with_gain_and_sum_pooling_is_simulated_exactly():
     w = np.full((2, 4), 0.5, np.float32)
-    g = _graph({
-        "in": nir.Input(input_type={"input": np.array([1, 4, 4])}),
-        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
-                              padding=np.array([0, 0])),
-        "lif": nir.IF(r=np.full((1, 2, 2), 2.0, np.float32), v_threshold=np.full((1, 2, 2), 1.5, np.float32)),
-        "flat": nir.Flatten(input_type={"input": np.array([1, 2, 2])}, start_dim=0),
-        "fc": nir.Linear(weight=w),
-        "out": nir.Output(output_type={"output": np.array([2])}),
-    }, {"timesteps": 3})
+    g = _graph(
+        {
+            "in": nir.Input(input_type={"input": np.array([1, 4, 4])}),
+            "pool": nir.SumPool2d(
+                kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])
+            ),
+            "lif": nir.IF(
+                r=np.full((1, 2, 2), 2.0, np.float32),
+                v_threshold=np.full((1, 2, 2), 1.5, np.float32),
+            ),
+            "flat": nir.Flatten(input_type={"input": np.array([1, 2, 2])}, start_dim=0),
+            "fc": nir.Linear(weight=w),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        },
+        {"timesteps": 3},
+    )
     graph = from_nir(g)
     assert graph.meta["timesteps"] == 3
     assert any(isinstance(graph.op(n), AvgPool2d) for n in graph.nodes())
@@ -41,13 +49,17 @@ def test_third_party_if_with_gain_and_sum_pooling_is_simulated_exactly():
 
 
 def test_leaky_neurons_and_delays_are_listed_with_alternatives():
-    g = _graph({
-        "in": nir.Input(input_type={"input": np.array([3])}),
-        "fc": nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),
-        "lif": nir.LIF(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)),
-        "delay": nir.Delay(delay=np.ones(3)),
-        "out": nir.Output(output_type={"output": np.array([3])}),
-    })
+    g = _graph(
+        {
+            "in": nir.Input(input_type={"input": np.array([3])}),
+            "fc": nir.Affine(weight=np.eye(3, dtype=np.float32), bias=np.zeros(3, np.float32)),
+            "lif": nir.LIF(
+                tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)
+            ),
+            "delay": nir.Delay(delay=np.ones(3)),
+            "out": nir.Output(output_type={"output": np.array([3])}),
+        }
+    )
     with pytest.raises(UnsupportedOpError) as err:
         from_nir(g)
     message = str(err.value)
@@ -56,33 +68,39 @@ def test_leaky_neurons_and_delays_are_listed_with_alternatives():
 
 
 def test_flatten_that_counts_a_batch_is_refused_with_the_reason():
-    g = _graph({
-        "in": nir.Input(input_type={"input": np.array([2, 2, 2])}),
-        "flat": nir.Flatten(input_type={"input": np.array([2, 2, 2])}, start_dim=1),
-        "out": nir.Output(output_type={"output": np.array([2, 4])}),
-    })
+    g = _graph(
+        {
+            "in": nir.Input(input_type={"input": np.array([2, 2, 2])}),
+            "flat": nir.Flatten(input_type={"input": np.array([2, 2, 2])}, start_dim=1),
+            "out": nir.Output(output_type={"output": np.array([2, 4])}),
+        }
+    )
     with pytest.raises(UnsupportedOpError, match="counted a batch"):
         from_nir(g)
 
 
 def test_reset_to_a_nonzero_potential_is_refused():
-    g = _graph({
-        "in": nir.Input(input_type={"input": np.array([2])}),
-        "if": nir.IF(r=np.ones(2), v_threshold=np.ones(2), v_reset=np.full(2, 0.5)),
-        "out": nir.Output(output_type={"output": np.array([2])}),
-    })
+    g = _graph(
+        {
+            "in": nir.Input(input_type={"input": np.array([2])}),
+            "if": nir.IF(r=np.ones(2), v_threshold=np.ones(2), v_reset=np.full(2, 0.5)),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        }
+    )
     with pytest.raises(UnsupportedOpError, match="non-zero potential"):
         from_nir(g)
 
 
 def test_per_channel_thresholds_and_scales_come_back_as_vectors():
     theta = np.broadcast_to(np.array([1.0, 2.0], np.float32)[:, None, None], (2, 3, 3)).copy()
-    g = _graph({
-        "in": nir.Input(input_type={"input": np.array([2, 3, 3])}),
-        "scale": nir.Scale(scale=np.full((2, 3, 3), 3.0, np.float32)),
-        "if": nir.IF(r=np.ones((2, 3, 3), np.float32), v_threshold=theta),
-        "out": nir.Output(output_type={"output": np.array([2, 3, 3])}),
-    })
+    g = _graph(
+        {
+            "in": nir.Input(input_type={"input": np.array([2, 3, 3])}),
+            "scale": nir.Scale(scale=np.full((2, 3, 3), 3.0, np.float32)),
+            "if": nir.IF(r=np.ones((2, 3, 3), np.float32), v_threshold=theta),
+            "out": nir.Output(output_type={"output": np.array([2, 3, 3])}),
+        }
+    )
     graph = from_nir(g)
     assert graph.op("scale").scale.tolist() == [3.0]
     assert graph.op("if").threshold.tolist() == [1.0, 2.0]
@@ -100,11 +118,15 @@ def test_corrupt_and_missing_files_are_one_line_errors(tmp_path):
 
 
 def test_a_file_failing_the_type_check_is_refused(tmp_path):
-    g = nir.NIRGraph(nodes={
-        "in": nir.Input(input_type={"input": np.array([3])}),
-        "fc": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
-        "out": nir.Output(output_type={"output": np.array([2])}),
-    }, edges=[("in", "fc"), ("fc", "out")], type_check=False)
+    g = nir.NIRGraph(
+        nodes={
+            "in": nir.Input(input_type={"input": np.array([3])}),
+            "fc": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
+            "out": nir.Output(output_type={"output": np.array([2])}),
+        },
+        edges=[("in", "fc"), ("fc", "out")],
+        type_check=False,
+    )
     path = tmp_path / "mistyped.nir"
     nir.write(path, g)
     with pytest.raises(ModelLoadError, match="type checking failed"):
