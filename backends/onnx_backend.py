@@ -155,8 +155,8 @@ EMITTERS: dict[type[Op], Emitter] = {
 STRUCTURAL = (Input, Output, Sum, IF)
 
 
-def _if_update(b: _OnnxBuilder, name: str, op: IF, x: str, v: str | None) -> tuple[str, str, str]:
-    """(spikes, next membrane, pre-reset membrane) for one step; ``v`` None means a zero state."""
+def _if_update(b: _OnnxBuilder, name: str, op: IF, x: str, v: str | None) -> tuple[str, str]:
+    """(spikes, next membrane) for one step; ``v`` None means a zero state."""
     ndim = len(b.graph.shape(name)) + 1
     theta = b.channel(f"{name}.threshold", op.threshold, ndim)
     u = x if v is None else b.op("Add", [v, x], name)  # 0 + x == x exactly
@@ -166,7 +166,7 @@ def _if_update(b: _OnnxBuilder, name: str, op: IF, x: str, v: str | None) -> tup
         v_next = b.op("Mul", [u, b.op("Sub", [one, s], name)], name)
     else:
         v_next = b.op("Sub", [u, b.op("Mul", [theta, s], name)], name)
-    return s, v_next, u
+    return s, v_next
 
 
 def _temporal_nodes(graph: Graph, encoding: str) -> set[str]:
@@ -207,7 +207,7 @@ class _Stepper:
             inputs = [values[p] for p in self.graph.inputs(name)]
             value = inputs[0] if len(inputs) == 1 else self.b.op("Sum", inputs, name + suffix)
             if isinstance(op, IF):
-                s, v_next, _ = _if_update(self.b, name, op, value, states[name])
+                s, v_next = _if_update(self.b, name, op, value, states[name])
                 states[name] = v_next
                 spikes[name] = s
                 values[name] = s

@@ -169,9 +169,7 @@ class NirLowering:
                 hint = ALTERNATIVES.get(kind, "supported: " + ", ".join(sorted(_CONVERTERS)))
                 self.problems.append(f"node {name!r} ({kind}): use {hint}")
                 continue
-            preds = [
-                p for p in ff.predecessors(name) if p not in self.fused or self.fused[p] != name
-            ]
+            preds = list(ff.predecessors(name))  # the reset loop's back edge is not in ff
             missing = [p for p in preds if self._source(p) is None]
             if missing:
                 continue  # an upstream node was unsupported; already reported
