@@ -13,7 +13,7 @@ ensemble, without rebuilding the executor or touching its parameters.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,15 +21,22 @@ from torch import nn
 
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, BatchNorm, Input, Output, Sum
+from spikeshield.compiler.ops import IF, BatchNorm, Conv2d, Input, Linear, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
-from spikeshield.runtime.kernels import KERNELS, channel_view
+from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, if_scan
 from spikeshield.runtime.surrogates import Surrogate
 
 ENCODINGS = ("direct", "poisson")
-# Tensor fields that are statistics, never trained.
-_FROZEN_FIELDS = {(BatchNorm, "running_mean"), (BatchNorm, "running_var")}
+# Tensor fields that are statistics or structure, never trained.
+_FROZEN_FIELDS = {
+    (BatchNorm, "running_mean"),
+    (BatchNorm, "running_var"),
+    (Conv2d, "mask"),
+    (Linear, "mask"),
+}
+# Called with (node name, value, temporal) for every node's output during a forward pass.
+Observer = Callable[[str, torch.Tensor, bool], None]
 
 
 @dataclass
@@ -91,8 +98,12 @@ class GraphExecutor(nn.Module):
             self.gradient_mode = previous
 
     # ---- parameters ---------------------------------------------------------------------
+    def parameters_of(self, name: str) -> nn.ParameterDict:
+        """The live tensors of node ``name``, as the module that owns them."""
+        return self.node_params[self._keys[name]]
+
     def tensors_of(self, name: str) -> dict[str, torch.Tensor]:
-        return dict(self.node_params[self._keys[name]].items())
+        return dict(self.parameters_of(name).items())
 
     def to_graph(self) -> Graph:
         """A copy of the graph holding the current parameter values."""
@@ -101,7 +112,10 @@ class GraphExecutor(nn.Module):
             live = self.tensors_of(name)
             if live:
                 op = out.op(name)
-                out.set_op(name, op.replace(**{k: v.detach().cpu().clone() for k, v in live.items()}))
+                values = {k: v.detach().cpu().clone() for k, v in live.items()}
+                if "mask" in values:
+                    values["weight"] = masked_weight(values)
+                out.set_op(name, op.replace(**values))
         return out
 
     # ---- execution ----------------------------------------------------------------------
@@ -113,6 +127,7 @@ class GraphExecutor(nn.Module):
         record: bool = False,
         stop_at: str | None = None,
         generator: torch.Generator | None = None,
+        observe: Observer | None = None,
     ) -> torch.Tensor:
         """Logits for a batch ``x`` of shape ``(N, *input_shape)``.
 
@@ -121,6 +136,8 @@ class GraphExecutor(nn.Module):
         spike counts of every IF node per sample in ``self.spike_counts`` (N,) and per neuron in
         ``self.neuron_spike_counts`` (N, *shape). ``stop_at=node`` returns the value *entering* that
         node instead (``(T, N, ...)`` when it varies over time), used by threshold calibration.
+        ``observe(name, value, temporal)`` sees every node's output as it is computed (the SynOp
+        counter reads the spike trains this way without the executor storing them).
         """
         proxy = self.gradient_mode.kind == "ann_proxy"
         if proxy:
@@ -137,30 +154,36 @@ class GraphExecutor(nn.Module):
             op = self.graph.op(name)
             if isinstance(op, Input):
                 values[name] = self._encode(x, timesteps, generator)
-                continue
-            value = self._gather(name, values, timesteps)
-            if name == stop_at:
-                return value.data
-            if isinstance(op, IF) and proxy:
-                values[name] = self._run_proxy(name, value)
-            elif isinstance(op, IF):
-                spikes = self._run_if(name, op, value, timesteps)
-                if record:
-                    per_neuron = spikes.detach().sum(dim=0)
-                    self.neuron_spike_counts[name] = per_neuron
-                    self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
-                values[name] = _Value(spikes, temporal=True)
-            elif isinstance(op, Output):
-                data = value.data.mean(dim=0) if value.temporal else value.data
-                values[name] = _Value(data, temporal=False)
-            elif isinstance(op, Sum):
-                values[name] = value
             else:
-                values[name] = self._run_stateless(name, op, value)
+                value = self._gather(name, values, timesteps)
+                if name == stop_at:
+                    return value.data
+                values[name] = self._run_node(name, op, value, timesteps, proxy, record)
+            if observe is not None:
+                observe(name, values[name].data, values[name].temporal)
         outputs = self.graph.output_names
         if stop_at is not None:
             raise ConfigError(f"stop_at={stop_at!r} is not a node of graph {self.graph.name!r}")
         return values[outputs[0]].data
+
+    def _run_node(
+        self, name: str, op, value: _Value, timesteps: int | None, proxy: bool, record: bool
+    ) -> _Value:
+        if isinstance(op, IF) and proxy:
+            return self._run_proxy(name, value)
+        if isinstance(op, IF):
+            spikes = self._run_if(name, op, value, timesteps)
+            if record:
+                per_neuron = spikes.detach().sum(dim=0)
+                self.neuron_spike_counts[name] = per_neuron
+                self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
+            return _Value(spikes, temporal=True)
+        if isinstance(op, Output):
+            data = value.data.mean(dim=0) if value.temporal else value.data
+            return _Value(data, temporal=False)
+        if isinstance(op, Sum):
+            return value
+        return self._run_stateless(name, op, value)
 
     def _encode(self, x: torch.Tensor, timesteps: int | None, generator) -> _Value:
         if self.encoding == "poisson" and timesteps is not None:

@@ -28,12 +28,18 @@ def channel_view(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.view(-1, *([1] * (ndim - 2)))
 
 
+def masked_weight(t: Tensors) -> torch.Tensor:
+    """The weight with pruned synapses zeroed: multiplying by the mask in the forward pass keeps
+    their gradient at zero, so training never revives a pruned synapse."""
+    return t["weight"] * t["mask"] if "mask" in t else t["weight"]
+
+
 def _conv2d(op: Conv2d, t: Tensors, x: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(x, t["weight"], t.get("bias"), op.stride, op.padding, op.dilation, op.groups)
+    return F.conv2d(x, masked_weight(t), t.get("bias"), op.stride, op.padding, op.dilation, op.groups)
 
 
 def _linear(op: Linear, t: Tensors, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, t["weight"], t.get("bias"))
+    return F.linear(x, masked_weight(t), t.get("bias"))
 
 
 def _batchnorm(op: BatchNorm, t: Tensors, x: torch.Tensor) -> torch.Tensor:

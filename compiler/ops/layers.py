@@ -1,4 +1,10 @@
-"""Weighted, stateless ops: convolution, dense, batch normalisation, per-channel scale."""
+"""Weighted, stateless ops: convolution, dense, batch normalisation, per-channel scale.
+
+Conv2d and Linear may carry a connectivity ``mask`` (same shape as ``weight``, entries 0 or 1): a 0 is
+a pruned synapse. The invariant, checked by ``validate``, is that the weight is exactly zero wherever
+the mask is 0, so every consumer of ``weight`` (runtime, exporters, accounting) sees the pruned
+network without knowing about masks; the mask tells training passes which zeros must stay zero.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,27 @@ from dataclasses import dataclass
 import torch
 
 from spikeshield.compiler.ops.base import Op, Shape, register_op, require, tensor_field
+
+
+def validate_mask(weight: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """Raise :class:`IRValidationError` unless ``mask`` is None or a 0/1 tensor shaped like
+    ``weight`` with ``weight`` exactly zero wherever ``mask`` is 0."""
+    if mask is None:
+        return
+    require(
+        tuple(mask.shape) == tuple(weight.shape),
+        f"mask shape {tuple(mask.shape)} does not fit weight shape {tuple(weight.shape)}; "
+        "a connectivity mask must have exactly the weight's shape",
+    )
+    require(
+        bool(((mask == 0) | (mask == 1)).all()),
+        "mask holds values other than 0 and 1; a connectivity mask is binary",
+    )
+    leaked = int(((mask == 0) & (weight != 0)).sum())
+    require(
+        leaked == 0,
+        f"{leaked} pruned weights (mask 0) are nonzero; multiply the weight by its mask",
+    )
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -21,12 +48,14 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
 class Conv2d(Op):
     """2-D cross-correlation: ``y[o] = b[o] + sum_{c,k} W[o, c, k] * x_padded[c, s*i + d*k]``.
 
-    ``weight``: ``(out, in/groups, kh, kw)``; ``bias``: ``(out,)`` or None. Zero padding. Units: the
+    ``weight``: ``(out, in/groups, kh, kw)``; ``bias``: ``(out,)`` or None; ``mask``: connectivity
+    shaped like ``weight`` or None (see the module docstring). Zero padding. Units: the
     output is in the units of the input times the weight (currents, in an SNN).
     """
 
     weight: torch.Tensor = tensor_field()
     bias: torch.Tensor | None = tensor_field(optional=True)
+    mask: torch.Tensor | None = tensor_field(optional=True)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
@@ -65,15 +94,18 @@ class Conv2d(Op):
             f"{self.weight.shape[0]} output channels",
         )
         require(min(self.infer_shape(in_shape)[1:]) > 0, f"input {in_shape} is too small for this kernel")
+        validate_mask(self.weight, self.mask)
 
 
 @register_op("linear")
 @dataclass(eq=False)
 class Linear(Op):
-    """Dense layer: ``y = W x + b``; ``weight``: ``(out, in)``, ``bias``: ``(out,)`` or None."""
+    """Dense layer: ``y = W x + b``; ``weight``: ``(out, in)``, ``bias``: ``(out,)`` or None,
+    ``mask``: ``(out, in)`` connectivity or None (see the module docstring)."""
 
     weight: torch.Tensor = tensor_field()
     bias: torch.Tensor | None = tensor_field(optional=True)
+    mask: torch.Tensor | None = tensor_field(optional=True)
 
     def infer_shape(self, in_shape: Shape) -> Shape:
         return (int(self.weight.shape[0]),)
@@ -89,6 +121,7 @@ class Linear(Op):
             self.bias is None or tuple(self.bias.shape) == (self.weight.shape[0],),
             "bias shape does not match the number of outputs",
         )
+        validate_mask(self.weight, self.mask)
 
 
 @register_op("batchnorm")
