@@ -22,34 +22,49 @@ MODEL_SUFFIXES = {
 
 
 def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None = None) -> Graph:
-    """Lower ``source`` into a validated graph. An ``nn.Module`` needs ``input_shape`` (batch-less)."""
+    """Lower ``source`` into a validated graph. An ``nn.Module`` needs ``input_shape`` (batch-less).
+
+    Formats without connectivity masks (``nn.Module``, ``.pt2``, ``.onnx``, ``.nir``) store pruned
+    synapses as exact zeros; those become masks (the ``infer_masks`` pass), so that finetuning keeps
+    them pruned. A spikeshield IR carries its masks itself.
+    """
+    from spikeshield.compiler.passes.infer_masks import infer_masks
+
+    graph, has_masks = _lower(source, input_shape)
+    return graph if has_masks else infer_masks(graph).graph.validate()
+
+
+def _lower(
+    source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None
+) -> tuple[Graph, bool]:
+    """The lowered graph, and whether its format carries masks (so that none are to be inferred)."""
     if isinstance(source, Graph):
-        return source.copy().validate()
+        return source.copy().validate(), True
     if isinstance(source, nn.Module):
         from spikeshield.frontends.torch_module import from_module
 
         if input_shape is None:
             raise ConfigError("lowering an nn.Module needs input_shape, e.g. (1, 28, 28)")
-        return from_module(source, input_shape)
+        return from_module(source, input_shape), False
     path = Path(source)
     if path.is_dir() and (path / "snn.ir").is_file():
-        return load_graph(path / "snn.ir")
+        return load_graph(path / "snn.ir"), True
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".pt2":
         from spikeshield.frontends.torch_module import from_pt2
 
-        return from_pt2(path)
+        return from_pt2(path), False
     if suffix == ".onnx":
         from spikeshield.frontends.onnx_frontend import from_onnx
 
-        return from_onnx(path)
+        return from_onnx(path), False
     if suffix == ".nir":
         from spikeshield.frontends.nir_frontend import from_nir
 
-        return from_nir(path)
+        return from_nir(path), False
     if suffix == ".ir":
-        return load_graph(path)
+        return load_graph(path), True
     known = ", ".join(f"{k} ({v})" for k, v in MODEL_SUFFIXES.items())
     raise ModelLoadError(f"cannot tell the format of {path.name}; use one of: {known}")

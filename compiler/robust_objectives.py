@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from spikeshield.compiler.errors import ConfigError, PassError
 
 OBJECTIVES = ("at", "trades", "mart", "standard")
+# The weight of the robust term when the user gives none: TRADES lambda 6, MART lambda 4.
+DEFAULT_BETA = {"trades": 6.0, "mart": 4.0}
 INNER_ATTACKS = ("pgd", "rfgsm")
 
 Model = Callable[[torch.Tensor], torch.Tensor]

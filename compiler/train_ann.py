@@ -2,7 +2,8 @@
 
 The objectives and their PGD inner maximisation are those of
 :mod:`spikeshield.compiler.robust_objectives`. SGD with momentum and a cosine schedule by default.
-Checkpoint selection on the validation split.
+Checkpoint selection on the validation split. Optionally followed by robust pruning
+(:mod:`spikeshield.compiler.pruning`) under the same objective and budget.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.robust_objectives import OBJECTIVES, inner_attack, robust_epoch
+from spikeshield.compiler.pruning import PruneConfig, model_slots, prune_module
+from spikeshield.compiler.robust_objectives import (
+    DEFAULT_BETA,
+    OBJECTIVES,
+    inner_attack,
+    robust_epoch,
+)
 from spikeshield.frontends.datasets import DataSplits
 from spikeshield.runtime.evaluate import accuracy_of
 
-DEFAULT_BETA = {"trades": 6.0, "mart": 4.0}
 
 
 @dataclass
@@ -37,6 +43,7 @@ class TrainConfig:
     beta: float | None = None  # TRADES lambda / MART lambda; default 6 / 4
     seed: int = 0
     max_train: int | None = None  # use only the first N training samples (benchmarks on 2 cores)
+    prune: PruneConfig | None = None  # robust pruning after training (same objective and eps)
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -47,6 +54,8 @@ class TrainConfig:
             raise ConfigError("epochs, batch size and attack steps must be positive")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.prune is not None:
+            self.prune.validate()
 
 
 @dataclass
@@ -55,6 +64,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     val_accuracy: float = 0.0
+    pruning: dict[str, Any] | None = None
 
 
 def train_robust(
@@ -92,7 +102,31 @@ def train_robust(
         model.load_state_dict(best_state)
     model.eval()
     result.val_accuracy = max(best_acc, 0.0)
+    if cfg.prune is not None and cfg.prune.sparsity > 0:
+        result.pruning = prune_trained(model, data, cfg.prune, device)
+        result.val_accuracy = result.pruning["val_accuracy"]
     return result
+
+
+def prune_trained(
+    model: nn.Module, data: DataSplits, cfg: PruneConfig, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Robustly prune a trained PyTorch model in place (pruned weights become exact zeros, which
+    every loader turns back into masks); returns what was kept and the validation accuracy."""
+    slots = model_slots(model)
+    if not slots:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
+
+    def score() -> float:
+        return accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
+
+    outcome = prune_module(model, slots, model, data, cfg, device, score=score)
+    model.eval()
+    kept = sum(int(m.sum()) for m in outcome.masks.values())
+    total = sum(m.numel() for m in outcome.masks.values())
+    return {"method": cfg.method, "sparsity": cfg.sparsity, "kept_weights": kept,
+            "total_weights": total, "best_epoch": outcome.best_epoch, "val_accuracy": score(),
+            "history": outcome.history}
 
 
 def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:

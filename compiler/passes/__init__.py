@@ -7,6 +7,8 @@ from spikeshield.compiler.passes import (  # noqa: F401
     finetune_robust,
     fold_scales,
     drop_biases,
+    infer_masks,
+    prune_weights,
     quantize_weights,
     set_encoding,
     set_reset_mode,

@@ -1,0 +1,93 @@
+"""Robustly prune the synapses of a graph (HYDRA scores or magnitude) and store the masks in the IR.
+
+On an ANN graph (before conversion) the robust objective runs through the ANN with a PGD inner
+attack; on a spiking graph it runs through the spikes by BPTT (triangle surrogate) with the inner
+attack of the config (``rfgsm`` is the practical choice), and thresholds stay at least 0.03, as in
+robust finetuning. See :mod:`spikeshield.compiler.pruning` for the methods and budgets.
+
+Precondition: a valid graph with at least one conv/linear layer. Postcondition: the same structure;
+every conv/linear layer carries a ``mask`` (all ones for dense layers), its weight is zero where the
+mask is 0, and at most ``(1 - sparsity)`` of all weights are nonzero; ``meta['pruning']`` records
+the method and budget. Masks already present are kept: a synapse pruned once stays pruned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeshield.compiler.errors import PassError
+from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
+from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.pruning import PruneConfig, prune_module
+from spikeshield.frontends.datasets import DataSplits
+from spikeshield.runtime.attacks import AttackedModel
+from spikeshield.runtime.evaluate import accuracy_of
+from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.gradient_modes import GradientMode
+
+THRESHOLD_FLOOR = 0.03
+
+
+@register_pass("prune_weights")
+def prune_weights(
+    graph: Graph,
+    data: DataSplits,
+    config: PruneConfig | None = None,
+    timesteps: int | None = None,
+    device: torch.device | str = "cpu",
+) -> PassResult:
+    """Prune ``graph`` to ``config.sparsity``; ``timesteps`` is required for a spiking graph."""
+    cfg = config or PruneConfig()
+    cfg.validate()
+    layers = graph.nodes_of(Conv2d, Linear)
+    if not layers:
+        raise PassError("prune_weights found no conv or linear layer to prune")
+    spiking = bool(graph.nodes_of(IF))
+    if spiking and not timesteps:
+        raise PassError("pruning a spiking graph needs timesteps (the T it will run at)")
+    if cfg.sparsity == 0:
+        return PassResult(graph, False, {"reason": "sparsity 0: nothing to prune"})
+    executor = GraphExecutor(graph, gradient_mode=GradientMode.parse("triangle:1")).to(device)
+    # Input normalisation and spike amplitudes stay fixed, as in robust finetuning.
+    for name in graph.nodes_of(Scale):
+        for tensor in executor.tensors_of(name).values():
+            tensor.requires_grad_(False)
+    slots = {name: (executor.parameters_of(name), "weight") for name in layers}
+    forward = AttackedModel(executor, timesteps if spiking else None, executor.gradient_mode)
+    thresholds = [executor.tensors_of(n)["threshold"] for n in graph.nodes_of(IF)]
+
+    def clamp_thresholds() -> None:
+        with torch.no_grad():
+            for t in thresholds:
+                t.clamp_(min=THRESHOLD_FLOOR)
+
+    val = data.val.head(1000)
+
+    def score() -> float:
+        return accuracy_of(forward, val, device=device, desc="validation") if len(val) else 0.0
+
+    outcome = prune_module(executor, slots, forward, data, cfg, device, score=score,
+                           after_step=clamp_thresholds if spiking else None)
+    out = executor.to_graph()
+    kept = 0
+    for name in layers:
+        op = out.op(name)
+        mask = outcome.masks[name]
+        if op.mask is not None:  # an earlier pruning: its synapses stay pruned
+            mask = mask * op.mask
+        out.set_op(name, op.replace(weight=op.weight * mask, mask=mask))
+        kept += int(mask.sum())
+    total = sum(out.op(n).weight.numel() for n in layers)
+    out.meta["pruning"] = {"method": cfg.method, "sparsity": cfg.sparsity, "budget": cfg.budget,
+                           "dense_layers": list(cfg.dense_layers), "stage": "snn" if spiking else "ann",
+                           "eps": cfg.eps, "objective": cfg.objective}
+    info = {
+        "kept_weights": kept,
+        "total_weights": total,
+        "achieved_sparsity": 1 - kept / total,
+        "per_layer_density": {n: float(outcome.masks[n].mean()) for n in layers},
+        "best_epoch": outcome.best_epoch,
+        "history": outcome.history,
+    }
+    return PassResult(out, True, info)
