@@ -29,6 +29,18 @@ DataOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for data splits, shuffling and init.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu or cuda.")]
+PruneSparsityOpt = Annotated[float, typer.Option(
+    "--prune-sparsity", help="Robustly prune this fraction of all weights, in [0, 1) (0.99 keeps 1 in 100).")]
+PruneMethodOpt = Annotated[str, typer.Option(
+    "--prune-method", help="hydra (learned importance scores) or magnitude.")]
+PruneBudgetOpt = Annotated[str, typer.Option(
+    "--prune-budget", help="global (rank all weights together) or layer (same share per layer).")]
+PruneDenseOpt = Annotated[str, typer.Option(
+    "--prune-dense", help="Layers kept unpruned: comma-separated first, last or layer names.")]
+PruneEpochsOpt = Annotated[int, typer.Option(
+    "--prune-epochs", help="Epochs of score learning (hydra) and, again, of finetuning the kept weights.")]
+EnergyOpt = Annotated[str, typer.Option(
+    "--energy", help="Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")]
 TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
                "Repairable violations (weight bits, biases, reset, encoding) are repaired and the "
                "accuracy re-measured; others are an error.")
@@ -77,10 +89,16 @@ def train(
     attack_steps: Annotated[int, typer.Option(help="PGD steps of the inner maximisation.")] = 10,
     width: Annotated[float, typer.Option(help="Channel width multiplier of the architecture.")] = 1.0,
     max_train: Annotated[Optional[int], typer.Option(help="Train on the first N samples only.")] = None,
+    prune_sparsity: PruneSparsityOpt = 0.0,
+    prune_method: PruneMethodOpt = "hydra",
+    prune_budget: PruneBudgetOpt = "global",
+    prune_dense: PruneDenseOpt = "",
+    prune_epochs: PruneEpochsOpt = 3,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Train a robust ANN from the model zoo and write it as a torch.export .pt2 file."""
+    """Train a robust ANN from the model zoo and write it as a torch.export .pt2 file; with
+    --prune-sparsity, then prune it robustly (pruned weights are stored as exact zeros)."""
 
     def run() -> None:
         from spikeshield.compiler.errors import ConfigError
@@ -92,8 +110,17 @@ def train(
 
         if out.suffix != ".pt2":
             raise ConfigError(f"--out must end in .pt2, got {out.name}")
+        from spikeshield.compiler.pruning import PruneConfig, parse_layers
+
+        prune = None
+        if prune_sparsity != 0:
+            prune = PruneConfig(sparsity=prune_sparsity, method=prune_method, budget=prune_budget,
+                                dense_layers=parse_layers(prune_dense), score_epochs=prune_epochs,
+                                finetune_epochs=prune_epochs, objective=objective, eps=eps,
+                                attack_steps=attack_steps, batch_size=batch_size,
+                                max_train=max_train, seed=seed)
         cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
-                          attack_steps=attack_steps, seed=seed, max_train=max_train)
+                          attack_steps=attack_steps, seed=seed, max_train=max_train, prune=prune)
         cfg.validate()
         dev = resolve_device(device)
         splits = load_data(data, seed=seed)
@@ -106,9 +133,14 @@ def train(
         test_acc = accuracy_of(model, splits.test, device=dev)
         out.parent.mkdir(parents=True, exist_ok=True)
         export_pt2(model, splits.input_shape, out)
+        pruned = ""
+        if result.pruning is not None:
+            p = result.pruning
+            pruned = (f", pruned ({p['method']}) to {p['kept_weights']} of {p['total_weights']} "
+                      f"weights ({p['total_weights'] / p['kept_weights']:.1f}x fewer)")
         typer.echo(
-            f"trained {arch} ({objective}, eps={eps}) on {splits.name}: best epoch {result.best_epoch}, "
-            f"validation accuracy {100 * result.val_accuracy:.2f}%, clean test accuracy "
+            f"trained {arch} ({objective}, eps={eps}) on {splits.name}: best epoch {result.best_epoch}"
+            f"{pruned}, validation accuracy {100 * result.val_accuracy:.2f}%, clean test accuracy "
             f"{100 * test_acc:.2f}%; wrote {out}"
         )
 
@@ -140,6 +172,14 @@ def compile_cmd(
     eps: Annotated[Optional[float], typer.Option(help="Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
     eval_samples: Annotated[Optional[int], typer.Option("--n", help="Evaluate on the first N test samples (robustness: 1000 by default).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    prune_sparsity: PruneSparsityOpt = 0.0,
+    prune_method: PruneMethodOpt = "hydra",
+    prune_budget: PruneBudgetOpt = "global",
+    prune_dense: PruneDenseOpt = "",
+    prune_epochs: PruneEpochsOpt = 3,
+    prune_stage: Annotated[str, typer.Option("--prune-stage", help="Prune the ann (before conversion) or the calibrated snn (through the spikes).")] = "ann",
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="Write the energy and memory profile (profile.json/md/png).")] = True,
+    energy: EnergyOpt = "fp32",
     export: Annotated[str, typer.Option("--export", help="Also write exports: comma-separated nir, onnx, onnx-step.")] = "",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
     seed: SeedOpt = 0,
@@ -158,7 +198,10 @@ def compile_cmd(
                             finetune=finetune, finetune_epochs=finetune_epochs, eps_train=eps_train,
                             finetune_attack=finetune_attack, finetune_lr=finetune_lr,
                             finetune_max_train=finetune_max_train, robustness=robustness, eps=eps,
-                            export=export, target=target)
+                            prune_sparsity=prune_sparsity, prune_method=prune_method,
+                            prune_budget=prune_budget, prune_dense=prune_dense,
+                            prune_epochs=prune_epochs, prune_stage=prune_stage, profile=profile,
+                            energy=energy, export=export, target=target)
         if threshold_scale is not None:
             cfg.threshold_scale = threshold_scale
         result = compile_model(model, data, cfg, out)
@@ -171,10 +214,20 @@ def compile_cmd(
         if rob is not None:
             typer.echo(_robustness_line(rob["eps"], rob["preset"], rob["ann_pgd_robust_accuracy"],
                                         rob["snn_robust_accuracy"], rob["verdict"]))
+        if r.get("profile") is not None:
+            typer.echo(_profile_line(r["profile"]))
         for description in r.get("exports", []):
             typer.echo(_export_line(out / description["file"], description))
 
     _guard(run)
+
+
+def _profile_line(p: dict) -> str:
+    ratio = p["ann_over_snn_energy"]
+    return (f"stored weights {p['nonzeros']:,} of {p['weights']:,} ({p['weight_reduction']:.1f}x "
+            f"fewer); {p['synops']:,.0f} SynOps per sample; estimated energy SNN "
+            f"{p['snn_energy_pj'] / 1000:,.2f} nJ vs ANN {p['ann_energy_pj'] / 1000:,.2f} nJ "
+            f"({'n/a' if ratio is None else f'{ratio:.2f}x'})")
 
 
 def _export_line(path: Path, description: dict) -> str:
@@ -265,6 +318,40 @@ def run_cmd(
         spikes = sum(int(result[f"spikes/{n}"].sum()) for n in result["layers"])
         typer.echo(f"simulated {len(result['predictions'])} inputs for T={int(result['timesteps'])}: "
                    f"{spikes} spikes in {len(result['layers'])} layers; wrote {out}")
+
+    _guard(run)
+
+
+@app.command("profile")
+def profile_cmd(
+    directory: Annotated[Path, typer.Argument(help="A compile directory (its snn.ir).")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Profile on the first N test samples.")] = 1000,
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Time steps (default: the compiled T).")] = None,
+    energy: EnergyOpt = "fp32",
+    mac_pj: Annotated[Optional[float], typer.Option("--mac-pj", help="Override: picojoules per multiply-accumulate.")] = None,
+    ac_pj: Annotated[Optional[float], typer.Option("--ac-pj", help="Override: picojoules per accumulate (SynOp).")] = None,
+    memory_pj: Annotated[Optional[float], typer.Option("--memory-pj", help="Add this many picojoules per synaptic event for the weight fetch.")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Energy and memory profile of a compiled SNN: per-layer SynOps, MACs, energy, firing rates
+    and stored bytes; writes profile.json, profile.md and two PNG plots into DIR."""
+
+    def run() -> None:
+        from spikeshield.compiler.profile import profile_directory
+        from spikeshield.runtime.energy import energy_model
+
+        model = energy_model(energy, mac_pj, ac_pj, memory_pj)
+        p = profile_directory(directory, data, n, model, timesteps, device, seed)
+        t, s = p["totals"], p["storage"]
+        typer.echo(_profile_line({**t, **s, "ann_over_snn_energy": t["ratios"]["ann_over_snn_energy"]}))
+        gpu = p["gpu_energy"]
+        if gpu.get("measured"):
+            typer.echo(f"measured GPU energy (NVML, {gpu['device']}): {gpu['joules_per_sample']:.4g} J "
+                       "per sample, whole board")
+        typer.echo(f"wrote {directory / 'profile.md'}, profile.json, profile_energy.png and "
+                   "profile_rates.png")
 
     _guard(run)
 

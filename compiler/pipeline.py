@@ -29,7 +29,9 @@ from spikeshield.compiler.passes.calibrate_thresholds import (
 from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
+from spikeshield.compiler.pruning import PruneConfig, parse_layers
 from spikeshield.compiler.ops.neurons import RESET_MODES
+from spikeshield.compiler.profile import profile_graph, write_profile
 from spikeshield.compiler.report import write_reports
 from spikeshield.compiler.robustness import (
     RobustnessConfig,
@@ -40,8 +42,12 @@ from spikeshield.compiler.robustness import (
 from spikeshield.compiler.serialize import save_graph
 from spikeshield.frontends.datasets import DataSplits, load_data
 from spikeshield.runtime.device import resolve_device
+from spikeshield.runtime.energy import energy_model
 from spikeshield.runtime.evaluate import evaluate_graph
 from spikeshield.runtime.executor import ENCODINGS, GraphExecutor
+
+
+PRUNE_STAGES = ("ann", "snn")
 
 
 @dataclass
@@ -69,9 +75,21 @@ class CompileConfig:
     finetune_attack: str = "rfgsm"
     finetune_lr: float = 1e-3
     finetune_max_train: int | None = None
+    # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
+    prune_sparsity: float = 0.0
+    prune_method: str = "hydra"
+    prune_budget: str = "global"
+    prune_dense: str = ""  # comma-separated: first, last, layer names
+    prune_epochs: int = 3
+    prune_stage: str = "ann"
     # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
     robustness: str = "quick"
     eps: float | None = None  # None: default_eps(input shape)
+    # Energy and memory profile of the SNN (profile.json/md/png) on the first profile_samples test
+    # images; the energy preset is fp32 or int8 (see spikeshield.runtime.energy).
+    profile: bool = True
+    profile_samples: int = 1000
+    energy: str = "fp32"
     # Exports written into the output directory ("" for none) and the hardware target they obey.
     export: str = ""
     target: str = "generic"
@@ -99,8 +117,16 @@ class CompileConfig:
             raise ConfigError(f"eval samples must be positive, got {self.eval_samples}")
         if self.finetune != "none":
             self.finetune_config(0.1).validate()
+        self.prune_config(0.1).validate()
+        if self.prune_stage not in PRUNE_STAGES:
+            raise ConfigError(f"prune stage must be one of {', '.join(PRUNE_STAGES)}, "
+                              f"got {self.prune_stage!r}")
         if self.robustness != "none":
             self.robustness_config().validate()
+        if self.profile:
+            energy_model(self.energy)
+            if self.profile_samples <= 0:
+                raise ConfigError(f"profile samples must be positive, got {self.profile_samples}")
         if self.export:
             from spikeshield.backends.targets import load_target
             from spikeshield.compiler.export import parse_formats
@@ -111,13 +137,29 @@ class CompileConfig:
     def evaluation_eps(self, input_shape: tuple[int, ...]) -> float:
         return default_eps(input_shape) if self.eps is None else self.eps
 
+    def training_eps(self, eval_eps: float) -> float:
+        """The budget of the robust training stages (finetuning, pruning): default eps / 4."""
+        return eval_eps / 4 if self.eps_train is None else self.eps_train
+
     def finetune_config(self, eval_eps: float) -> FinetuneConfig:
-        eps_train = eval_eps / 4 if self.eps_train is None else self.eps_train
+        eps_train = self.training_eps(eval_eps)
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               lr=self.finetune_lr, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
                               seed=self.seed)
+
+    def prune_config(self, eval_eps: float) -> PruneConfig:
+        """Pruning under the finetuning objective and budget (``eps_train``, default eps / 4);
+        on the SNN with the one-step R-FGSM inner attack of finetuning."""
+        snn = self.prune_stage == "snn"
+        return PruneConfig(sparsity=self.prune_sparsity, method=self.prune_method,
+                           budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
+                           score_epochs=self.prune_epochs, finetune_epochs=self.prune_epochs,
+                           objective=self.finetune if self.finetune != "none" else "trades",
+                           eps=self.training_eps(eval_eps), inner_attack=self.finetune_attack if snn else "pgd",
+                           lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
+                           max_train=self.finetune_max_train, seed=self.seed)
 
     def robustness_config(self) -> RobustnessConfig:
         return RobustnessConfig(preset=self.robustness, eps=self.eps,
@@ -196,12 +238,18 @@ def compile_model(
         x for x, _ in splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)
     ][: cfg.calibration_batches]
     manager = PassManager()
+    eval_eps = cfg.evaluation_eps(splits.input_shape)
+    pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps),
+                                 "timesteps": cfg.timesteps, "device": device})
+    if cfg.prune_sparsity > 0 and cfg.prune_stage == "ann":
+        ann = manager.run(ann, [pruning])
     snn = manager.run(ann, conversion_pipeline(cfg, calibration, device))
     snn.meta.update({"timesteps": cfg.timesteps, "encoding": cfg.encoding, "input_range": [0.0, 1.0]})
+    if cfg.prune_sparsity > 0 and cfg.prune_stage == "snn":
+        snn = manager.run(snn, [pruning])
     if cfg.export:
         _check_target_early(snn, cfg.target)
     test = splits.test if cfg.eval_samples is None else splits.test.head(cfg.eval_samples)
-    eval_eps = cfg.evaluation_eps(splits.input_shape)
     converted = None
     if cfg.finetune != "none":
         converted = evaluate_graph(GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps,
@@ -212,6 +260,11 @@ def compile_model(
     snn_eval = evaluate_graph(
         GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps, device=device
     )
+    profile = None
+    if cfg.profile:
+        profile = profile_graph(snn, test.head(cfg.profile_samples), cfg.timesteps,
+                                energy_model(cfg.energy), encoding=cfg.encoding,
+                                batch_size=cfg.batch_size, device=device)
     robustness = None
     if cfg.robustness != "none":
         robustness = evaluate_robustness(snn, ann, splits.test, splits.num_classes,
@@ -235,6 +288,7 @@ def compile_model(
             "accuracy_before_finetuning": converted,
         },
         "robustness": _robustness_summary(robustness),
+        "profile": _profile_summary(profile),
         "seconds": round(time.perf_counter() - started, 2),
     }
     result = CompileResult(ann, snn, report)
@@ -247,6 +301,9 @@ def compile_model(
             write_reports(report, snn, tmp)
             if robustness is not None:
                 write_robustness(robustness, tmp)
+            if profile is not None:
+                profile["data"] = report["data_spec"]
+                write_profile(profile, tmp)
         result.out_dir = Path(out)
     return result
 
@@ -267,6 +324,24 @@ def _export_all(snn: Graph, cfg: CompileConfig, test, directory: Path, device) -
 
     files = {fmt: directory / FORMATS[fmt][0] for fmt in parse_formats(cfg.export)}
     return export_graph(snn, files, cfg.target, test, cfg.timesteps, str(device))
+
+
+def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The headline numbers of the energy and memory profile, for report.json / report.md."""
+    if profile is None:
+        return None
+    t, s = profile["totals"], profile["storage"]
+    return {
+        "samples": profile["samples"],
+        "weights": s["weights"],
+        "nonzeros": s["nonzeros"],
+        "weight_reduction": s["weight_reduction"],
+        "synops": t["synops"],
+        "snn_energy_pj": t["snn_energy_pj"],
+        "ann_energy_pj": t["ann_energy_pj"],
+        "ann_over_snn_energy": t["ratios"]["ann_over_snn_energy"],
+        "formula": profile["energy_model"]["formula"],
+    }
 
 
 def _robustness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

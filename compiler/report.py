@@ -53,6 +53,7 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
             "Details, per attack member and with the masking diagnostics: robustness.md.",
             "",
         ]
+    lines += profile_lines(report.get("profile"))
     lines += export_lines(report.get("exports") or [])
     lines += [
         "## Spiking layers",
@@ -89,6 +90,24 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         "- *Firing rate*: spikes per neuron per time step, averaged over the test samples (0 to 1).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(summary: dict[str, Any] | None) -> list[str]:
+    """The headline of profile.md: stored weights, SynOps and estimated energy."""
+    if summary is None:
+        return []
+    ratio = summary["ann_over_snn_energy"]
+    return [
+        f"## Energy and memory ({summary['samples']} test samples; details: profile.md)",
+        "",
+        f"- Stored weights: {summary['nonzeros']:,} of {summary['weights']:,} "
+        f"({summary['weight_reduction']:.1f}x fewer than dense).",
+        f"- SynOps per sample: {summary['synops']:,.0f}; estimated energy per sample: SNN "
+        f"{summary['snn_energy_pj'] / 1000:,.2f} nJ, ANN {summary['ann_energy_pj'] / 1000:,.2f} nJ"
+        f" ({'n/a' if ratio is None else f'{ratio:.2f}x'} in the SNN's favour).",
+        f"- {summary['formula']}",
+        "",
+    ]
 
 
 def export_lines(exports: list[dict[str, Any]]) -> list[str]:

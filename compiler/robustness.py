@@ -181,6 +181,16 @@ def _replace_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
     return [final for _, final in temps]
 
 
+def recorded_data_spec(directory: Path) -> str:
+    """The data spec a compile directory was made with (its report.json), or a ConfigError."""
+    recorded = {}
+    if (directory / "report.json").is_file():
+        recorded = json.loads((directory / "report.json").read_text())
+    if not recorded.get("data_spec"):
+        raise ConfigError(f"{directory}/report.json records no data spec; pass --data")
+    return recorded["data_spec"]
+
+
 def evaluate_directory(
     directory: str | os.PathLike,
     data: str | None = None,
@@ -207,12 +217,7 @@ def evaluate_directory(
         raise ConfigError(f"{snn_path} is not a spiking network (no IF layers)")
     ann = load_graph(directory / "ann.ir") if (directory / "ann.ir").is_file() else None
     if data is None:
-        recorded = {}
-        if (directory / "report.json").is_file():
-            recorded = json.loads((directory / "report.json").read_text())
-        data = recorded.get("data_spec")
-        if not data:
-            raise ConfigError(f"{directory}/report.json records no data spec; pass --data")
+        data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
     report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg)
     report["data"] = data

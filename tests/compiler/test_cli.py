@@ -27,7 +27,9 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     assert result.exit_code == 0, result.output
     assert "SNN (T=8) accuracy" in result.output and "robust accuracy at eps=0.1" in result.output
     assert {p.name for p in out.iterdir()} == {"snn.ir", "ann.ir", "report.json", "report.md",
-                                              "robustness.json", "robustness.md", "robustness.png"}
+                                              "robustness.json", "robustness.md", "robustness.png",
+                                              "profile.json", "profile.md", "profile_energy.png",
+                                              "profile_rates.png"}
     report = json.loads((out / "report.json").read_text())
     assert report["snn"]["samples"] == 60 and report["snn"]["timesteps"] == 8
     assert [p["name"] for p in report["passes"]] == [
