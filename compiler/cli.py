@@ -227,7 +227,7 @@ def _profile_line(p: dict) -> str:
     return (f"stored weights {p['nonzeros']:,} of {p['weights']:,} ({p['weight_reduction']:.1f}x "
             f"fewer); {p['synops']:,.0f} SynOps per sample; estimated energy SNN "
             f"{p['snn_energy_pj'] / 1000:,.2f} nJ vs ANN {p['ann_energy_pj'] / 1000:,.2f} nJ "
-            f"({'n/a' if ratio is None else f'{ratio:.2f}x'})")
+            f"(ANN / SNN {'n/a' if ratio is None else f'{ratio:.2f}x'})")
 
 
 def _export_line(path: Path, description: dict) -> str:

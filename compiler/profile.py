@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.artifacts import atomic_file
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
@@ -208,16 +207,17 @@ def render_markdown(profile: dict[str, Any]) -> str:
         f"- SNN energy: {_nj(t['snn_energy_pj'])} nJ (first layer every step), "
         f"{_nj(t['snn_energy_pj_first_layer_once'])} nJ (first layer once); of which SynOps "
         f"{_nj(t['synop_energy_pj'])} nJ. ANN: {_nj(t['ann_energy_pj'])} nJ.",
-        f"- SNN vs ANN energy: the ANN costs {x(ratios['ann_over_snn_energy'])} the SNN "
-        f"({x(ratios['ann_over_snn_energy_first_layer_once'])} with the first layer once).",
+        f"- ANN energy / SNN energy: {x(ratios['ann_over_snn_energy'])} "
+        f"({x(ratios['ann_over_snn_energy_first_layer_once'])} with the first layer once); above 1x "
+        "the SNN is the cheaper.",
         f"- SynOps per sample: mean {t['synops_per_sample']['mean']:,.0f}, std "
         f"{t['synops_per_sample']['std']:,.0f}, min {t['synops_per_sample']['min']:,.0f}, max "
         f"{t['synops_per_sample']['max']:,.0f}.",
         f"- Sparse vs dense connectivity, same spikes: dense would need "
         f"{x(ratios['dense_over_sparse_synops_same_spikes'])} the SynOps and "
         f"{x(ratios['dense_over_sparse_snn_energy_same_spikes'])} the energy "
-        "(a counterfactual: a dense network trained on its own spikes differently; compare compiled "
-        "networks for that).",
+        "(a counterfactual with this network's spikes: a dense network fires differently, so the "
+        "real sparse-vs-dense ratio compares two compiled networks' profiles).",
         f"- Stored weights: {s['nonzeros']:,} of {s['weights']:,} "
         f"({s['weight_reduction']:.1f}x fewer than dense); plus {s['other_parameters']:,} biases, "
         "thresholds and scales.",

@@ -28,10 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
-
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.robust_objectives import (
     DEFAULT_BETA,
@@ -41,6 +37,9 @@ from spikeshield.compiler.robust_objectives import (
     robust_epoch,
 )
 from spikeshield.frontends.datasets import DataSplits
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
 
 PRUNE_METHODS = ("hydra", "magnitude")
 BUDGETS = ("global", "layer")
@@ -147,14 +146,26 @@ def allocate_masks(
         flat = torch.cat([v.detach().flatten().abs() for v in prunable.values()])
         chosen = torch.zeros_like(flat)
         chosen[torch.topk(flat, left, sorted=False).indices] = 1.0
-        offset = 0
+        # A layer cut off completely disconnects the network: it gets its best weight back, paid for
+        # by the weakest weight kept in a layer that has more than one, so the total stays exact.
+        bounds, offset = {}, 0
         for name, v in prunable.items():
-            masks[name] = chosen[offset:offset + v.numel()].view_as(v).clone()
+            bounds[name] = (offset, offset + v.numel())
             offset += v.numel()
-        # A layer cut off completely disconnects the network: give it its best weight back.
+        for name, (lo, hi) in bounds.items():
+            if chosen[lo:hi].sum() == 0:
+                spare = torch.zeros_like(chosen, dtype=torch.bool)
+                for a, b in bounds.values():
+                    if chosen[a:b].sum() > 1:
+                        spare[a:b] = chosen[a:b] == 1
+                if not bool(spare.any()):
+                    raise ConfigError(f"sparsity {sparsity} leaves fewer weights than layers; "
+                                      "lower the sparsity")
+                chosen[torch.where(spare, flat, torch.full_like(flat, math.inf)).argmin()] = 0.0
+                chosen[lo + int(flat[lo:hi].argmax())] = 1.0
         for name, v in prunable.items():
-            if masks[name].sum() == 0:
-                masks[name].view(-1)[v.detach().abs().flatten().argmax()] = 1.0
+            lo, hi = bounds[name]
+            masks[name] = chosen[lo:hi].view_as(v).clone()
         return masks
     if budget != "layer":
         raise ConfigError(f"prune budget must be one of {', '.join(BUDGETS)}, got {budget!r}")

@@ -104,7 +104,7 @@ def profile_lines(summary: dict[str, Any] | None) -> list[str]:
         f"({summary['weight_reduction']:.1f}x fewer than dense).",
         f"- SynOps per sample: {summary['synops']:,.0f}; estimated energy per sample: SNN "
         f"{summary['snn_energy_pj'] / 1000:,.2f} nJ, ANN {summary['ann_energy_pj'] / 1000:,.2f} nJ"
-        f" ({'n/a' if ratio is None else f'{ratio:.2f}x'} in the SNN's favour).",
+        f" (ANN / SNN = {'n/a' if ratio is None else f'{ratio:.2f}x'}; above 1x the SNN is cheaper).",
         f"- {summary['formula']}",
         "",
     ]

@@ -19,7 +19,6 @@ import math
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import Conv2d, Linear
 

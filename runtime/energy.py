@@ -16,14 +16,15 @@ simulation, which is a different quantity.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.errors import ConfigError
 
 
@@ -42,12 +43,11 @@ class EnergyModel:
         if self.memory_pj is not None:
             constants["memory access"] = self.memory_pj
         for what, value in constants.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or not value > 0:
                 raise ConfigError(
                     f"the {what} energy must be a positive number of picojoules, got {value!r}"
                 )
-            if value != value or value == float("inf"):
-                raise ConfigError(f"the {what} energy must be finite, got {value!r}")
         return self
 
     def ann_pj(self, macs: float) -> float:
@@ -117,10 +117,8 @@ def measure_gpu_energy(run: Callable[[], int], device: torch.device | str) -> di
     except pynvml.NVMLError as err:
         return {"measured": False, "reason": f"NVML: {err}"}
     finally:
-        try:
+        with contextlib.suppress(pynvml.NVMLError):  # after a failed init there is nothing to release
             pynvml.nvmlShutdown()
-        except Exception:  # shutting down after a failed init raises; nothing to release then
-            pass
     joules = used_mj / 1000.0
     return {"measured": True, "device": name if isinstance(name, str) else name.decode(),
             "joules": joules, "seconds": seconds, "samples": samples,

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Sum
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.executor import GraphExecutor
+from tqdm.auto import tqdm
 
 WEIGHTED = (Conv2d, Linear)
 
@@ -57,7 +56,7 @@ def layer_macs(graph: Graph, name: str, dense: bool = False) -> int:
     """Multiply-accumulates of one pass of a weighted layer over its existing synapses (border-aware)."""
     op = graph.op(name)
     ones = torch.ones(1, *graph.in_shape(name))
-    return int(round(float(synaptic_work(op, ones, connectivity(op, dense))[0])))
+    return round(float(synaptic_work(op, ones, connectivity(op, dense))[0]))
 
 
 def _pool_sums(op: AvgPool2d, events: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ the method and budget. Masks already present are kept: a synapse pruned once sta
 from __future__ import annotations
 
 import torch
-
 from spikeshield.compiler.errors import PassError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
