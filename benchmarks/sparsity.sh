@@ -4,6 +4,7 @@
 # Usage: benchmarks/sparsity.sh WORKDIR [DATA] [EPOCHS] [MAX_TRAIN] [N_ROBUST] [SPARSITIES] [METHODS]
 #                                [FT_EPOCHS] [PRUNE_EPOCHS]
 #   e.g. benchmarks/sparsity.sh /tmp/sparsity fashion-mnist 3 10000 300 "0.9 0.95 0.99 0.995"
+# WIDTH (environment, default 1) is LeNet's channel width multiplier.
 # Runs already finished in WORKDIR (robustness.json present) are skipped, so a sweep can be extended.
 # MAX_TRAIN limits ANN training, pruning and SNN finetuning to the first N training images (2-core
 # budget); clean accuracy and the profile use the first 1000 test images, the attacks N_ROBUST.
@@ -17,7 +18,7 @@ common=(--data "$data" -T 8 --eps-train 0.1 --finetune-epochs "$ft_epochs"
         --finetune-max-train "$max_train" --prune-epochs "$prune_epochs" --robustness none --n 1000)
 mkdir -p "$work"
 start=$(date +%s)
-[[ -f "$work/dense.pt2" ]] || "$bin" train --arch lenet --data "$data" --objective trades --eps 0.1 \
+[[ -f "$work/dense.pt2" ]] || "$bin" train --arch lenet --width "${WIDTH:-1}" --data "$data" --objective trades --eps 0.1 \
   --epochs "$epochs" --max-train "$max_train" --out "$work/dense.pt2"
 run() {  # name, extra compile options...
   local name=$1; shift

@@ -72,6 +72,16 @@ def test_each_constraint_names_the_layers_that_break_it(field, value, rule, node
     assert found == {rule: nodes}
 
 
+def test_fan_in_counts_only_existing_synapses():
+    graph = small_snn()
+    op = graph.op("conv2")  # 2*3*3 = 18 synapses into each neuron
+    mask = torch.ones_like(op.weight)
+    mask[:, 1] = 0  # prune the second input channel: 9 left
+    graph.set_op("conv2", op.replace(weight=op.weight * mask, mask=mask))
+    profile = TargetProfile("test", "fan-in", max_fan_in=10)
+    assert "conv2" not in rules(graph.validate(), profile).get("max_fan_in", set())
+
+
 def test_builtin_profiles_flag_what_their_chips_cannot_do():
     graph = small_snn()
     assert set(rules(graph, TARGETS["loihi2"])) == {"weight_bits"}
