@@ -339,13 +339,12 @@ def profile_cmd(
     and stored bytes; writes profile.json, profile.md and two PNG plots into DIR."""
 
     def run() -> None:
-        from spikeshield.compiler.profile import profile_directory
+        from spikeshield.compiler.profile import profile_directory, profile_summary
         from spikeshield.runtime.energy import energy_model
 
         model = energy_model(energy, mac_pj, ac_pj, memory_pj)
         p = profile_directory(directory, data, n, model, timesteps, device, seed)
-        t, s = p["totals"], p["storage"]
-        typer.echo(_profile_line({**t, **s, "ann_over_snn_energy": t["ratios"]["ann_over_snn_energy"]}))
+        typer.echo(_profile_line(profile_summary(p)))
         gpu = p["gpu_energy"]
         if gpu.get("measured"):
             typer.echo(f"measured GPU energy (NVML, {gpu['device']}): {gpu['joules_per_sample']:.4g} J "

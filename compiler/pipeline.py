@@ -31,7 +31,7 @@ from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
 from spikeshield.compiler.pruning import PruneConfig, parse_layers
 from spikeshield.compiler.ops.neurons import RESET_MODES
-from spikeshield.compiler.profile import profile_graph, write_profile
+from spikeshield.compiler.profile import profile_graph, profile_summary, write_profile
 from spikeshield.compiler.report import write_reports
 from spikeshield.compiler.robustness import (
     RobustnessConfig,
@@ -288,7 +288,7 @@ def compile_model(
             "accuracy_before_finetuning": converted,
         },
         "robustness": _robustness_summary(robustness),
-        "profile": _profile_summary(profile),
+        "profile": None if profile is None else profile_summary(profile),
         "seconds": round(time.perf_counter() - started, 2),
     }
     result = CompileResult(ann, snn, report)
@@ -324,24 +324,6 @@ def _export_all(snn: Graph, cfg: CompileConfig, test, directory: Path, device) -
 
     files = {fmt: directory / FORMATS[fmt][0] for fmt in parse_formats(cfg.export)}
     return export_graph(snn, files, cfg.target, test, cfg.timesteps, str(device))
-
-
-def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The headline numbers of the energy and memory profile, for report.json / report.md."""
-    if profile is None:
-        return None
-    t, s = profile["totals"], profile["storage"]
-    return {
-        "samples": profile["samples"],
-        "weights": s["weights"],
-        "nonzeros": s["nonzeros"],
-        "weight_reduction": s["weight_reduction"],
-        "synops": t["synops"],
-        "snn_energy_pj": t["snn_energy_pj"],
-        "ann_energy_pj": t["ann_energy_pj"],
-        "ann_over_snn_energy": t["ratios"]["ann_over_snn_energy"],
-        "formula": profile["energy_model"]["formula"],
-    }
 
 
 def _robustness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

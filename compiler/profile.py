@@ -42,6 +42,22 @@ def driven_neurons(graph: Graph, name: str) -> str | None:
     return None
 
 
+def profile_summary(profile: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a profile, for report.json, report.md and the command line."""
+    t, s = profile["totals"], profile["storage"]
+    return {
+        "samples": profile["samples"],
+        "weights": s["weights"],
+        "nonzeros": s["nonzeros"],
+        "weight_reduction": s["weight_reduction"],
+        "synops": t["synops"],
+        "snn_energy_pj": t["snn_energy_pj"],
+        "ann_energy_pj": t["ann_energy_pj"],
+        "ann_over_snn_energy": t["ratios"]["ann_over_snn_energy"],
+        "formula": profile["energy_model"]["formula"],
+    }
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 

@@ -18,14 +18,13 @@ from spikeshield.compiler.errors import PassError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
 from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.compiler.pruning import PruneConfig, prune_module
 from spikeshield.frontends.datasets import DataSplits
 from spikeshield.runtime.attacks import AttackedModel
 from spikeshield.runtime.evaluate import accuracy_of
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
-
-THRESHOLD_FLOOR = 0.03
 
 
 @register_pass("prune_weights")
@@ -59,7 +58,7 @@ def prune_weights(
     def clamp_thresholds() -> None:
         with torch.no_grad():
             for t in thresholds:
-                t.clamp_(min=THRESHOLD_FLOOR)
+                t.clamp_(min=FinetuneConfig.threshold_floor)
 
     val = data.val.head(1000)
 
