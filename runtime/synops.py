@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Sum
+from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.executor import GraphExecutor
 from tqdm.auto import tqdm
@@ -124,9 +124,7 @@ class _EventTracker:
             self.events[name] = _pool_sums(op, events.flatten(0, 1)).unflatten(0, events.shape[:2])
         elif isinstance(op, Flatten):
             self.events[name] = events.flatten(2)
-        elif isinstance(op, Sum):
-            self.events[name] = events
-        else:  # Scale, BatchNorm: the same events, only their weights change
+        else:  # Sum (inputs already added by incoming), Scale, BatchNorm: the same events
             self.events[name] = events
 
     def _count(self, name: str, op, events: torch.Tensor) -> None:
