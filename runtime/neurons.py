@@ -1,7 +1,12 @@
 """Integrate-and-fire neuron dynamics as pure step functions (Norse style).
 
-``if_step`` advances one time step; ``if_scan`` runs a whole input sequence for a whole layer. The
-equations are those of :class:`spikeshield.compiler.ops.IF`.
+``if_step`` advances one time step and is the definition; ``if_scan`` runs a whole input sequence
+for a whole layer and is what the executor uses. ``if_scan`` gives the same spikes and the same
+gradients as stepping ``if_step`` under autograd (``if_scan_stepwise``, kept as the reference the tests
+and benchmarks compare against), but it is one autograd node per layer instead of a handful per
+step: the forward pass updates the membrane in place, and the backward pass is a hand-written scan
+over time that stores only the membrane potential of each step. The equations are those of
+:class:`spikeshield.compiler.ops.IF`.
 """
 
 from __future__ import annotations
@@ -47,9 +52,10 @@ def if_step(
     return s, IFState(v)
 
 
-def if_scan(currents: torch.Tensor, p: IFParameters, timesteps: int | None = None) -> torch.Tensor:
-    """Spikes ``(T, N, ...)`` for input currents ``(T, N, ...)``; a current of shape ``(N, ...)``
-    is held constant for ``timesteps`` steps. The membrane starts at zero."""
+def if_scan_stepwise(
+    currents: torch.Tensor, p: IFParameters, timesteps: int | None = None
+) -> torch.Tensor:
+    """``if_scan`` by composing ``if_step`` under autograd: the reference for tests and benchmarks."""
     constant = timesteps is not None
     steps = timesteps if constant else currents.shape[0]
     first = currents if constant else currents[0]
@@ -59,3 +65,96 @@ def if_scan(currents: torch.Tensor, p: IFParameters, timesteps: int | None = Non
         s, state = if_step(currents if constant else currents[t], state, p)
         out.append(s)
     return torch.stack(out)
+
+
+def if_scan(currents: torch.Tensor, p: IFParameters, timesteps: int | None = None) -> torch.Tensor:
+    """Spikes ``(T, N, ...)`` for input currents ``(T, N, ...)``; a current of shape ``(N, ...)``
+    is held constant for ``timesteps`` steps. The membrane starts at zero. Gradients (to the
+    currents and to the threshold) are those of stepping :func:`if_step` through time."""
+    steps = timesteps if timesteps is not None else currents.shape[0]
+    if steps <= 0:
+        raise ValueError(f"an IF scan needs at least one time step, got {steps}")
+    threshold = p.threshold.to(currents.dtype)
+    needs_grad = torch.is_grad_enabled() and (currents.requires_grad or threshold.requires_grad)
+    if not needs_grad:
+        return _scan_forward(currents, threshold, p.reset, steps, timesteps is not None, None)
+    return _IFScan.apply(currents, threshold, p.reset, p.surrogate, steps, timesteps is not None)
+
+
+def _scan_forward(
+    currents: torch.Tensor,
+    threshold: torch.Tensor,
+    reset: str,
+    steps: int,
+    constant: bool,
+    potentials: torch.Tensor | None,
+) -> torch.Tensor:
+    """Spikes of the scan, updating one membrane tensor in place; stores each step's membrane
+    potential before the reset into ``potentials`` when given (all the backward pass needs)."""
+    shape = currents.shape if constant else currents.shape[1:]
+    v = torch.zeros(shape, dtype=currents.dtype, device=currents.device)
+    spikes = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
+    for t in range(steps):
+        v.add_(currents if constant else currents[t])
+        if potentials is not None:
+            potentials[t].copy_(v)
+        fired = v > threshold
+        spikes[t].copy_(fired)
+        if reset == "zero":
+            v.masked_fill_(fired, 0.0)
+        else:
+            v.sub_(threshold * spikes[t])
+    return spikes
+
+
+class _IFScan(torch.autograd.Function):
+    """The IF scan with backpropagation through time written out by hand.
+
+    With ``v_t`` the membrane before the reset, ``s_t = H(u_t)``, ``u_t = (v_t - θ)/θ`` and the
+    surrogate ``d_t = σ'(u_t)/θ`` standing in for ``ds_t/dv_t``, the post-reset membrane is
+    ``v_t (1 - s_t)`` (reset to zero) or ``v_t - θ s_t`` (subtraction). Walking back in time with
+    ``g`` the gradient reaching the post-reset membrane from step ``t+1``:
+    ``dL/ds_t = grad_t - g·v_t`` (zero) or ``grad_t - g·θ`` (subtraction), and
+    ``dL/dv_t = g·(1 - s_t) + dL/ds_t·d_t`` (zero) or ``g + dL/ds_t·d_t`` (subtraction), which is
+    also ``dL/dI_t`` and the next ``g``. The threshold collects ``dL/ds_t·d_t·(-v_t/θ)`` through
+    ``u_t``, and ``-g·s_t`` through the subtraction. This is exactly what autograd computes on
+    :func:`if_step`, without recording five nodes per step.
+    """
+
+    @staticmethod
+    def forward(ctx, currents, threshold, reset, surrogate, steps, constant):  # type: ignore[override]
+        shape = currents.shape if constant else currents.shape[1:]
+        potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
+        spikes = _scan_forward(currents, threshold, reset, steps, constant, potentials)
+        ctx.save_for_backward(potentials, threshold)
+        ctx.reset, ctx.surrogate, ctx.constant = reset, surrogate, constant
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes):  # type: ignore[override]
+        potentials, threshold = ctx.saved_tensors
+        want_x, want_threshold = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        subtract = ctx.reset != "zero"
+        steps = potentials.shape[0]
+        g = torch.zeros_like(potentials[0])
+        grad_x = torch.empty_like(potentials) if want_x and not ctx.constant else None
+        grad_x_sum = torch.zeros_like(g) if want_x and ctx.constant else None
+        grad_threshold = torch.zeros_like(g) if want_threshold else None
+        for t in range(steps - 1, -1, -1):
+            v = potentials[t]
+            fired = (v > threshold).to(v.dtype)
+            surrogate = ctx.surrogate.derivative((v - threshold) / threshold) / threshold
+            grad_s = grad_spikes[t] - g * (threshold if subtract else v)
+            through_spike = grad_s * surrogate
+            if want_threshold:
+                grad_threshold -= through_spike * v / threshold
+                if subtract:
+                    grad_threshold -= g * fired
+            g = (g if subtract else g * (1.0 - fired)) + through_spike
+            if grad_x is not None:
+                grad_x[t] = g
+            elif grad_x_sum is not None:
+                grad_x_sum += g
+        dx = grad_x if grad_x is not None else grad_x_sum
+        dthreshold = grad_threshold.sum_to_size(threshold.shape) if want_threshold else None
+        return dx, dthreshold, None, None, None, None
