@@ -61,3 +61,20 @@ def test_long_simulation_reproduces_ann_accuracy(trained_lenet, mnist5k):
     snn = evaluate_graph(GraphExecutor(result.snn), test, 256).accuracy
     assert ann > 0.85
     assert abs(snn - ann) <= 0.01
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_tiled_average_pool_is_bit_identical_to_torch(kernel):
+    # The runtime's CPU pooling for non-overlapping windows must not change a single bit, or the
+    # exported graphs (which use the standard pooling) would stop meaning what the runtime computes.
+    import torch.nn.functional as F
+
+    from spikeshield.compiler.ops import AvgPool2d
+    from spikeshield.runtime.kernels import KERNELS
+
+    x = torch.randn(7, 5, 13, 17, generator=torch.Generator().manual_seed(kernel)) * 3
+    op = AvgPool2d(kernel=kernel, stride=kernel)
+    ours = KERNELS[AvgPool2d](op, {}, x)
+    assert torch.equal(ours, F.avg_pool2d(x, kernel))
+    overlapping = AvgPool2d(kernel=3, stride=2, padding=1)
+    assert torch.equal(KERNELS[AvgPool2d](overlapping, {}, x), F.avg_pool2d(x, 3, 2, 1))
