@@ -39,6 +39,9 @@ PruneDenseOpt = Annotated[str, typer.Option(
     "--prune-dense", help="Layers kept unpruned: comma-separated first, last or layer names.")]
 PruneEpochsOpt = Annotated[int, typer.Option(
     "--prune-epochs", help="Epochs of score learning (hydra) and, again, of finetuning the kept weights.")]
+NprocOpt = Annotated[int, typer.Option(
+    "--nproc", help="Processes to share the work (launches torchrun --standalone; gloo on CPU, "
+    "NCCL with one GPU each on CUDA). Under an outer torchrun, leave it at 1.")]
 EnergyOpt = Annotated[str, typer.Option(
     "--energy", help="Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")]
 TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
@@ -56,6 +59,52 @@ def _main(
 def _fail(message: str, code: int) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _launch(nproc: int, check) -> bool:
+    """With ``--nproc N`` > 1 (and not already under torchrun): check that N processes all get work
+    (``check()`` raises a one-line error otherwise), rerun this very command under
+    ``torchrun --standalone --nproc_per_node N`` and exit with its status. Returns False when the
+    command should simply run in this process."""
+    from spikeshield.runtime.distributed import check_processes, launched_by_torchrun
+
+    if nproc == 1 or launched_by_torchrun():
+        return False
+    check_processes(nproc, nproc, "processes")  # nproc < 1
+    check()
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    # torchrun's own parser reads only the launcher's options: given the command's options too, it
+    # takes --n for an abbreviation of its own --nnodes.
+    launcher = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "-m", "spikeshield.compiler.cli"]
+    )
+    launcher.training_script_args = args
+    try:
+        torchrun(launcher)
+    except ChildFailedError as failed:
+        codes = [f.exitcode for f in failed.failures.values()]
+        raise typer.Exit(next((c for c in codes if c > 0), 1)) from None
+    raise typer.Exit(0)
+
+
+def _in_process_group(device: str, fn):
+    """Run ``fn(world)`` inside torchrun's process group (a single process: rank 0 of 1)."""
+    from spikeshield.runtime.device import resolve_device
+    from spikeshield.runtime.distributed import process_group
+
+    with process_group(resolve_device(device)) as current:
+        return fn(current)
 
 
 def _guard(fn):
@@ -94,18 +143,32 @@ def train(
     prune_budget: PruneBudgetOpt = "global",
     prune_dense: PruneDenseOpt = "",
     prune_epochs: PruneEpochsOpt = 3,
+    nproc: NprocOpt = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a robust ANN from the model zoo and write it as a torch.export .pt2 file; with
     --prune-sparsity, then prune it robustly (pruned weights are stored as exact zeros)."""
 
+    def check() -> None:
+        from spikeshield.frontends.datasets import load_data
+        from spikeshield.runtime.distributed import World, check_processes, per_process_batch
+
+        per_process_batch(batch_size, World(0, nproc))
+        train_samples = len(load_data(data, seed=seed).train)
+        check_processes(nproc, min(train_samples, max_train or train_samples), "training samples")
+
     def run() -> None:
+        if not _launch(nproc, check):
+            _in_process_group(device, train_here)
+
+    def train_here(current) -> None:
         from spikeshield.compiler.errors import ConfigError
         from spikeshield.compiler.train_ann import TrainConfig, export_pt2, train_robust
         from spikeshield.frontends.datasets import load_data
         from spikeshield.frontends.zoo import build_model
         from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import local_device
         from spikeshield.runtime.evaluate import accuracy_of
 
         if out.suffix != ".pt2":
@@ -122,7 +185,7 @@ def train(
         cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
                           attack_steps=attack_steps, seed=seed, max_train=max_train, prune=prune)
         cfg.validate()
-        dev = resolve_device(device)
+        dev = local_device(resolve_device(device))
         splits = load_data(data, seed=seed)
         mean, std = splits.channel_stats()
         import torch
@@ -130,6 +193,8 @@ def train(
         torch.manual_seed(seed)
         model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
         result = train_robust(model, splits, cfg, dev)
+        if not current.is_main:
+            return
         test_acc = accuracy_of(model, splits.test, device=dev)
         out.parent.mkdir(parents=True, exist_ok=True)
         export_pt2(model, splits.input_shape, out)
@@ -182,12 +247,27 @@ def compile_cmd(
     energy: EnergyOpt = "fp32",
     export: Annotated[str, typer.Option("--export", help="Also write exports: comma-separated nir, onnx, onnx-step.")] = "",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
+    nproc: NprocOpt = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Convert a trained ANN into a calibrated SNN; writes snn.ir, ann.ir, report.json, report.md."""
+    """Convert a trained ANN into a calibrated SNN; writes snn.ir, ann.ir, report.json, report.md.
+    With --nproc N the robust finetuning is shared by N processes; the rest runs in rank 0."""
+
+    def check() -> None:
+        from spikeshield.compiler.errors import ConfigError
+        from spikeshield.runtime.distributed import World, per_process_batch
+
+        if finetune == "none":
+            raise ConfigError("--nproc shares the robust finetuning, and --finetune is none; "
+                              "drop --nproc or choose a finetuning objective")
+        per_process_batch(batch_size, World(0, nproc))
 
     def run() -> None:
+        if not _launch(nproc, check):
+            _in_process_group(device, compile_here)
+
+    def compile_here(current) -> None:
         from spikeshield.compiler.pipeline import CompileConfig, compile_model
 
         cfg = CompileConfig(timesteps=timesteps, reset=reset, threshold_mode=threshold_mode,
@@ -205,6 +285,8 @@ def compile_cmd(
         if threshold_scale is not None:
             cfg.threshold_scale = threshold_scale
         result = compile_model(model, data, cfg, out)
+        if result is None:  # not rank 0: its share of the finetuning is done
+            return
         r = result.report
         typer.echo(
             f"ANN accuracy {100 * r['ann']['accuracy']:.2f}%, SNN (T={timesteps}) accuracy "
@@ -259,17 +341,40 @@ def eval_cmd(
     attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
+    nproc: NprocOpt = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Attack a compiled SNN with an adaptive ensemble; writes robustness.json, .md and .png."""
+    """Attack a compiled SNN with an adaptive ensemble; writes robustness.json, .md and .png.
+    With --nproc N the test samples are dealt out in batches to N processes; the counts are those
+    of one process, exactly."""
+    from spikeshield.compiler.robustness import RobustnessConfig
+
+    def config(dev: str) -> RobustnessConfig:
+        return RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
+                                base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev)
+
+    def check() -> None:
+        from spikeshield.compiler.robustness import eval_chunks
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import check_processes
+
+        resolve_device(device)
+        check_processes(nproc, eval_chunks(directory, data, config(device)),
+                        f"batches of {batch_size} test samples")
 
     def run() -> None:
-        from spikeshield.compiler.robustness import RobustnessConfig, evaluate_directory
+        if not _launch(nproc, check):
+            _in_process_group(device, eval_here)
 
-        cfg = RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
-                               base_attack=attack, exhaustive=exhaustive, seed=seed, device=device)
-        report = evaluate_directory(directory, data, cfg)
+    def eval_here(current) -> None:
+        from spikeshield.compiler.robustness import evaluate_directory
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import local_device
+
+        report = evaluate_directory(directory, data, config(str(local_device(resolve_device(device)))))
+        if not current.is_main:
+            return
         ann = report.get("ann") or {}
         snn = report["snn"]
         typer.echo(f"clean accuracy: ANN {100 * ann.get('clean_accuracy', float('nan')):.2f}%, SNN "

@@ -42,6 +42,7 @@ from spikeshield.compiler.robustness import (
 from spikeshield.compiler.serialize import save_graph
 from spikeshield.frontends.datasets import DataSplits, load_data
 from spikeshield.runtime.device import resolve_device
+from spikeshield.runtime.distributed import world
 from spikeshield.runtime.energy import energy_model
 from spikeshield.runtime.evaluate import evaluate_graph
 from spikeshield.runtime.executor import ENCODINGS, GraphExecutor
@@ -219,12 +220,15 @@ def compile_model(
     data: str | DataSplits = "mnist5k",
     config: CompileConfig | None = None,
     out: str | os.PathLike | None = None,
-) -> CompileResult:
+) -> CompileResult | None:
     """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
 
     With ``out``, writes ``snn.ir``, ``ann.ir``, ``report.json`` and ``report.md`` there atomically,
     ``robustness.json|md|png`` unless ``config.robustness`` is ``"none"``, and the exports named in
     ``config.export`` (``snn.nir``, ``snn.onnx``, ``snn_step.onnx``, each with a ``.json`` sidecar).
+
+    Under torchrun the processes share the robust finetuning (data-parallel); then every process
+    but rank 0 returns None, and rank 0 evaluates and writes alone.
     """
     cfg = config or CompileConfig()
     cfg.validate()
@@ -256,6 +260,8 @@ def compile_model(
                                    device=device).accuracy
         snn = manager.run_one(snn, "finetune_robust", data=splits,
                               config=cfg.finetune_config(eval_eps), device=device)
+    if not world().is_main:
+        return None  # finetuning was the shared work; rank 0 evaluates and writes alone
     ann_eval = evaluate_graph(GraphExecutor(ann), test, None, device=device)
     snn_eval = evaluate_graph(
         GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps, device=device

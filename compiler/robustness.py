@@ -23,6 +23,7 @@ from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
 from spikeshield.runtime.device import resolve_device
 from spikeshield.runtime.diagnostics import diagnose
+from spikeshield.runtime.distributed import World, world
 from spikeshield.runtime.ensemble import check_eps, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 
@@ -66,8 +67,13 @@ def evaluate_robustness(
     test: Dataset,
     num_classes: int,
     config: RobustnessConfig,
+    world: World | None = None,
 ) -> dict[str, Any]:
-    """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict."""
+    """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict.
+
+    With ``world`` (several processes under torchrun) the ensembles are shared out chunk by chunk
+    and give the single-process counts exactly; the diagnostics, which are cheap next to them, run
+    in every process."""
     cfg = config
     cfg.validate()
     started = time.perf_counter()
@@ -90,6 +96,7 @@ def evaluate_robustness(
     if source is None:
         members = [m for m in members if m.attack.name != "transfer"]
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed}
+    shared = {"world": world}
     result = run_ensemble(
         target,
         data,
@@ -101,6 +108,7 @@ def evaluate_robustness(
         exhaustive=cfg.exhaustive,
         desc=f"{cfg.preset} ensemble on the SNN",
         **common,
+        **shared,
     )
     diagnostics = diagnose(
         target,
@@ -132,6 +140,7 @@ def evaluate_robustness(
             num_classes,
             desc=f"{cfg.preset} ensemble on the ANN",
             **common,
+            **shared,
         )
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
@@ -219,7 +228,20 @@ def evaluate_directory(
     if data is None:
         data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
-    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg)
+    current = world()
+    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current)
     report["data"] = data
-    write_robustness(report, directory)
+    report["processes"] = current.size
+    if current.is_main:
+        write_robustness(report, directory)
     return report
+
+
+def eval_chunks(directory: str | os.PathLike, data: str | None, config: RobustnessConfig) -> int:
+    """How many chunks (batches) the ensemble of ``spikeshield eval`` deals out to processes."""
+    from spikeshield.frontends.datasets import load_data
+
+    config.validate()
+    test = load_data(data or recorded_data_spec(Path(directory)), seed=config.seed).test
+    samples = config.samples or min(DEFAULT_EVAL_SAMPLES, len(test))
+    return -(-min(samples, len(test)) // config.batch_size)

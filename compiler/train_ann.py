@@ -26,6 +26,12 @@ from spikeshield.compiler.robust_objectives import (
     robust_epoch,
 )
 from spikeshield.frontends.datasets import DataSplits
+from spikeshield.runtime.distributed import (
+    broadcast_buffers,
+    data_parallel,
+    per_process_batch,
+    world,
+)
 from spikeshield.runtime.evaluate import accuracy_of
 
 
@@ -76,10 +82,13 @@ def train_robust(
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA.get(cfg.objective, 0.0)
     model.to(device)
     train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
+    current = world()  # several processes under torchrun: data-parallel, same global batch
+    batch = per_process_batch(cfg.batch_size, current)
+    trained = data_parallel(model, torch.device(device), current)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps_per_epoch = train.num_batches(cfg.batch_size)
+    steps_per_epoch = train.num_batches(batch, current.size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     attack = None
     if cfg.objective != "standard" and cfg.eps > 0:
@@ -87,11 +96,15 @@ def train_robust(
     result = TrainResult(model)
     best_state, best_acc = None, -math.inf
     for epoch in range(cfg.epochs):
-        bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})",
-                   leave=False, disable=None)
-        loss = robust_epoch(model, bar, attack, optimizer, scheduler, cfg.objective, beta,
+        batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
+                                rank=current.rank, processes=current.size)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} "
+                   f"({cfg.objective})", leave=False, disable=None if current.is_main else True)
+        loss = robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,
                             what=f"training (epoch {epoch + 1})")
+        # Each process updated its BatchNorm statistics on its own share: take rank 0's, so that
+        # every process validates (and selects) the same network.
+        broadcast_buffers(model, current)
         model.eval()
         val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
         result.history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})

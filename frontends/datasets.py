@@ -57,21 +57,38 @@ class Dataset:
         return Dataset(self.images[:n], self.labels[:n])
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, seed: int = 0, device: torch.device | str = "cpu"
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        processes: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``."""
-        order = (
-            torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-            if shuffle
-            else torch.arange(len(self))
-        )
-        for start in range(0, len(self), batch_size):
+        """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``. With
+        ``processes`` > 1, only process ``rank``'s share, as ``DistributedSampler`` deals it."""
+        order = self._order(shuffle, seed, rank, processes)
+        for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
             yield x, self.labels[idx].to(device)
 
-    def num_batches(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)
+    def num_batches(self, batch_size: int, processes: int = 1) -> int:
+        """Batches that :meth:`batches` yields (to each process, if ``processes`` > 1)."""
+        per_process = -(-len(self) // processes)
+        return -(-per_process // batch_size)
+
+    def _order(self, shuffle: bool, seed: int, rank: int, processes: int) -> torch.Tensor:
+        if processes > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(
+                range(len(self)), num_replicas=processes, rank=rank, shuffle=shuffle, seed=seed
+            )
+            return torch.tensor(list(sampler), dtype=torch.long)
+        if shuffle:
+            return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return torch.arange(len(self))
 
 
 @dataclass

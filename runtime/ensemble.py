@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.attacks import AttackedModel, Member
+from spikeshield.runtime.distributed import World, sum_over_processes
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
@@ -116,10 +117,17 @@ def run_ensemble(
     exhaustive: bool = False,
     seed: int = 0,
     desc: str = "attacking",
+    world: World | None = None,
 ) -> EnsembleResult:
     """Run ``members`` against ``target`` on ``data``; returns the per-sample worst case.
 
     ``source`` is the ANN that transfer members attack (required only if there is one).
+
+    The samples are cut into fixed chunks of ``batch_size`` in test-set order, and every member
+    attacks, chunk by chunk, the samples of the chunk still to be attacked, seeded per member. What
+    happens to a sample therefore depends only on its chunk, never on how many processes share the
+    work: with ``world`` (several processes under torchrun) each process attacks its own chunks and
+    the per-sample results are added up, giving exactly the single-process counts.
     """
     check_eps(eps)
     if not members:
@@ -128,35 +136,38 @@ def run_ensemble(
         raise ConfigError(
             "a transfer member needs the source ANN (ann.ir in the compile directory)"
         )
+    current = world or World()
     device = next(target.parameters()).device
     with frozen(target), frozen(source):
         x, y = as_tensors(data, device)
-        clean = predictions(target, x, timesteps, batch_size) == y
+        chunks = [
+            (start, min(start + batch_size, len(y)))
+            for i, start in enumerate(range(0, len(y), batch_size))
+            if current.owns(i)
+        ]
+        clean = torch.zeros(len(y), dtype=torch.bool, device=device)
+        for lo, hi in chunks:
+            clean[lo:hi] = predictions(target, x[lo:hi], timesteps, batch_size) == y[lo:hi]
+        clean = _combine(clean, current)
         robust = clean.clone()
         results = []
-        bar = tqdm(members, desc=desc, leave=False, disable=None)
+        bar = tqdm(members, desc=desc, leave=False, disable=None if current.is_main else True)
         for index, member in enumerate(bar):
             started = time.perf_counter()
-            todo = (clean if exhaustive else robust).nonzero().flatten()
+            pending = clean if exhaustive else robust
             survived = torch.zeros_like(clean)
-            if len(todo) and eps > 0:
-                for start in range(0, len(todo), batch_size):
-                    idx = todo[start : start + batch_size]
-                    x_adv = _attack_batch(
-                        member,
-                        target,
-                        source,
-                        x[idx],
-                        y[idx],
-                        eps,
-                        timesteps,
-                        num_classes,
-                        seed + index,
-                    )
-                    predicted = predictions(target, x_adv, timesteps, batch_size)
-                    survived[idx] = predicted == y[idx]
-            else:
-                survived[todo] = True
+            for lo, hi in chunks:
+                idx = pending[lo:hi].nonzero().flatten() + lo
+                if not len(idx) or eps == 0:
+                    survived[idx] = True
+                    continue
+                x_adv = _attack_batch(
+                    member, target, source, x[idx], y[idx], eps, timesteps, num_classes,
+                    seed + index,
+                )
+                survived[idx] = predictions(target, x_adv, timesteps, batch_size) == y[idx]
+            survived = _combine(survived, current)
+            todo = pending.nonzero().flatten()
             broken = torch.zeros_like(clean)
             broken[todo] = ~survived[todo]
             robust &= ~broken
@@ -167,12 +178,19 @@ def run_ensemble(
                     broken=int(broken.sum()),
                     robust_after=int(robust.sum()),
                     seconds=time.perf_counter() - started,
-                    standalone_robust=int(survived.sum()) if exhaustive else None,
+                    standalone_robust=int(survived[clean].sum()) if exhaustive else None,
                     broken_mask=broken.cpu(),
                 )
             )
             bar.set_postfix(robust=f"{int(robust.sum())}/{len(y)}")
         return EnsembleResult(eps, len(y), int(clean.sum()), robust.cpu(), results, exhaustive)
+
+
+def _combine(mask: torch.Tensor, world: World) -> torch.Tensor:
+    """Per-sample booleans filled in by each process for its own chunks, combined across processes."""
+    if not world.distributed:
+        return mask
+    return sum_over_processes(mask.to(torch.int32), world) > 0
 
 
 @contextlib.contextmanager

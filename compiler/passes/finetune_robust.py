@@ -38,6 +38,7 @@ from spikeshield.compiler.robust_objectives import INNER_ATTACKS, inner_attack, 
 from spikeshield.frontends.datasets import DataSplits, Dataset
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
+from spikeshield.runtime.distributed import data_parallel, per_process_batch, world
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
@@ -185,7 +186,10 @@ def finetune_robust(
     optimizer = torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    steps_per_epoch = train.num_batches(cfg.batch_size)
+    current = world()  # several processes under torchrun: data-parallel, same global batch
+    batch = per_process_batch(cfg.batch_size, current)
+    trained = data_parallel(model, torch.device(device), current)
+    steps_per_epoch = train.num_batches(batch, current.size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     attack = inner_attack(model, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
 
@@ -195,14 +199,15 @@ def finetune_robust(
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         bar = tqdm(
-            train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, device=device),
+            train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
+                          rank=current.rank, processes=current.size),
             total=steps_per_epoch,
             desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
             leave=False,
-            disable=None,
+            disable=None if current.is_main else True,
         )
         loss = robust_epoch(
-            model,
+            trained,
             bar,
             attack if cfg.eps_train > 0 else None,
             optimizer,
