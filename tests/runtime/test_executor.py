@@ -78,3 +78,25 @@ def test_tiled_average_pool_is_bit_identical_to_torch(kernel):
     assert torch.equal(ours, F.avg_pool2d(x, kernel))
     overlapping = AvgPool2d(kernel=3, stride=2, padding=1)
     assert torch.equal(KERNELS[AvgPool2d](overlapping, {}, x), F.avg_pool2d(x, 3, 2, 1))
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_running_time_in_blocks_changes_no_spike_and_no_gradient(converted_lenet, mnist5k, reset):
+    # Large batches go through time in blocks of steps (membranes carried across blocks): the
+    # logits, the spike counts and the input gradients must be those of folding all steps at once.
+    from spikeshield.compiler.pass_manager import PassManager
+
+    graph = PassManager().run(converted_lenet.snn, [("set_reset_mode", {"reset": reset})])
+    executor = GraphExecutor(graph)
+    x = (mnist5k.test.images[:24].float() / 255).requires_grad_()
+    results = []
+    for budget in (1 << 40, 1):  # all 8 steps folded; then one step at a time
+        executor.fold_budget = budget
+        assert executor._block_steps(x, 8) == (8 if budget > 1 else 1)
+        logits = executor(x, 8)
+        (grad,) = torch.autograd.grad(logits.logsumexp(dim=1).sum(), x)
+        results.append((logits.detach(), grad))
+    (folded, grad_folded), (blocked, grad_blocked) = results
+    assert torch.equal(folded, blocked)
+    assert grad_folded.abs().sum() > 0
+    torch.testing.assert_close(grad_blocked, grad_folded, rtol=1e-6, atol=1e-9)
