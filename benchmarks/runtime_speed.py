@@ -12,8 +12,13 @@ real images, converted and calibrated by spikeshield's own conversion passes) th
   equal to spikeshield's before anything is timed. Goal: >= 3 at batch <= 32, >= 1 at 256.
 * ``grad/ann``: one input-gradient step through the SNN (BPTT, triangle surrogate: an attack step)
   over T forward+backward passes of the dense ANN. Goal: <= 1.5 at T = 8.
-* with ``--memory``: bytes kept for BPTT and peak resident memory of one input-gradient step against
-  T, each T in a fresh process; also what stepping ``if_step`` under autograd would keep.
+* with ``--memory`` (or only that, ``--memory-only``): per T, in a fresh process, the bytes of the
+  distinct storages autograd keeps for BPTT in one input-gradient step and the peak rise of the
+  resident set during it (sampled every millisecond, glibc told to return large blocks at once); also
+  both for the IF layers stepped through ``if_step`` under autograd, all steps folded.
+
+spikeshield runs time in blocks of steps past ``FOLD_BUDGET`` elements per layer (see
+:mod:`spikeshield.runtime.executor`); the timings include that.
 
 Each timing is the median of ``--repeats`` rounds; within a round the methods run back to back, so
 the ratios compare runs under the same machine load. Times are per batch, in milliseconds.
@@ -212,14 +217,16 @@ def memory_child(arch: str, steps: int, batch: int, stepwise: bool) -> dict:
     if stepwise:
         executor_module.if_scan = neurons.if_scan_stepwise
     _, _, snn, images = build(arch, steps)
+    if stepwise:  # the counterfactual steps if_step under autograd, all steps folded
+        snn.fold_budget = 1 << 62
     x = (images[:batch].float() / 255.0).requires_grad_()
     with torch.no_grad():
         snn(x[:1], 1)
-    saved = 0
+    storages: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
+    def pack(t: torch.Tensor) -> torch.Tensor:  # each storage once: weights are saved per block
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     before = _resident_bytes()
@@ -239,7 +246,7 @@ def memory_child(arch: str, steps: int, batch: int, stepwise: bool) -> dict:
     loss.backward()
     done.set()
     sampler.join()
-    return {"saved_mib": saved / 2**20, "peak_growth_mib": (peak - before) / 2**20}
+    return {"saved_mib": sum(storages.values()) / 2**20, "peak_growth_mib": (peak - before) / 2**20}
 
 
 def _resident_bytes() -> int:
