@@ -162,21 +162,28 @@ class _IFScan(torch.autograd.Function):
         want_x, want_threshold, want_v0 = ctx.needs_input_grad[:3]
         subtract = ctx.reset != "zero"
         steps = potentials.shape[0]
+        inverse = 1.0 / threshold
         g = grad_state.clone() if grad_state is not None else torch.zeros_like(potentials[0])
         grad_x = torch.empty_like(potentials) if want_x and not ctx.constant else None
         grad_x_sum = torch.zeros_like(g) if want_x and ctx.constant else None
         grad_threshold = torch.zeros_like(g) if want_threshold else None
+        fired = torch.empty_like(g)
+        # In-place multiply-adds wherever the formula allows: at large batches this loop is bound
+        # by memory traffic, and every pass over a (N, C, H, W) tensor counts.
         for t in range(steps - 1, -1, -1):
             v = potentials[t]
-            fired = (v > threshold).to(v.dtype)
-            surrogate = ctx.surrogate.derivative((v - threshold) / threshold) / threshold
-            grad_s = grad_spikes[t] - g * (threshold if subtract else v)
-            through_spike = grad_s * surrogate
+            torch.gt(v, threshold, out=fired)
+            # d_t = σ'(u_t)/θ with u_t = v_t/θ - 1
+            slope = ctx.surrogate.derivative(torch.mul(v, inverse).sub_(1.0)).mul_(inverse)
+            if subtract:
+                through_spike = torch.sub(grad_spikes[t], g * threshold).mul_(slope)
+            else:
+                through_spike = torch.addcmul(grad_spikes[t], g, v, value=-1.0).mul_(slope)
             if want_threshold:
-                grad_threshold -= through_spike * v / threshold
+                grad_threshold.addcmul_(through_spike, v * inverse, value=-1.0)
                 if subtract:
-                    grad_threshold -= g * fired
-            g = (g if subtract else g * (1.0 - fired)) + through_spike
+                    grad_threshold.addcmul_(g, fired, value=-1.0)
+            g = (g if subtract else torch.addcmul(g, g, fired, value=-1.0)).add_(through_spike)
             if grad_x is not None:
                 grad_x[t] = g
             elif grad_x_sum is not None:
