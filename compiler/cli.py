@@ -63,14 +63,13 @@ def _fail(message: str, code: int) -> None:
 
 def _launch(nproc: int, check) -> bool:
     """With ``--nproc N`` > 1 (and not already under torchrun): check that N processes all get work
-    (``check()`` raises a one-line error otherwise), rerun this very command under
-    ``torchrun --standalone --nproc_per_node N`` and exit with its status. Returns False when the
-    command should simply run in this process."""
-    from spikeshield.runtime.distributed import check_processes, launched_by_torchrun
+    (``check()`` raises a one-line error otherwise), rerun this very command under torchrun and exit
+    with its status. Returns False when the command should simply run in this process."""
+    from spikeshield.runtime.distributed import check_nproc, launched_by_torchrun, run_under_torchrun
 
     if nproc == 1 or launched_by_torchrun():
         return False
-    check_processes(nproc, nproc, "processes")  # nproc < 1
+    check_nproc(nproc)
     check()
     args, skip = [], False
     for arg in sys.argv[1:]:
@@ -80,22 +79,7 @@ def _launch(nproc: int, check) -> bool:
             skip = True
         elif not arg.startswith("--nproc="):
             args.append(arg)
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser
-    from torch.distributed.run import run as torchrun
-
-    # torchrun's own parser reads only the launcher's options: given the command's options too, it
-    # takes --n for an abbreviation of its own --nnodes.
-    launcher = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={nproc}", "-m", "spikeshield.compiler.cli"]
-    )
-    launcher.training_script_args = args
-    try:
-        torchrun(launcher)
-    except ChildFailedError as failed:
-        codes = [f.exitcode for f in failed.failures.values()]
-        raise typer.Exit(next((c for c in codes if c > 0), 1)) from None
-    raise typer.Exit(0)
+    raise typer.Exit(run_under_torchrun(nproc, "spikeshield.compiler.cli", args))
 
 
 def _in_process_group(device: str, fn):

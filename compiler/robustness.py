@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
 from spikeshield.frontends.datasets import Dataset
+from spikeshield.runtime import distributed
 from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
 from spikeshield.runtime.device import resolve_device
 from spikeshield.runtime.diagnostics import diagnose
-from spikeshield.runtime.distributed import World, world
+from spikeshield.runtime.distributed import World
 from spikeshield.runtime.ensemble import check_eps, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 
@@ -96,7 +96,6 @@ def evaluate_robustness(
     if source is None:
         members = [m for m in members if m.attack.name != "transfer"]
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed}
-    shared = {"world": world}
     result = run_ensemble(
         target,
         data,
@@ -107,8 +106,8 @@ def evaluate_robustness(
         source=source,
         exhaustive=cfg.exhaustive,
         desc=f"{cfg.preset} ensemble on the SNN",
+        world=world,
         **common,
-        **shared,
     )
     diagnostics = diagnose(
         target,
@@ -139,8 +138,8 @@ def evaluate_robustness(
             None,
             num_classes,
             desc=f"{cfg.preset} ensemble on the ANN",
+            world=world,
             **common,
-            **shared,
         )
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
@@ -228,7 +227,7 @@ def evaluate_directory(
     if data is None:
         data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
-    current = world()
+    current = distributed.world()
     report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current)
     report["data"] = data
     report["processes"] = current.size

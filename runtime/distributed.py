@@ -121,12 +121,37 @@ def per_process_batch(batch_size: int, current: World) -> int:
     return batch_size // current.size
 
 
-def check_processes(nproc: int, work_units: int, what: str) -> None:
-    """One-line error if ``nproc`` processes cannot all get work (``work_units`` of ``what``)."""
+def check_nproc(nproc: int) -> None:
     if nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+
+
+def check_processes(nproc: int, work_units: int, what: str) -> None:
+    """One-line error if ``nproc`` processes cannot all get work (``work_units`` of ``what``)."""
+    check_nproc(nproc)
     if nproc > work_units:
         raise ConfigError(
             f"--nproc {nproc} is more processes than the data allows: only {work_units} {what}; "
             f"use --nproc {max(1, work_units)} or fewer"
         )
+
+
+def run_under_torchrun(nproc: int, module: str, args: list[str]) -> int:
+    """``torchrun --standalone --nproc_per_node nproc -m module args``, through torch's own launcher;
+    returns the exit status (a failed worker's own status, e.g. 2 for a user error)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    # The launcher's parser gets only the launcher's options: given the command's options too, it
+    # takes --n for an abbreviation of its own --nnodes.
+    launcher = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "-m", module]
+    )
+    launcher.training_script_args = args
+    try:
+        torchrun(launcher)
+    except ChildFailedError as failed:
+        codes = [f.exitcode for f in failed.failures.values()]
+        return next((c for c in codes if c > 0), 1)
+    return 0
