@@ -224,10 +224,13 @@ class GraphExecutor(nn.Module):
     def _run_if_from(
         self, name: str, op: IF, value: _Value, steps: int, state: IFState | None
     ) -> tuple[torch.Tensor, IFState]:
-        threshold = self.tensors_of(name)["threshold"]
-        ndim = value.data.dim() - (1 if value.temporal else 0)
-        params = IFParameters(channel_view(threshold, ndim), op.reset, self.gradient_mode.surrogate)
+        params = IFParameters(self._threshold(name, value), op.reset, self.gradient_mode.surrogate)
         return if_scan_from(value.data, params, None if value.temporal else steps, state)
+
+    def _threshold(self, name: str, value: _Value) -> torch.Tensor:
+        """IF node ``name``'s live threshold, shaped to broadcast over one step of ``value``."""
+        ndim = value.data.dim() - (1 if value.temporal else 0)
+        return channel_view(self.tensors_of(name)["threshold"], ndim)
 
     def _run_node(
         self, name: str, op, value: _Value, timesteps: int | None, proxy: bool, record: bool
@@ -280,9 +283,7 @@ class GraphExecutor(nn.Module):
         return _Value(y.unflatten(0, (steps, batch)), temporal=True)
 
     def _run_if(self, name: str, op: IF, value: _Value, timesteps: int) -> torch.Tensor:
-        threshold = self.tensors_of(name)["threshold"]
-        ndim = value.data.dim() - (1 if value.temporal else 0)
-        threshold = channel_view(threshold, ndim)
+        threshold = self._threshold(name, value)
         mode = self.gradient_mode
         steps = None if value.temporal else timesteps
         if mode.kind == "bptt":
