@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_state = {"debug": False}
+_state: dict = {"debug": False, "checkpoint": None}
 
 DataOpt = Annotated[
     str,
@@ -42,6 +42,12 @@ PruneEpochsOpt = Annotated[int, typer.Option(
 NprocOpt = Annotated[int, typer.Option(
     "--nproc", help="Processes to share the work (launches torchrun --standalone; gloo on CPU, "
     "NCCL with one GPU each on CUDA). Under an outer torchrun, leave it at 1.")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(
+    "--resume", help="Continue an interrupted run from the checkpoint directory its stop message "
+    "named; give the same other options (they are checked).")]
+CheckpointEveryOpt = Annotated[float, typer.Option(
+    "--checkpoint-every", help="Seconds between checkpoints (0: after every step). SIGINT/SIGTERM "
+    "also write one and stop; they live in OUT.checkpoint until the run finishes.")]
 EnergyOpt = Annotated[str, typer.Option(
     "--energy", help="Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")]
 TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
@@ -91,16 +97,44 @@ def _in_process_group(device: str, fn):
         return fn(current)
 
 
+def _checkpoint(job: str, default: Path, settings: dict, every: float, resume: Path | None):
+    """The run's checkpoint: ``resume``'s directory (checked against ``settings``), or a fresh one
+    at ``default``."""
+    from spikeshield.compiler.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(resume or default, job, settings, every, resume=resume is not None)
+    _state["checkpoint"] = checkpoint
+    return checkpoint
+
+
+def _interrupted_message(err) -> str:
+    """A stop outside a checkpointed loop: say what survives."""
+    message = str(err)
+    checkpoint = _state["checkpoint"]
+    if "checkpoint written" in message:
+        return message
+    if checkpoint is not None and (checkpoint.directory / "job.json").is_file():
+        return (f"{message}; the last checkpoint is in {checkpoint.directory}: continue with the "
+                f"same command and {checkpoint.command_hint}")
+    return f"{message}; nothing was written"
+
+
 def _guard(fn):
-    """Run ``fn``; user errors become one line and exit 2, unexpected ones exit 1 (traceback: --debug)."""
+    """Run ``fn``; user errors become one line and exit 2, unexpected ones exit 1 (traceback: --debug).
+    SIGINT / SIGTERM stop it cleanly (a checkpointed loop writes its checkpoint first)."""
+    from spikeshield.compiler.checkpoint import Interrupted, stop_on_signals
+
     try:
-        return fn()
+        with stop_on_signals():
+            return fn()
     except SpikeshieldError as err:
         if _state["debug"]:
             raise
         _fail(str(err).replace("\n", " "), 2)
+    except Interrupted as err:
+        _fail(_interrupted_message(err), err.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing was written", 130)
+        _fail(_interrupted_message("interrupted"), 130)
     except typer.Exit:
         raise
     except Exception as err:  # anything else is a bug: say so, briefly
@@ -128,11 +162,14 @@ def train(
     prune_dense: PruneDenseOpt = "",
     prune_epochs: PruneEpochsOpt = 3,
     nproc: NprocOpt = 1,
+    resume: ResumeOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 300.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train a robust ANN from the model zoo and write it as a torch.export .pt2 file; with
-    --prune-sparsity, then prune it robustly (pruned weights are stored as exact zeros)."""
+    --prune-sparsity, then prune it robustly (pruned weights are stored as exact zeros).
+    Checkpoints go to OUT.checkpoint; --resume continues an interrupted run."""
 
     def check() -> None:
         from spikeshield.frontends.datasets import load_data
@@ -174,14 +211,19 @@ def train(
         mean, std = splits.channel_stats()
         import torch
 
+        from dataclasses import asdict
+
+        settings = {"arch": arch, "data": data, "width": width, **asdict(cfg)}
+        checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
+                                 checkpoint_every, resume)
         torch.manual_seed(seed)
         model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
-        result = train_robust(model, splits, cfg, dev)
+        result = train_robust(model, splits, cfg, dev, checkpoint)
         if not current.is_main:
             return
         test_acc = accuracy_of(model, splits.test, device=dev)
-        out.parent.mkdir(parents=True, exist_ok=True)
         export_pt2(model, splits.input_shape, out)
+        checkpoint.discard()
         pruned = ""
         if result.pruning is not None:
             p = result.pruning
@@ -232,11 +274,15 @@ def compile_cmd(
     export: Annotated[str, typer.Option("--export", help="Also write exports: comma-separated nir, onnx, onnx-step.")] = "",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
     nproc: NprocOpt = 1,
+    resume: ResumeOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 300.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Convert a trained ANN into a calibrated SNN; writes snn.ir, ann.ir, report.json, report.md.
-    With --nproc N the robust finetuning is shared by N processes; the rest runs in rank 0."""
+    """Convert a trained ANN into a calibrated SNN; writes snn.ir, ann.ir, report.json, report.md
+    and manifest.json (SHA-256 of every file; `spikeshield verify OUT` checks it).
+    With --nproc N the robust finetuning is shared by N processes; the rest runs in rank 0.
+    Finetuning and attacks checkpoint to OUT.checkpoint; --resume continues an interrupted run."""
 
     def check() -> None:
         from spikeshield.compiler.errors import ConfigError
@@ -268,9 +314,19 @@ def compile_cmd(
                             energy=energy, export=export, target=target)
         if threshold_scale is not None:
             cfg.threshold_scale = threshold_scale
-        result = compile_model(model, data, cfg, out)
+        from dataclasses import asdict
+
+        from spikeshield.compiler.manifest import file_digest
+
+        settings = {"model": str(model), "model_sha256": file_digest(model), "data": data,
+                    **asdict(cfg)}
+        settings.pop("device")
+        checkpoint = _checkpoint("compile", out.with_name(out.name + ".checkpoint"), settings,
+                                 checkpoint_every, resume)
+        result = compile_model(model, data, cfg, out, checkpoint)
         if result is None:  # not rank 0: its share of the finetuning is done
             return
+        checkpoint.discard()
         r = result.report
         typer.echo(
             f"ANN accuracy {100 * r['ann']['accuracy']:.2f}%, SNN (T={timesteps}) accuracy "
@@ -326,12 +382,14 @@ def eval_cmd(
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
     nproc: NprocOpt = 1,
+    resume: ResumeOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 300.0,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Attack a compiled SNN with an adaptive ensemble; writes robustness.json, .md and .png.
     With --nproc N the test samples are dealt out in batches to N processes; the counts are those
-    of one process, exactly."""
+    of one process, exactly. Partial counts checkpoint to DIR.eval-checkpoint; --resume continues."""
     from spikeshield.compiler.robustness import RobustnessConfig
 
     def config(dev: str) -> RobustnessConfig:
@@ -356,9 +414,19 @@ def eval_cmd(
         from spikeshield.runtime.device import resolve_device
         from spikeshield.runtime.distributed import local_device
 
-        report = evaluate_directory(directory, data, config(str(local_device(resolve_device(device)))))
+        from dataclasses import asdict
+
+        from spikeshield.compiler.manifest import file_digest
+
+        cfg = config(str(local_device(resolve_device(device))))
+        settings = {"snn_sha256": file_digest(directory / "snn.ir"), "data": data, **asdict(cfg)}
+        settings.pop("device")
+        checkpoint = _checkpoint("eval", directory.with_name(directory.name + ".eval-checkpoint"),
+                                 settings, checkpoint_every, resume)
+        report = evaluate_directory(directory, data, cfg, checkpoint)
         if not current.is_main:
             return
+        checkpoint.discard()
         ann = report.get("ann") or {}
         snn = report["snn"]
         typer.echo(f"clean accuracy: ANN {100 * ann.get('clean_accuracy', float('nan')):.2f}%, SNN "
@@ -440,6 +508,24 @@ def profile_cmd(
                        "per sample, whole board")
         typer.echo(f"wrote {directory / 'profile.md'}, profile.json, profile_energy.png and "
                    "profile_rates.png")
+
+    _guard(run)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="A compile directory (it carries manifest.json).")],
+) -> None:
+    """Check every file of a compile directory against the SHA-256 digests in its manifest.json;
+    exit 0 when all match, 2 (naming them) when a file is missing or altered."""
+
+    def run() -> None:
+        from spikeshield.compiler.manifest import verify_directory
+
+        result = verify_directory(directory)
+        if not result.intact:
+            _fail(result.summary(), 2)
+        typer.echo(result.summary())
 
     _guard(run)
 

@@ -19,6 +19,7 @@ from spikeshield.backends.nir_backend import write_nir
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
 from spikeshield.compiler.artifacts import atomic_file
+from spikeshield.compiler.manifest import record_files
 from spikeshield.compiler.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.pass_manager import PassManager
@@ -168,6 +169,7 @@ def export_graph(
             FORMATS[fmt][1](adapted, tmp, steps)
             tmp_json.write_text(json.dumps(description, indent=2) + "\n")
         descriptions.append(description)
+        record_files(out.parent, [out, sidecar] + ([adapted_ir] if adapted_ir else []))
     return descriptions
 
 

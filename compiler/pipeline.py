@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from spikeshield.compiler.artifacts import atomic_directory
+from spikeshield.compiler.checkpoint import Checkpoint
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.manifest import write_manifest
 from spikeshield.compiler.model_io import load_model
 from spikeshield.compiler.pass_manager import PassManager
 from spikeshield.compiler.passes.calibrate_thresholds import (
@@ -220,6 +222,7 @@ def compile_model(
     data: str | DataSplits = "mnist5k",
     config: CompileConfig | None = None,
     out: str | os.PathLike | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> CompileResult | None:
     """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
 
@@ -229,6 +232,9 @@ def compile_model(
 
     Under torchrun the processes share the robust finetuning (data-parallel); then every process
     but rank 0 returns None, and rank 0 evaluates and writes alone.
+
+    With ``checkpoint``, the finetuning and the robustness ensembles save their state there and a
+    resumed checkpoint continues them (the stages before finetuning are deterministic and re-run).
     """
     cfg = config or CompileConfig()
     cfg.validate()
@@ -259,7 +265,8 @@ def compile_model(
         converted = evaluate_graph(GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps,
                                    device=device).accuracy
         snn = manager.run_one(snn, "finetune_robust", data=splits,
-                              config=cfg.finetune_config(eval_eps), device=device)
+                              config=cfg.finetune_config(eval_eps), device=device,
+                              checkpoint=checkpoint)
     if not world().is_main:
         return None  # finetuning was the shared work; rank 0 evaluates and writes alone
     ann_eval = evaluate_graph(GraphExecutor(ann), test, None, device=device)
@@ -274,7 +281,7 @@ def compile_model(
     robustness = None
     if cfg.robustness != "none":
         robustness = evaluate_robustness(snn, ann, splits.test, splits.num_classes,
-                                         cfg.robustness_config())
+                                         cfg.robustness_config(), checkpoint=checkpoint)
     report = {
         "model": ann.meta.get("source", ann.name),
         "data": splits.name,
@@ -310,6 +317,7 @@ def compile_model(
             if profile is not None:
                 profile["data"] = report["data_spec"]
                 write_profile(profile, tmp)
+            write_manifest(tmp)  # last: it vouches for everything above
         result.out_dir = Path(out)
     return result
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from spikeshield.compiler.artifacts import atomic_file
+from spikeshield.compiler.manifest import record_files
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Output
@@ -311,6 +312,7 @@ def write_profile(profile: dict[str, Any], directory: str | os.PathLike) -> list
         with atomic_file(directory / name) as tmp:
             tmp.write_bytes(blob)
         written.append(directory / name)
+    record_files(directory, written)
     return written
 
 

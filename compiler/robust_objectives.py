@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -109,11 +110,16 @@ def robust_epoch(
     while_attacking: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     after_step: Callable[[], None] | None = None,
     what: str = "training",
+    progress: EpochProgress | None = None,
+    on_step: Callable[[EpochProgress], None] | None = None,
 ) -> float:
     """One epoch of robust training over ``batches`` (an iterable, e.g. a progress bar); returns
     the mean loss. ``attack`` None trains on clean data with plain cross-entropy. A non-finite loss
-    raises :class:`PassError`, naming the learning rate as the likely fix."""
-    total, seen = 0.0, 0
+    raises :class:`PassError`, naming the learning rate as the likely fix.
+
+    ``progress`` resumes an interrupted epoch (``batches`` then holds only the batches still to
+    run); ``on_step(progress)`` is called after every optimiser step (checkpoints)."""
+    progress = progress or EpochProgress()
     for x, y in batches:
         with while_attacking():
             x_adv = attack(x, y) if attack is not None else x
@@ -129,8 +135,24 @@ def robust_epoch(
         scheduler.step()
         if after_step is not None:
             after_step()
-        total += float(loss.detach()) * len(y)
-        seen += len(y)
+        progress.batches += 1
+        progress.loss_sum += float(loss.detach()) * len(y)
+        progress.samples += len(y)
         if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{total / seen:.4f}")
-    return total / max(1, seen)
+            batches.set_postfix(loss=f"{progress.mean_loss:.4f}")
+        if on_step is not None:
+            on_step(progress)
+    return progress.mean_loss
+
+
+@dataclass
+class EpochProgress:
+    """How far one epoch has come: batches done, and the loss summed over the samples seen."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.samples)

@@ -17,8 +17,10 @@ from typing import Any
 
 import torch
 
+from spikeshield.compiler.checkpoint import Checkpoint
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.manifest import record_files
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime import distributed
 from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
@@ -69,12 +71,14 @@ def evaluate_robustness(
     num_classes: int,
     config: RobustnessConfig,
     world: World | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict.
 
     With ``world`` (several processes under torchrun) the ensembles are shared out chunk by chunk
     and give the single-process counts exactly; the diagnostics, which are cheap next to them, run
-    in every process."""
+    in every process. With ``checkpoint``, both ensembles save their partial counts there and
+    resume from them."""
     cfg = config
     cfg.validate()
     started = time.perf_counter()
@@ -108,6 +112,8 @@ def evaluate_robustness(
         exhaustive=cfg.exhaustive,
         desc=f"{cfg.preset} ensemble on the SNN",
         world=world,
+        checkpoint=checkpoint,
+        part="snn_ensemble",
         **common,
     )
     diagnostics = diagnose(
@@ -140,6 +146,8 @@ def evaluate_robustness(
             num_classes,
             desc=f"{cfg.preset} ensemble on the ANN",
             world=world,
+            checkpoint=checkpoint,
+            part="ann_ensemble",
             **common,
         )
         report["ann"] = ann_result.to_json()
@@ -167,7 +175,9 @@ def write_robustness(report: dict[str, Any], directory: str | os.PathLike) -> li
         "robustness.md": render_markdown(report).encode(),
         "robustness.png": render_plot(report),
     }
-    return _replace_files(directory, files)
+    written = _replace_files(directory, files)
+    record_files(directory, written)
+    return written
 
 
 def _replace_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
@@ -204,10 +214,11 @@ def evaluate_directory(
     directory: str | os.PathLike,
     data: str | None = None,
     config: RobustnessConfig | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """Evaluate the SNN of a compile directory (against its ann.ir, if present) and write
     robustness.json, robustness.md and robustness.png there. ``data`` defaults to the spec the
-    directory was compiled with."""
+    directory was compiled with. ``checkpoint``: see :func:`evaluate_robustness`."""
     from spikeshield.compiler.ops import IF
     from spikeshield.compiler.serialize import load_graph
     from spikeshield.frontends.datasets import load_data
@@ -229,7 +240,7 @@ def evaluate_directory(
         data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
     current = distributed.world()
-    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current)
+    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
     report["data"] = data
     report["processes"] = current.size
     if current.is_main:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from spikeshield.compiler.artifacts import atomic_file
+from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_training, training_state
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.pruning import PruneConfig, model_slots, prune_module
 from spikeshield.compiler.robust_objectives import (
     DEFAULT_BETA,
     OBJECTIVES,
+    EpochProgress,
     inner_attack,
     robust_epoch,
 )
@@ -74,9 +78,16 @@ class TrainResult:
 
 
 def train_robust(
-    model: nn.Module, data: DataSplits, cfg: TrainConfig, device: torch.device | str = "cpu"
+    model: nn.Module,
+    data: DataSplits,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place under ``cfg``; returns the checkpoint with the best validation accuracy."""
+    """Train ``model`` in place under ``cfg``; returns the checkpoint with the best validation accuracy.
+
+    With ``checkpoint``, the loop's state is saved there periodically and on a requested stop, and
+    a resumed checkpoint continues where it stopped, with the same numbers as an uninterrupted run."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA.get(cfg.objective, 0.0)
@@ -95,22 +106,50 @@ def train_robust(
         attack = inner_attack(model, cfg.objective, cfg.eps, "pgd", cfg.attack_steps)
     result = TrainResult(model)
     best_state, best_acc = None, -math.inf
-    for epoch in range(cfg.epochs):
-        batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
-                                rank=current.rank, processes=current.size)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs} "
-                   f"({cfg.objective})", leave=False, disable=None if current.is_main else True)
-        loss = robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,
-                            what=f"training (epoch {epoch + 1})")
-        # Each process updated its BatchNorm statistics on its own share: take rank 0's, so that
-        # every process validates (and selects) the same network.
-        broadcast_buffers(model, current)
-        model.eval()
-        val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
-        result.history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
-        if val_acc > best_acc:
-            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-            result.best_epoch = epoch + 1
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    start_epoch, progress = 0, EpochProgress()
+    saved = checkpoint.load("train", device) if checkpoint is not None else None
+    if saved is not None:
+        restore_training(saved, stateful)
+        start_epoch, progress = saved["epoch"], EpochProgress(**saved["progress"])
+        best_state, best_acc = saved["best_state"], saved["best_acc"]
+        result.history, result.best_epoch = saved["history"], saved["best_epoch"]
+
+    def state(epoch: int, done: EpochProgress) -> dict:
+        return training_state(stateful, epoch=epoch, progress=asdict(done), best_state=best_state,
+                              best_acc=best_acc, history=result.history,
+                              best_epoch=result.best_epoch)
+
+    def on_step(epoch: int) -> Callable[[EpochProgress], None] | None:
+        if checkpoint is None or not current.is_main:
+            return None
+        return lambda done: checkpoint.step(
+            "train", lambda: state(epoch, done),
+            f"in epoch {epoch + 1}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
+
+    with maybe(checkpoint):
+        for epoch in range(start_epoch, cfg.epochs):
+            batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
+                                    rank=current.rank, processes=current.size,
+                                    skip=progress.batches)
+            bar = tqdm(batches, total=steps_per_epoch, initial=progress.batches,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})", leave=False,
+                       disable=None if current.is_main else True)
+            loss = robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,
+                                what=f"training (epoch {epoch + 1})", progress=progress,
+                                on_step=on_step(epoch))
+            progress = EpochProgress()
+            # Each process updated its BatchNorm statistics on its own share: take rank 0's, so that
+            # every process validates (and selects) the same network.
+            broadcast_buffers(model, current)
+            model.eval()
+            val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
+            result.history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
+            if val_acc > best_acc:
+                best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+                result.best_epoch = epoch + 1
+            if checkpoint is not None and current.is_main:
+                checkpoint.save("train", state(epoch + 1, progress))
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -150,4 +189,5 @@ def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
     program = torch.export.export(
         model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
     )
-    torch.export.save(program, str(path))
+    with atomic_file(path) as tmp:  # an interrupted write never leaves a half .pt2
+        torch.export.save(program, str(tmp))

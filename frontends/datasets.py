@@ -56,6 +56,9 @@ class Dataset:
     def head(self, n: int) -> Dataset:
         return Dataset(self.images[:n], self.labels[:n])
 
+    def slice(self, start: int, stop: int) -> Dataset:
+        return Dataset(self.images[start:stop], self.labels[start:stop])
+
     def batches(
         self,
         batch_size: int,
@@ -64,11 +67,13 @@ class Dataset:
         device: torch.device | str = "cpu",
         rank: int = 0,
         processes: int = 1,
+        skip: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``. With
-        ``processes`` > 1, only process ``rank``'s share, as ``DistributedSampler`` deals it."""
+        ``processes`` > 1, only process ``rank``'s share, as ``DistributedSampler`` deals it.
+        ``skip`` leaves out the first batches of that order (a resumed epoch)."""
         order = self._order(shuffle, seed, rank, processes)
-        for start in range(0, len(order), batch_size):
+        for start in range(skip * batch_size, len(order), batch_size):
             idx = order[start : start + batch_size]
             x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
             yield x, self.labels[idx].to(device)

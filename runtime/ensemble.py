@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_rng, rng_state
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.attacks import AttackedModel, Member
@@ -118,16 +119,23 @@ def run_ensemble(
     seed: int = 0,
     desc: str = "attacking",
     world: World | None = None,
+    checkpoint: Checkpoint | None = None,
+    part: str = "ensemble",
 ) -> EnsembleResult:
     """Run ``members`` against ``target`` on ``data``; returns the per-sample worst case.
 
     ``source`` is the ANN that transfer members attack (required only if there is one).
 
-    The samples are cut into fixed chunks of ``batch_size`` in test-set order, and every member
-    attacks, chunk by chunk, the samples of the chunk still to be attacked, seeded per member. What
+    The samples are cut into fixed chunks of ``batch_size`` in test-set order. Chunk by chunk, every
+    member in turn attacks the samples of the chunk still to be attacked, seeded per member. What
     happens to a sample therefore depends only on its chunk, never on how many processes share the
     work: with ``world`` (several processes under torchrun) each process attacks its own chunks and
-    the per-sample results are added up, giving exactly the single-process counts.
+    the per-sample results are added up, giving exactly the single-process counts. Only one chunk
+    is held as float images and adversarial examples at a time, so memory does not grow with the
+    number of samples beyond a few booleans per sample.
+
+    With ``checkpoint``, the per-sample results so far are saved under ``part`` (one file per
+    process) periodically and on a requested stop; a resumed run skips the chunks already done.
     """
     check_eps(eps)
     if not members:
@@ -137,53 +145,112 @@ def run_ensemble(
             "a transfer member needs the source ANN (ann.ir in the compile directory)"
         )
     current = world or World()
-    device = next(target.parameters()).device
-    with frozen(target), frozen(source):
-        x, y = as_tensors(data, device)
-        chunks = [
-            (start, min(start + batch_size, len(y)))
-            for i, start in enumerate(range(0, len(y), batch_size))
-            if current.owns(i)
-        ]
-        clean = torch.zeros(len(y), dtype=torch.bool, device=device)
-        for lo, hi in chunks:
-            clean[lo:hi] = predictions(target, x[lo:hi], timesteps, batch_size) == y[lo:hi]
-        clean = _combine(clean, current)
-        robust = clean.clone()
-        results = []
-        bar = tqdm(members, desc=desc, leave=False, disable=None if current.is_main else True)
-        for index, member in enumerate(bar):
-            started = time.perf_counter()
-            pending = clean if exhaustive else robust
-            survived = torch.zeros_like(clean)
-            for lo, hi in chunks:
-                idx = pending[lo:hi].nonzero().flatten() + lo
-                if not len(idx) or eps == 0:
-                    survived[idx] = True
-                    continue
-                x_adv = _attack_batch(
-                    member, target, source, x[idx], y[idx], eps, timesteps, num_classes,
-                    seed + index,
-                )
-                survived[idx] = predictions(target, x_adv, timesteps, batch_size) == y[idx]
-            survived = _combine(survived, current)
-            todo = pending.nonzero().flatten()
-            broken = torch.zeros_like(clean)
-            broken[todo] = ~survived[todo]
-            robust &= ~broken
-            results.append(
-                MemberResult(
-                    member,
-                    attacked=len(todo),
-                    broken=int(broken.sum()),
-                    robust_after=int(robust.sum()),
-                    seconds=time.perf_counter() - started,
-                    standalone_robust=int(survived[clean].sum()) if exhaustive else None,
-                    broken_mask=broken.cpu(),
-                )
+    samples = len(data)
+    chunks = [
+        (i, start, min(start + batch_size, samples))
+        for i, start in enumerate(range(0, samples, batch_size))
+        if current.owns(i)
+    ]
+    part = part if not current.distributed else f"{part}.rank{current.rank}"
+    # Per sample: correct when clean; per member, attacked and broken by it.
+    state = {
+        "chunks_done": 0,
+        "clean": torch.zeros(samples, dtype=torch.bool),
+        "attacked": torch.zeros(len(members), samples, dtype=torch.bool),
+        "broken": torch.zeros(len(members), samples, dtype=torch.bool),
+        "seconds": [0.0] * len(members),
+        "rng": rng_state(),
+    }
+    saved = checkpoint.load(part) if checkpoint is not None else None
+    if saved is not None:
+        _check_resumable(saved, state, part)
+        state = saved
+        restore_rng(saved["rng"])
+    with frozen(target), frozen(source), maybe(checkpoint):
+        bar = tqdm(chunks, desc=desc, leave=False, initial=state["chunks_done"],
+                   disable=None if current.is_main else True)
+        for position, (_, lo, hi) in enumerate(chunks):
+            if position < state["chunks_done"]:
+                continue
+            _attack_chunk(state, members, target, source, data, lo, hi, eps, timesteps,
+                          num_classes, batch_size, exhaustive, seed)
+            state["chunks_done"] = position + 1
+            bar.update(1)
+            bar.set_postfix(robust=f"{int(_robust_mask(state)[:hi].sum())}/{hi}")
+            if checkpoint is not None:
+                checkpoint.step(part, lambda: state | {"rng": rng_state()},
+                                f"after {position + 1} of {len(chunks)} chunks of {desc}")
+        bar.close()
+    clean = _combine(state["clean"], current)
+    attacked = _combine(state["attacked"], current)
+    broken = _combine(state["broken"], current)
+    seconds = state["seconds"]
+    if current.distributed:
+        seconds = sum_over_processes(torch.tensor(seconds, dtype=torch.float64), current).tolist()
+    robust = clean.clone()
+    results = []
+    for index, member in enumerate(members):
+        robust &= ~broken[index]
+        results.append(
+            MemberResult(
+                member,
+                attacked=int(attacked[index].sum()),
+                broken=int(broken[index].sum()),
+                robust_after=int(robust.sum()),
+                seconds=seconds[index],
+                standalone_robust=int((clean & ~broken[index]).sum()) if exhaustive else None,
+                broken_mask=broken[index].clone(),
             )
-            bar.set_postfix(robust=f"{int(robust.sum())}/{len(y)}")
-        return EnsembleResult(eps, len(y), int(clean.sum()), robust.cpu(), results, exhaustive)
+        )
+    return EnsembleResult(eps, samples, int(clean.sum()), robust, results, exhaustive)
+
+
+def _attack_chunk(
+    state: dict,
+    members: list[Member],
+    target: GraphExecutor,
+    source: GraphExecutor | None,
+    data: Dataset,
+    lo: int,
+    hi: int,
+    eps: float,
+    timesteps: int | None,
+    num_classes: int,
+    batch_size: int,
+    exhaustive: bool,
+    seed: int,
+) -> None:
+    """Clean predictions and every member's attack on samples ``lo:hi``, recorded into ``state``."""
+    device = next(target.parameters()).device
+    x, y = as_tensors(data.slice(lo, hi), device)
+    clean = (predictions(target, x, timesteps, batch_size) == y).cpu()
+    state["clean"][lo:hi] = clean
+    robust = clean.clone()
+    for index, member in enumerate(members):
+        started = time.perf_counter()
+        pending = (clean if exhaustive else robust).nonzero().flatten()
+        state["attacked"][index, lo + pending] = True
+        if len(pending) and eps > 0:
+            idx = pending.to(device)
+            x_adv = _attack_batch(
+                member, target, source, x[idx], y[idx], eps, timesteps, num_classes, seed + index
+            )
+            survived = (predictions(target, x_adv, timesteps, batch_size) == y[idx]).cpu()
+            state["broken"][index, lo + pending[~survived]] = True
+            robust[pending[~survived]] = False
+        state["seconds"][index] += time.perf_counter() - started
+
+
+def _robust_mask(state: dict) -> torch.Tensor:
+    return state["clean"] & ~state["broken"].any(dim=0)
+
+
+def _check_resumable(saved: dict, fresh: dict, part: str) -> None:
+    if saved["attacked"].shape != fresh["attacked"].shape:
+        raise ConfigError(
+            f"the checkpoint's {part} covers {tuple(saved['attacked'].shape)} (members, samples), "
+            f"this run {tuple(fresh['attacked'].shape)}; rerun the interrupted command unchanged"
+        )
 
 
 def _combine(mask: torch.Tensor, world: World) -> torch.Tensor:

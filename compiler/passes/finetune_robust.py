@@ -30,11 +30,17 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_training, training_state
 from spikeshield.compiler.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
 from spikeshield.compiler.pass_manager import PassResult, register_pass
-from spikeshield.compiler.robust_objectives import INNER_ATTACKS, inner_attack, robust_epoch
+from spikeshield.compiler.robust_objectives import (
+    INNER_ATTACKS,
+    EpochProgress,
+    inner_attack,
+    robust_epoch,
+)
 from spikeshield.frontends.datasets import DataSplits, Dataset
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
@@ -147,8 +153,11 @@ def finetune_robust(
     data: DataSplits,
     config: FinetuneConfig | None = None,
     device: torch.device | str = "cpu",
+    checkpoint: Checkpoint | None = None,
 ) -> PassResult:
-    """Adversarially finetune a calibrated SNN on ``data.train``; select on ``data.val``."""
+    """Adversarially finetune a calibrated SNN on ``data.train``; select on ``data.val``. With
+    ``checkpoint``, the loop is saved there periodically and on a requested stop, and resumes from
+    it with the numbers of an uninterrupted run."""
     cfg = config or FinetuneConfig()
     cfg.validate()
     if not graph.nodes_of(IF):
@@ -193,43 +202,71 @@ def finetune_robust(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     attack = inner_attack(model, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
 
-    best = _score(executor, val, cfg, mode, device)
-    history = [{"epoch": 0, "loss": None, **best, "seconds": 0.0}]
-    best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
-    for epoch in range(1, cfg.epochs + 1):
-        started = time.perf_counter()
-        bar = tqdm(
-            train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
-                          rank=current.rank, processes=current.size),
-            total=steps_per_epoch,
-            desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
-            leave=False,
-            disable=None if current.is_main else True,
-        )
-        loss = robust_epoch(
-            trained,
-            bar,
-            attack if cfg.eps_train > 0 else None,
-            optimizer,
-            scheduler,
-            cfg.objective,
-            cfg.beta,
-            while_attacking=lambda: frozen(executor),
-            after_step=clamp_thresholds,
-            what=f"finetuning (epoch {epoch})",
-        )
-        executor.eval()
-        scores = _score(executor, val, cfg, mode, device)
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                **scores,
-                "seconds": round(time.perf_counter() - started, 2),
-            }
-        )
-        if scores["score"] > best["score"]:
-            best, best_epoch, best_state = scores, epoch, copy.deepcopy(executor.state_dict())
+    stateful = {"executor": executor, "optimizer": optimizer, "scheduler": scheduler}
+    saved = checkpoint.load("finetune", device) if checkpoint is not None else None
+    if saved is None:
+        best = _score(executor, val, cfg, mode, device)
+        history = [{"epoch": 0, "loss": None, **best, "seconds": 0.0}]
+        best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
+        done_epochs, progress = 0, EpochProgress()
+    else:
+        restore_training(saved, stateful)
+        best, history = saved["best"], saved["history"]
+        best_epoch, best_state = saved["best_epoch"], saved["best_state"]
+        done_epochs, progress = saved["epoch"], EpochProgress(**saved["progress"])
+
+    def state(epoch: int, done: EpochProgress) -> dict:
+        return training_state(stateful, epoch=epoch, progress=asdict(done), best=best,
+                              history=history, best_epoch=best_epoch, best_state=best_state)
+
+    def on_step(epoch: int):
+        if checkpoint is None or not current.is_main:
+            return None
+        return lambda done: checkpoint.step(
+            "finetune", lambda: state(epoch - 1, done),
+            f"in finetuning epoch {epoch}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
+
+    with maybe(checkpoint):
+        for epoch in range(done_epochs + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            bar = tqdm(
+                train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
+                              rank=current.rank, processes=current.size, skip=progress.batches),
+                total=steps_per_epoch,
+                initial=progress.batches,
+                desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
+                leave=False,
+                disable=None if current.is_main else True,
+            )
+            loss = robust_epoch(
+                trained,
+                bar,
+                attack if cfg.eps_train > 0 else None,
+                optimizer,
+                scheduler,
+                cfg.objective,
+                cfg.beta,
+                while_attacking=lambda: frozen(executor),
+                after_step=clamp_thresholds,
+                what=f"finetuning (epoch {epoch})",
+                progress=progress,
+                on_step=on_step(epoch),
+            )
+            progress = EpochProgress()
+            executor.eval()
+            scores = _score(executor, val, cfg, mode, device)
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": loss,
+                    **scores,
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+            if scores["score"] > best["score"]:
+                best, best_epoch, best_state = scores, epoch, copy.deepcopy(executor.state_dict())
+            if checkpoint is not None and current.is_main:
+                checkpoint.save("finetune", state(epoch, progress))
     executor.load_state_dict(best_state)
     out = executor.to_graph()
     out.meta["finetuned"] = {

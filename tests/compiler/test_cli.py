@@ -29,7 +29,7 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     assert {p.name for p in out.iterdir()} == {"snn.ir", "ann.ir", "report.json", "report.md",
                                               "robustness.json", "robustness.md", "robustness.png",
                                               "profile.json", "profile.md", "profile_energy.png",
-                                              "profile_rates.png"}
+                                              "profile_rates.png", "manifest.json"}
     report = json.loads((out / "report.json").read_text())
     assert report["snn"]["samples"] == 60 and report["snn"]["timesteps"] == 8
     assert [p["name"] for p in report["passes"]] == [
@@ -68,6 +68,9 @@ def test_eval_writes_the_robustness_report(compiled):
                                                   "exponential γ=1", "BPTR"}
     assert diag["accuracy_vs_eps"][-1]["eps"] == 0.5
     assert "## Verdict" in (out / "robustness.md").read_text()
+    # eval replaced three artifacts of the compile directory and recorded them in its manifest
+    verified = runner.invoke(app, ["verify", str(out)])
+    assert verified.exit_code == 0 and "all 11 files match" in verified.output, verified.output
 
 
 def test_eval_bad_inputs(compiled, tmp_path):
