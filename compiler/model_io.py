@@ -10,6 +10,7 @@ from torch import nn
 
 from spikeshield.compiler.errors import ConfigError, ModelLoadError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.limits import check_graph
 from spikeshield.compiler.ops import Shape
 from spikeshield.compiler.serialize import load_graph
 
@@ -31,6 +32,7 @@ def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape
     from spikeshield.compiler.passes.infer_masks import infer_masks
 
     graph, has_masks = _lower(source, input_shape)
+    check_graph(graph, source if isinstance(source, (str, os.PathLike)) else graph.name)
     return graph if has_masks else infer_masks(graph).graph.validate()
 
 

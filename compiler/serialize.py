@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from spikeshield.compiler.artifacts import public_file_mode
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.limits import NODES, check_tensor_shapes
 from spikeshield.compiler.ops import op_class
 
 FORMAT = "spikeshield-ir"
@@ -91,6 +92,8 @@ def load_graph(path: str | os.PathLike) -> Graph:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            NODES.check(len(f.keys()), path, "the tensor table")
+            check_tensor_shapes({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, path)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelLoadError(f"{path} is not a readable spikeshield IR file ({err})") from None
@@ -98,8 +101,9 @@ def load_graph(path: str | os.PathLike) -> Graph:
         raise ModelLoadError(f"{path} is a safetensors file but not a spikeshield IR file")
     try:
         structure = json.loads(meta["spikeshield"])
+        NODES.check(len(structure["nodes"]), path, "the graph")
         return from_dict(structure, tensors)
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
         raise ModelLoadError(f"{path}: malformed IR structure ({err})") from None
     except IRValidationError as err:
         raise ModelLoadError(f"{path}: {err}") from None

@@ -9,6 +9,7 @@ Checkpoint selection on the validation split. Optionally followed by robust prun
 from __future__ import annotations
 
 import copy
+import io
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -189,5 +190,7 @@ def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
     program = torch.export.export(
         model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
     )
+    buffer = io.BytesIO()  # the archive's inner folder is named after a file; a buffer's is fixed
+    torch.export.save(program, buffer)
     with atomic_file(path) as tmp:  # an interrupted write never leaves a half .pt2
-        torch.export.save(program, str(tmp))
+        tmp.write_bytes(buffer.getvalue())

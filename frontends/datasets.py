@@ -22,6 +22,7 @@ spec                           source
 from __future__ import annotations
 
 import gzip
+import zlib
 import importlib.util
 import os
 import pickle
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from spikeshield.compiler.errors import DataError
+from spikeshield.compiler.limits import DATA_BYTES, numel
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_SPECS = ("mnist5k", "mnist:DIR", "fashion-mnist[:DIR]", "cifar10:DIR", "cifar100:DIR",
@@ -138,10 +140,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             ndim = header[3]
             dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
             dtype = np.dtype(dtypes[header[2]])
-            data = f.read()
-    except (OSError, EOFError, struct.error, gzip.BadGzipFile) as err:
+            expected = numel(dims) * dtype.itemsize
+            # A gzip file may unpack to far more than its size: never read past what the header
+            # declares, and refuse a header that declares more than a data set could need.
+            if expected > DATA_BYTES.value:
+                raise DataError(
+                    f"{path}: the header declares shape {dims} ({expected:,} bytes, limit "
+                    f"{DATA_BYTES.value:,}); if the file is right, raise {DATA_BYTES.env}"
+                )
+            data = f.read(expected + 1)
+    except (OSError, EOFError, struct.error, zlib.error) as err:
         raise DataError(f"cannot read IDX file {path}: {err}") from None
-    expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) != expected:
         raise DataError(
             f"{path} is truncated or corrupt: expected {expected} data bytes for shape {dims}, "
@@ -191,9 +200,12 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             # CIFAR's own format is a pickle of plain dicts, lists and numpy arrays; a restricted
             # unpickler refuses anything else, so a hostile file cannot run code.
-            return _NumpyOnlyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"{path} is not a CIFAR python batch ({err})") from None
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # noqa: BLE001  (malformed pickles raise anything; nothing ran)
+        raise DataError(f"{path} is not a CIFAR python batch ({type(err).__name__}: {err})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR python batch (it holds a {type(batch).__name__})")
+    return batch
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -213,8 +225,10 @@ def _cifar_arrays(batch: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Te
     try:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise DataError(f"CIFAR batch lacks or mangles {err}") from None
+    if len(data) != len(labels):
+        raise DataError(f"CIFAR batch has {len(data)} images but {len(labels)} labels")
     return torch.from_numpy(data.copy()), torch.from_numpy(labels)
 
 
@@ -247,8 +261,12 @@ def _svhn_part(path: Path) -> Dataset:
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # PIL's own bound on pixels (DecompressionBombError) keeps a tiny file from unpacking huge.
+        raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
 
 
 def _stack_images(paths: list[Path], labels: list[int]) -> Dataset:

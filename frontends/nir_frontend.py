@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.limits import NODES, check_tensor_shapes
 from spikeshield.compiler.ops import (
     IF,
     AvgPool2d,
@@ -60,6 +61,7 @@ def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"NIR file {path} does not exist")
+    check_hdf5_bounds(path)
     try:
         return nir.read(path, type_check=True)
     except Exception as err:  # h5py, KeyError, ValueError, AssertionError: all mean "bad file"
@@ -68,6 +70,31 @@ def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
             f"{path.name} is not a valid NIR graph (nir.read with type checking failed: {detail}); "
             "re-export it with nir >= 1.0"
         ) from None
+
+
+def check_hdf5_bounds(path: Path) -> None:
+    """Group count and dataset sizes of a NIR (HDF5) file within bounds, read from its headers:
+    a compressed dataset may unpack to far more than the file's size."""
+    import h5py
+
+    groups, shapes = 0, {}
+
+    def visit(name: str, item: Any) -> None:
+        nonlocal groups
+        if isinstance(item, h5py.Group):
+            groups += 1
+        elif isinstance(item, h5py.Dataset) and item.shape is not None:
+            shapes[name] = tuple(item.shape)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception as err:  # noqa: BLE001  (not HDF5, truncated, corrupt: all "bad file")
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ModelLoadError(f"{path.name} is not a valid NIR graph (not readable HDF5: {detail}); "
+                             "re-export it with nir >= 1.0") from None
+    NODES.check(groups, path, "the file's groups")
+    check_tensor_shapes(shapes, path)
 
 
 def _tensor(a: Any) -> torch.Tensor:

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.limits import NODES, check_tensor_shapes
 from spikeshield.compiler.ops import (
     AvgPool2d,
     BatchNorm,
@@ -262,11 +263,44 @@ def from_onnx(path: str | os.PathLike) -> Graph:
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     try:
-        model = onnx.load(str(path))
+        # External data would make the loader open files the model names, anywhere on disk.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError, OSError
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path} is not a valid ONNX model ({first})") from None
+    check_onnx_bounds(model, path)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as err:  # missing or short data file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelLoadError(f"{path}: its external weight data cannot be read ({first})") from None
+    try:
         onnx.checker.check_model(model)
-    except Exception as err:  # protobuf DecodeError, ValidationError, OSError
+    except Exception as err:  # ValidationError
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelLoadError(f"{path} is not a valid ONNX model ({first})") from None
     graph = OnnxLowering(model, path.stem).run()
     graph.meta.setdefault("source", f"ONNX {path.name}")
     return graph
+
+
+def check_onnx_bounds(model: onnx.ModelProto, path: Path) -> None:
+    """Node count and initializer sizes within bounds; external weight data only from files in
+    the model's own folder."""
+    from onnx.external_data_helper import uses_external_data
+
+    graph = model.graph
+    NODES.check(len(graph.node), path, "the graph")
+    check_tensor_shapes({t.name: tuple(t.dims) for t in graph.initializer}, path)
+    folder = path.parent.resolve()
+    for tensor in graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        # The loader opens whatever file the model names: only files beside the model may be read.
+        if not location or Path(location).is_absolute() or target.parent != folder:
+            raise ModelLoadError(
+                f"{path}: weight {tensor.name!r} points at external data {location!r} outside the "
+                "model's folder; keep the .onnx and its data file side by side"
+            )

@@ -11,6 +11,7 @@ from torch import nn
 
 from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.limits import check_pt2_archive
 from spikeshield.compiler.ops import Shape
 from spikeshield.frontends.fx_lowering import lower_fx
 
@@ -37,6 +38,7 @@ def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
+    check_pt2_archive(path)  # torch.export.load unpickles; nothing but tensors gets that far
     try:
         return torch.export.load(str(path))
     except Exception as err:  # corrupt zip, wrong format, version skew: all mean "cannot read"
