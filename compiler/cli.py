@@ -124,6 +124,7 @@ def _guard(fn):
     SIGINT / SIGTERM stop it cleanly (a checkpointed loop writes its checkpoint first)."""
     from spikeshield.compiler.checkpoint import Interrupted, stop_on_signals
 
+    _state["checkpoint"] = None
     try:
         with stop_on_signals():
             return fn()

@@ -156,7 +156,23 @@ def evaluate_robustness(
         ann_pgd = report["ann"]["pgd_robust_accuracy"]
         report["retention"] = result.robust_accuracy / ann_pgd if ann_pgd else None
     report["seconds"] = round(time.perf_counter() - started, 2)
+    report["peak_memory"] = peak_memory(device)
     return report
+
+
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """The process's peak resident memory so far (MiB; data loading included) and, on CUDA, the
+    peak of memory allocated by torch on the device. The ensemble holds one chunk of images at a
+    time, so neither grows with the number of samples attacked (BENCHMARKS.md)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    cuda = None
+    if device.type == "cuda":
+        cuda = round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
+    return {"host_rss_mib": round(rss_mib, 1), "cuda_allocated_mib": cuda}
 
 
 def _ann_pgd(result) -> float | None:

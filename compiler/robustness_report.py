@@ -22,6 +22,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{len(snn['members'])} members on the SNN",
         f"- samples: the first {report['samples']} test images; SNN simulated for T = "
         f"{report['timesteps']} steps; device: {report['device']}",
+        *_memory_line(report.get("peak_memory")),
         "",
         "## Summary",
         "",
@@ -111,6 +112,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "  or Square beating the white-box members, makes the verdict NOT TRUSTWORTHY.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _memory_line(peak: dict[str, Any] | None) -> list[str]:
+    if not peak:
+        return []
+    cuda = peak.get("cuda_allocated_mib")
+    return [f"- peak memory: {peak['host_rss_mib']:,.0f} MiB resident (the whole process)"
+            + (f", {cuda:,.0f} MiB allocated on the GPU" if cuda is not None else "")]
 
 
 def render_plot(report: dict[str, Any]) -> bytes:
