@@ -214,7 +214,8 @@ def train(
 
         from dataclasses import asdict
 
-        settings = {"arch": arch, "data": data, "width": width, **asdict(cfg)}
+        settings = {"arch": arch, "data": data, "width": width, "processes": current.size,
+                    **asdict(cfg)}
         checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
         torch.manual_seed(seed)
@@ -320,7 +321,7 @@ def compile_cmd(
         from spikeshield.compiler.manifest import file_digest
 
         settings = {"model": str(model), "model_sha256": file_digest(model), "data": data,
-                    **asdict(cfg)}
+                    "processes": current.size, **asdict(cfg)}
         settings.pop("device")
         checkpoint = _checkpoint("compile", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
@@ -420,7 +421,8 @@ def eval_cmd(
         from spikeshield.compiler.manifest import file_digest
 
         cfg = config(str(local_device(resolve_device(device))))
-        settings = {"snn_sha256": file_digest(directory / "snn.ir"), "data": data, **asdict(cfg)}
+        settings = {"snn_sha256": file_digest(directory / "snn.ir"), "data": data,
+                    "processes": current.size, **asdict(cfg)}
         settings.pop("device")
         checkpoint = _checkpoint("eval", directory.with_name(directory.name + ".eval-checkpoint"),
                                  settings, checkpoint_every, resume)
