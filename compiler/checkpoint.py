@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from spikeshield.compiler.artifacts import atomic_file
 from spikeshield.compiler.errors import ConfigError, ModelLoadError
 from spikeshield.runtime.distributed import world
 
@@ -69,7 +70,8 @@ def _handle(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into a clean stop for the block (main thread only; elsewhere a no-op)."""
+    """Turn SIGINT and SIGTERM into a clean stop for the block (main thread only; elsewhere a
+    no-op)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -86,12 +88,8 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def request_stop(signum: int = signal.SIGTERM) -> None:
-    """Ask the running loop to checkpoint and stop at its next step boundary (what a signal does)."""
+    """Ask the running loop to checkpoint and stop at its next step boundary, as a signal does."""
     _Signals.requested = signum
-
-
-def stop_requested() -> int | None:
-    return _Signals.requested
 
 
 class Checkpoint:
@@ -136,16 +134,21 @@ class Checkpoint:
         try:
             recorded = json.loads(info.read_text())
         except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
-            raise ModelLoadError(f"{info} is not a readable checkpoint description ({err})") from None
+            raise ModelLoadError(
+                f"{info} is not a readable checkpoint description ({err})"
+            ) from None
         if recorded.get("format") != FORMAT or recorded.get("version") != FORMAT_VERSION:
-            raise ModelLoadError(f"{info} is not a spikeshield checkpoint of format {FORMAT_VERSION}")
+            raise ModelLoadError(
+                f"{info} is not a spikeshield checkpoint of format {FORMAT_VERSION}"
+            )
         if recorded.get("job") != self.job:
             raise ConfigError(
                 f"{self.directory} is a checkpoint of `spikeshield {recorded.get('job')}`, not of "
                 f"`spikeshield {self.job}`"
             )
         old = recorded.get("settings", {})
-        differing = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+        keys = set(old) | set(self.settings)
+        differing = sorted(k for k in keys if old.get(k) != self.settings.get(k))
         if differing:
             shown = ", ".join(
                 f"{k}={old.get(k)!r} (now {self.settings.get(k)!r})" for k in differing[:4]
@@ -178,8 +181,10 @@ class Checkpoint:
         if not info.is_file():
             description = {"format": FORMAT, "version": FORMAT_VERSION, "job": self.job,
                            "settings": self.settings}
-            _write_atomically(info, lambda p: p.write_text(json.dumps(description, indent=2)))
-        _write_atomically(self._path(part), lambda p: torch.save(state, p))
+            with atomic_file(info) as tmp:
+                tmp.write_text(json.dumps(description, indent=2))
+        with atomic_file(self._path(part)) as tmp:
+            torch.save(state, tmp)
         self._last_save = time.monotonic()
 
     def step(self, part: str, state: Callable[[], dict[str, Any]], where: str) -> None:
@@ -197,7 +202,8 @@ class Checkpoint:
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[None]:
-        """While the block runs, a signal waits for the next :meth:`step` instead of stopping at once."""
+        """While the block runs, a signal waits for the next :meth:`step` instead of stopping
+        at once."""
         _Signals.listening += 1
         try:
             yield
@@ -209,15 +215,6 @@ class Checkpoint:
         import shutil
 
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -234,7 +231,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def maybe(checkpoint: Checkpoint | None) -> contextlib.AbstractContextManager:
+def deferring_signals(checkpoint: Checkpoint | None) -> contextlib.AbstractContextManager:
     """``checkpoint.listening()``, or nothing when the job has no checkpoint."""
     return checkpoint.listening() if checkpoint is not None else contextlib.nullcontext()
 
@@ -242,7 +239,8 @@ def maybe(checkpoint: Checkpoint | None) -> contextlib.AbstractContextManager:
 def training_state(stateful: dict[str, Any], **progress: Any) -> dict[str, Any]:
     """A training loop's checkpoint: the state dicts of ``stateful`` (model, optimiser, scheduler),
     the RNG states, and the loop's own ``progress`` (epoch, batch, best so far ...)."""
-    return {"state": {k: v.state_dict() for k, v in stateful.items()}, "rng": rng_state(), **progress}
+    states = {k: v.state_dict() for k, v in stateful.items()}
+    return {"state": states, "rng": rng_state(), **progress}
 
 
 def restore_training(saved: dict[str, Any], stateful: dict[str, Any]) -> None:

@@ -99,7 +99,8 @@ def check_pt2_archive(path: Path) -> None:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise ModelLoadError(
-            f"{path} is not a readable torch.export archive ({err}); write it with torch.export.save"
+            f"{path} is not a readable torch.export archive ({err}); write it with "
+            "torch.export.save"
         ) from None
     with archive:
         members = archive.infolist()

@@ -1,10 +1,10 @@
 """``manifest.json``: the SHA-256 and size of every artifact of an output directory.
 
-``spikeshield compile`` writes it last, inside the temporary directory that is renamed into place, so
-a directory either has every file its manifest lists or does not exist. Commands that add files to
-a compile directory later (``eval``, ``profile``, ``export``) record them in the manifest as they
-replace them. :func:`verify_directory` (``spikeshield verify DIR``) recomputes every digest and says
-which files are missing, altered, or not listed.
+``spikeshield compile`` writes it last, inside the temporary directory that is renamed into
+place, so a directory either has every file its manifest lists or does not exist. Commands that
+add files to a compile directory later (``eval``, ``profile``, ``export``) record them in the
+manifest as they replace them. :func:`verify_directory` (``spikeshield verify DIR``) recomputes
+every digest and says which files are missing, altered, or not listed.
 """
 
 from __future__ import annotations

@@ -20,7 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spikeshield.compiler.artifacts import atomic_file
-from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_training, training_state
+from spikeshield.compiler.checkpoint import (
+    Checkpoint,
+    deferring_signals,
+    restore_training,
+    training_state,
+)
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.pruning import PruneConfig, model_slots, prune_module
 from spikeshield.compiler.robust_objectives import (
@@ -128,7 +133,7 @@ def train_robust(
             "train", lambda: state(epoch, done),
             f"in epoch {epoch + 1}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
 
-    with maybe(checkpoint):
+    with deferring_signals(checkpoint):
         for epoch in range(start_epoch, cfg.epochs):
             batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
                                     rank=current.rank, processes=current.size,

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_rng, rng_state
+from spikeshield.compiler.checkpoint import (
+    Checkpoint,
+    deferring_signals,
+    restore_rng,
+    rng_state,
+)
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime.attacks import AttackedModel, Member
@@ -166,7 +171,7 @@ def run_ensemble(
         _check_resumable(saved, state, part)
         state = saved
         restore_rng(saved["rng"])
-    with frozen(target), frozen(source), maybe(checkpoint):
+    with frozen(target), frozen(source), deferring_signals(checkpoint):
         bar = tqdm(chunks, desc=desc, leave=False, initial=state["chunks_done"],
                    disable=None if current.is_main else True)
         for position, (_, lo, hi) in enumerate(chunks):

@@ -30,7 +30,12 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from spikeshield.compiler.checkpoint import Checkpoint, maybe, restore_training, training_state
+from spikeshield.compiler.checkpoint import (
+    Checkpoint,
+    deferring_signals,
+    restore_training,
+    training_state,
+)
 from spikeshield.compiler.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
@@ -226,7 +231,7 @@ def finetune_robust(
             "finetune", lambda: state(epoch - 1, done),
             f"in finetuning epoch {epoch}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
 
-    with maybe(checkpoint):
+    with deferring_signals(checkpoint):
         for epoch in range(done_epochs + 1, cfg.epochs + 1):
             started = time.perf_counter()
             bar = tqdm(

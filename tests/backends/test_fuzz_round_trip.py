@@ -16,7 +16,17 @@ from hypothesis import strategies as st
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Output, ReLU, Sum
+from spikeshield.compiler.ops import (
+    IF,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Output,
+    ReLU,
+    Sum,
+)
 from spikeshield.compiler.pass_manager import PassManager
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor

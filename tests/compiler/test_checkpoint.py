@@ -106,7 +106,8 @@ def test_finetuning_and_ensemble_resume_to_identical_numbers(converted_lenet, mn
     reference = finetune()
     directory = tmp_path / "compile.checkpoint"
     stop_at_step(monkeypatch, 4)  # finetuning epoch 2, batch 1 of 3
-    with stop_on_signals(), pytest.raises(Interrupted, match="finetuning epoch 2/2 after batch 1/3"):
+    stopped = pytest.raises(Interrupted, match="finetuning epoch 2/2 after batch 1/3")
+    with stop_on_signals(), stopped:
         finetune(Checkpoint(directory, "compile", {}, every=3600))
     monkeypatch.undo()
     resumed = finetune(Checkpoint(directory, "compile", {}, resume=True))
@@ -119,9 +120,8 @@ def test_finetuning_and_ensemble_resume_to_identical_numbers(converted_lenet, mn
     def attack(checkpoint=None):
         report = evaluate_robustness(snn, converted_lenet.ann, mnist5k.test, 10, rob,
                                      checkpoint=checkpoint)
-        return report["snn"]["robust_accuracy"], [
-            (m["attacked"], m["broken"]) for m in report["snn"]["members"] + report["ann"]["members"]
-        ]
+        members = report["snn"]["members"] + report["ann"]["members"]
+        return report["snn"]["robust_accuracy"], [(m["attacked"], m["broken"]) for m in members]
 
     expected = attack()
     stop_at_step(monkeypatch, 3)  # the SNN ensemble, after 3 of 4 chunks
