@@ -152,7 +152,7 @@ def run_ensemble(
     current = world or World()
     samples = len(data)
     chunks = [
-        (i, start, min(start + batch_size, samples))
+        (start, min(start + batch_size, samples))
         for i, start in enumerate(range(0, samples, batch_size))
         if current.owns(i)
     ]
@@ -164,7 +164,6 @@ def run_ensemble(
         "attacked": torch.zeros(len(members), samples, dtype=torch.bool),
         "broken": torch.zeros(len(members), samples, dtype=torch.bool),
         "seconds": [0.0] * len(members),
-        "rng": rng_state(),
     }
     saved = checkpoint.load(part) if checkpoint is not None else None
     if saved is not None:
@@ -174,7 +173,7 @@ def run_ensemble(
     with frozen(target), frozen(source), deferring_signals(checkpoint):
         bar = tqdm(chunks, desc=desc, leave=False, initial=state["chunks_done"],
                    disable=None if current.is_main else True)
-        for position, (_, lo, hi) in enumerate(chunks):
+        for position, (lo, hi) in enumerate(chunks):
             if position < state["chunks_done"]:
                 continue
             _attack_chunk(state, members, target, source, data, lo, hi, eps, timesteps,
