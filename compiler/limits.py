@@ -9,11 +9,8 @@ the environment variable the error message names.
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from spikeshield.compiler.errors import ModelLoadError
 
@@ -46,7 +43,9 @@ TENSOR_ELEMENTS = Limit("elements", "SPIKESHIELD_MAX_TENSOR_ELEMENTS", 1 << 28) 
 TOTAL_ELEMENTS = Limit("elements in all", "SPIKESHIELD_MAX_TOTAL_ELEMENTS", 1 << 30)
 INPUT_ELEMENTS = Limit("input elements per sample", "SPIKESHIELD_MAX_INPUT_ELEMENTS", 1 << 24)
 NODES = Limit("nodes", "SPIKESHIELD_MAX_NODES", 10_000)
-ARCHIVE_BYTES = Limit("bytes unpacked", "SPIKESHIELD_MAX_ARCHIVE_BYTES", 8 << 30)
+TENSOR_BYTES = Limit("bytes", "SPIKESHIELD_MAX_TENSOR_BYTES", 1 << 30)  # one tensor record
+TOTAL_BYTES = Limit("bytes in all", "SPIKESHIELD_MAX_TOTAL_BYTES", 4 << 30)  # all of a model's
+JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_JSON_BYTES", 256 << 20)  # one JSON member
 DATA_BYTES = Limit("bytes", "SPIKESHIELD_MAX_DATA_BYTES", 32 << 30)  # one data file, unpacked
 ARCHIVE_MEMBERS = Limit("members", "SPIKESHIELD_MAX_ARCHIVE_MEMBERS", 100_000)
 
@@ -81,67 +80,3 @@ def check_graph(graph, source: str | os.PathLike) -> None:
     check_tensor_shapes(shapes, source)
     for name in graph.input_names:
         INPUT_ELEMENTS.check(numel(graph.op(name).shape), source, f"input {name!r}")
-
-
-def check_pt2_archive(path: Path) -> None:
-    """Refuse a ``.pt2`` that torch.export's loader would unpickle unsafely, before it runs.
-
-    ``torch.export.load`` (torch 2.13) reads pickled weights, constants and sample inputs with full
-    unpickling, which can run code. So every payload under ``data/`` that the archive does not
-    declare as raw tensor bytes must load with ``torch.load(weights_only=True)`` (tensors and plain
-    containers only), custom and opaque objects are refused, and the declared tensor sizes, the
-    member count and the unpacked size are bounded, all before torch.export sees the file."""
-    import json
-
-    import torch
-
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"{path} is not a readable torch.export archive ({err}); write it with "
-            "torch.export.save"
-        ) from None
-    with archive:
-        members = archive.infolist()
-        ARCHIVE_MEMBERS.check(len(members), path, "the archive")
-        ARCHIVE_BYTES.check(sum(m.file_size for m in members), path, "the archive")
-        payloads = [m for m in members if "/data/" in f"/{m.filename}" and not m.is_dir()]
-        raw, shapes = set(), {}
-        try:
-            for member in payloads:
-                if not member.filename.endswith("_config.json"):
-                    continue
-                folder = member.filename.rsplit("/", 1)[0]
-                entries = json.loads(archive.read(member))["config"]
-                for fqn, meta in entries.items():
-                    name = meta["path_name"]
-                    if name.startswith(("custom_obj", "opaque_obj")):
-                        raise ModelLoadError(
-                            f"{path}: constant {fqn!r} is a pickled Python object, which could run "
-                            "code when loaded; spikeshield reads only tensors from .pt2 files"
-                        )
-                    if not meta.get("use_pickle"):
-                        raw.add(f"{folder}/{name}")
-                        sizes = meta["tensor_meta"]["sizes"]
-                        shapes[fqn] = tuple(int(s["as_int"]) for s in sizes)
-        except ModelLoadError:
-            raise
-        except Exception as err:  # noqa: BLE001  (malformed configuration: refused)
-            raise ModelLoadError(
-                f"{path}: malformed payload configuration ({type(err).__name__}: {err}); write "
-                "it with torch.export.save"
-            ) from None
-        check_tensor_shapes(shapes, path)
-        for member in payloads:
-            if member.filename in raw or member.filename.endswith(".json"):
-                continue
-            try:
-                torch.load(io.BytesIO(archive.read(member)), weights_only=True)
-            except Exception as err:  # noqa: BLE001  (not weights-only, or corrupt: refused)
-                lines = [line for line in str(err).splitlines() if "GLOBAL" in line]
-                detail = lines[0].strip() if lines else f"{type(err).__name__}"
-                raise ModelLoadError(
-                    f"{path}: payload {member.filename} is not plain tensors ({detail}); "
-                    "torch.export.load would unpickle it, so spikeshield refuses the file"
-                ) from None

@@ -64,6 +64,23 @@ MAXPOOL_HINT = (
 )
 
 
+def _check_constant_size(node: fx.Node, args: list[Any]) -> None:
+    """A constant computed at lowering time stays within the tensor bound: its size arguments
+    (lists of ints, as in ``aten.full`` or ``expand``) and ranges (``arange``) are checked before
+    the call allocates anything."""
+    from spikeshield.compiler.limits import TENSOR_ELEMENTS, numel
+
+    count = 0
+    for arg in args:
+        if isinstance(arg, (list, tuple)) and arg and all(isinstance(a, int) for a in arg):
+            count = max(count, numel(abs(a) for a in arg))
+    if "arange" in _target_name(node.target) or "range" == _target_name(node.target):
+        numbers = [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        if numbers:
+            count = max(count, int(max(abs(n) for n in numbers)))
+    TENSOR_ELEMENTS.check(count, node.name, f"the constant computed by {_target_name(node.target)}")
+
+
 def _is_const(value: Any) -> bool:
     if isinstance(value, (Data, _BatchDim, _Unsupported)):
         return False
@@ -180,6 +197,7 @@ class FxLowering:
             return converter(self, *args, **kwargs)
         target = node.target
         if _is_const(flat):
+            _check_constant_size(node, flat)
             return target(*args, **kwargs)
         converter = CONVERTERS.get(target)
         if converter is None:

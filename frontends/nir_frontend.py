@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.limits import NODES, check_tensor_shapes
+from spikeshield.compiler.limits import NODES, TENSOR_BYTES, TOTAL_BYTES, check_tensor_shapes
 from spikeshield.compiler.ops import (
     IF,
     AvgPool2d,
@@ -73,26 +73,70 @@ def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
 
 
 def check_hdf5_bounds(path: Path) -> None:
-    """Group count and dataset sizes of a NIR (HDF5) file within bounds, read from its headers:
-    a compressed dataset may unpack to far more than the file's size."""
+    """Walk the HDF5 file's objects ourselves before ``nir.read`` does, and refuse what could make
+    it read other files, walk forever or inflate without bound: external links, soft links (which
+    can form cycles), objects reachable by more than one hard link (a DAG of links makes a
+    recursive reader exponential), datasets with external raw storage or a virtual layout (their
+    bytes come from other files), dtypes other than numbers and strings, more objects than the
+    node bound, and sizes past the tensor bounds, all read from headers only."""
     import h5py
-
-    groups, shapes = 0, {}
-
-    def visit(name: str, item: Any) -> None:
-        nonlocal groups
-        if isinstance(item, h5py.Group):
-            groups += 1
-        elif isinstance(item, h5py.Dataset) and item.shape is not None:
-            shapes[name] = tuple(item.shape)
 
     try:
         with h5py.File(path, "r") as f:
-            f.visititems(visit)
+            _walk_hdf5(f, path)
+    except ModelLoadError:
+        raise
     except Exception as err:  # noqa: BLE001  (not HDF5, truncated, corrupt: all "bad file")
         detail = " ".join(str(err).split())[:200] or type(err).__name__
         raise ModelLoadError(f"{path.name} is not a valid NIR graph (not readable HDF5: {detail}); "
                              "re-export it with nir >= 1.0") from None
+
+
+def _walk_hdf5(root: Any, path: Path) -> None:
+    import h5py
+
+    def refuse(name: str, what: str) -> ModelLoadError:
+        return ModelLoadError(f"{path.name}: HDF5 object /{name} {what}; a NIR file holds its "
+                              "arrays itself, so spikeshield refuses it")
+
+    groups, visited, shapes, total_bytes = 0, 0, {}, 0
+    stack = [("", root)]
+    while stack:
+        prefix, group = stack.pop()
+        groups += 1
+        for key in group.keys():
+            name = f"{prefix}{key}"
+            visited += 1
+            NODES.check(visited, path, "the file's HDF5 objects")
+            link = group.get(key, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise refuse(name, f"is an external link to {link.filename}")
+            if isinstance(link, h5py.SoftLink):
+                raise refuse(name, f"is a soft link to {link.path}")
+            item = group[key]
+            if h5py.h5o.get_info(item.id).rc != 1:
+                raise refuse(name, "is linked from more than one place")
+            if isinstance(item, h5py.Group):
+                stack.append((f"{name}/", item))
+                continue
+            if not isinstance(item, h5py.Dataset):
+                raise refuse(name, f"is a {type(item).__name__}, not a group or dataset")
+            plist = item.id.get_create_plist()
+            if plist.get_layout() == h5py.h5d.VIRTUAL:
+                raise refuse(name, "is a virtual dataset (its data lives in other files)")
+            if plist.get_external_count() > 0:
+                raise refuse(name, "stores its data in an external file")
+            dtype = item.dtype
+            if dtype.kind not in "fiub" and h5py.check_string_dtype(dtype) is None and \
+                    dtype.kind != "S":
+                raise refuse(name, f"has dtype {dtype}, not a real number or a string")
+            if item.shape is None:
+                continue
+            shapes[name] = tuple(item.shape)
+            nbytes = int(np.prod(item.shape, dtype=np.int64)) * max(dtype.itemsize, 1)
+            TENSOR_BYTES.check(nbytes, path, f"dataset /{name}")
+            total_bytes += nbytes
+            TOTAL_BYTES.check(total_bytes, path, "the file's datasets")
     NODES.check(groups, path, "the file's groups")
     check_tensor_shapes(shapes, path)
 

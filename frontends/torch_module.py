@@ -6,14 +6,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.fx as fx
-from torch import nn
-
-from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.errors import UnsupportedOpError
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.limits import check_pt2_archive
 from spikeshield.compiler.ops import Shape
 from spikeshield.frontends.fx_lowering import lower_fx
+from spikeshield.frontends.pt2_archive import load_exported
+from torch import fx, nn
 
 
 def from_module(model: nn.Module, input_shape: Shape, name: str | None = None) -> Graph:
@@ -32,20 +30,6 @@ def from_module(model: nn.Module, input_shape: Shape, name: str | None = None) -
     graph = lower_fx(gm, input_shape, name or type(model).__name__)
     graph.meta.setdefault("source", f"nn.Module {type(model).__name__}")
     return graph
-
-
-def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist")
-    check_pt2_archive(path)  # torch.export.load unpickles; nothing but tensors gets that far
-    try:
-        return torch.export.load(str(path))
-    except Exception as err:  # corrupt zip, wrong format, version skew: all mean "cannot read"
-        raise ModelLoadError(
-            f"{path} is not a readable torch.export program ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); write it with torch.export.save"
-        ) from None
 
 
 def from_exported(program: torch.export.ExportedProgram, name: str = "model") -> Graph:

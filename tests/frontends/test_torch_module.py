@@ -82,3 +82,27 @@ def test_corrupt_pt2_is_a_typed_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ModelLoadError, match="bad.pt2"):
         from_pt2(path)
+
+
+def test_a_constant_the_lowering_would_compute_is_bounded_before_it_is_allocated(tmp_path):
+    """A .pt2 whose graph calls aten.ones with sizes edited to 2^20 x 2^20 (4 TiB)."""
+    import json
+    import zipfile
+
+    class Ones(nn.Module):
+        def forward(self, x):
+            return x + torch.ones(3, 5).sum()
+
+    genuine, hostile = tmp_path / "ones.pt2", tmp_path / "bomb.pt2"
+    torch.export.save(torch.export.export(Ones(), (torch.rand(2, 4),)), genuine)
+    with zipfile.ZipFile(genuine) as src, zipfile.ZipFile(hostile, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                text = json.dumps(json.loads(data))
+                assert '"as_ints": [3, 5]' in text
+                data = text.replace('"as_ints": [3, 5]', '"as_ints": [1048576, 1048576]').encode()
+            out.writestr(item, data)
+    with pytest.raises(ModelLoadError, match="the constant computed by aten.ones.default has "
+                       "1,099,511,627,776 elements"):
+        from_pt2(hostile)
