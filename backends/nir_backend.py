@@ -30,6 +30,7 @@ encoding and input range. Each node's metadata names the IR node and op it came 
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from collections.abc import Callable
@@ -270,5 +271,10 @@ def write_nir(graph: Graph, path: str | os.PathLike) -> Path:
     """Export ``graph`` to ``path`` with ``nir.write``; returns the path."""
     nir_graph = to_nir(graph)
     path = Path(path)
-    nir.write(path, nir_graph)
+    # HDF5 is built in memory and written with plain file I/O: h5py writing to a full disk can
+    # crash the process, where a failed write() is an ordinary OSError.
+    buffer = io.BytesIO()
+    nir.write(buffer, nir_graph)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
     return path

@@ -65,7 +65,25 @@ class TargetProfile:
                 f"target profile has unknown field(s) {', '.join(unknown)}; "
                 f"known fields: {', '.join(sorted(known))}"
             )
+        if not isinstance(data.get("name"), str) or not isinstance(data.get("description", ""), str):
+            raise ConfigError("target profile needs a string 'name' (and 'description')")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        for f in fields(cls):
+            value, default = values.get(f.name), f.default
+            if f.name not in values or f.name in ("name", "description"):
+                continue
+            if isinstance(default, tuple):
+                ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+                want = "a list of strings"
+            elif isinstance(default, bool):
+                ok, want = isinstance(value, bool), "true or false"
+            else:
+                ok = value is None or (isinstance(value, int) and not isinstance(value, bool)
+                                       and value >= 1)
+                want = "a whole number >= 1 or null"
+            if not ok:
+                raise ConfigError(f"target profile field {f.name!r} must be {want}, got "
+                                  f"{data[f.name]!r}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

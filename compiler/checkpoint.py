@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,10 @@ FORMAT_VERSION = 1
 DEFAULT_EVERY_SECONDS = 300.0
 
 
-class Interrupted(Exception):
-    """The job stopped on a signal; ``exit_code`` is the shell's 128 + signal number."""
+class Interrupted(BaseException):
+    """The job stopped on a signal; ``exit_code`` is the shell's 128 + signal number. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (a loader
+    turning its failures into "bad file") can swallow it."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -111,6 +114,7 @@ class Checkpoint:
         self.settings = json.loads(json.dumps(settings, default=str))
         self.every = every
         self.resumed = resume
+        self.job_id = uuid.uuid4().hex  # replaced by the recorded one when resuming
         self._last_save = time.monotonic()
         if resume:
             self._check_matches()
@@ -133,14 +137,20 @@ class Checkpoint:
             )
         try:
             recorded = json.loads(info.read_text())
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
+        except (ValueError, OSError, RecursionError) as err:
             raise ModelLoadError(
-                f"{info} is not a readable checkpoint description ({err})"
+                f"{info} is not a readable checkpoint description ({type(err).__name__})"
             ) from None
-        if recorded.get("format") != FORMAT or recorded.get("version") != FORMAT_VERSION:
+        if not isinstance(recorded, dict) or recorded.get("format") != FORMAT or \
+                recorded.get("version") != FORMAT_VERSION:
             raise ModelLoadError(
                 f"{info} is not a spikeshield checkpoint of format {FORMAT_VERSION}"
             )
+        if not isinstance(recorded.get("settings"), dict) or not isinstance(
+                recorded.get("job_id"), str):
+            raise ModelLoadError(f"{info} is damaged (no settings or job id); drop --resume to "
+                                 "start afresh")
+        self.job_id = recorded["job_id"]
         if recorded.get("job") != self.job:
             raise ConfigError(
                 f"{self.directory} is a checkpoint of `spikeshield {recorded.get('job')}`, not of "
@@ -167,12 +177,18 @@ class Checkpoint:
         if not self.resumed or not path.is_file():
             return None
         try:
-            return torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:  # noqa: BLE001  (truncated, foreign or code-carrying: all refused)
             raise ModelLoadError(
                 f"checkpoint file {path} is unreadable ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); drop --resume to start afresh"
             ) from None
+        if not isinstance(state, dict) or state.pop("job_id", None) != self.job_id:
+            raise ModelLoadError(
+                f"checkpoint file {path} belongs to another job than {self.directory / 'job.json'} "
+                "(two runs shared the directory); delete it and drop --resume to start afresh"
+            )
+        return state
 
     def save(self, part: str, state: dict[str, Any]) -> None:
         """Write ``state`` as ``part`` atomically (a crash mid-write keeps the previous file)."""
@@ -180,11 +196,11 @@ class Checkpoint:
         info = self.directory / "job.json"
         if not info.is_file():
             description = {"format": FORMAT, "version": FORMAT_VERSION, "job": self.job,
-                           "settings": self.settings}
+                           "job_id": self.job_id, "settings": self.settings}
             with atomic_file(info) as tmp:
                 tmp.write_text(json.dumps(description, indent=2))
         with atomic_file(self._path(part)) as tmp:
-            torch.save(state, tmp)
+            torch.save({**state, "job_id": self.job_id}, tmp)
         self._last_save = time.monotonic()
 
     def step(self, part: str, state: Callable[[], dict[str, Any]], where: str) -> None:
@@ -209,6 +225,11 @@ class Checkpoint:
             yield
         finally:
             _Signals.listening -= 1
+        signum = _Signals.requested
+        if signum is not None and not _Signals.listening:
+            # The signal came after the loop's last step boundary: stop now, do not go on.
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} after the last step",
+                              signum)
 
     def discard(self) -> None:
         """Remove the directory once the job's output is written: nothing is left to resume."""

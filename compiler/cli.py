@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -48,6 +49,11 @@ ResumeOpt = Annotated[Optional[Path], typer.Option(
 CheckpointEveryOpt = Annotated[float, typer.Option(
     "--checkpoint-every", help="Seconds between checkpoints (0: after every step). SIGINT/SIGTERM "
     "also write one and stop; they live in OUT.checkpoint until the run finishes.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace an existing output that spikeshield wrote (anything else is never "
+    "replaced).")]
+SkipVerifyOpt = Annotated[bool, typer.Option(
+    "--skip-verify", help="Use a compile directory even if its files do not match manifest.json.")]
 EnergyOpt = Annotated[str, typer.Option(
     "--energy", help="Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")]
 TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
@@ -97,6 +103,18 @@ def _in_process_group(device: str, fn):
         return fn(current)
 
 
+def _claimed(current, out: Path, inputs: list, force: bool, spikeshield_file=None,
+             directory: bool = False):
+    """Claim ``out`` (rank 0 only: the others write nothing) for the rest of the job."""
+    import contextlib
+
+    from spikeshield.compiler.outputs import claim_output
+
+    if not current.is_main:
+        return contextlib.nullcontext()
+    return claim_output(out, inputs, force, directory, spikeshield_file)
+
+
 def _checkpoint(job: str, default: Path, settings: dict, every: float, resume: Path | None):
     """The run's checkpoint: ``resume``'s directory (checked against ``settings``), or a fresh one
     at ``default``."""
@@ -116,7 +134,7 @@ def _interrupted_message(err) -> str:
     if checkpoint is not None and (checkpoint.directory / "job.json").is_file():
         return (f"{message}; the last checkpoint is in {checkpoint.directory}: continue with the "
                 f"same command and {checkpoint.command_hint}")
-    return f"{message}; nothing was written"
+    return f"{message}; nothing to resume (no checkpoint was written)"
 
 
 def _guard(fn):
@@ -138,6 +156,13 @@ def _guard(fn):
         _fail(_interrupted_message("interrupted"), 130)
     except typer.Exit:
         raise
+    except OSError as err:
+        from spikeshield.compiler.outputs import is_disk_error
+
+        if _state["debug"] or not is_disk_error(err):
+            raise
+        _fail(f"cannot write {err.filename or 'the output'}: {err.strerror or err}; nothing was "
+              "replaced (free space or choose a writable location)", 2)
     except Exception as err:  # anything else is a bug: say so, briefly
         if _state["debug"]:
             raise
@@ -165,6 +190,7 @@ def train(
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
+    force: ForceOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -186,15 +212,18 @@ def train(
 
     def train_here(current) -> None:
         from spikeshield.compiler.errors import ConfigError
-        from spikeshield.compiler.train_ann import TrainConfig, export_pt2, train_robust
+        from spikeshield.compiler.train_ann import TrainConfig, is_spikeshield_pt2
         from spikeshield.frontends.datasets import load_data
-        from spikeshield.frontends.zoo import build_model
         from spikeshield.runtime.device import resolve_device
         from spikeshield.runtime.distributed import local_device
-        from spikeshield.runtime.evaluate import accuracy_of
+
+        from spikeshield.frontends.zoo import ARCHITECTURES
 
         if out.suffix != ".pt2":
             raise ConfigError(f"--out must end in .pt2, got {out.name}")
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {arch!r}; choose one of "
+                              f"{', '.join(ARCHITECTURES)}")
         from spikeshield.compiler.pruning import PruneConfig, parse_layers
 
         prune = None
@@ -210,12 +239,20 @@ def train(
         dev = local_device(resolve_device(device))
         splits = load_data(data, seed=seed)
         mean, std = splits.channel_stats()
-        import torch
-
         from dataclasses import asdict
 
         settings = {"arch": arch, "data": data, "width": width, "processes": current.size,
                     **asdict(cfg)}
+        with _claimed(current, out, [], force, is_spikeshield_pt2):
+            train_claimed(current, cfg, dev, splits, mean, std, settings)
+
+    def train_claimed(current, cfg, dev, splits, mean, std, settings) -> None:
+        import torch
+
+        from spikeshield.compiler.train_ann import export_pt2, train_robust
+        from spikeshield.frontends.zoo import build_model
+        from spikeshield.runtime.evaluate import accuracy_of
+
         checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
         torch.manual_seed(seed)
@@ -278,6 +315,7 @@ def compile_cmd(
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
+    force: ForceOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -323,9 +361,10 @@ def compile_cmd(
         settings = {"model": str(model), "model_sha256": file_digest(model), "data": data,
                     "processes": current.size, **asdict(cfg)}
         settings.pop("device")
-        checkpoint = _checkpoint("compile", out.with_name(out.name + ".checkpoint"), settings,
-                                 checkpoint_every, resume)
-        result = compile_model(model, data, cfg, out, checkpoint)
+        with _claimed(current, out, [model], force, directory=True):
+            checkpoint = _checkpoint("compile", out.with_name(out.name + ".checkpoint"), settings,
+                                     checkpoint_every, resume)
+            result = compile_model(model, data, cfg, out, checkpoint, force=force)
         if result is None:  # not rank 0: its share of the finetuning is done
             return
         checkpoint.discard()
@@ -386,6 +425,7 @@ def eval_cmd(
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
+    skip_verify: SkipVerifyOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -421,12 +461,18 @@ def eval_cmd(
         from spikeshield.compiler.manifest import file_digest
 
         cfg = config(str(local_device(resolve_device(device))))
-        settings = {"snn_sha256": file_digest(directory / "snn.ir"), "data": data,
+        from spikeshield.compiler.outputs import output_lock
+
+        settings = {"directory": str(directory.resolve()),
+                    "snn_sha256": file_digest(directory / "snn.ir"),
+                    "ann_sha256": file_digest(directory / "ann.ir"), "data": data,
                     "processes": current.size, **asdict(cfg)}
         settings.pop("device")
-        checkpoint = _checkpoint("eval", directory.with_name(directory.name + ".eval-checkpoint"),
-                                 settings, checkpoint_every, resume)
-        report = evaluate_directory(directory, data, cfg, checkpoint)
+        with output_lock(directory) if current.is_main else contextlib.nullcontext():
+            checkpoint = _checkpoint("eval", directory.with_name(directory.name +
+                                                                 ".eval-checkpoint"),
+                                     settings, checkpoint_every, resume)
+            report = evaluate_directory(directory, data, cfg, checkpoint, skip_verify)
         if not current.is_main:
             return
         checkpoint.discard()
@@ -450,13 +496,16 @@ def export_cmd(
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="T of the unrolled ONNX graph (default: the compiled T).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data for re-measuring accuracy after target repairs (default: the compile-time spec).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test samples for that measurement.")] = 1000,
+    force: ForceOpt = False,
+    skip_verify: SkipVerifyOpt = False,
 ) -> None:
     """Export a compiled SNN as NIR or ONNX, optionally adapted to a hardware target."""
 
     def run() -> None:
         from spikeshield.compiler.export import export_source
 
-        path, description = export_source(source, fmt, target, out, timesteps, data, n)
+        path, description = export_source(source, fmt, target, out, timesteps, data, n, force,
+                                          skip_verify)
         typer.echo(_export_line(path, description))
 
     _guard(run)
@@ -468,13 +517,16 @@ def run_cmd(
     inputs: Annotated[Path, typer.Option("--inputs", help="A .npy array (N, *input shape) of float inputs in the model's input space: pixels in [0, 1] for spikeshield models (normalisation is inside the graph); whatever the NIR graph's Input node takes otherwise.")],
     out: Annotated[Path, typer.Option("--out", help="Output .npz: predictions (N,), logits (N, classes), spikes/<layer> (N,) spike counts per sample, layers, timesteps.")],
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Time steps (default: the T recorded in the graph).")] = None,
+    input_scale: Annotated[float, typer.Option("--input-scale", help="Divide the inputs by this first (255 for 8-bit pixels); inputs outside the model's declared range are refused.")] = 1.0,
+    force: ForceOpt = False,
+    skip_verify: SkipVerifyOpt = False,
 ) -> None:
     """Simulate a compiled SNN or a NIR graph on given inputs and save its outputs."""
 
     def run() -> None:
         from spikeshield.compiler.simulate import run_on_inputs
 
-        result = run_on_inputs(source, inputs, out, timesteps)
+        result = run_on_inputs(source, inputs, out, timesteps, input_scale, force, skip_verify)
         spikes = sum(int(result[f"spikes/{n}"].sum()) for n in result["layers"])
         typer.echo(f"simulated {len(result['predictions'])} inputs for T={int(result['timesteps'])}: "
                    f"{spikes} spikes in {len(result['layers'])} layers; wrote {out}")
@@ -492,6 +544,7 @@ def profile_cmd(
     mac_pj: Annotated[Optional[float], typer.Option("--mac-pj", help="Override: picojoules per multiply-accumulate.")] = None,
     ac_pj: Annotated[Optional[float], typer.Option("--ac-pj", help="Override: picojoules per accumulate (SynOp).")] = None,
     memory_pj: Annotated[Optional[float], typer.Option("--memory-pj", help="Add this many picojoules per synaptic event for the weight fetch.")] = None,
+    skip_verify: SkipVerifyOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -503,7 +556,7 @@ def profile_cmd(
         from spikeshield.runtime.energy import energy_model
 
         model = energy_model(energy, mac_pj, ac_pj, memory_pj)
-        p = profile_directory(directory, data, n, model, timesteps, device, seed)
+        p = profile_directory(directory, data, n, model, timesteps, device, seed, skip_verify)
         typer.echo(_profile_line(profile_summary(p)))
         gpu = p["gpu_energy"]
         if gpu.get("measured"):

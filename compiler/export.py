@@ -9,6 +9,7 @@ cannot run is one error listing every violation, before any file is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from spikeshield.backends.nir_backend import write_nir
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
 from spikeshield.compiler.artifacts import atomic_file
-from spikeshield.compiler.manifest import record_files
+from spikeshield.compiler.manifest import MANIFEST, record_files
+from spikeshield.compiler.outputs import claim_output, output_lock
+from spikeshield.compiler.limits import resolve_timesteps
 from spikeshield.compiler.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.pass_manager import PassManager
@@ -124,7 +127,7 @@ def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -
     from spikeshield.runtime.executor import GraphExecutor
 
     torch.manual_seed(0)  # Poisson input: the same draws before and after
-    steps = timesteps or int(graph.meta.get("timesteps", 0)) or None
+    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps"))
     executor = GraphExecutor(graph, encoding=str(graph.meta.get("encoding", "direct")))
     return evaluate_graph(executor, test, steps, device=device).accuracy
 
@@ -145,7 +148,7 @@ def export_graph(
             f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
         )
     adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
-    steps = timesteps or int(adapted.meta.get("timesteps", 0)) or None
+    steps = resolve_timesteps(timesteps, adapted.meta.get("timesteps"))
     descriptions = []
     adapted_ir = None
     if adaptation.passes:  # keep the graph the files hold, for `spikeshield run` and `eval`
@@ -181,10 +184,14 @@ def export_source(
     timesteps: int | None = None,
     data: str | None = None,
     samples: int = 1000,
+    force: bool = False,
+    skip_verify: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """``spikeshield export``: load a compile directory, .ir or .nir; adapt; write. The test data
     for re-measuring accuracy after repairs is ``data`` or the spec the directory was compiled with
-    (loaded only when a repair is needed)."""
+    (loaded only when a repair is needed). ``out`` is claimed first (``compiler.outputs``): it must
+    end in the format's suffix, may not be the source, and replaces an earlier export only with
+    ``force``; a compile directory it writes into stays locked until the export is done."""
     from spikeshield.compiler.model_io import load_model
     from spikeshield.frontends.datasets import load_data
 
@@ -193,17 +200,32 @@ def export_source(
     if samples <= 0:
         raise ConfigError(f"--n must be positive, got {samples}")
     source = Path(source)
-    graph = load_model(source)
-    if out is None:
-        folder = source if source.is_dir() else source.parent
-        out = folder / FORMATS[fmt][0]
-    test = None
-    if check_target(graph, load_target(target)):
-        spec = data or _recorded_data_spec(source)
-        if spec:
-            test = load_data(spec).test.head(samples)
-    [description] = export_graph(graph, {fmt: out}, target, test, timesteps)
+    folder = source if source.is_dir() else source.parent
+    out = Path(out) if out is not None else folder / FORMATS[fmt][0]
+    suffix = Path(FORMATS[fmt][0]).suffix
+    if out.suffix != suffix:
+        raise ConfigError(f"--out must end in {suffix} for --format {fmt}, got {out.name}")
+    inputs = [source / "snn.ir", source / MANIFEST] if source.is_dir() else [source]
+    in_compile_dir = (out.parent / MANIFEST).is_file()
+    with output_lock(out.parent) if in_compile_dir else contextlib.nullcontext(), \
+            claim_output(out, inputs, force, spikeshield_file=lambda p: _is_export(p, fmt)):
+        graph = load_model(source, verify=not skip_verify)
+        test = None
+        if check_target(graph, load_target(target)):
+            spec = data or _recorded_data_spec(source)
+            if spec:
+                test = load_data(spec).test.head(samples)
+        [description] = export_graph(graph, {fmt: out}, target, test, timesteps)
     return Path(out), description
+
+
+def _is_export(path: Path, fmt: str) -> bool:
+    """A file that ``export`` wrote in ``fmt`` (its JSON sidecar says so)."""
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        return json.loads(sidecar.read_text()).get("format") == fmt
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _recorded_data_spec(source: Path) -> str | None:

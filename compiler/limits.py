@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from spikeshield.compiler.errors import ModelLoadError
+from spikeshield.compiler.errors import ConfigError, ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,27 @@ def check_graph(graph, source: str | os.PathLike) -> None:
     check_tensor_shapes(shapes, source)
     for name in graph.input_names:
         INPUT_ELEMENTS.check(numel(graph.op(name).shape), source, f"input {name!r}")
+
+
+TIMESTEPS = Limit("time steps", "SPIKESHIELD_MAX_TIMESTEPS", 4096)
+
+
+def check_timesteps(value: object, option: str = "--timesteps") -> int:
+    """A number of simulation steps: a whole number from 1 to the bound (memory and time grow
+    with it; the bound is raised with SPIKESHIELD_MAX_TIMESTEPS)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option} must be a whole number of time steps, got {value!r}")
+    if not 1 <= value <= TIMESTEPS.value:
+        raise ConfigError(f"{option} must be between 1 and {TIMESTEPS.value:,}, got {value:,}"
+                          + (f"; raise {TIMESTEPS.env} to simulate longer" if value > 1 else ""))
+    return value
+
+
+def resolve_timesteps(requested: int | None, recorded: object) -> int | None:
+    """The T to simulate: ``requested`` (an option, checked) or the graph's recorded T; None when
+    neither is set (an ANN graph)."""
+    if requested is not None:
+        return check_timesteps(requested)
+    if recorded in (None, 0):
+        return None
+    return check_timesteps(recorded, "the graph's recorded timesteps")

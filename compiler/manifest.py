@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,30 +106,48 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
     return files
 
 
+# Files spikeshield commands write into a compile directory (and read back): present but not in
+# the manifest, one of these was added or its entry removed behind spikeshield's back.
+WRITTEN = re.compile(r"(snn|ann)(_[A-Za-z0-9_-]+)?\.ir|report\.(json|md)|robustness\.(json|md|png)"
+                     r"|profile(_energy|_rates)?\.(json|md|png)|snn(_step)?\.(nir|onnx)(\.json)?")
+
+
 @dataclass
 class Verification:
     """What ``spikeshield verify`` found: every listed file is ``ok``, ``missing`` or ``altered``;
-    ``unlisted`` files are present but not in the manifest (not an error: nothing reads them)."""
+    ``unlisted`` files are present but not in the manifest: an error when spikeshield writes files
+    of that name (``WRITTEN``: its entry was removed, or the file slipped in), a note otherwise;
+    ``temporaries`` are hidden files an interrupted write left (an error)."""
 
     directory: Path
     ok: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     altered: list[str] = field(default_factory=list)
     unlisted: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+
+    @property
+    def unlisted_artifacts(self) -> list[str]:
+        return [name for name in self.unlisted if WRITTEN.fullmatch(name)]
 
     @property
     def intact(self) -> bool:
-        return not self.missing and not self.altered
+        return not (self.missing or self.altered or self.unlisted_artifacts or self.temporaries)
 
     def summary(self) -> str:
         if self.intact:
             line = f"{self.directory}: all {len(self.ok)} files match manifest.json"
         else:
             problems = [f"missing: {', '.join(self.missing)}" if self.missing else "",
-                        f"altered: {', '.join(self.altered)}" if self.altered else ""]
+                        f"altered: {', '.join(self.altered)}" if self.altered else "",
+                        f"not in the manifest: {', '.join(self.unlisted_artifacts)}"
+                        if self.unlisted_artifacts else "",
+                        f"left by an interrupted write: {', '.join(self.temporaries)}"
+                        if self.temporaries else ""]
             line = f"{self.directory}: " + "; ".join(p for p in problems if p)
-        if self.unlisted:
-            line += f" (not in the manifest, unchecked: {', '.join(self.unlisted)})"
+        others = [n for n in self.unlisted if n not in self.unlisted_artifacts]
+        if others:
+            line += f" (not in the manifest, unchecked: {', '.join(others)})"
         return line
 
 
@@ -151,4 +170,21 @@ def verify_directory(directory: str | os.PathLike) -> Verification:
         else:
             result.ok.append(name)
     result.unlisted = [name for name in _artifacts(directory) if name not in files]
+    result.temporaries = sorted(p.relative_to(directory).as_posix() for p in directory.rglob(".*")
+                                if re.search(r"\.(tmp|old|probe)-[0-9A-Za-z_]+", p.name))
     return result
+
+
+def require_verified(directory: str | os.PathLike, skip: bool = False,
+                     rewrites: tuple[str, ...] = ()) -> Path:
+    """``directory``, once its manifest verifies; refused otherwise (``skip``: not checked).
+    Missing files that the command is about to write again (``rewrites``) are no reason."""
+    directory = Path(directory)
+    if skip:
+        return directory
+    result = verify_directory(directory)
+    result.missing = [name for name in result.missing if name not in rewrites]
+    if not result.intact:
+        raise ModelLoadError(f"{result.summary()}; the directory is not as spikeshield wrote it: "
+                             "recompile it, or pass --skip-verify to use it anyway")
+    return directory

@@ -11,6 +11,7 @@ from torch import nn
 from spikeshield.compiler.errors import ConfigError, ModelLoadError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.limits import check_graph
+from spikeshield.compiler.manifest import require_verified
 from spikeshield.compiler.ops import Shape
 from spikeshield.compiler.serialize import load_graph
 
@@ -22,8 +23,13 @@ MODEL_SUFFIXES = {
 }
 
 
-def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None = None) -> Graph:
+def load_model(
+    source: nn.Module | Graph | str | os.PathLike,
+    input_shape: Shape | None = None,
+    verify: bool = True,
+) -> Graph:
     """Lower ``source`` into a validated graph. An ``nn.Module`` needs ``input_shape`` (batch-less).
+    A compile directory must match its manifest (``verify=False`` skips that check).
 
     Formats without connectivity masks (``nn.Module``, ``.pt2``, ``.onnx``, ``.nir``) store pruned
     synapses as exact zeros; those become masks (the ``infer_masks`` pass), so that finetuning keeps
@@ -31,13 +37,13 @@ def load_model(source: nn.Module | Graph | str | os.PathLike, input_shape: Shape
     """
     from spikeshield.compiler.passes.infer_masks import infer_masks
 
-    graph, has_masks = _lower(source, input_shape)
+    graph, has_masks = _lower(source, input_shape, verify)
     check_graph(graph, source if isinstance(source, (str, os.PathLike)) else graph.name)
     return graph if has_masks else infer_masks(graph).graph.validate()
 
 
 def _lower(
-    source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None
+    source: nn.Module | Graph | str | os.PathLike, input_shape: Shape | None, verify: bool
 ) -> tuple[Graph, bool]:
     """The lowered graph, and whether its format carries masks (so that none are to be inferred)."""
     if isinstance(source, Graph):
@@ -50,7 +56,7 @@ def _lower(
         return from_module(source, input_shape), False
     path = Path(source)
     if path.is_dir() and (path / "snn.ir").is_file():
-        return load_graph(path / "snn.ir"), True
+        return load_graph(require_verified(path, skip=not verify) / "snn.ir"), True
     if not path.exists():
         raise ModelLoadError(f"model file {path} does not exist")
     suffix = path.suffix.lower()

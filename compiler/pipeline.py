@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from spikeshield.compiler.artifacts import atomic_directory
+from spikeshield.compiler.outputs import claim_output
 from spikeshield.compiler.checkpoint import Checkpoint
 from spikeshield.compiler.errors import ConfigError, DataError
+from spikeshield.compiler.limits import check_timesteps
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.manifest import write_manifest
 from spikeshield.compiler.model_io import load_model
@@ -98,8 +100,12 @@ class CompileConfig:
     target: str = "generic"
 
     def validate(self) -> None:
-        if self.timesteps <= 0:
-            raise ConfigError(f"timesteps must be >= 1, got {self.timesteps}")
+        from spikeshield.backends.targets import load_target
+
+        check_timesteps(self.timesteps)
+        if self.calibration_timesteps is not None:
+            check_timesteps(self.calibration_timesteps, "--calibration-timesteps")
+        load_target(self.target)  # an unknown target fails now, not after the work
         if self.calibration_timesteps is not None and self.calibration_timesteps <= 0:
             raise ConfigError(f"calibration timesteps must be >= 1, got {self.calibration_timesteps}")
         choices = {
@@ -223,6 +229,7 @@ def compile_model(
     config: CompileConfig | None = None,
     out: str | os.PathLike | None = None,
     checkpoint: Checkpoint | None = None,
+    force: bool = False,
 ) -> CompileResult | None:
     """Compile ``model`` (module, ``.pt2``, ``.onnx`` or IR) into a calibrated SNN.
 
@@ -235,9 +242,27 @@ def compile_model(
 
     With ``checkpoint``, the finetuning and the robustness ensembles save their state there and a
     resumed checkpoint continues them (the stages before finetuning are deterministic and re-run).
+
+    ``out`` is claimed before any work (``compiler.outputs``): an existing folder is replaced only
+    when spikeshield wrote it and ``force`` is set, never when it holds the model, and it stays
+    locked against other jobs until the compile ends.
     """
     cfg = config or CompileConfig()
     cfg.validate()
+    if out is None or not world().is_main:
+        return _compile(model, data, cfg, out, checkpoint)
+    inputs = [model] if isinstance(model, (str, os.PathLike)) else []
+    with claim_output(out, inputs, force, directory=True):
+        return _compile(model, data, cfg, out, checkpoint)
+
+
+def _compile(
+    model: nn.Module | Graph | str | os.PathLike,
+    data: str | DataSplits,
+    cfg: CompileConfig,
+    out: str | os.PathLike | None,
+    checkpoint: Checkpoint | None,
+) -> CompileResult | None:
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from spikeshield.compiler.artifacts import atomic_file
 from spikeshield.compiler.manifest import record_files
+from spikeshield.compiler.limits import resolve_timesteps
 from spikeshield.compiler.errors import ConfigError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.ops import IF, Conv2d, Linear, Output
@@ -324,12 +325,13 @@ def profile_directory(
     timesteps: int | None = None,
     device: str = "auto",
     seed: int = 0,
+    skip_verify: bool = False,
 ) -> dict[str, Any]:
-    """``spikeshield profile``: profile a compile directory's ``snn.ir`` on its test data."""
-    from spikeshield.compiler.robustness import recorded_data_spec
-    from spikeshield.compiler.serialize import load_graph
-    from spikeshield.frontends.datasets import load_data
-    from spikeshield.runtime.device import resolve_device
+    """``spikeshield profile``: profile a compile directory's ``snn.ir`` on its test data; the
+    directory must match its manifest (unless ``skip_verify``) and is locked meanwhile."""
+
+    from spikeshield.compiler.manifest import require_verified
+    from spikeshield.compiler.outputs import output_lock
 
     directory = Path(directory)
     if not (directory / "snn.ir").is_file():
@@ -337,10 +339,22 @@ def profile_directory(
                           f"MODEL --out {directory}` first")
     if samples <= 0:
         raise ConfigError(f"--n must be positive, got {samples}")
+    with output_lock(directory):
+        require_verified(directory, skip_verify, PROFILE_FILES)
+        return _profile_directory(directory, data, samples, energy, timesteps, device, seed)
+
+
+def _profile_directory(directory: Path, data: str | None, samples: int, energy: EnergyModel,
+                       timesteps: int | None, device: str, seed: int) -> dict[str, Any]:
+    from spikeshield.compiler.robustness import recorded_data_spec
+    from spikeshield.compiler.serialize import load_graph
+    from spikeshield.frontends.datasets import load_data
+    from spikeshield.runtime.device import resolve_device
+
     graph = load_graph(directory / "snn.ir")
     spec = data or recorded_data_spec(directory)
     splits = load_data(spec, seed=seed)
-    steps = timesteps or int(graph.meta.get("timesteps", 8))
+    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps")) or 8
     profile = profile_graph(graph, splits.test.head(samples), steps, energy,
                             device=resolve_device(device))
     profile["data"] = spec

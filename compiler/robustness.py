@@ -20,7 +20,8 @@ import torch
 from spikeshield.compiler.checkpoint import Checkpoint
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.manifest import record_files
+from spikeshield.compiler.manifest import record_files, require_verified
+from spikeshield.compiler.outputs import output_lock
 from spikeshield.frontends.datasets import Dataset
 from spikeshield.runtime import distributed
 from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
@@ -181,6 +182,9 @@ def _ann_pgd(result) -> float | None:
     return first.robust_after / result.samples if first is not None else None
 
 
+ROBUSTNESS_FILES = ("robustness.json", "robustness.md", "robustness.png")
+
+
 def write_robustness(report: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
     """Write robustness.json, robustness.md and robustness.png into ``directory``, all or nothing."""
     from spikeshield.compiler.robustness_report import render_markdown, render_plot
@@ -231,23 +235,34 @@ def evaluate_directory(
     data: str | None = None,
     config: RobustnessConfig | None = None,
     checkpoint: Checkpoint | None = None,
+    skip_verify: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the SNN of a compile directory (against its ann.ir, if present) and write
     robustness.json, robustness.md and robustness.png there. ``data`` defaults to the spec the
-    directory was compiled with. ``checkpoint``: see :func:`evaluate_robustness`."""
-    from spikeshield.compiler.ops import IF
-    from spikeshield.compiler.serialize import load_graph
-    from spikeshield.frontends.datasets import load_data
+    directory was compiled with. ``checkpoint``: see :func:`evaluate_robustness`. The directory
+    must match its manifest (unless ``skip_verify``) and is locked against other jobs meanwhile."""
 
     cfg = config or RobustnessConfig()
     cfg.validate()
     directory = Path(directory)
-    snn_path = directory / "snn.ir"
-    if not snn_path.is_file():
+    if not (directory / "snn.ir").is_file():
         raise ConfigError(
             f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
             f"MODEL --out {directory}` first"
         )
+    if not distributed.world().is_main:
+        return _evaluate_directory(directory, data, cfg, checkpoint)
+    with output_lock(directory):
+        return _evaluate_directory(require_verified(directory, skip_verify, ROBUSTNESS_FILES), data, cfg, checkpoint)
+
+
+def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig,
+                        checkpoint: Checkpoint | None) -> dict[str, Any]:
+    from spikeshield.compiler.ops import IF
+    from spikeshield.compiler.serialize import load_graph
+    from spikeshield.frontends.datasets import load_data
+
+    snn_path = directory / "snn.ir"
     snn = load_graph(snn_path)
     if not snn.nodes_of(IF):
         raise ConfigError(f"{snn_path} is not a spiking network (no IF layers)")

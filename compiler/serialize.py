@@ -7,14 +7,16 @@ ops, attributes, edges, graph metadata) as JSON in the archive's metadata. Loadi
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from spikeshield.compiler.artifacts import public_file_mode
+from spikeshield.compiler.artifacts import atomic_file
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.limits import NODES, check_tensor_shapes
@@ -58,7 +60,9 @@ def from_dict(structure: dict, tensors: dict[str, torch.Tensor]) -> Graph:
             f"IR format version {structure.get('version')} is not supported "
             f"(this spikeshield reads version {FORMAT_VERSION}); recompile the model"
         )
-    graph = Graph(structure.get("name", "graph"), structure.get("meta", {}))
+    meta = structure.get("meta", {})
+    _check_run_meta(meta)
+    graph = Graph(str(structure.get("name", "graph")), meta)
     for node in structure["nodes"]:
         cls = op_class(node["kind"])
         own = {
@@ -73,14 +77,35 @@ def from_dict(structure: dict, tensors: dict[str, torch.Tensor]) -> Graph:
     return graph.validate()
 
 
+ENCODINGS = ("direct", "poisson")
+
+
+def _check_run_meta(meta: Any) -> None:
+    """The run settings a graph records (what ``run``, ``eval`` and the exports read back) have
+    the types spikeshield writes: a file may say anything."""
+    if not isinstance(meta, dict):
+        raise IRValidationError(f"graph metadata must be a mapping, got {type(meta).__name__}")
+    steps = meta.get("timesteps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise IRValidationError(f"graph metadata 'timesteps' must be a whole number >= 0, got "
+                                f"{steps!r}")
+    if meta.get("encoding", "direct") not in ENCODINGS:
+        raise IRValidationError(f"graph metadata 'encoding' must be one of {', '.join(ENCODINGS)}, "
+                                f"got {meta.get('encoding')!r}")
+    bounds = meta.get("input_range", [0.0, 1.0])
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+            for b in bounds) and bounds[0] < bounds[1]):
+        raise IRValidationError(f"graph metadata 'input_range' must be [low, high] with low < "
+                                f"high, got {bounds!r}")
+
+
 def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     """Write ``graph`` to ``path`` (atomically: a temporary file renamed on success)."""
     path = Path(path)
     structure, tensors = to_dict(graph)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"spikeshield": json.dumps(structure)})
-    public_file_mode(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"spikeshield": json.dumps(structure)})
     return path
 
 
@@ -103,7 +128,8 @@ def load_graph(path: str | os.PathLike) -> Graph:
         structure = json.loads(meta["spikeshield"])
         NODES.check(len(structure["nodes"]), path, "the graph")
         return from_dict(structure, tensors)
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: malformed IR structure ({err})") from None
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as err:
+        detail = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise ModelLoadError(f"{path}: malformed IR structure ({detail})") from None
     except IRValidationError as err:
         raise ModelLoadError(f"{path}: {err}") from None

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 from spikeshield.compiler.artifacts import atomic_file
+from spikeshield.compiler.limits import resolve_timesteps
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.model_io import load_model
+from spikeshield.compiler.outputs import claim_output
 from spikeshield.compiler.ops import IF
 
 MAX_INPUT_BYTES = 2 * 1024**3
@@ -44,10 +46,30 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> torch.
             f"{path.name} has shape {tuple(array.shape)}; the model expects (N, "
             f"{', '.join(map(str, input_shape))})"
         )
+    if len(array) == 0:
+        raise DataError(f"{path.name} holds no samples; give at least one input")
     tensor = torch.from_numpy(np.array(array, dtype=np.float32))
     if not torch.isfinite(tensor).all():
         raise DataError(f"{path.name} holds NaN or infinite values")
     return tensor
+
+
+def check_input_range(inputs: torch.Tensor, graph: Graph, name: str, scale: float) -> torch.Tensor:
+    """``inputs / scale``, refused when outside the range the graph declares (spikeshield graphs
+    take pixels in [0, 1]; graphs from other tools declare none and are not checked)."""
+    if not scale > 0 or not np.isfinite(scale):
+        raise ConfigError(f"--input-scale must be a positive number, got {scale}")
+    inputs = inputs / scale if scale != 1 else inputs
+    bounds = graph.meta.get("input_range")
+    if bounds is None:
+        return inputs
+    low, high = float(inputs.min()), float(inputs.max())
+    if low < bounds[0] or high > bounds[1]:
+        hint = ("pass --input-scale 255 for 8-bit pixels" if 1 < high <= 255 and scale == 1
+                else "rescale them")
+        raise DataError(f"{name} holds values in [{low:g}, {high:g}], outside the model's input "
+                        f"range [{bounds[0]:g}, {bounds[1]:g}]; {hint}")
+    return inputs
 
 
 def simulate(
@@ -61,11 +83,9 @@ def simulate(
     from spikeshield.runtime.executor import GraphExecutor
 
     spiking = bool(graph.nodes_of(IF))
-    steps = timesteps or int(graph.meta.get("timesteps", 0)) or None
+    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps"))
     if spiking and steps is None:
         raise ConfigError(f"graph {graph.name!r} records no number of time steps; pass --timesteps")
-    if steps is not None and steps <= 0:
-        raise ConfigError(f"--timesteps must be >= 1, got {steps}")
     executor = GraphExecutor(graph, encoding=str(graph.meta.get("encoding", "direct"))).eval()
     generator = torch.Generator().manual_seed(seed)
     logits, counts = [], {n: [] for n in graph.nodes_of(IF)}
@@ -94,16 +114,31 @@ def run_on_inputs(
     inputs_path: str | os.PathLike,
     out: str | os.PathLike,
     timesteps: int | None = None,
+    input_scale: float = 1.0,
+    force: bool = False,
+    skip_verify: bool = False,
 ) -> dict[str, Any]:
-    """Load ``source`` (compile directory, .ir or .nir), simulate it on the .npy inputs and save an
-    .npz; returns the arrays saved."""
+    """Load ``source`` (compile directory, .ir or .nir), simulate it on the .npy inputs (divided
+    by ``input_scale``) and save an .npz; returns the arrays saved. ``out`` is claimed first
+    (``compiler.outputs``); a compile directory must verify unless ``skip_verify``."""
     out = Path(out)
     if out.suffix != ".npz":
         raise ConfigError(f"--out must end in .npz, got {out.name}")
-    graph = load_model(source)
-    input_shape = graph.op(graph.input_names[0]).shape
-    inputs = load_inputs(inputs_path, input_shape)
-    result = simulate(graph, inputs, timesteps)
-    with atomic_file(out) as tmp:
-        np.savez(tmp, **result)
+    with claim_output(out, [source, inputs_path], force, spikeshield_file=_is_run_output):
+        graph = load_model(source, verify=not skip_verify)
+        input_shape = graph.op(graph.input_names[0]).shape
+        inputs = load_inputs(inputs_path, input_shape)
+        inputs = check_input_range(inputs, graph, Path(inputs_path).name, input_scale)
+        result = simulate(graph, inputs, timesteps)
+        with atomic_file(out) as tmp:
+            np.savez(tmp, **result)
     return result
+
+
+def _is_run_output(path: Path) -> bool:
+    """An .npz that `spikeshield run` wrote (its arrays, nothing pickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {"predictions", "logits", "timesteps", "layers"} <= set(saved.files)
+    except (OSError, ValueError, EOFError):
+        return False

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -187,6 +189,20 @@ def prune_trained(
             "history": outcome.history}
 
 
+MARKER = "spikeshield.json"  # an extra file in every .pt2 spikeshield train writes
+
+
+def is_spikeshield_pt2(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a .pt2 that spikeshield wrote (so ``train --force`` may replace it)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith(f"/extra/{MARKER}") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
     """Write ``model`` (eval mode, dynamic batch) as a self-contained ``torch.export`` ``.pt2``."""
     model = model.eval().cpu()
@@ -196,6 +212,6 @@ def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
         model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
     )
     buffer = io.BytesIO()  # the archive's inner folder is named after a file; a buffer's is fixed
-    torch.export.save(program, buffer)
+    torch.export.save(program, buffer, extra_files={MARKER: json.dumps({"written_by": "spikeshield"})})
     with atomic_file(path) as tmp:  # an interrupted write never leaves a half .pt2
         tmp.write_bytes(buffer.getvalue())

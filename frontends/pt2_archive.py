@@ -30,6 +30,7 @@ import os
 import re
 import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,32 @@ def _check_program(program: Any, path: Path) -> None:
             stack.extend(item)
 
 
+def _read_parts(archive: _Archive) -> tuple[Any, dict, dict, Any]:
+    """The checked program JSON, weights, constants and sample inputs of an open archive."""
+    path = archive.path
+    _check_header(archive)
+    weights = _payloads(archive, WEIGHTS_CONFIG, "data/weights/", "weight_")
+    constants = _payloads(archive, CONSTANTS_CONFIG, "data/constants/", "tensor_")
+    declared = {p.member for p in weights + constants}
+    known = BOOKKEEPING | {MODEL_JSON, WEIGHTS_CONFIG, CONSTANTS_CONFIG, SAMPLE_INPUTS}
+    stray = sorted(n for n in archive.members
+                   if n not in known and n not in declared and not n.startswith("extra/"))
+    if stray:
+        raise _refuse(path, f"member {stray[0]} is not part of an exported program")
+    program_json = archive.read_json(MODEL_JSON)
+    _check_program(program_json, path)
+    budget = _Budget(path)
+    state_dict = _build_tensors(archive, weights, budget)
+    constant_tensors = _build_tensors(archive, constants, budget)
+    sample_size = archive.members[SAMPLE_INPUTS].file_size if SAMPLE_INPUTS in \
+        archive.members else 0
+    budget.take(sample_size, f"member {SAMPLE_INPUTS}")
+    examples = _safe_torch_load(archive, SAMPLE_INPUTS, sample_size) if sample_size else None
+    if examples is not None and not isinstance(examples, (tuple, dict)):
+        raise _refuse(path, f"{SAMPLE_INPUTS} holds a {type(examples).__name__}")
+    return program_json, state_dict, constant_tensors, examples
+
+
 def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
     """The exported program of a ``.pt2``, read as the module docstring says; anything else is a
     one-line :class:`ModelLoadError`."""
@@ -382,27 +409,14 @@ def load_exported(path: str | os.PathLike) -> torch.export.ExportedProgram:
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     archive = _open(path)
-    with archive.zip:
-        _check_header(archive)
-        weights = _payloads(archive, WEIGHTS_CONFIG, "data/weights/", "weight_")
-        constants = _payloads(archive, CONSTANTS_CONFIG, "data/constants/", "tensor_")
-        declared = {p.member for p in weights + constants}
-        known = BOOKKEEPING | {MODEL_JSON, WEIGHTS_CONFIG, CONSTANTS_CONFIG, SAMPLE_INPUTS}
-        stray = sorted(n for n in archive.members
-                       if n not in known and n not in declared and not n.startswith("extra/"))
-        if stray:
-            raise _refuse(path, f"member {stray[0]} is not part of an exported program")
-        program_json = archive.read_json(MODEL_JSON)
-        _check_program(program_json, path)
-        budget = _Budget(path)
-        state_dict = _build_tensors(archive, weights, budget)
-        constant_tensors = _build_tensors(archive, constants, budget)
-        sample_size = archive.members[SAMPLE_INPUTS].file_size if SAMPLE_INPUTS in \
-            archive.members else 0
-        budget.take(sample_size, f"member {SAMPLE_INPUTS}")
-        examples = _safe_torch_load(archive, SAMPLE_INPUTS, sample_size) if sample_size else None
-        if examples is not None and not isinstance(examples, (tuple, dict)):
-            raise _refuse(path, f"{SAMPLE_INPUTS} holds a {type(examples).__name__}")
+    try:
+        with archive.zip:
+            parts = _read_parts(archive)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+            ValueError) as err:
+        raise ModelLoadError(f"{path} is a corrupt torch.export archive ({type(err).__name__}: "
+                             f"{str(err)[:120]}); write it again with torch.export.save") from None
+    program_json, state_dict, constant_tensors, examples = parts
     try:
         serialized = _dict_to_dataclass(schema.ExportedProgram, program_json)
         return ExportedProgramDeserializer(None).deserialize(

@@ -98,6 +98,7 @@ class Op:
                 kwargs[f.name] = tensors.get(f.name)
             elif f.name in attributes:
                 value = attributes[f.name]
+                _check_attribute_type(cls, f.name, f.default, value)
                 kwargs[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**kwargs)
 
@@ -114,6 +115,28 @@ class Op:
         parts = [f"{k}={v}" for k, v in self.attributes().items()]
         parts += [f"{k}{list(v.shape)}" for k, v in self.tensors().items()]
         return f"{self.kind}(" + ", ".join(parts) + ")"
+
+
+def _check_attribute_type(cls: type, name: str, default: Any, value: Any) -> None:
+    """A stored attribute has the type of the field's default (a file may say anything)."""
+
+    def number(v: Any, kind: type) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float) if kind is float else int)
+
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, (int, float)):
+        ok, want = number(value, type(default)), f"a {type(default).__name__}"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, tuple) and default and all(isinstance(d, int) for d in default):
+        ok = isinstance(value, (list, int)) and not isinstance(value, bool) and all(
+            number(v, int) for v in (value if isinstance(value, list) else [value]))
+        want = "a whole number or a list of them"
+    else:
+        return  # no default to compare with (e.g. shapes): the op's validate() checks it
+    if not ok:
+        raise IRValidationError(f"{cls.kind}.{name} must be {want}, got {value!r}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -81,6 +81,10 @@ class Conv2d(Op):
 
     def validate(self, in_shape: Shape) -> None:
         super().validate(in_shape)
+        require(min(self.stride + self.dilation) >= 1 and min(self.padding) >= 0,
+                f"stride and dilation must be >= 1 and padding >= 0, got stride {self.stride}, "
+                f"dilation {self.dilation}, padding {self.padding}")
+        require(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
         require(self.weight.dim() == 4, f"weight must be 4-D (out, in, kh, kw), got {tuple(self.weight.shape)}")
         require(len(in_shape) == 3, f"expects a (C, H, W) input, got {in_shape}")
         require(

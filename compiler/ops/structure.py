@@ -73,4 +73,7 @@ class AvgPool2d(Op):
 
     def validate(self, in_shape: Shape) -> None:
         require(len(in_shape) == 3, f"expects a (C, H, W) input, got {in_shape}")
+        require(min(self.kernel + self.stride) >= 1 and min(self.padding) >= 0,
+                f"kernel and stride must be >= 1 and padding >= 0, got kernel {self.kernel}, "
+                f"stride {self.stride}, padding {self.padding}")
         require(min(self.infer_shape(in_shape)[1:]) > 0, f"input {in_shape} is smaller than the kernel")

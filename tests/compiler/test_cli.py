@@ -128,7 +128,7 @@ def test_bad_inputs_exit_2_and_write_nothing(trained_lenet, tmp_path):
     corrupt.write_bytes(b"\x00garbage")
     cases = [
         (["--data", "imagenet"], "unknown data spec"),
-        (["-T", "0"], "timesteps must be >= 1"),
+        (["-T", "0"], "timesteps must be between 1 and"),
         (["--data", "fashion-mnist:/no/such/dir"], "not found"),
         (["--reset", "sideways"], "reset must be one of"),
         (["--finetune", "sgd"], "finetune objective must be one of"),

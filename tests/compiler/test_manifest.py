@@ -28,6 +28,7 @@ def directory(tmp_path):
     (out / "plots" / "a.png").write_bytes(b"png")
     (out / ".report.json.tmp-1").write_text("a temporary, never listed")
     write_manifest(out)
+    (out / ".report.json.tmp-1").unlink()
     return out
 
 
@@ -79,6 +80,24 @@ def test_a_manifest_cannot_point_outside_its_directory_or_be_malformed(directory
     (directory / "manifest.json").unlink()
     cli = runner.invoke(app, ["verify", str(directory)])
     assert cli.exit_code == 2 and "has no manifest.json" in cli.output
+
+
+def test_verify_reports_temporaries_an_interrupted_write_left(directory):
+    (directory / ".snn.nir.tmp-4242.nir").write_bytes(b"half an HDF5 file")
+    assert "snn.nir" not in str(read_manifest(directory))
+    cli = runner.invoke(app, ["verify", str(directory)])
+    assert cli.exit_code == 2 and "left by an interrupted write: .snn.nir.tmp-4242.nir" in cli.output
+
+
+def test_verify_fails_when_a_file_spikeshield_writes_lost_its_manifest_entry(directory):
+    """Tampering with a file and deleting its entry must not pass as 'unlisted, unchecked'."""
+    content = json.loads((directory / "manifest.json").read_text())
+    del content["files"]["report.json"]
+    (directory / "manifest.json").write_text(json.dumps(content))
+    (directory / "report.json").write_text('{"accuracy": 1.0}')
+    cli = runner.invoke(app, ["verify", str(directory)])
+    assert cli.exit_code == 2 and "not in the manifest: report.json" in cli.output
+    assert not verify_directory(directory).intact
 
 
 def test_verify_passes_on_an_intact_directory(directory):
