@@ -90,7 +90,8 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _same_or_inside(path: Path, other: Path) -> bool:
-    return path == other or path in other.parents
+    """Whether ``path`` is ``other`` or lies inside it."""
+    return path == other or other in path.parents
 
 
 def check_writable(path: Path) -> None:
@@ -138,7 +139,7 @@ def check_output(
     out = Path(out).absolute()
     for source in inputs:
         source = Path(source).absolute()
-        if _same_or_inside(source, out) or (not directory and _same_or_inside(out, source)):
+        if source == out or (directory and _same_or_inside(source, out)):
             raise OutputError(f"--out {out} would overwrite the input {source}; choose another "
                               "output path")
     if out.is_symlink() or (out.exists() and not (out.is_dir() or out.is_file())):

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.limits import NODES, check_tensor_shapes
+from spikeshield.compiler.limits import NODES, TENSOR_ELEMENTS, check_tensor_shapes
 from spikeshield.compiler.ops import (
     AvgPool2d,
     BatchNorm,
@@ -43,8 +43,9 @@ from spikeshield.frontends.fx_lowering import (
 
 
 class OnnxLowering:
-    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+    def __init__(self, model: onnx.ModelProto, name: str, source: str | os.PathLike = "") -> None:
         self.model = model
+        self.source = source or name
         self.graph = Graph(name)
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.env: dict[str, Any] = {}
@@ -90,8 +91,12 @@ class OnnxLowering:
                 if node.op_type not in CONVERTERS:
                     self.unsupported(f"op {node.op_type}")
                 results: Any = UNSUPPORTED
+            elif all(not isinstance(a, Data) for a in args) and node.op_type in CONSTANT_OPS:
+                results = _evaluate_constant(node, args, self.source)
             elif all(not isinstance(a, Data) for a in args):
-                results = _evaluate_constant(node, args)
+                hint = "fold it into the weights before exporting" if node.op_type in CONVERTERS \
+                    else "a feed-forward ANN has no such op; export the model without it"
+                results = self.unsupported(f"op {node.op_type} on constants", hint)
             elif node.op_type not in CONVERTERS:
                 hint = MAXPOOL_HINT if node.op_type == "MaxPool" else ""
                 results = self.unsupported(f"op {node.op_type}", hint)
@@ -113,11 +118,52 @@ class OnnxLowering:
         return self.graph.validate()
 
 
-def _evaluate_constant(node: onnx.NodeProto, args: list[Any]) -> Any:
+# Ops evaluated at load time when all their inputs are constants: shape arithmetic and the small
+# tensor maths exporters emit. Anything else (control flow such as Loop or If, random ops, ...) is
+# never evaluated: it cannot be part of a feed-forward ANN, and a Loop with a constant trip count
+# of 10^12 would run forever. Ops whose output can be far larger than their inputs are bounded
+# first (see _constant_elements).
+CONSTANT_OPS = {
+    "Constant", "Identity", "Cast", "CastLike", "Shape", "Size", "Gather", "Unsqueeze", "Squeeze",
+    "Concat", "Slice", "Reshape", "Flatten", "Transpose", "ConstantOfShape", "Expand", "Tile",
+    "Range", "Equal", "Where", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sqrt", "Reciprocal",
+    "Pow", "Floor", "Ceil", "Min", "Max", "ReduceProd", "Dropout", "MatMul", "Gemm", "Sum", "Relu",
+}
+
+
+def _constant_elements(node: onnx.NodeProto, args: list[Any]) -> int:
+    """An upper bound on the elements a constant op produces, from its inputs alone."""
+
+    def size(value: Any) -> int:
+        return int(np.asarray(value).size) if value is not None else 0
+
+    def product(value: Any) -> int:
+        return int(np.prod(np.abs(np.asarray(value, dtype=np.float64)))) if size(value) else 1
+
+    if node.op_type == "ConstantOfShape":
+        return product(args[0])
+    if node.op_type == "Expand":
+        shape = np.asarray(args[1], dtype=np.float64)
+        return max(product(shape), size(args[0])) * max(1, size(args[0]))
+    if node.op_type == "Tile":
+        return size(args[0]) * product(args[1])
+    if node.op_type == "Range":
+        start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in args)
+        return int(abs((limit - start) / delta)) + 1 if delta else TENSOR_ELEMENTS.value + 1
+    if node.op_type in ("MatMul", "Gemm"):
+        shapes = [np.shape(a) for a in args[:2]]
+        return int(np.prod(shapes[0][:-1] or (1,))) * int(shapes[1][-1] if shapes[1] else 1)
+    return sum(size(a) for a in args)  # elementwise, shape and gather ops: no larger than inputs
+
+
+def _evaluate_constant(node: onnx.NodeProto, args: list[Any], source: str | os.PathLike) -> Any:
     from onnx.reference import ReferenceEvaluator
 
     if node.op_type == "Shape":
         raise UnsupportedOpError("Shape of a constant is not supported")
+    TENSOR_ELEMENTS.check(_constant_elements(node, args), source,
+                          f"the constant computed by {node.op_type} node "
+                          f"{node.name or node.output[0]!r}")
     feeds = {name: value for name, value in zip(node.input, args) if name}
     outs = ReferenceEvaluator(node).run(None, feeds)
     return tuple(outs) if len(outs) > 1 else outs[0]
@@ -279,7 +325,7 @@ def from_onnx(path: str | os.PathLike) -> Graph:
     except Exception as err:  # ValidationError
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelLoadError(f"{path} is not a valid ONNX model ({first})") from None
-    graph = OnnxLowering(model, path.stem).run()
+    graph = OnnxLowering(model, path.stem, path).run()
     graph.meta.setdefault("source", f"ONNX {path.name}")
     return graph
 

@@ -1,5 +1,6 @@
 """Resumable long jobs: a run stopped mid-way and resumed gives the uninterrupted run's numbers."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -168,3 +169,63 @@ def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp
     # the summary line (validation and test accuracy) is the same too
     assert resumed.stdout.split(": best")[1].split("; wrote")[0] == \
         done.stdout.split(": best")[1].split("; wrote")[0]
+
+
+def test_a_signal_after_the_last_step_still_stops_the_job(tmp_path):
+    """Acknowledged ("stopping after the current step") must never turn into exit 0."""
+    with stop_on_signals():
+        checkpoint = Checkpoint(tmp_path / "run.checkpoint", "train", {}, every=1000)
+        with pytest.raises(Interrupted) as stopped:
+            with checkpoint.listening():
+                checkpoint.step("train", lambda: {"epoch": 1}, "in epoch 1")
+                os.kill(os.getpid(), signal.SIGTERM)  # after the loop's last step boundary
+        assert stopped.value.exit_code == 143 and "after the last step" in str(stopped.value)
+
+
+def test_a_signal_after_the_last_finetuning_batch_exits_143(trained_lenet, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spikeshield.compiler.cli import app
+
+    original = Checkpoint.listening
+
+    @contextlib.contextmanager
+    def late_signal(self):
+        with original(self):
+            yield
+            ckpt.request_stop(signal.SIGTERM)  # arrives once the last batch is done
+
+    monkeypatch.setattr(Checkpoint, "listening", late_signal)
+    out = tmp_path / "snn"
+    result = CliRunner().invoke(app, ["compile", str(trained_lenet[1]), "--out", str(out),
+                                      "--finetune-epochs", "1", "--finetune-max-train", "64",
+                                      "--robustness", "none", "--no-profile", "--n", "20",
+                                      "--calibration-batches", "1"])
+    assert result.exit_code == 143, result.output
+    assert "after the last step" in result.output and not out.exists()
+
+
+def test_a_signal_while_loading_a_nir_file_is_a_stop_not_a_bad_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spikeshield.backends.nir_backend import write_nir
+    from spikeshield.compiler.cli import app
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+    from spikeshield.frontends import nir_frontend
+
+    from tests.conftest import tiny_conv_graph
+
+    graph = convert_relu_to_if(tiny_conv_graph()).graph
+    graph.meta["timesteps"] = 4
+    path = write_nir(graph, tmp_path / "snn.nir")
+    real_read = nir_frontend.nir.read
+
+    def read_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(nir_frontend.nir, "read", read_then_signal)
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM" in result.output and "nothing to resume" in result.output
+    assert "not a valid NIR graph" not in result.output

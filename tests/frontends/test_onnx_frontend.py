@@ -51,3 +51,51 @@ def test_corrupt_onnx_is_a_typed_error(tmp_path):
     path.write_bytes(b"\x08\x07garbage")
     with pytest.raises(ModelLoadError, match="bad.onnx"):
         from_onnx(path)
+
+
+def _constant_model(nodes, output: str, tmp_path, name: str):
+    """x (1, 4) plus a constant computed by ``nodes``: what a hostile exporter could write."""
+    graph = helper.make_graph(
+        [*nodes, helper.make_node("Add", ["x", output], ["y"])], name,
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_constant_loop_is_refused_without_running_it(tmp_path):
+    """A Loop whose trip count is 10^12 would make the reference evaluator run for ever."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]),
+         helper.make_node("Identity", ["v"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", onnx.TensorProto.FLOAT, [4])])
+    nodes = [
+        helper.make_node("Constant", [], ["trips"], value=helper.make_tensor(
+            "t", onnx.TensorProto.INT64, [], [10**12])),
+        helper.make_node("Constant", [], ["go"], value=helper.make_tensor(
+            "g", onnx.TensorProto.BOOL, [], [True])),
+        helper.make_node("Constant", [], ["v0"], value=helper.make_tensor(
+            "v", onnx.TensorProto.FLOAT, [4], [0.0] * 4)),
+        helper.make_node("Loop", ["trips", "go", "v0"], ["looped"], body=body),
+    ]
+    path = _constant_model(nodes, "looped", tmp_path, "loop")
+    with pytest.raises(UnsupportedOpError, match="op Loop on constants"):
+        from_onnx(path)
+
+
+def test_a_constant_of_gigantic_shape_is_refused_before_it_is_allocated(tmp_path):
+    nodes = [
+        helper.make_node("Constant", [], ["shape"], value=helper.make_tensor(
+            "s", onnx.TensorProto.INT64, [2], [1 << 15, 1 << 15])),
+        helper.make_node("ConstantOfShape", ["shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+    ]
+    path = _constant_model(nodes, "total", tmp_path, "bomb")
+    with pytest.raises(ModelLoadError, match="the constant computed by ConstantOfShape node "
+                       "'big' has 1,073,741,824 elements"):
+        from_onnx(path)
