@@ -8,12 +8,13 @@ from pathlib import Path
 
 from torch import nn
 
-from spikeshield.compiler.errors import ConfigError, ModelLoadError
+from spikeshield.compiler.errors import ConfigError, DataError, ModelLoadError
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.limits import check_graph
 from spikeshield.compiler.manifest import require_verified
 from spikeshield.compiler.ops import Shape
 from spikeshield.compiler.serialize import load_graph
+from spikeshield.frontends.datasets import DataSplits
 
 MODEL_SUFFIXES = {
     ".pt2": "torch.export program",
@@ -76,3 +77,19 @@ def _lower(
         return load_graph(path), True
     known = ", ".join(f"{k} ({v})" for k, v in MODEL_SUFFIXES.items())
     raise ModelLoadError(f"cannot tell the format of {path.name}; use one of: {known}")
+
+
+def check_model_data(graph: Graph, data: DataSplits) -> None:
+    """Raise :class:`DataError` when the model's input or output does not fit the data."""
+    expected = graph.op(graph.input_names[0]).shape
+    if tuple(expected) != tuple(data.input_shape):
+        raise DataError(
+            f"the model expects inputs of shape {tuple(expected)} but {data.name} has images of "
+            f"shape {tuple(data.input_shape)}; pick the data set the model was trained on"
+        )
+    outputs = graph.shape(graph.output_names[0])
+    if len(outputs) != 1 or outputs[0] < data.num_classes:
+        raise DataError(
+            f"the model outputs {outputs} but {data.name} has {data.num_classes} classes; "
+            "the model must output one logit per class"
+        )

@@ -24,7 +24,7 @@ from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.limits import check_timesteps
 from spikeshield.compiler.ir import Graph
 from spikeshield.compiler.manifest import write_manifest
-from spikeshield.compiler.model_io import load_model
+from spikeshield.compiler.model_io import check_model_data, load_model
 from spikeshield.compiler.pass_manager import PassManager
 from spikeshield.compiler.passes.calibrate_thresholds import (
     CALIBRATION_MODES,
@@ -182,22 +182,6 @@ class CompileResult:
     snn: Graph
     report: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
-
-
-def check_model_data(graph: Graph, data: DataSplits) -> None:
-    """Raise :class:`DataError` when the model's input or output does not fit the data."""
-    expected = graph.op(graph.input_names[0]).shape
-    if tuple(expected) != tuple(data.input_shape):
-        raise DataError(
-            f"the model expects inputs of shape {tuple(expected)} but {data.name} has images of "
-            f"shape {tuple(data.input_shape)}; pick the data set the model was trained on"
-        )
-    outputs = graph.shape(graph.output_names[0])
-    if len(outputs) != 1 or outputs[0] < data.num_classes:
-        raise DataError(
-            f"the model outputs {outputs} but {data.name} has {data.num_classes} classes; "
-            "the model must output one logit per class"
-        )
 
 
 def threshold_scale(cfg: CompileConfig) -> float:

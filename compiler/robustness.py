@@ -20,6 +20,7 @@ import torch
 from spikeshield.compiler.checkpoint import Checkpoint
 from spikeshield.compiler.errors import ConfigError, DataError
 from spikeshield.compiler.ir import Graph
+from spikeshield.compiler.model_io import check_model_data
 from spikeshield.compiler.manifest import record_files, require_verified
 from spikeshield.compiler.outputs import output_lock
 from spikeshield.frontends.datasets import Dataset
@@ -270,6 +271,7 @@ def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig
     if data is None:
         data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
+    check_model_data(snn, splits)
     current = distributed.world()
     report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
     report["data"] = data

@@ -253,6 +253,16 @@ def _svhn_part(path: Path) -> Dataset:
         x, y = mat["X"], mat["y"]
     except Exception as err:  # scipy raises several types for malformed .mat files
         raise DataError(f"{path} is not an SVHN .mat file ({err})") from None
+    if not (isinstance(x, np.ndarray) and x.dtype.kind in "uif" and x.ndim == 4
+            and x.shape[:3] == (32, 32, 3)):
+        raise DataError(f"{path}: X must be a numeric (32, 32, 3, N) array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not (isinstance(y, np.ndarray) and y.dtype.kind in "uif" and y.size == x.shape[3]):
+        raise DataError(f"{path}: y must hold one numeric label per image ({x.shape[3]}), got "
+                        f"{getattr(y, 'size', type(y).__name__)} of "
+                        f"{getattr(y, 'dtype', type(y).__name__)}")
+    if x.dtype.kind == "f" and not (np.isfinite(x).all() and x.min() >= 0 and x.max() <= 255):
+        raise DataError(f"{path}: X holds values outside the 0..255 pixel range")
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8))
     labels = torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)  # SVHN stores digit 0 as 10
     return Dataset(images, labels)

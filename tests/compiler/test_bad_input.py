@@ -137,3 +137,19 @@ def test_compile_refuses_data_whose_shape_does_not_fit_the_model(tmp_path):
     result = runner.invoke(app, ["compile", str(path), "--out", str(tmp_path / "o"),
                                  "--finetune", "none", "--robustness", "none"])
     _one_line_exit_2(result, "(1, 28, 28)", "(1, 6, 6)")
+
+
+def test_eval_refuses_data_whose_shape_does_not_fit_the_snn(trained_lenet, tmp_path):
+    from scipy.io import savemat
+
+    out = tmp_path / "snn"
+    assert runner.invoke(app, ["compile", str(trained_lenet[1]), "--out", str(out), "--finetune",
+                               "none", "--robustness", "none", "--no-profile", "--n", "20",
+                               "--calibration-batches", "1"]).exit_code == 0
+    svhn = tmp_path / "svhn"
+    svhn.mkdir()
+    for name in ("train", "test"):
+        savemat(svhn / f"{name}_32x32.mat", {"X": np.zeros((32, 32, 3, 4), np.uint8),
+                                             "y": np.ones((4, 1), np.uint8)})
+    result = runner.invoke(app, ["eval", str(out), "--data", f"svhn:{svhn}", "--n", "4"])
+    _one_line_exit_2(result, "(1, 28, 28)", "(3, 32, 32)")

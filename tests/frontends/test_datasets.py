@@ -1,5 +1,6 @@
 import gzip
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -77,6 +78,27 @@ def test_svhn_mat(tmp_path):
                  "y": np.array([[10]] + [[1]] * (n - 1), dtype=np.uint8)})
     splits = load_data(f"svhn:{tmp_path}", val_fraction=0.0)
     assert splits.input_shape == (3, 32, 32) and int(splits.test.labels[0]) == 0  # 10 means digit 0
+
+
+@pytest.mark.parametrize("x, y, phrase", [
+    (np.zeros((32, 32, 3, 50), np.uint8), np.ones((7, 1), np.uint8), "one numeric label per image"),
+    (np.array(["not", "pixels"]), np.ones((2, 1)), "X must be a numeric (32, 32, 3, N) array"),
+    (np.zeros((32, 32, 3, 2), np.uint8), np.array(["a", "b"]), "one numeric label per image"),
+    (np.full((32, 32, 3, 2), 1e6), np.ones((2, 1)), "outside the 0..255 pixel range"),
+])
+def test_malformed_svhn_files_are_one_line(tmp_path, x, y, phrase):
+    from scipy.io import savemat
+    from typer.testing import CliRunner
+
+    from spikeshield.compiler.cli import app
+
+    for name in ("train", "test"):
+        savemat(tmp_path / f"{name}_32x32.mat", {"X": x, "y": y})
+    with pytest.raises(DataError, match=re.escape(phrase)):
+        load_data(f"svhn:{tmp_path}")
+    result = CliRunner().invoke(app, ["train", "--data", f"svhn:{tmp_path}", "--out",
+                                      str(tmp_path / "m.pt2")])
+    assert result.exit_code == 2 and phrase in result.output
 
 
 def _png(path, value):
