@@ -280,7 +280,7 @@ def train(
 @app.command("compile")
 def compile_cmd(
     model: Annotated[Path, typer.Argument(help="Model file: .pt2 (torch.export), .onnx, or .ir.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory (replaced atomically).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory, written atomically; an existing one is replaced only with --force, and only if spikeshield wrote it.")],
     data: DataOpt = "mnist5k",
     timesteps: Annotated[int, typer.Option("--timesteps", "-T", help="Simulation time steps T.")] = 8,
     reset: Annotated[str, typer.Option(help="IF reset: zero or subtract.")] = "zero",

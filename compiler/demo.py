@@ -50,7 +50,7 @@ def run_demo(
     for t in timesteps:
         cfg = CompileConfig(timesteps=t, device=str(dev), seed=seed, finetune="none",
                             robustness="none")
-        result = compile_model(model_path, splits, cfg, out / f"snn-T{t}")
+        result = compile_model(model_path, splits, cfg, out / f"snn-T{t}", force=True)
         rows.append({"timesteps": t, "ann": result.report["ann"]["accuracy"],
                      "snn": result.report["snn"]["accuracy"]})
     echo("")
@@ -65,7 +65,7 @@ def run_demo(
     cfg = CompileConfig(timesteps=robust_t, device=str(dev), seed=seed,
                         finetune_epochs=finetune_epochs, eps=eps, eval_samples=robust_samples,
                         finetune_max_train=max_train)
-    result = compile_model(model_path, splits, cfg, out / f"robust-snn-T{robust_t}")
+    result = compile_model(model_path, splits, cfg, out / f"robust-snn-T{robust_t}", force=True)
     rob = result.report["robustness"]
     echo(f"on those {result.report['snn']['samples']} images, clean: ANN "
          f"{100 * result.report['ann']['accuracy']:.2f}%, finetuned SNN "

@@ -167,10 +167,9 @@ def test_a_second_job_on_the_same_output_is_refused_at_once(compiled, trained_le
 def _publish(out: str, rounds: int, results) -> None:
     for _ in range(rounds):
         try:
-            with claim_output(out, force=True, directory=True):
-                with atomic_directory(out) as tmp:
-                    (tmp / "snn.ir").write_text(str(os.getpid()))
-                    write_manifest(tmp)
+            with claim_output(out, force=True, directory=True), atomic_directory(out) as tmp:
+                (tmp / "snn.ir").write_text(str(os.getpid()))
+                write_manifest(tmp)
             results.put("published")
         except OutputError as err:
             results.put("refused" if "in use by another" in str(err) else f"error: {err}")
@@ -214,7 +213,7 @@ def test_leftovers_of_a_killed_run_are_named_and_removed(compiled, trained_lenet
 def _mounted(folder: Path, options: str):
     folder.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True)
+                          capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip("mounting a small tmpfs needs root with CAP_SYS_ADMIN; the simulated "
                     "ENOSPC test below covers the same code path")
@@ -248,7 +247,7 @@ def test_a_read_only_output_fails_before_the_work(trained_lenet, tmp_path):
 
 
 def test_a_write_that_fails_mid_export_is_one_line_and_cleans_up(compiled, monkeypatch):
-    import spikeshield.backends.nir_backend as nir_backend
+    from spikeshield.backends import nir_backend
 
     real_open = open
 
