@@ -1,5 +1,5 @@
 """The package list is derived from the tree, so a wheel can never miss a package (a hand-kept
-list once left out ``spikeshield.compiler.ops``). Everything else lives in pyproject.toml."""
+list once left out ``spikeshield.compiler.ir.ops``). Everything else lives in pyproject.toml."""
 
 from setuptools import find_packages, setup
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from spikeshield.compiler.errors import UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF
+from spikeshield.compiler.ir.errors import UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF
 
 
 def spikeshield_version() -> str:

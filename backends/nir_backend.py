@@ -40,8 +40,8 @@ import nir
 import numpy as np
 import torch
 from spikeshield.backends.common import full_shape, graph_description, raise_unsupported
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
     BatchNorm,

@@ -14,7 +14,7 @@ only the convolution and matrix kernels of onnxruntime may round differently, se
 
 An ANN graph (no IF) exports as a plain forward graph: ``input`` -> ``logits``.
 
-IF update, as :class:`spikeshield.compiler.ops.IF`: ``u = v + x``; ``s = float(u > theta)``;
+IF update, as :class:`spikeshield.compiler.ir.ops.IF`: ``u = v + x``; ``s = float(u > theta)``;
 ``v' = u * (1 - s)`` (reset zero) or ``v' = u - theta * s`` (subtract).
 """
 
@@ -29,9 +29,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from spikeshield.backends.common import graph_description, raise_unsupported
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
     BatchNorm,

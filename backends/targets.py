@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Conv2d, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Conv2d, Input, Linear, Output, Scale
 
 WEIGHTED = (Conv2d, Linear)
 

@@ -24,7 +24,7 @@ import torch
 
 
 def spikeshield(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "spikeshield.compiler.cli", *args]
+    command = [sys.executable, "-m", "spikeshield.compiler.driver.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, check=False,
                             env={**os.environ, **(env or {})})
     if result.returncode != 0:

@@ -44,10 +44,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from spikeshield.compiler.ops import IF, Input, Output, Sum
-from spikeshield.compiler.pass_manager import PassManager
-from spikeshield.compiler.pipeline import CompileConfig, conversion_pipeline
-from spikeshield.frontends.datasets import load_data
+from spikeshield.compiler.ir.ops import IF, Input, Output, Sum
+from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.compiler.driver.pipeline import CompileConfig, conversion_pipeline
+from spikeshield.compiler.driver.data import load_data
 from spikeshield.frontends.torch_module import from_module
 from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime.executor import GraphExecutor

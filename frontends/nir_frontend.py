@@ -27,10 +27,11 @@ import networkx as nx
 import nir
 import numpy as np
 import torch
-from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.limits import NODES, TENSOR_BYTES, TOTAL_BYTES, check_tensor_shapes
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.frontends.lowering import clean_name
+from spikeshield.compiler.ir.limits import NODES, TENSOR_BYTES, TOTAL_BYTES, check_tensor_shapes
+from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
     Conv2d,
@@ -264,9 +265,7 @@ class NirLowering:
         return self.ir_of.get(nir_name)
 
     def _emit(self, name: str, op: Op, inputs: list[str]) -> str:
-        ir_name = self.graph.unique_name(
-            "".join(c if c.isalnum() or c == "_" else "_" for c in name)
-        )
+        ir_name = self.graph.unique_name(clean_name(name))
         self.graph.add(ir_name, op, inputs)
         try:
             self.graph.infer_shapes()

@@ -17,57 +17,44 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from spikeshield.compiler.errors import IRValidationError, ModelLoadError, UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.limits import NODES, TENSOR_ELEMENTS, check_tensor_shapes
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import NODES, TENSOR_ELEMENTS, check_tensor_shapes
+from spikeshield.compiler.ir.ops import (
     AvgPool2d,
     BatchNorm,
     Conv2d,
     Flatten,
     Input,
     Linear,
-    Op,
     Output,
     ReLU,
     Scale,
     Sum,
 )
-from spikeshield.frontends.fx_lowering import (
+from spikeshield.frontends.lowering import (
     MAXPOOL_HINT,
     UNSUPPORTED,
     Data,
+    Lowering,
     _Unsupported,
+    as_tensor,
     per_channel_vector,
 )
 
 
-class OnnxLowering:
+class OnnxLowering(Lowering):
+    source_kind = "ONNX model"
+
     def __init__(self, model: onnx.ModelProto, name: str, source: str | os.PathLike = "") -> None:
+        super().__init__(name)
         self.model = model
         self.source = source or name
-        self.graph = Graph(name)
-        self.shapes: dict[str, tuple[int, ...]] = {}
         self.env: dict[str, Any] = {}
-        self.problems: list[str] = []
         self.node: onnx.NodeProto | None = None
 
-    def emit(self, op: Op, inputs: list[Data], base: str | None = None) -> Data:
-        raw = base or (self.node.name or self.node.output[0])
-        name = self.graph.unique_name("".join(c if c.isalnum() or c == "_" else "_" for c in raw))
-        in_shape = self.shapes[inputs[0].node] if inputs else ()
-        try:
-            op.validate(in_shape)
-        except IRValidationError as err:
-            raise IRValidationError(f"ONNX node {raw!r} ({op.kind}): {err}") from None
-        self.graph.add(name, op, [d.node for d in inputs])
-        self.shapes[name] = tuple(op.infer_shape(in_shape))
-        return Data(name)
-
-    def unsupported(self, what: str, hint: str = "") -> _Unsupported:
-        label = self.node.name or self.node.output[0]
-        self.problems.append(f"{what} at node {label!r}" + (f": {hint}" if hint else ""))
-        return UNSUPPORTED
+    def label(self) -> str:
+        return self.node.name or self.node.output[0]
 
     def run(self) -> Graph:
         g = self.model.graph
@@ -106,11 +93,7 @@ class OnnxLowering:
             outs = results if isinstance(results, tuple) else (results,)
             for name, value in zip(node.output, outs):
                 self.env[name] = value
-        if self.problems:
-            raise UnsupportedOpError(
-                "cannot lower the ONNX model: " + "; ".join(self.problems)
-                + f". Supported ONNX ops: {', '.join(sorted(CONVERTERS))}"
-            )
+        self.raise_collected(", ".join(sorted(CONVERTERS)), "ONNX ops")
         if len(g.output) != 1 or not isinstance(self.env.get(g.output[0].name), Data):
             raise UnsupportedOpError("the ONNX model must have one output computed from its input")
         self.node = onnx.NodeProto(name="output")
@@ -169,12 +152,8 @@ def _evaluate_constant(node: onnx.NodeProto, args: list[Any], source: str | os.P
     return tuple(outs) if len(outs) > 1 else outs[0]
 
 
-def _t(value: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(value, dtype=np.float32))
-
-
 def _per_channel(lw: OnnxLowering, value: Any, shape: tuple[int, ...], what: str):
-    vec = per_channel_vector(_t(value), shape)
+    vec = per_channel_vector(as_tensor(value), shape)
     if vec is None:
         lw.unsupported(f"{what} with a constant of shape {np.shape(value)}", "only per-channel constants")
     return vec
@@ -187,7 +166,7 @@ def _conv(lw, a, at):
     pads = list(at.get("pads", [0, 0, 0, 0]))
     if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
         return lw.unsupported(f"Conv with asymmetric pads {pads}")
-    op = Conv2d(weight=_t(a[1]), bias=_t(a[2]) if len(a) > 2 and a[2] is not None else None,
+    op = Conv2d(weight=as_tensor(a[1]), bias=as_tensor(a[2]) if len(a) > 2 and a[2] is not None else None,
                 stride=tuple(at.get("strides", [1, 1])), padding=(pads[0], pads[1]),
                 dilation=tuple(at.get("dilations", [1, 1])), groups=int(at.get("group", 1)))
     return lw.emit(op, [a[0]])
@@ -196,21 +175,21 @@ def _conv(lw, a, at):
 def _gemm(lw, a, at):
     if at.get("transA", 0) or not isinstance(a[0], Data) or isinstance(a[1], Data):
         return lw.unsupported("Gemm of that form", "only x @ W^T + b with constant W")
-    w = _t(a[1])
+    w = as_tensor(a[1])
     w = w if at.get("transB", 0) else w.t()
     alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
-    bias = _t(a[2]) * beta if len(a) > 2 and a[2] is not None else None
+    bias = as_tensor(a[2]) * beta if len(a) > 2 and a[2] is not None else None
     return lw.emit(Linear(weight=(w * alpha).contiguous(), bias=bias), [a[0]])
 
 
 def _matmul(lw, a, at):
     if not isinstance(a[0], Data) or isinstance(a[1], Data):
         return lw.unsupported("MatMul of that form", "only x @ W with constant W")
-    return lw.emit(Linear(weight=_t(a[1]).t().contiguous(), bias=None), [a[0]])
+    return lw.emit(Linear(weight=as_tensor(a[1]).t().contiguous(), bias=None), [a[0]])
 
 
 def _batchnorm(lw, a, at):
-    op = BatchNorm(running_mean=_t(a[3]), running_var=_t(a[4]), weight=_t(a[1]), bias=_t(a[2]),
+    op = BatchNorm(running_mean=as_tensor(a[3]), running_var=as_tensor(a[4]), weight=as_tensor(a[1]), bias=as_tensor(a[2]),
                    eps=float(at.get("epsilon", 1e-5)))
     return lw.emit(op, [a[0]])
 

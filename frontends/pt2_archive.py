@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from spikeshield.compiler.errors import ModelLoadError
-from spikeshield.compiler.limits import (
+from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.ir.limits import (
     ARCHIVE_MEMBERS,
     JSON_BYTES,
     TENSOR_BYTES,

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import torch
-from spikeshield.compiler.errors import UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import Shape
+from spikeshield.compiler.ir.errors import UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import Shape
 from spikeshield.frontends.fx_lowering import lower_fx
 from spikeshield.frontends.pt2_archive import load_exported
 from torch import fx, nn

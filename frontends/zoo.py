@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 
 ARCHITECTURES = ("lenet", "vgg11", "resnet20", "wrn16-4")
 

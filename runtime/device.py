@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

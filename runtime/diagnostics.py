@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from spikeshield.frontends.datasets import Dataset
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.attacks import AttackSpec, Member
 from spikeshield.runtime.ensemble import EnsembleResult, as_tensors, frozen, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor

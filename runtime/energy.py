@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 
 
 @dataclass(frozen=True)

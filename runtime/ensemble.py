@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from spikeshield.compiler.checkpoint import (
+from spikeshield.runtime.checkpoint import (
     Checkpoint,
     deferring_signals,
     restore_rng,
     rng_state,
 )
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.frontends.datasets import Dataset
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.attacks import AttackedModel, Member
 from spikeshield.runtime.distributed import World, sum_over_processes
 from spikeshield.runtime.executor import GraphExecutor

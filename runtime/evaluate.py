@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from spikeshield.compiler.ops import IF
-from spikeshield.frontends.datasets import Dataset
+from spikeshield.compiler.ir.ops import IF
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, BatchNorm, Conv2d, Input, Linear, Output, Sum
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, BatchNorm, Conv2d, Input, Linear, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.surrogates import SURROGATE_NAMES, Surrogate
 
 GRADIENT_KINDS = ("bptt", "bptr", "rga", "ann_proxy")

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.ops import (
     AvgPool2d,
     BatchNorm,
     Conv2d,

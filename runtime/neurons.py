@@ -6,7 +6,7 @@ gradients as stepping ``if_step`` under autograd (``if_scan_stepwise``, kept as 
 and benchmarks compare against), but it is one autograd node per layer instead of a handful per
 step: the forward pass updates the membrane in place, and the backward pass is a hand-written scan
 over time that stores only the membrane potential of each step. The equations are those of
-:class:`spikeshield.compiler.ops.IF`.
+:class:`spikeshield.compiler.ir.ops.IF`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 
 Derivative = Callable[[torch.Tensor, float], torch.Tensor]
 

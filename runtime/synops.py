@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear
-from spikeshield.frontends.datasets import Dataset
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
 from tqdm.auto import tqdm
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Conv2d, Flatten, Input, Linear, Output, ReLU
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Conv2d, Flatten, Input, Linear, Output, ReLU
 
 torch.set_num_threads(2)
 
@@ -36,7 +36,7 @@ def single_if_graph(threshold: float = 1.0, reset: str = "zero") -> Graph:
 
 @pytest.fixture(scope="session")
 def mnist5k():
-    from spikeshield.frontends.datasets import load_data
+    from spikeshield.compiler.driver.data import load_data
 
     return load_data("mnist5k")
 
@@ -44,7 +44,8 @@ def mnist5k():
 @pytest.fixture(scope="session")
 def trained_lenet(mnist5k, tmp_path_factory):
     """A LeNet (half width) trained for 2 clean epochs on mnist5k, and its .pt2 file."""
-    from spikeshield.compiler.train_ann import TrainConfig, export_pt2, train_robust
+    from spikeshield.runtime.training import TrainConfig, train_robust
+    from spikeshield.compiler.driver.pt2 import export_pt2
     from spikeshield.frontends.zoo import build_model
 
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def trained_lenet(mnist5k, tmp_path_factory):
 @pytest.fixture(scope="session")
 def converted_lenet(trained_lenet, mnist5k):
     """``trained_lenet`` converted at T=8 (calibration only): the CompileResult."""
-    from spikeshield.compiler.pipeline import CompileConfig, compile_model
+    from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
 
     _, path = trained_lenet
     cfg = CompileConfig(timesteps=8, eval_samples=100, finetune="none", robustness="none")

@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError, PassError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError, PassError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 CALIBRATION_MODES = ("percentile", "max")
 

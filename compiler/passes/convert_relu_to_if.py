@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, ReLU
-from spikeshield.compiler.ops.neurons import RESET_MODES
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, ReLU
+from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 THRESHOLD_MODES = ("layer", "channel")
 

@@ -6,9 +6,9 @@ export report does). Precondition: a valid graph. Postcondition: no bias tensors
 
 from __future__ import annotations
 
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import Conv2d, Linear, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import Conv2d, Linear, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 @register_pass("drop_biases")

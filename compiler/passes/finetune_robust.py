@@ -7,7 +7,7 @@ after every step) and any kept batch-norm affine. Batch-norm statistics and Scal
 normalisation) stay fixed.
 
 Loss: TRADES (default; ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, beta=2 whatever objective the
-ANN used), AT or MART (:mod:`spikeshield.compiler.robust_objectives`). ``x_adv`` is crafted through
+ANN used), AT or MART (:mod:`spikeshield.runtime.objectives`). ``x_adv`` is crafted through
 the spiking dynamics with the same surrogate: single-step R-FGSM (``eps_train``, ``alpha =
 eps_train/2``) by default, k-step PGD as an option. SGD (lr 1e-3, momentum 0.9, weight decay 1e-3)
 with a cosine schedule, as in the reference code.
@@ -30,23 +30,23 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from spikeshield.compiler.checkpoint import (
+from spikeshield.runtime.checkpoint import (
     Checkpoint,
     deferring_signals,
     restore_training,
     training_state,
 )
-from spikeshield.compiler.errors import ConfigError, DataError, PassError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
-from spikeshield.compiler.robust_objectives import (
+from spikeshield.compiler.ir.errors import ConfigError, DataError, PassError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Conv2d, Linear, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
+from spikeshield.runtime.objectives import (
     INNER_ATTACKS,
     EpochProgress,
     inner_attack,
     robust_epoch,
 )
-from spikeshield.frontends.datasets import DataSplits, Dataset
+from spikeshield.runtime.data import DataSplits, Dataset
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
 from spikeshield.runtime.distributed import data_parallel, per_process_batch, world

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import BatchNorm, Conv2d, Linear, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import BatchNorm, Conv2d, Linear, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 BN_MODES = ("fold", "keep")
 

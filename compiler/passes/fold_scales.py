@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import AvgPool2d, Conv2d, Flatten, Linear, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import AvgPool2d, Conv2d, Flatten, Linear, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 def _target(graph: Graph, name: str) -> tuple[str, list[str]] | None:

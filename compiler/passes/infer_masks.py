@@ -11,9 +11,9 @@ Precondition: a valid graph. Postcondition: every conv/linear weight with zeros 
 
 from __future__ import annotations
 
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import Conv2d, Linear
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import Conv2d, Linear
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 @register_pass("infer_masks")

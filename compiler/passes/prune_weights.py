@@ -3,7 +3,7 @@
 On an ANN graph (before conversion) the robust objective runs through the ANN with a PGD inner
 attack; on a spiking graph it runs through the spikes by BPTT (triangle surrogate) with the inner
 attack of the config (``rfgsm`` is the practical choice), and thresholds stay at least 0.03, as in
-robust finetuning. See :mod:`spikeshield.compiler.pruning` for the methods and budgets.
+robust finetuning. See :mod:`spikeshield.runtime.pruning` for the methods and budgets.
 
 Precondition: a valid graph with at least one conv/linear layer. Postcondition: the same structure;
 every conv/linear layer carries a ``mask`` (all ones for dense layers), its weight is zero where the
@@ -14,13 +14,13 @@ the method and budget. Masks already present are kept: a synapse pruned once sta
 from __future__ import annotations
 
 import torch
-from spikeshield.compiler.errors import PassError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Conv2d, Linear, Scale
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import PassError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Conv2d, Linear, Scale
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
-from spikeshield.compiler.pruning import PruneConfig, prune_module
-from spikeshield.frontends.datasets import DataSplits
+from spikeshield.runtime.pruning import PruneConfig, prune_module
+from spikeshield.runtime.data import DataSplits
 from spikeshield.runtime.attacks import AttackedModel
 from spikeshield.runtime.evaluate import accuracy_of
 from spikeshield.runtime.executor import GraphExecutor

@@ -11,10 +11,10 @@ Precondition: a valid graph. Postcondition: the same structure; every weighted l
 
 from __future__ import annotations
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import Conv2d, Linear
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import Conv2d, Linear
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 @register_pass("quantize_weights")

@@ -6,9 +6,9 @@ Only ``graph.meta["encoding"]`` changes; the caller re-measures accuracy. Postco
 
 from __future__ import annotations
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.runtime.executor import ENCODINGS
 
 

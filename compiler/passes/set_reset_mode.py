@@ -6,11 +6,11 @@ and usually tracks the ANN better). Precondition: a valid graph. Postcondition: 
 
 from __future__ import annotations
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF
-from spikeshield.compiler.ops.neurons import RESET_MODES
-from spikeshield.compiler.pass_manager import PassResult, register_pass
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF
+from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 @register_pass("set_reset_mode")

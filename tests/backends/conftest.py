@@ -6,8 +6,8 @@ import functools
 
 import numpy as np
 import torch
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.frontends.torch_module import from_module
 from spikeshield.frontends.zoo import build_model
 

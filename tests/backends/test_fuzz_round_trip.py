@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.backends.onnx_backend import write_onnx
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import (
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
     Conv2d,
@@ -27,7 +27,7 @@ from spikeshield.compiler.ops import (
     ReLU,
     Sum,
 )
-from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
 

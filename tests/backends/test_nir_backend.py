@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from spikeshield.backends.nir_backend import to_nir, write_nir
-from spikeshield.compiler.errors import UnsupportedOpError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, AvgPool2d, Flatten, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.errors import UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, AvgPool2d, Flatten, Input, Linear, Output, Scale
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
 

@@ -9,8 +9,8 @@ import norse.torch as norse
 import pytest
 import torch
 from spikeshield.backends.nir_backend import to_nir
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Conv2d, Flatten, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Conv2d, Flatten, Input, Linear, Output, Scale
 from spikeshield.runtime.executor import GraphExecutor
 
 

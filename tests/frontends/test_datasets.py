@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from spikeshield.compiler.errors import DataError
-from spikeshield.frontends.datasets import load_data, read_idx
+from spikeshield.compiler.ir.errors import DataError
+from spikeshield.compiler.driver.data import load_data
+from spikeshield.frontends.datasets import read_idx
 
 
 def _write_idx(path, array: np.ndarray, gz: bool) -> None:
@@ -90,7 +91,7 @@ def test_malformed_svhn_files_are_one_line(tmp_path, x, y, phrase):
     from scipy.io import savemat
     from typer.testing import CliRunner
 
-    from spikeshield.compiler.cli import app
+    from spikeshield.compiler.driver.cli import app
 
     for name in ("train", "test"):
         savemat(tmp_path / f"{name}_32x32.mat", {"X": x, "y": y})

@@ -8,8 +8,8 @@ import nir
 import numpy as np
 import pytest
 import torch
-from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
-from spikeshield.compiler.ops import IF, AvgPool2d, Scale
+from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir.ops import IF, AvgPool2d, Scale
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
 

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from spikeshield.backends.nir_backend import write_nir
-from spikeshield.compiler.cli import app
-from spikeshield.compiler.errors import ModelLoadError
-from spikeshield.compiler.model_io import load_model
+from spikeshield.compiler.driver.cli import app
+from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.driver.model_io import load_model
 from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 
 from tests.conftest import tiny_conv_graph

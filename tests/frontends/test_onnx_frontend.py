@@ -3,7 +3,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from spikeshield.compiler.errors import ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.frontends.onnx_frontend import from_onnx
 from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime.executor import GraphExecutor

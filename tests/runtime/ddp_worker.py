@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from spikeshield.compiler.train_ann import TrainConfig, train_robust
-from spikeshield.frontends.datasets import load_data
+from spikeshield.runtime.training import TrainConfig, train_robust
+from spikeshield.compiler.driver.data import load_data
 from spikeshield.runtime.distributed import process_group
 from torch import nn
 

@@ -1,6 +1,6 @@
 import pytest
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.attacks import (
     AttackSpec,
     Member,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from spikeshield.compiler.cli import app
+from spikeshield.compiler.driver.cli import app
 from spikeshield.runtime.distributed import World, check_processes, per_process_batch
 from typer.testing import CliRunner
 
@@ -25,7 +25,7 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def compiled_dir(trained_lenet, tmp_path_factory):
-    from spikeshield.compiler.pipeline import CompileConfig, compile_model
+    from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
 
     _, path = trained_lenet
     out = tmp_path_factory.mktemp("ddp") / "snn"
@@ -40,7 +40,7 @@ def test_eval_on_two_gloo_processes_counts_exactly_what_one_process_counts(compi
     shutil.copytree(compiled_dir, one)
     shutil.copytree(compiled_dir, two)
     args = ["--preset", "quick", "--n", "40", "--batch-size", "16", "--device", "cpu"]
-    cli = [sys.executable, "-m", "spikeshield.compiler.cli", "eval"]
+    cli = [sys.executable, "-m", "spikeshield.compiler.driver.cli", "eval"]
     for directory, extra in ((one, []), (two, ["--nproc", "2"])):
         done = subprocess.run([*cli, str(directory), *args, *extra], env=_env(), cwd=tmp_path,
                               capture_output=True, text=True, timeout=600, check=False)
@@ -89,7 +89,7 @@ def test_compile_shares_finetuning_on_two_processes(trained_lenet, tmp_path):
     _, path = trained_lenet
     out = tmp_path / "snn"
     done = subprocess.run(
-        [sys.executable, "-m", "spikeshield.compiler.cli", "compile", str(path), "-T", "4",
+        [sys.executable, "-m", "spikeshield.compiler.driver.cli", "compile", str(path), "-T", "4",
          "--finetune-epochs", "1", "--finetune-max-train", "128", "--n", "50", "--robustness",
          "none", "--no-profile", "--device", "cpu", "--nproc", "2", "--out", str(out)],
         env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.attacks import AttackSpec, Member
 from spikeshield.runtime.diagnostics import Diagnostics, _compare_members, diagnose
 from spikeshield.runtime.ensemble import _attack_batch, run_ensemble

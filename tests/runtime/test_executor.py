@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.pipeline import CompileConfig, compile_model
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
 from spikeshield.runtime.evaluate import evaluate_graph
 from spikeshield.runtime.executor import GraphExecutor
 from tests.conftest import single_if_graph, tiny_conv_graph
@@ -69,7 +69,7 @@ def test_tiled_average_pool_is_bit_identical_to_torch(kernel):
     # exported graphs (which use the standard pooling) would stop meaning what the runtime computes.
     import torch.nn.functional as F
 
-    from spikeshield.compiler.ops import AvgPool2d
+    from spikeshield.compiler.ir.ops import AvgPool2d
     from spikeshield.runtime.kernels import KERNELS
 
     x = torch.randn(7, 5, 13, 17, generator=torch.Generator().manual_seed(kernel)) * 3
@@ -84,7 +84,7 @@ def test_tiled_average_pool_is_bit_identical_to_torch(kernel):
 def test_running_time_in_blocks_changes_no_spike_and_no_gradient(converted_lenet, mnist5k, reset):
     # Large batches go through time in blocks of steps (membranes carried across blocks): the
     # logits, the spike counts and the input gradients must be those of folding all steps at once.
-    from spikeshield.compiler.pass_manager import PassManager
+    from spikeshield.compiler.passes.manager import PassManager
 
     graph = PassManager().run(converted_lenet.snn, [("set_reset_mode", {"reset": reset})])
     executor = GraphExecutor(graph)

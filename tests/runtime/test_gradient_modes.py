@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.surrogates import SURROGATE_NAMES

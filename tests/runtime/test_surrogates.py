@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.surrogates import SURROGATE_NAMES, Surrogate, spike
 
 

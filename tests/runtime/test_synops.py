@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Output
-from spikeshield.frontends.datasets import Dataset
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Output
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.synops import count_synops, layer_macs
 
 T = 8

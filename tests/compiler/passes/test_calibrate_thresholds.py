@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError, PassError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import IF, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.errors import ConfigError, PassError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Input, Linear, Output, Scale
 from spikeshield.compiler.passes.calibrate_thresholds import (
     calibrate_thresholds,
     default_threshold_scale,

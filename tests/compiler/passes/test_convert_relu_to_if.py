@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ops import IF, ReLU
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.ops import IF, ReLU
 from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 from tests.conftest import single_if_graph, tiny_conv_graph
 

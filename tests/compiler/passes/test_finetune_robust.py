@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError, PassError
-from spikeshield.compiler.ops import IF, Conv2d, Linear
-from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.ir.errors import ConfigError, PassError
+from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
+from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, add_zero_biases
-from spikeshield.frontends.datasets import DataSplits, Dataset
+from spikeshield.runtime.data import DataSplits, Dataset
 
 from tests.conftest import tiny_conv_graph
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ir import Graph
-from spikeshield.compiler.ops import BatchNorm, Conv2d, Input, Output, ReLU, Scale
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import BatchNorm, Conv2d, Input, Output, ReLU, Scale
 from spikeshield.compiler.passes.fold_batchnorm import fold_batchnorm
 from spikeshield.runtime.executor import GraphExecutor
 from tests.conftest import tiny_conv_graph

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spikeshield.compiler.errors import ConfigError
-from spikeshield.compiler.ops import IF, Conv2d, Linear
-from spikeshield.compiler.pass_manager import PassManager
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
+from spikeshield.compiler.passes.manager import PassManager
 
 from tests.backends.test_targets import small_snn
 

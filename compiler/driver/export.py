@@ -1,0 +1,235 @@
+"""Export a compiled SNN for a format and a hardware target: check, adapt, re-measure, write.
+
+``export_graph`` is what ``spikeshield export`` and ``spikeshield compile --export`` run. For a target
+other than ``generic`` the graph is checked against the target profile; violations a pass can repair
+(weight precision, biases, reset mode, input encoding, bias-free scales) are repaired, the clean
+accuracy is measured before and after on the same test images, and anything left that the target
+cannot run is one error listing every violation, before any file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spikeshield.backends.nir_backend import write_nir
+from spikeshield.backends.onnx_backend import write_onnx
+from spikeshield.backends.targets import Violation, check_target, load_target
+from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.driver.manifest import MANIFEST, record_files
+from spikeshield.compiler.driver.outputs import claim_output, output_lock
+from spikeshield.compiler.ir.limits import resolve_timesteps
+from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.compiler.ir.serialize import save_graph
+from spikeshield.runtime.data import Dataset
+
+# format -> (default file name, writer)
+FORMATS: dict[str, tuple[str, Any]] = {
+    "nir": ("snn.nir", lambda g, p, t: write_nir(g, p)),
+    "onnx": ("snn.onnx", lambda g, p, t: write_onnx(g, p, "unrolled", t)),
+    "onnx-step": ("snn_step.onnx", lambda g, p, t: write_onnx(g, p, "step", t)),
+}
+# The order repairs run in: quantisation last, so that it sees the final weights.
+REPAIR_ORDER = ("set_encoding", "set_reset_mode", "drop_biases", "fold_scales", "quantize_weights")
+
+
+@dataclass
+class Adaptation:
+    """What adapting a graph to a target did, and what it cost."""
+
+    target: str
+    repaired: list[str] = field(default_factory=list)  # violations repaired, as text
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    samples: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        cost = None
+        if self.accuracy_before is not None and self.accuracy_after is not None:
+            cost = self.accuracy_before - self.accuracy_after
+        return {
+            "target": self.target,
+            "repaired": self.repaired,
+            "passes": self.passes,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "accuracy_cost": cost,
+            "samples": self.samples,
+        }
+
+
+def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"nir,onnx"`` -> ``["nir", "onnx"]``, each checked."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    formats = [s.strip() for s in items if s.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(FORMATS)}"
+        )
+    return formats
+
+
+def _describe(violations: list[Violation]) -> str:
+    return "; ".join(str(v) for v in violations)
+
+
+def adapt_to_target(
+    graph: Graph,
+    target: str,
+    test: Dataset | None = None,
+    timesteps: int | None = None,
+    device: str = "cpu",
+) -> tuple[Graph, Adaptation]:
+    """Repair what can be repaired for ``target``; raise listing whatever cannot. With ``test``,
+    the accuracy before and after the repairs is measured on it."""
+    profile = load_target(target)
+    violations = check_target(graph, profile)
+    adaptation = Adaptation(profile.name)
+    if not violations:
+        return graph, adaptation
+    fatal = [v for v in violations if v.repair is None]
+    if fatal:
+        raise UnsupportedOpError(
+            f"the graph cannot run on {profile.name} ({len(fatal)} "
+            f"violation(s)): {_describe(fatal)}"
+        )
+    repairs = {v.repair[0]: v.repair[1] for v in violations if v.repair is not None}
+    pipeline = [(name, repairs[name]) for name in REPAIR_ORDER if name in repairs]
+    manager = PassManager()
+    adapted = manager.run(graph, pipeline)
+    left = check_target(adapted, profile)
+    if left:
+        raise UnsupportedOpError(
+            f"after {', '.join(n for n, _ in pipeline)} the graph still "
+            f"breaks {profile.name}'s limits: {_describe(left)}"
+        )
+    adaptation.repaired = [str(v) for v in violations]
+    adaptation.passes = [r.to_json() for r in manager.records]
+    if test is not None:
+        adaptation.accuracy_before = _accuracy(graph, test, timesteps, device)
+        adaptation.accuracy_after = _accuracy(adapted, test, timesteps, device)
+        adaptation.samples = len(test)
+    return adapted, adaptation
+
+
+def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -> float:
+    import torch
+    from spikeshield.runtime.evaluate import evaluate_graph
+    from spikeshield.runtime.executor import GraphExecutor
+
+    torch.manual_seed(0)  # Poisson input: the same draws before and after
+    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps"))
+    executor = GraphExecutor(graph, encoding=str(graph.meta.get("encoding", "direct")))
+    return evaluate_graph(executor, test, steps, device=device).accuracy
+
+
+def export_graph(
+    graph: Graph,
+    files: dict[str, str | os.PathLike],
+    target: str = "generic",
+    test: Dataset | None = None,
+    timesteps: int | None = None,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Adapt ``graph`` to ``target`` once, then write it in each format of ``files`` (format ->
+    path), each file atomically with a JSON sidecar ``<file>.json``; returns those descriptions."""
+    unknown = [f for f in files if f not in FORMATS]
+    if unknown:
+        raise ConfigError(
+            f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
+    adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
+    steps = resolve_timesteps(timesteps, adapted.meta.get("timesteps"))
+    descriptions = []
+    adapted_ir = None
+    if adaptation.passes:  # keep the graph the files hold, for `spikeshield run` and `eval`
+        adapted_ir = Path(next(iter(files.values()))).with_name(f"snn_{adaptation.target}.ir")
+        with atomic_file(adapted_ir) as tmp:
+            save_graph(adapted, tmp)
+    for fmt, path in files.items():
+        out = Path(path)
+        description = {
+            "format": fmt,
+            "file": out.name,
+            "timesteps": steps,
+            "encoding": adapted.meta.get("encoding", "direct"),
+            "adaptation": adaptation.to_json(),
+            "adapted_ir": adapted_ir.name if adapted_ir else None,
+        }
+        if "quantization" in adapted.meta:
+            description["quantization"] = adapted.meta["quantization"]
+        sidecar = out.with_name(out.name + ".json")
+        with atomic_file(out) as tmp, atomic_file(sidecar) as tmp_json:
+            FORMATS[fmt][1](adapted, tmp, steps)
+            tmp_json.write_text(json.dumps(description, indent=2) + "\n")
+        descriptions.append(description)
+        record_files(out.parent, [out, sidecar] + ([adapted_ir] if adapted_ir else []))
+    return descriptions
+
+
+def export_source(
+    source: str | os.PathLike,
+    fmt: str,
+    target: str = "generic",
+    out: str | os.PathLike | None = None,
+    timesteps: int | None = None,
+    data: str | None = None,
+    samples: int = 1000,
+    force: bool = False,
+    skip_verify: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """``spikeshield export``: load a compile directory, .ir or .nir; adapt; write. The test data
+    for re-measuring accuracy after repairs is ``data`` or the spec the directory was compiled with
+    (loaded only when a repair is needed). ``out`` is claimed first (``compiler.outputs``): it must
+    end in the format's suffix, may not be the source, and replaces an earlier export only with
+    ``force``; a compile directory it writes into stays locked until the export is done."""
+    from spikeshield.compiler.driver.model_io import load_model
+    from spikeshield.compiler.driver.data import load_data
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if samples <= 0:
+        raise ConfigError(f"--n must be positive, got {samples}")
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    out = Path(out) if out is not None else folder / FORMATS[fmt][0]
+    suffix = Path(FORMATS[fmt][0]).suffix
+    if out.suffix != suffix:
+        raise ConfigError(f"--out must end in {suffix} for --format {fmt}, got {out.name}")
+    inputs = [source / "snn.ir", source / MANIFEST] if source.is_dir() else [source]
+    in_compile_dir = (out.parent / MANIFEST).is_file()
+    with output_lock(out.parent) if in_compile_dir else contextlib.nullcontext(), \
+            claim_output(out, inputs, force, spikeshield_file=lambda p: _is_export(p, fmt)):
+        graph = load_model(source, verify=not skip_verify)
+        test = None
+        if check_target(graph, load_target(target)):
+            spec = data or _recorded_data_spec(source)
+            if spec:
+                test = load_data(spec).test.head(samples)
+        [description] = export_graph(graph, {fmt: out}, target, test, timesteps)
+    return Path(out), description
+
+
+def _is_export(path: Path, fmt: str) -> bool:
+    """A file that ``export`` wrote in ``fmt`` (its JSON sidecar says so)."""
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        return json.loads(sidecar.read_text()).get("format") == fmt
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _recorded_data_spec(source: Path) -> str | None:
+    report = source / "report.json" if source.is_dir() else source.parent / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text()).get("data_spec")
+    return None

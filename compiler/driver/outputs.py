@@ -1,0 +1,188 @@
+"""Claiming an output path: spikeshield replaces only what it wrote, one job at a time.
+
+Before a command starts its work it claims each output (:func:`claim_output`):
+
+- the path must not be one of the command's inputs, nor a folder that holds one;
+- an existing folder must be a spikeshield output (it carries ``manifest.json``), an existing file
+  must be one spikeshield writes (``spikeshield_file``); either is replaced only with ``--force``.
+  Anything else (a folder of other files, a file of another kind) is refused;
+- the location must be writable (probed with a small file, so a read-only or full file system
+  fails before the work, not after it);
+- an exclusive lock (``flock`` on ``.NAME.lock`` beside the path, holding the owner's pid) is held
+  until the job ends, so a second job on the same output is refused at once instead of mixing its
+  files or its checkpoint with the first one's. The lock dies with its process: a killed job never
+  leaves a stale lock.
+
+Leftovers of a killed job (the hidden ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings that the atomic
+writers use) are found under the lock, named on stderr and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.driver.manifest import MANIFEST
+
+
+class OutputError(ConfigError):
+    """An output path that spikeshield may not (or cannot) write."""
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+_HELD: dict[Path, int] = {}  # locks this process holds, with their nesting depth
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (which need not exist yet) for the block; taking it
+    again inside the block (the CLI, then the library) nests."""
+    path = Path(path).absolute()
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_path(path)
+    while True:
+        handle = open(lock, "a+")  # noqa: SIM115  (held open for the whole block)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputError(f"{path} is in use by another spikeshield job (pid {owner}); wait "
+                              "for it to finish, or choose another output") from None
+        # The holder before us may have removed the file after we opened it: lock the live one.
+        try:
+            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _HELD[path] = 1
+        yield
+    finally:
+        _HELD.pop(path, None)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        handle.close()
+
+
+def _same_or_inside(path: Path, other: Path) -> bool:
+    """Whether ``path`` is ``other`` or lies inside it."""
+    return path == other or other in path.parents
+
+
+def check_writable(path: Path) -> None:
+    """Create and remove a small file where ``path`` will be written; one line if that fails."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.probe-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write {err.filename or folder}: {err.strerror or err}; "
+                          "choose an output on a writable file system with free space") from None
+
+
+def leftovers(path: Path) -> list[Path]:
+    """Hidden temporaries a killed atomic write of ``path`` left beside it."""
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir()
+                  if p.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-",
+                                        f".{path.stem}.tmp-")))
+
+
+def _remove_leftovers(path: Path) -> None:
+    found = leftovers(path)
+    if found:
+        print(f"note: removing what an interrupted run left beside {path}: "
+              f"{', '.join(p.name for p in found)}", file=sys.stderr)
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def check_output(
+    out: str | os.PathLike,
+    inputs: list[str | os.PathLike] = (),
+    force: bool = False,
+    directory: bool = False,
+    spikeshield_file: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Refuse ``out`` unless spikeshield may write it (see the module docstring); returns it."""
+    out = Path(out).absolute()
+    for source in inputs:
+        source = Path(source).absolute()
+        if source == out or (directory and _same_or_inside(source, out)):
+            raise OutputError(f"--out {out} would overwrite the input {source}; choose another "
+                              "output path")
+    if out.is_symlink() or (out.exists() and not (out.is_dir() or out.is_file())):
+        raise OutputError(f"--out {out} is not a plain file or folder; choose another path")
+    if directory and out.exists():
+        if out.is_file():
+            raise OutputError(f"--out {out} is a file, not an output folder; choose another path")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).is_file():
+                raise OutputError(f"--out {out} holds files spikeshield did not write (no "
+                                  f"{MANIFEST}); choose an empty or new folder")
+            if not force:
+                raise OutputError(f"--out {out} holds an earlier spikeshield output; add --force "
+                                  "to replace it")
+    elif out.exists():
+        if out.is_dir():
+            raise OutputError(f"--out {out} is a folder; name a file")
+        if spikeshield_file is None or not spikeshield_file(out):
+            raise OutputError(f"--out {out} is a file spikeshield did not write; choose another "
+                              "path")
+        if not force:
+            raise OutputError(f"--out {out} exists; add --force to replace it")
+    check_writable(out)
+    return out
+
+
+@contextlib.contextmanager
+def claim_output(
+    out: str | os.PathLike,
+    inputs: list[str | os.PathLike] = (),
+    force: bool = False,
+    directory: bool = False,
+    spikeshield_file: Callable[[Path], bool] | None = None,
+) -> Iterator[Path]:
+    """Lock ``out`` for the block after :func:`check_output` allowed it; clears leftovers."""
+    path = Path(out).absolute()
+    with output_lock(path):
+        check_output(path, inputs, force, directory, spikeshield_file)
+        _remove_leftovers(path)
+        yield path
+
+
+def is_disk_error(err: OSError) -> bool:
+    """An OS error about the output location (full, read-only, no permission), not a bug."""
+    return err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT,
+                         errno.EFBIG, errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.ENOENT)

@@ -1,0 +1,133 @@
+"""``report.json`` and ``report.md`` of a compile run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def render_markdown(report: dict[str, Any], snn: Graph) -> str:
+    ann, snn_r = report["ann"], report["snn"]
+    cfg = report["config"]
+    lines: list[str] = [
+        "# spikeshield compile report",
+        "",
+        f"- model: `{report['model']}`",
+        f"- data: `{report['data']}` (test samples: {snn_r['samples']})",
+        f"- timesteps T: {snn_r['timesteps']}, reset: {cfg['reset']}, thresholds: per {cfg['threshold_mode']},"
+        f" encoding: {cfg['encoding']}, device: {report['device']}",
+        "",
+        "## Clean accuracy",
+        "",
+        "| network | accuracy |",
+        "|---|---|",
+        f"| ANN (source model, ReLU) | {_pct(ann['accuracy'])} |",
+        f"| SNN (T={snn_r['timesteps']}) | {_pct(snn_r['accuracy'])} |",
+        f"| difference | {100 * (snn_r['accuracy'] - ann['accuracy']):+.2f} pp |",
+        "",
+    ]
+    if snn_r.get("accuracy_before_finetuning") is not None:
+        lines[-3:-3] = [f"| SNN before finetuning ({cfg['finetune']}, {cfg['finetune_epochs']} "
+                        f"epochs) | {_pct(snn_r['accuracy_before_finetuning'])} |"]
+    rob = report.get("robustness")
+    if rob is not None:
+        lines += [
+            f"## Robustness (ε = {rob['eps']:.4g}, preset `{rob['preset']}`, {rob['samples']} samples)",
+            "",
+            "| network | robust accuracy (worst case) |",
+            "|---|---|",
+            f"| ANN | {_pct(rob['ann_robust_accuracy'])} (PGD alone: "
+            f"{_pct(rob['ann_pgd_robust_accuracy'])}) |",
+            f"| SNN | {_pct(rob['snn_robust_accuracy'])} |",
+            "",
+            rob["verdict"],
+            "",
+            "Details, per attack member and with the masking diagnostics: robustness.md.",
+            "",
+        ]
+    lines += profile_lines(report.get("profile"))
+    lines += export_lines(report.get("exports") or [])
+    lines += [
+        "## Spiking layers",
+        "",
+        "| layer | neurons | threshold | firing rate (spikes / neuron / step) |",
+        "|---|---|---|---|",
+    ]
+    for name in snn.nodes_of(IF):
+        th = snn.op(name).threshold
+        shown = f"{float(th[0]):.4g}" if th.numel() == 1 else f"{th.numel()} values, mean {float(th.mean()):.4g}"
+        lines.append(
+            f"| {name} | {snn_r['neurons'].get(name, 0)} | {shown} | "
+            f"{snn_r['spike_rates'].get(name, 0.0):.4f} |"
+        )
+    lines += [
+        "",
+        f"Mean spikes per sample over all layers and steps: {snn_r['mean_spikes_per_sample']:.1f}",
+        "",
+        "## Passes",
+        "",
+        "| pass | seconds | changed |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {p['name']} | {p['seconds']:.3f} | {p['changed']} |" for p in report["passes"]]
+    lines += [
+        "",
+        "## What the numbers mean",
+        "",
+        "- *Clean accuracy*: fraction of test images classified correctly without any attack. The SNN's",
+        "  prediction is the argmax of its output layer averaged over T steps (the output is non-spiking).",
+        "- *Threshold*: an IF neuron spikes when its membrane potential exceeds it; it was calibrated as "
+        f"{snn_r['threshold_scale']:.3g} x the {cfg['percentile']}th percentile of the layer's input current"
+        " (earlier layers already spiking). Each spike stands for that many units of the ANN activation.",
+        "- *Firing rate*: spikes per neuron per time step, averaged over the test samples (0 to 1).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def profile_lines(summary: dict[str, Any] | None) -> list[str]:
+    """The headline of profile.md: stored weights, SynOps and estimated energy."""
+    if summary is None:
+        return []
+    ratio = summary["ann_over_snn_energy"]
+    return [
+        f"## Energy and memory ({summary['samples']} test samples; details: profile.md)",
+        "",
+        f"- Stored weights: {summary['nonzeros']:,} of {summary['weights']:,} "
+        f"({summary['weight_reduction']:.1f}x fewer than dense).",
+        f"- SynOps per sample: {summary['synops']:,.0f}; estimated energy per sample: SNN "
+        f"{summary['snn_energy_pj'] / 1000:,.2f} nJ, ANN {summary['ann_energy_pj'] / 1000:,.2f} nJ"
+        f" (ANN / SNN = {'n/a' if ratio is None else f'{ratio:.2f}x'}; above 1x the SNN is cheaper).",
+        f"- {summary['formula']}",
+        "",
+    ]
+
+
+def export_lines(exports: list[dict[str, Any]]) -> list[str]:
+    """The report section on exported files and what adapting them to a hardware target cost."""
+    if not exports:
+        return []
+    lines = ["## Exports", "", "| file | format | target | repairs | accuracy before -> after |",
+             "|---|---|---|---|---|"]
+    for e in exports:
+        a = e["adaptation"]
+        repairs = ", ".join(p["name"] for p in a["passes"]) or "none needed"
+        change = "unchanged"
+        if a["accuracy_before"] is not None:
+            change = (f"{_pct(a['accuracy_before'])} -> {_pct(a['accuracy_after'])} "
+                      f"({a['samples']} samples)")
+        lines.append(f"| {e['file']} | {e['format']} | {a['target']} | {repairs} | {change} |")
+    return lines + ["", "Each file has a `.json` sidecar with the details (see README, Export formats).",
+                    ""]
+
+
+def write_reports(report: dict[str, Any], snn: Graph, directory: Path) -> None:
+    (directory / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (directory / "report.md").write_text(render_markdown(report, snn))

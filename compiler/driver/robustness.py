@@ -1,0 +1,291 @@
+"""Robustness evaluation of a compiled SNN against the ANN it came from: what ``spikeshield eval`` runs.
+
+Both networks are attacked on the same test samples at the same ε: the SNN with the preset's ensemble
+(:mod:`spikeshield.runtime.attacks`) followed by the gradient-masking diagnostics
+(:mod:`spikeshield.runtime.diagnostics`), the ANN with the members that differ on a network without
+spikes (its exact gradient, plus any APGD / Square members of the preset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikeshield.runtime.checkpoint import Checkpoint
+from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.driver.model_io import check_model_data
+from spikeshield.compiler.driver.manifest import record_files, require_verified
+from spikeshield.compiler.driver.outputs import output_lock
+from spikeshield.runtime.data import Dataset
+from spikeshield.runtime import distributed
+from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
+from spikeshield.runtime.device import resolve_device
+from spikeshield.runtime.diagnostics import diagnose
+from spikeshield.runtime.distributed import World
+from spikeshield.runtime.ensemble import check_eps, run_ensemble
+from spikeshield.runtime.executor import GraphExecutor
+
+DEFAULT_EVAL_SAMPLES = 1000
+
+
+def default_eps(input_shape: tuple[int, ...]) -> float:
+    """The usual L-inf budget: 0.1 for one-channel images (MNIST family), 8/255 for colour images."""
+    return 0.1 if input_shape[0] == 1 else 8 / 255
+
+
+@dataclass
+class RobustnessConfig:
+    """Settings of ``spikeshield eval`` (and of the robustness step of ``compile``)."""
+
+    preset: str = "quick"
+    eps: float | None = None  # None: default_eps(input shape)
+    samples: int | None = None  # first N test samples; None: DEFAULT_EVAL_SAMPLES or all if fewer
+    batch_size: int = 256
+    base_attack: str = "pgd"
+    exhaustive: bool = False
+    curve_samples: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.eps is not None:
+            check_eps(self.eps)
+        if self.samples is not None and self.samples <= 0:
+            raise ConfigError(f"the number of samples must be positive, got {self.samples}")
+        if self.batch_size <= 0 or self.curve_samples <= 0:
+            raise ConfigError("batch size and curve samples must be positive")
+        base_attack(self.base_attack)
+
+
+def evaluate_robustness(
+    snn: Graph,
+    ann: Graph | None,
+    test: Dataset,
+    num_classes: int,
+    config: RobustnessConfig,
+    world: World | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> dict[str, Any]:
+    """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict.
+
+    With ``world`` (several processes under torchrun) the ensembles are shared out chunk by chunk
+    and give the single-process counts exactly; the diagnostics, which are cheap next to them, run
+    in every process. With ``checkpoint``, both ensembles save their partial counts there and
+    resume from them."""
+    cfg = config
+    cfg.validate()
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    input_shape = tuple(snn.op(snn.input_names[0]).shape)
+    eps = default_eps(input_shape) if cfg.eps is None else cfg.eps
+    if cfg.samples is not None and cfg.samples > len(test):
+        raise DataError(
+            f"asked for {cfg.samples} samples but the test split has {len(test)}; "
+            f"use --n {len(test)} or fewer"
+        )
+    data = test.head(min(DEFAULT_EVAL_SAMPLES, len(test)) if cfg.samples is None else cfg.samples)
+    timesteps = snn.meta.get("timesteps")
+    if not timesteps:
+        raise ConfigError(f"graph {snn.name!r} records no timesteps; is it a compiled SNN?")
+    torch.manual_seed(cfg.seed)
+    members = preset_members(cfg.preset, base_attack(cfg.base_attack))
+    target = GraphExecutor(snn, encoding=snn.meta.get("encoding", "direct")).to(device)
+    source = GraphExecutor(ann).to(device) if ann is not None else None
+    if source is None:
+        members = [m for m in members if m.attack.name != "transfer"]
+    common = {"batch_size": cfg.batch_size, "seed": cfg.seed}
+    result = run_ensemble(
+        target,
+        data,
+        members,
+        eps,
+        timesteps,
+        num_classes,
+        source=source,
+        exhaustive=cfg.exhaustive,
+        desc=f"{cfg.preset} ensemble on the SNN",
+        world=world,
+        checkpoint=checkpoint,
+        part="snn_ensemble",
+        **common,
+    )
+    diagnostics = diagnose(
+        target,
+        data,
+        result,
+        timesteps,
+        num_classes,
+        source=source,
+        curve_samples=cfg.curve_samples,
+        **common,
+    )
+    report: dict[str, Any] = {
+        "eps": eps,
+        "preset": cfg.preset,
+        "base_attack": cfg.base_attack,
+        "samples": len(data),
+        "timesteps": timesteps,
+        "config": asdict(cfg) | {"eps": eps},
+        "device": str(device),
+        "snn": result.to_json() | {"diagnostics": diagnostics.to_json()},
+    }
+    if source is not None:
+        ann_result = run_ensemble(
+            source,
+            data,
+            members_for_ann(members),
+            eps,
+            None,
+            num_classes,
+            desc=f"{cfg.preset} ensemble on the ANN",
+            world=world,
+            checkpoint=checkpoint,
+            part="ann_ensemble",
+            **common,
+        )
+        report["ann"] = ann_result.to_json()
+        report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
+        # The SNN's worst case as a fraction of the ANN's PGD robust accuracy (the issue's yardstick).
+        ann_pgd = report["ann"]["pgd_robust_accuracy"]
+        report["retention"] = result.robust_accuracy / ann_pgd if ann_pgd else None
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    report["peak_memory"] = peak_memory(device)
+    return report
+
+
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """The process's peak resident memory so far (MiB; data loading included) and, on CUDA, the
+    peak of memory allocated by torch on the device. The ensemble holds one chunk of images at a
+    time, so neither grows with the number of samples attacked (BENCHMARKS.md)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    rss_mib = rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+    cuda = None
+    if device.type == "cuda":
+        cuda = round(torch.cuda.max_memory_allocated(device) / (1 << 20), 1)
+    return {"host_rss_mib": round(rss_mib, 1), "cuda_allocated_mib": cuda}
+
+
+def _ann_pgd(result) -> float | None:
+    """The ANN's robust accuracy under its first (PGD / base) member alone."""
+    first = result.members[0] if result.members else None
+    return first.robust_after / result.samples if first is not None else None
+
+
+ROBUSTNESS_FILES = ("robustness.json", "robustness.md", "robustness.png")
+
+
+def write_robustness(report: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
+    """Write robustness.json, robustness.md and robustness.png into ``directory``, all or nothing."""
+    from spikeshield.compiler.driver.robustness_report import render_markdown, render_plot
+
+    directory = Path(directory)
+    files = {
+        "robustness.json": (json.dumps(report, indent=2, default=str) + "\n").encode(),
+        "robustness.md": render_markdown(report).encode(),
+        "robustness.png": render_plot(report),
+    }
+    written = _replace_files(directory, files)
+    record_files(directory, written)
+    return written
+
+
+def _replace_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
+    """Write every file to a temporary name first, then rename them all: an interrupted run leaves
+    the previous report (or none), never a half-written one."""
+    from spikeshield.compiler.ir.atomic import public_file_mode
+
+    temps = []
+    try:
+        for name, content in files.items():
+            tmp = directory / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(content)
+            public_file_mode(tmp)
+            temps.append((tmp, directory / name))
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+    return [final for _, final in temps]
+
+
+def recorded_data_spec(directory: Path) -> str:
+    """The data spec a compile directory was made with (its report.json), or a ConfigError."""
+    recorded = {}
+    if (directory / "report.json").is_file():
+        recorded = json.loads((directory / "report.json").read_text())
+    if not recorded.get("data_spec"):
+        raise ConfigError(f"{directory}/report.json records no data spec; pass --data")
+    return recorded["data_spec"]
+
+
+def evaluate_directory(
+    directory: str | os.PathLike,
+    data: str | None = None,
+    config: RobustnessConfig | None = None,
+    checkpoint: Checkpoint | None = None,
+    skip_verify: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the SNN of a compile directory (against its ann.ir, if present) and write
+    robustness.json, robustness.md and robustness.png there. ``data`` defaults to the spec the
+    directory was compiled with. ``checkpoint``: see :func:`evaluate_robustness`. The directory
+    must match its manifest (unless ``skip_verify``) and is locked against other jobs meanwhile."""
+
+    cfg = config or RobustnessConfig()
+    cfg.validate()
+    directory = Path(directory)
+    if not (directory / "snn.ir").is_file():
+        raise ConfigError(
+            f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
+            f"MODEL --out {directory}` first"
+        )
+    if not distributed.world().is_main:
+        return _evaluate_directory(directory, data, cfg, checkpoint)
+    with output_lock(directory):
+        return _evaluate_directory(require_verified(directory, skip_verify, ROBUSTNESS_FILES), data, cfg, checkpoint)
+
+
+def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig,
+                        checkpoint: Checkpoint | None) -> dict[str, Any]:
+    from spikeshield.compiler.ir.ops import IF
+    from spikeshield.compiler.ir.serialize import load_graph
+    from spikeshield.compiler.driver.data import load_data
+
+    snn_path = directory / "snn.ir"
+    snn = load_graph(snn_path)
+    if not snn.nodes_of(IF):
+        raise ConfigError(f"{snn_path} is not a spiking network (no IF layers)")
+    ann = load_graph(directory / "ann.ir") if (directory / "ann.ir").is_file() else None
+    if data is None:
+        data = recorded_data_spec(directory)
+    splits = load_data(data, seed=cfg.seed)
+    check_model_data(snn, splits)
+    current = distributed.world()
+    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
+    report["data"] = data
+    report["processes"] = current.size
+    if current.is_main:
+        write_robustness(report, directory)
+    return report
+
+
+def eval_chunks(directory: str | os.PathLike, data: str | None, config: RobustnessConfig) -> int:
+    """How many chunks (batches) the ensemble of ``spikeshield eval`` deals out to processes."""
+    from spikeshield.compiler.driver.data import load_data
+
+    config.validate()
+    test = load_data(data or recorded_data_spec(Path(directory)), seed=config.seed).test
+    samples = config.samples or min(DEFAULT_EVAL_SAMPLES, len(test))
+    return -(-min(samples, len(test)) // config.batch_size)

@@ -1,0 +1,106 @@
+"""What a model file may ask of the machine that loads it, checked before anything is allocated.
+
+A file from a stranger is read only through loaders that cannot run code (see the README's
+"Security and reliability"); these bounds keep it from asking for absurd amounts of memory or work
+instead: a tensor, all tensors together, one sample's input, the number of graph nodes, and the
+unpacked size and member count of an archive. Each bound can be raised for a file one trusts with
+the environment variable the error message names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str  # what is bounded, in words
+    env: str  # environment variable that overrides the default
+    default: int
+
+    @property
+    def value(self) -> int:
+        raw = os.environ.get(self.env)
+        if raw is None:
+            return self.default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ModelLoadError(f"{self.env}={raw!r} is not an integer") from None
+
+    def check(self, amount: int, source: str | os.PathLike, what: str) -> None:
+        if amount > self.value:
+            raise ModelLoadError(
+                f"{source}: {what} has {amount:,} {self.name} (limit {self.value:,}); if you "
+                f"trust this file, raise the limit with {self.env}={amount}"
+            )
+
+
+TENSOR_ELEMENTS = Limit("elements", "SPIKESHIELD_MAX_TENSOR_ELEMENTS", 1 << 28)  # 1 GiB of fp32
+TOTAL_ELEMENTS = Limit("elements in all", "SPIKESHIELD_MAX_TOTAL_ELEMENTS", 1 << 30)
+INPUT_ELEMENTS = Limit("input elements per sample", "SPIKESHIELD_MAX_INPUT_ELEMENTS", 1 << 24)
+NODES = Limit("nodes", "SPIKESHIELD_MAX_NODES", 10_000)
+TENSOR_BYTES = Limit("bytes", "SPIKESHIELD_MAX_TENSOR_BYTES", 1 << 30)  # one tensor record
+TOTAL_BYTES = Limit("bytes in all", "SPIKESHIELD_MAX_TOTAL_BYTES", 4 << 30)  # all of a model's
+JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_JSON_BYTES", 256 << 20)  # one JSON member
+DATA_BYTES = Limit("bytes", "SPIKESHIELD_MAX_DATA_BYTES", 32 << 30)  # one data file, unpacked
+ARCHIVE_MEMBERS = Limit("members", "SPIKESHIELD_MAX_ARCHIVE_MEMBERS", 100_000)
+
+
+def numel(shape) -> int:
+    total = 1
+    for size in shape:
+        total *= int(size)
+    return total
+
+
+def check_tensor_shapes(shapes: dict[str, tuple[int, ...]], source: str | os.PathLike) -> None:
+    """Every tensor, and all of them together, within bounds (shapes read before the data)."""
+    total = 0
+    for name, shape in shapes.items():
+        if any(int(s) < 0 for s in shape):
+            raise ModelLoadError(f"{source}: tensor {name!r} has a negative size {tuple(shape)}")
+        count = numel(shape)
+        TENSOR_ELEMENTS.check(count, source, f"tensor {name!r}")
+        total += count
+    TOTAL_ELEMENTS.check(total, source, "the model's tensors")
+
+
+def check_graph(graph, source: str | os.PathLike) -> None:
+    """A lowered graph within bounds: node count, tensor sizes, one sample's input size."""
+    NODES.check(len(graph), source, "the graph")
+    shapes = {
+        f"{name}/{field}": tuple(t.shape)
+        for name in graph.nodes()
+        for field, t in graph.op(name).tensors().items()
+    }
+    check_tensor_shapes(shapes, source)
+    for name in graph.input_names:
+        INPUT_ELEMENTS.check(numel(graph.op(name).shape), source, f"input {name!r}")
+
+
+TIMESTEPS = Limit("time steps", "SPIKESHIELD_MAX_TIMESTEPS", 4096)
+
+
+def check_timesteps(value: object, option: str = "--timesteps") -> int:
+    """A number of simulation steps: a whole number from 1 to the bound (memory and time grow
+    with it; the bound is raised with SPIKESHIELD_MAX_TIMESTEPS)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{option} must be a whole number of time steps, got {value!r}")
+    if not 1 <= value <= TIMESTEPS.value:
+        raise ConfigError(f"{option} must be between 1 and {TIMESTEPS.value:,}, got {value:,}"
+                          + (f"; raise {TIMESTEPS.env} to simulate longer" if value > 1 else ""))
+    return value
+
+
+def resolve_timesteps(requested: int | None, recorded: object) -> int | None:
+    """The T to simulate: ``requested`` (an option, checked) or the graph's recorded T; None when
+    neither is set (an ANN graph)."""
+    if requested is not None:
+        return check_timesteps(requested)
+    if recorded in (None, 0):
+        return None
+    return check_timesteps(recorded, "the graph's recorded timesteps")

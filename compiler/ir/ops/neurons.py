@@ -1,0 +1,45 @@
+"""Activation and neuron ops: the ANN's ReLU and the SNN's integrate-and-fire neuron."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spikeshield.compiler.ir.ops.base import Op, Shape, register_op, require, tensor_field
+
+RESET_MODES = ("zero", "subtract")
+
+
+@register_op("relu")
+@dataclass(eq=False)
+class ReLU(Op):
+    """Rectified linear unit: ``y = max(x, 0)``."""
+
+
+@register_op("if")
+@dataclass(eq=False)
+class IF(Op):
+    """Integrate-and-fire neuron, no leak, one update per time step (dt = 1 step)::
+
+        v[t] = v[t-1] + x[t]                      (v[-1] = 0 at every forward pass)
+        s[t] = 1 if v[t] > threshold else 0       (strict, as NIR's IF; spikes are binary)
+        v[t] = v[t] * (1 - s[t])                  reset="zero"
+        v[t] = v[t] - threshold * s[t]            reset="subtract"
+
+    ``threshold``: ``(1,)`` (one per layer) or ``(C,)`` (one per channel, channel dim 0), in the units
+    of the input current ``x``.
+    """
+
+    threshold: torch.Tensor = tensor_field()
+    reset: str = "zero"
+
+    def validate(self, in_shape: Shape) -> None:
+        super().validate(in_shape)
+        require(self.reset in RESET_MODES, f"reset must be one of {RESET_MODES}, got {self.reset!r}")
+        require(self.threshold.dim() == 1, "threshold must be 1-D: (1,) per layer or (C,) per channel")
+        require(
+            self.threshold.shape[0] in (1, in_shape[0]),
+            f"threshold has {self.threshold.shape[0]} entries; need 1 or {in_shape[0]}",
+        )
+        require(bool((self.threshold > 0).all()), "thresholds must be positive")

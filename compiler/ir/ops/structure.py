@@ -1,0 +1,79 @@
+"""Structural ops: graph input and output, fan-in sum, flatten, average pooling."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from spikeshield.compiler.ir.ops.base import Op, Shape, register_op, require
+from spikeshield.compiler.ir.ops.layers import _pair
+
+
+@register_op("input")
+@dataclass(eq=False)
+class Input(Op):
+    """Graph input of batch-less ``shape``; values are pixels in [0, 1] unless the graph says otherwise."""
+
+    shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        return self.shape
+
+    def validate(self, in_shape: Shape) -> None:
+        require(len(self.shape) > 0 and min(self.shape) > 0, f"input shape {self.shape} is empty")
+
+
+@register_op("output")
+@dataclass(eq=False)
+class Output(Op):
+    """Graph output: ``y = x``. In an SNN the output is non-spiking: ``y`` is ``x`` averaged over time."""
+
+
+@register_op("sum")
+@dataclass(eq=False)
+class Sum(Op):
+    """Explicit merge point: ``y = sum of all incoming values`` (residual add)."""
+
+
+@register_op("flatten")
+@dataclass(eq=False)
+class Flatten(Op):
+    """Flatten the whole batch-less shape into features: ``(C, H, W) -> (C*H*W,)``, C-order."""
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        return (math.prod(in_shape),)
+
+
+@register_op("avgpool2d")
+@dataclass(eq=False)
+class AvgPool2d(Op):
+    """Average pooling over ``kernel`` windows with zero padding; ``count_include_pad`` as in torch:
+    ``y[c, i, j] = mean of the window`` (the divisor counts padded zeros when ``count_include_pad``).
+    """
+
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    padding: tuple[int, int] = (0, 0)
+    count_include_pad: bool = True
+
+    def __post_init__(self) -> None:
+        self.kernel, self.stride, self.padding = (
+            _pair(self.kernel),
+            _pair(self.stride),
+            _pair(self.padding),
+        )
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        c, h, w = in_shape
+        out = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip((h, w), self.padding, self.kernel, self.stride)]
+        return (c, out[0], out[1])
+
+    def validate(self, in_shape: Shape) -> None:
+        require(len(in_shape) == 3, f"expects a (C, H, W) input, got {in_shape}")
+        require(min(self.kernel + self.stride) >= 1 and min(self.padding) >= 0,
+                f"kernel and stride must be >= 1 and padding >= 0, got kernel {self.kernel}, "
+                f"stride {self.stride}, padding {self.padding}")
+        require(min(self.infer_shape(in_shape)[1:]) > 0, f"input {in_shape} is smaller than the kernel")

@@ -1,0 +1,111 @@
+"""The lowering base every frontend shares: one emit, one way to collect unsupported ops, one
+name cleaner, and the constant helpers the fx and ONNX frontends both need.
+
+A frontend walks its source graph once. Values that depend on the network input are :class:`Data`
+(the IR node computing them); constants stay Python or tensor values; a value downstream of an op
+that cannot be lowered is :data:`UNSUPPORTED`, so that each unsupported op is reported once. The
+walk collects every problem before one error names them all (:meth:`Lowering.raise_collected`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import Op, Shape
+
+
+@dataclass(frozen=True)
+class Data:
+    """A value that depends on the network input: the IR node computing it."""
+
+    node: str
+
+
+class _Unsupported:
+    """A value downstream of an unsupported op (not reported again)."""
+
+
+UNSUPPORTED = _Unsupported()
+
+MAXPOOL_HINT = (
+    "max pooling has no faithful integrate-and-fire equivalent; replace MaxPool2d with AvgPool2d "
+    "(or a strided convolution) and retrain, as the spikeshield model zoo does"
+)
+
+
+def clean_name(name: Any) -> str:
+    """An IR node name from any source name: letters, digits and underscores only. A corrupt file
+    may hand over bytes (protobuf keeps invalid UTF-8 that way)."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in str(name)) or "node"
+
+
+def as_tensor(value: Any) -> torch.Tensor:
+    """A constant (tensor, number or array) as a float32 tensor of its own."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone().float()
+    return torch.as_tensor(value, dtype=torch.float32).clone()
+
+
+def per_channel_vector(value: Any, shape: Shape) -> torch.Tensor | None:
+    """A constant broadcast against data of batch-less ``shape`` as a ``(1,)`` or ``(C,)`` vector,
+    or None when it varies along anything but the channel dim."""
+    t = as_tensor(value)
+    if t.numel() == 1:
+        return t.reshape(1)
+    dims = [1] * (len(shape) + 1 - t.dim()) + list(t.shape)
+    if len(dims) == len(shape) + 1 and dims[0] == 1 and all(d == 1 for d in dims[2:]):
+        if dims[1] in (1, shape[0]):
+            return t.reshape(-1)
+    return None
+
+
+class Lowering:
+    """What every frontend's walk shares: the graph being built, the shape of each IR node, and the
+    problems found so far. Subclasses say which source node is being lowered (:meth:`label`)."""
+
+    source_kind = "model"
+
+    def __init__(self, name: str) -> None:
+        self.graph = Graph(name)
+        self.shapes: dict[str, Shape] = {}
+        self.problems: list[str] = []
+
+    def label(self) -> str:
+        """The name of the source node being lowered (for node names and messages)."""
+        raise NotImplementedError
+
+    def emit(self, op: Op, inputs: list[Data], base: str | None = None) -> Data:
+        """Add ``op`` fed by ``inputs``, checked against the first input's shape."""
+        raw = base or self.label()
+        name = self.graph.unique_name(clean_name(raw))
+        in_shape = self.shapes[inputs[0].node] if inputs else ()
+        try:
+            op.validate(in_shape)
+        except IRValidationError as err:
+            raise IRValidationError(f"{self.source_kind} node {clean_name(raw)!r} ({op.kind}): "
+                                    f"{err}") from None
+        self.graph.add(name, op, [d.node for d in inputs])
+        self.shapes[name] = tuple(op.infer_shape(in_shape))
+        return Data(name)
+
+    def shape(self, value: Data) -> Shape:
+        return self.shapes[value.node]
+
+    def unsupported(self, what: str, hint: str = "") -> _Unsupported:
+        """Record that ``what`` (at the current node) cannot be lowered; the walk goes on."""
+        self.problems.append(f"{what} at node {clean_name(self.label())!r}"
+                             + (f": {hint}" if hint else ""))
+        return UNSUPPORTED
+
+    def raise_collected(self, supported: str, ops: str = "ops") -> None:
+        """One error for everything collected, naming the supported ops."""
+        if self.problems:
+            raise UnsupportedOpError(f"cannot lower the {self.source_kind}: "
+                                     + "; ".join(self.problems) + f". Supported {ops}: {supported}")

@@ -1,0 +1,271 @@
+"""Resumable long jobs: periodic checkpoints, and a clean stop on SIGINT / SIGTERM.
+
+A :class:`Checkpoint` is a directory beside a job's output (``<out>.checkpoint`` by default). It
+holds ``job.json`` (which command, and the settings that decide its numbers) and one file per part
+of the job (``train.pt``, ``finetune.pt``, ``snn_ensemble.pt`` ...). Each part file is written
+atomically and holds only tensors, numbers, strings and containers of them, so it is read back with
+``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+
+A loop that can resume calls :meth:`Checkpoint.step` at each step boundary with a function that
+returns its state. That writes the state every ``every`` seconds and, once a stop was requested
+(:func:`stop_on_signals`), writes it one last time and raises :class:`Interrupted`. The state holds
+the model, optimiser, scheduler, the RNG states and the position in the data, so a resumed run
+continues with exactly the numbers the uninterrupted one would have produced (one process, CPU).
+
+A signal that arrives while no such loop runs (loading, conversion, a report being written) stops
+the job at once; the last checkpoint written stays valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+from spikeshield.runtime.distributed import world
+
+FORMAT = "spikeshield-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_EVERY_SECONDS = 300.0
+
+
+class Interrupted(BaseException):
+    """The job stopped on a signal; ``exit_code`` is the shell's 128 + signal number. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (a loader
+    turning its failures into "bad file") can swallow it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _Signals:
+    """Process-wide stop state; the handlers only set a flag while a resumable loop listens."""
+
+    requested: int | None = None
+    listening: int = 0
+
+
+def _handle(signum: int, frame: Any) -> None:
+    if _Signals.listening and _Signals.requested is None:
+        _Signals.requested = signum
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after the current step and writing a "
+            "checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    _Signals.requested = signum
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into a clean stop for the block (main thread only; elsewhere a
+    no-op)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    _Signals.requested = None
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _Signals.requested = None
+
+
+def request_stop(signum: int = signal.SIGTERM) -> None:
+    """Ask the running loop to checkpoint and stop at its next step boundary, as a signal does."""
+    _Signals.requested = signum
+
+
+class Checkpoint:
+    """A job's checkpoint directory. ``settings`` (JSON-able) are the options that decide the job's
+    numbers; resuming with different ones is refused, naming the options that differ."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        job: str,
+        settings: dict[str, Any],
+        every: float = DEFAULT_EVERY_SECONDS,
+        resume: bool = False,
+    ) -> None:
+        if every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0 seconds, got {every}")
+        self.directory = Path(directory)
+        self.job = job
+        self.settings = json.loads(json.dumps(settings, default=str))
+        self.every = every
+        self.resumed = resume
+        self.job_id = uuid.uuid4().hex  # replaced by the recorded one when resuming
+        self._last_save = time.monotonic()
+        if resume:
+            self._check_matches()
+        elif world().is_main and (self.directory / "job.json").is_file():
+            raise ConfigError(
+                f"{self.directory} holds the checkpoint of an interrupted run; add --resume "
+                f"{self.directory} to continue it, or delete it to start afresh"
+            )
+
+    @property
+    def command_hint(self) -> str:
+        return f"--resume {self.directory}"
+
+    def _check_matches(self) -> None:
+        info = self.directory / "job.json"
+        if not info.is_file():
+            raise ConfigError(
+                f"no checkpoint at {self.directory} (job.json missing); pass the directory an "
+                "interrupted run named, or drop --resume to start afresh"
+            )
+        try:
+            recorded = json.loads(info.read_text())
+        except (ValueError, OSError, RecursionError) as err:
+            raise ModelLoadError(
+                f"{info} is not a readable checkpoint description ({type(err).__name__})"
+            ) from None
+        if not isinstance(recorded, dict) or recorded.get("format") != FORMAT or \
+                recorded.get("version") != FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{info} is not a spikeshield checkpoint of format {FORMAT_VERSION}"
+            )
+        if not isinstance(recorded.get("settings"), dict) or not isinstance(
+                recorded.get("job_id"), str):
+            raise ModelLoadError(f"{info} is damaged (no settings or job id); drop --resume to "
+                                 "start afresh")
+        self.job_id = recorded["job_id"]
+        if recorded.get("job") != self.job:
+            raise ConfigError(
+                f"{self.directory} is a checkpoint of `spikeshield {recorded.get('job')}`, not of "
+                f"`spikeshield {self.job}`"
+            )
+        old = recorded.get("settings", {})
+        keys = set(old) | set(self.settings)
+        differing = sorted(k for k in keys if old.get(k) != self.settings.get(k))
+        if differing:
+            shown = ", ".join(
+                f"{k}={old.get(k)!r} (now {self.settings.get(k)!r})" for k in differing[:4]
+            )
+            raise ConfigError(
+                f"checkpoint {self.directory} was made with other settings: {shown}; rerun the "
+                "interrupted command unchanged with --resume, or drop --resume to start afresh"
+            )
+
+    def _path(self, part: str) -> Path:
+        return self.directory / f"{part}.pt"
+
+    def load(self, part: str, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+        """The saved state of ``part`` when resuming, None when there is none (start afresh)."""
+        path = self._path(part)
+        if not self.resumed or not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:  # noqa: BLE001  (truncated, foreign or code-carrying: all refused)
+            raise ModelLoadError(
+                f"checkpoint file {path} is unreadable ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); drop --resume to start afresh"
+            ) from None
+        if not isinstance(state, dict) or state.pop("job_id", None) != self.job_id:
+            raise ModelLoadError(
+                f"checkpoint file {path} belongs to another job than {self.directory / 'job.json'} "
+                "(two runs shared the directory); delete it and drop --resume to start afresh"
+            )
+        return state
+
+    def save(self, part: str, state: dict[str, Any]) -> None:
+        """Write ``state`` as ``part`` atomically (a crash mid-write keeps the previous file)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        info = self.directory / "job.json"
+        if not info.is_file():
+            description = {"format": FORMAT, "version": FORMAT_VERSION, "job": self.job,
+                           "job_id": self.job_id, "settings": self.settings}
+            with atomic_file(info) as tmp:
+                tmp.write_text(json.dumps(description, indent=2))
+        with atomic_file(self._path(part)) as tmp:
+            torch.save({**state, "job_id": self.job_id}, tmp)
+        self._last_save = time.monotonic()
+
+    def step(self, part: str, state: Callable[[], dict[str, Any]], where: str) -> None:
+        """At a step boundary: save when due; on a requested stop, save and raise Interrupted."""
+        signum = _Signals.requested
+        if signum is not None:
+            self.save(part, state())
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} {where}; checkpoint written to "
+                f"{self.directory}; continue with the same command and {self.command_hint}",
+                signum,
+            )
+        if time.monotonic() - self._last_save >= self.every:
+            self.save(part, state())
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[None]:
+        """While the block runs, a signal waits for the next :meth:`step` instead of stopping
+        at once."""
+        _Signals.listening += 1
+        try:
+            yield
+        finally:
+            _Signals.listening -= 1
+        signum = _Signals.requested
+        if signum is not None and not _Signals.listening:
+            # The signal came after the loop's last step boundary: stop now, do not go on.
+            raise Interrupted(f"stopped by {signal.Signals(signum).name} after the last step",
+                              signum)
+
+    def discard(self) -> None:
+        """Remove the directory once the job's output is written: nothing is left to resume."""
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator a job draws from (torch CPU and, when present, CUDA)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def deferring_signals(checkpoint: Checkpoint | None) -> contextlib.AbstractContextManager:
+    """``checkpoint.listening()``, or nothing when the job has no checkpoint."""
+    return checkpoint.listening() if checkpoint is not None else contextlib.nullcontext()
+
+
+def training_state(stateful: dict[str, Any], **progress: Any) -> dict[str, Any]:
+    """A training loop's checkpoint: the state dicts of ``stateful`` (model, optimiser, scheduler),
+    the RNG states, and the loop's own ``progress`` (epoch, batch, best so far ...)."""
+    states = {k: v.state_dict() for k, v in stateful.items()}
+    return {"state": states, "rng": rng_state(), **progress}
+
+
+def restore_training(saved: dict[str, Any], stateful: dict[str, Any]) -> None:
+    """Load what :func:`training_state` saved back into ``stateful`` and the RNGs."""
+    for key, value in stateful.items():
+        value.load_state_dict(saved["state"][key])
+    restore_rng(saved["rng"])

@@ -1,0 +1,106 @@
+"""The labelled image sets that training, attacks and evaluation consume.
+
+A frontend reader turns files into uint8 images and int64 labels (``frontends.datasets``); these
+containers hold them in memory, split off a seeded validation set, and deal out float batches in
+[0, 1] (shuffled reproducibly, or shared between processes as ``DistributedSampler`` deals them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from spikeshield.compiler.ir.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """An in-memory labelled image set: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Dataset:
+        return Dataset(self.images[index], self.labels[index])
+
+    def head(self, n: int) -> Dataset:
+        return Dataset(self.images[:n], self.labels[:n])
+
+    def slice(self, start: int, stop: int) -> Dataset:
+        return Dataset(self.images[start:stop], self.labels[start:stop])
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        processes: int = 1,
+        skip: int = 0,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Float pixel batches in [0, 1] and labels; shuffled reproducibly from ``seed``. With
+        ``processes`` > 1, only process ``rank``'s share, as ``DistributedSampler`` deals it.
+        ``skip`` leaves out the first batches of that order (a resumed epoch)."""
+        order = self._order(shuffle, seed, rank, processes)
+        for start in range(skip * batch_size, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
+            yield x, self.labels[idx].to(device)
+
+    def num_batches(self, batch_size: int, processes: int = 1) -> int:
+        """Batches that :meth:`batches` yields (to each process, if ``processes`` > 1)."""
+        per_process = -(-len(self) // processes)
+        return -(-per_process // batch_size)
+
+    def _order(self, shuffle: bool, seed: int, rank: int, processes: int) -> torch.Tensor:
+        if processes > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(
+                range(len(self)), num_replicas=processes, rank=rank, shuffle=shuffle, seed=seed
+            )
+            return torch.tensor(list(sampler), dtype=torch.long)
+        if shuffle:
+            return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return torch.arange(len(self))
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test splits of one data set. Validation is carved from training data."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.train.images.shape[1:])
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training pixels (in [0, 1]), for input normalisation."""
+        x = self.train.images[:10000].float() / 255.0
+        dims = [0] + list(range(2, x.dim()))
+        return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
+
+
+def make_splits(name: str, train: tuple[torch.Tensor, torch.Tensor],
+                test: tuple[torch.Tensor, torch.Tensor], num_classes: int,
+                val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
+    """Train / validation / test splits: the validation set is a seeded ``val_fraction`` of the
+    training images; the test set is left as it is."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    full = Dataset(*train)
+    n_val = int(round(len(full) * val_fraction))
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
+    return DataSplits(name, full.subset(perm[n_val:]), full.subset(perm[:n_val]), Dataset(*test),
+                      num_classes)

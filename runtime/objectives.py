@@ -1,0 +1,158 @@
+"""Robust training objectives and their inner maximisation, shared by ANN training and SNN finetuning.
+
+- ``at`` (Madry et al., 2018): cross-entropy on the adversarial example.
+- ``trades`` (Zhang et al., 2019): ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, inner max on the KL.
+- ``mart`` (Wang et al., 2020): boosted CE on the adversarial example plus a KL term weighted by
+  ``1 - p_y(x)``, inner max on the CE.
+- ``standard``: plain cross-entropy, no attack.
+
+Inner attacks: ``pgd`` (``steps`` steps of ``2.5 * eps / steps`` from a random start; torchattacks'
+``PGD`` on the CE, ``TPGD`` on the KL) or ``rfgsm`` (one step: a random ``alpha``-sign start, then an
+``eps - alpha`` signed-gradient step, ``alpha = eps / 2``; torchattacks' ``RFGSM`` on the CE, and
+:class:`KLRFGSM` below on the KL, which torchattacks lacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from spikeshield.compiler.ir.errors import ConfigError, PassError
+
+OBJECTIVES = ("at", "trades", "mart", "standard")
+# The weight of the robust term when the user gives none: TRADES lambda 6, MART lambda 4.
+DEFAULT_BETA = {"trades": 6.0, "mart": 4.0}
+INNER_ATTACKS = ("pgd", "rfgsm")
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def robust_loss(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor,
+    objective: str,
+    beta: float,
+) -> torch.Tensor:
+    """The training loss of ``objective`` given clean ``x`` and adversarial ``x_adv``."""
+    if objective == "standard":
+        return F.cross_entropy(model(x), y)
+    if objective == "at":
+        return F.cross_entropy(model(x_adv), y)
+    logits, logits_adv = model(x), model(x_adv)
+    if objective == "trades":
+        kl = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + beta * kl
+    if objective != "mart":
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    adv_probs = F.softmax(logits_adv, 1)
+    top2 = torch.argsort(adv_probs, dim=1)[:, -2:]
+    other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(
+        torch.log(1.0001 - adv_probs + 1e-12), other
+    )
+    nat_probs = F.softmax(logits, 1)
+    true_probs = nat_probs.gather(1, y.unsqueeze(1)).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+    return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
+
+
+class KLRFGSM:
+    """Single-step R-FGSM (Tramèr et al., 2018) on ``KL(f(x) || f(x_adv))``: TRADES' inner loss."""
+
+    def __init__(self, model: Model, eps: float, alpha: float | None = None) -> None:
+        self.model, self.eps = model, eps
+        self.alpha = eps / 2 if alpha is None else alpha
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.model(x), dim=1)
+        start = (x + self.alpha * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(self.model(start), dim=1), target, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, start)
+        x_adv = start.detach() + (self.eps - self.alpha) * grad.sign()
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1).detach()
+
+
+def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: int = 10):
+    """The inner maximisation of ``objective``: a callable ``(x, y) -> x_adv``."""
+    import torchattacks
+
+    if kind not in INNER_ATTACKS:
+        raise ConfigError(f"inner attack must be one of {', '.join(INNER_ATTACKS)}, got {kind!r}")
+    if steps <= 0:
+        raise ConfigError(f"inner attack steps must be positive, got {steps}")
+    on_kl = objective == "trades"
+    if kind == "rfgsm":
+        if on_kl:
+            return KLRFGSM(model, eps)
+        return torchattacks.RFGSM(model, eps=eps, alpha=eps / 2, steps=1)
+    alpha = 2.5 * eps / steps
+    if on_kl:
+        return torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
+    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+
+
+def robust_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    objective: str,
+    beta: float,
+    *,
+    while_attacking: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    after_step: Callable[[], None] | None = None,
+    what: str = "training",
+    progress: EpochProgress | None = None,
+    on_step: Callable[[EpochProgress], None] | None = None,
+) -> float:
+    """One epoch of robust training over ``batches`` (an iterable, e.g. a progress bar); returns
+    the mean loss. ``attack`` None trains on clean data with plain cross-entropy. A non-finite loss
+    raises :class:`PassError`, naming the learning rate as the likely fix.
+
+    ``progress`` resumes an interrupted epoch (``batches`` then holds only the batches still to
+    run); ``on_step(progress)`` is called after every optimiser step (checkpoints)."""
+    progress = progress or EpochProgress()
+    for x, y in batches:
+        with while_attacking():
+            x_adv = attack(x, y) if attack is not None else x
+        model.train()
+        loss = robust_loss(
+            model, x, y, x_adv, objective if attack is not None else "standard", beta
+        )
+        if not torch.isfinite(loss):
+            raise PassError(f"{what} diverged (loss {float(loss)}); lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step()
+        progress.batches += 1
+        progress.loss_sum += float(loss.detach()) * len(y)
+        progress.samples += len(y)
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{progress.mean_loss:.4f}")
+        if on_step is not None:
+            on_step(progress)
+    return progress.mean_loss
+
+
+@dataclass
+class EpochProgress:
+    """How far one epoch has come: batches done, and the loss summed over the samples seen."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    samples: int = 0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.samples)

@@ -1,0 +1,321 @@
+"""Robust pruning of a network's synapses: HYDRA importance scores or weight magnitude, then robust
+finetuning of the surviving weights (Schmolli et al., CPAL 2025, after Sehwag et al., NeurIPS 2020).
+
+It works on any ``nn.Module`` whose weight tensors are named as *slots* ``{layer: (module, attribute)}``:
+the conv/linear modules of a PyTorch model (``spikeshield train --prune-sparsity``) or the parameter
+dicts of a :class:`~spikeshield.runtime.executor.GraphExecutor` (the ``prune_weights`` pass, for an
+ANN graph or a spiking one). Masks are applied with ``torch.nn.utils.parametrize``, so the module's own
+forward pass sees ``weight * mask`` and needs no change.
+
+- ``magnitude``: keep the largest ``|w|``; then finetune the weights under the robust objective.
+- ``hydra``: freeze the weights, learn one importance score per weight under the robust objective
+  (forward through the top-k scores, straight-through gradient to all scores; scores start at
+  ``sqrt(6 / fan_in) * w / max|w|``), keep the top-k scores, then finetune the weights.
+
+Budgets: ``sparsity`` is the fraction of *all* weights of the slots that is removed, so 0.99 always
+stores at most 1/100 of the weights. ``global`` ranks every prunable weight together; ``layer`` gives
+every prunable layer the same share. Layers named in ``dense_layers`` (``first``, ``last`` or layer
+names) are kept whole and their weights count against the budget. Every pruned layer keeps at least
+one weight.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.runtime.objectives import (
+    DEFAULT_BETA,
+    INNER_ATTACKS,
+    OBJECTIVES,
+    inner_attack,
+    robust_epoch,
+)
+from spikeshield.runtime.data import DataSplits
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+PRUNE_METHODS = ("hydra", "magnitude")
+BUDGETS = ("global", "layer")
+
+Slots = dict[str, tuple[nn.Module, str]]
+
+
+@dataclass
+class PruneConfig:
+    """Settings of robust pruning; the defaults suit small nets on a CPU (HYDRA uses 20 + 20 epochs)."""
+
+    sparsity: float = 0.9
+    method: str = "hydra"
+    budget: str = "global"
+    dense_layers: tuple[str, ...] = ()  # "first", "last" or layer names, kept unpruned
+    score_epochs: int = 3  # hydra only
+    finetune_epochs: int = 3
+    score_lr: float = 0.1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    objective: str = "trades"
+    eps: float = 0.1
+    inner_attack: str = "pgd"
+    attack_steps: int = 10
+    beta: float | None = None  # TRADES / MART lambda; default 6 / 4
+    batch_size: int = 64
+    max_train: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_sparsity(self.sparsity)
+        choices = {
+            "prune method": (self.method, PRUNE_METHODS),
+            "prune budget": (self.budget, BUDGETS),
+            "prune objective": (self.objective, OBJECTIVES),
+            "prune attack": (self.inner_attack, INNER_ATTACKS),
+        }
+        for what, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.score_epochs < 0 or self.finetune_epochs < 0:
+            raise ConfigError("prune score and finetune epochs must be >= 0")
+        if self.method == "hydra" and self.score_epochs == 0 and self.sparsity > 0:
+            raise ConfigError("hydra needs --prune-epochs >= 1 to learn its scores")
+        for what, value in {"learning rate": self.lr, "score learning rate": self.score_lr,
+                            "batch size": self.batch_size, "attack steps": self.attack_steps}.items():
+            if not value > 0:
+                raise ConfigError(f"prune {what} must be positive, got {value}")
+        if not 0 <= self.eps <= 1:
+            raise ConfigError(f"prune eps must be in [0, 1] (pixels), got {self.eps}")
+
+
+def check_sparsity(sparsity: float) -> None:
+    """Raise :class:`ConfigError` unless ``sparsity`` is a fraction in [0, 1)."""
+    if not (isinstance(sparsity, (int, float)) and 0 <= sparsity < 1):
+        raise ConfigError(
+            f"sparsity must be in [0, 1) (the fraction of weights removed, e.g. 0.99), got {sparsity}"
+        )
+
+
+def parse_layers(spec: str) -> tuple[str, ...]:
+    """``"first,last"`` -> ``("first", "last")``; empty items dropped."""
+    return tuple(item.strip() for item in spec.split(",") if item.strip())
+
+
+def resolve_dense(names: list[str], dense_layers: Iterable[str]) -> set[str]:
+    """Layer names kept dense: ``first`` and ``last`` stand for the first and last slot."""
+    out = set()
+    for item in dense_layers:
+        if item == "first":
+            out.add(names[0])
+        elif item == "last":
+            out.add(names[-1])
+        elif item in names:
+            out.add(item)
+        else:
+            raise ConfigError(
+                f"dense layer {item!r} is not a weighted layer; use first, last or one of: "
+                + ", ".join(names)
+            )
+    return out
+
+
+def allocate_masks(
+    importance: dict[str, torch.Tensor], sparsity: float, budget: str, dense: set[str]
+) -> dict[str, torch.Tensor]:
+    """Binary masks keeping the most important weights: exactly ``floor((1 - sparsity) * total)``
+    weights in all (the dense layers included), at least one per layer."""
+    check_sparsity(sparsity)
+    total = sum(v.numel() for v in importance.values())
+    keep = total - math.ceil(round(sparsity * total, 6))
+    masks = {n: torch.ones_like(v) for n, v in importance.items() if n in dense}
+    prunable = {n: v for n, v in importance.items() if n not in dense}
+    if not prunable:
+        return masks
+    left = keep - sum(m.numel() for m in masks.values())
+    if left < len(prunable):
+        raise ConfigError(
+            f"sparsity {sparsity} keeps {keep} of {total} weights, but the dense layers alone hold "
+            f"{keep - left}; lower the sparsity or prune the first/last layer too"
+        )
+    if budget == "global":
+        flat = torch.cat([v.detach().flatten().abs() for v in prunable.values()])
+        chosen = torch.zeros_like(flat)
+        chosen[torch.topk(flat, left, sorted=False).indices] = 1.0
+        # A layer cut off completely disconnects the network: it gets its best weight back, paid for
+        # by the weakest weight kept in a layer that has more than one, so the total stays exact.
+        bounds, offset = {}, 0
+        for name, v in prunable.items():
+            bounds[name] = (offset, offset + v.numel())
+            offset += v.numel()
+        for name, (lo, hi) in bounds.items():
+            if chosen[lo:hi].sum() == 0:
+                spare = torch.zeros_like(chosen, dtype=torch.bool)
+                for a, b in bounds.values():
+                    if chosen[a:b].sum() > 1:
+                        spare[a:b] = chosen[a:b] == 1
+                if not bool(spare.any()):
+                    raise ConfigError(f"sparsity {sparsity} leaves fewer weights than layers; "
+                                      "lower the sparsity")
+                chosen[torch.where(spare, flat, torch.full_like(flat, math.inf)).argmin()] = 0.0
+                chosen[lo + int(flat[lo:hi].argmax())] = 1.0
+        for name, v in prunable.items():
+            lo, hi = bounds[name]
+            masks[name] = chosen[lo:hi].view_as(v).clone()
+        return masks
+    if budget != "layer":
+        raise ConfigError(f"prune budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    share = left / sum(v.numel() for v in prunable.values())
+    for name, v in prunable.items():
+        k = max(1, int(v.numel() * share))
+        mask = torch.zeros(v.numel(), dtype=v.dtype, device=v.device)
+        mask[torch.topk(v.detach().flatten().abs(), k, sorted=False).indices] = 1.0
+        masks[name] = mask.view_as(v)
+    return masks
+
+
+class _FixedMask(nn.Module):
+    """Parametrization ``w -> w * mask`` with a fixed binary mask."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+class _ScoreBudget:
+    """The top-k masks of all layers' scores, recomputed only when a score changed."""
+
+    def __init__(self, scores: dict[str, nn.Parameter], cfg: PruneConfig, dense: set[str]) -> None:
+        self.scores, self.cfg, self.dense = scores, cfg, dense
+        self._key: tuple | None = None
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def mask(self, name: str) -> torch.Tensor:
+        key = tuple(s._version for s in self.scores.values())
+        if key != self._key:
+            detached = {n: s.detach() for n, s in self.scores.items()}
+            self._masks = allocate_masks(detached, self.cfg.sparsity, self.cfg.budget, self.dense)
+            self._key = key
+        return self._masks[name]
+
+
+class _ScoredMask(nn.Module):
+    """Parametrization ``w -> w * topk(scores)`` with a straight-through gradient to the scores."""
+
+    def __init__(self, name: str, scores: nn.Parameter, budget: _ScoreBudget) -> None:
+        super().__init__()
+        self.name, self.scores, self.budget = name, scores, budget
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        hard = self.budget.mask(self.name)
+        return weight * (hard + self.scores - self.scores.detach())
+
+
+def _fan_in(weight: torch.Tensor) -> int:
+    return int(weight[0].numel())
+
+
+@dataclass
+class PruneOutcome:
+    masks: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def prune_module(
+    owner: nn.Module,
+    slots: Slots,
+    forward: nn.Module,
+    data: DataSplits,
+    cfg: PruneConfig,
+    device: torch.device | str = "cpu",
+    *,
+    score: Callable[[], float],
+    after_step: Callable[[], None] | None = None,
+) -> PruneOutcome:
+    """Prune the weights named by ``slots`` in place; return their masks.
+
+    ``owner`` holds every trainable parameter, ``forward`` maps pixels to logits (it may be ``owner``)
+    and ``score()`` is the validation score that picks the finetuning epoch kept. On return each slot
+    holds a plain parameter equal to ``weight * mask``.
+    """
+    cfg.validate()
+    train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
+    if len(train) == 0:
+        raise DataError(f"pruning needs training images; {data.name} has none")
+    torch.manual_seed(cfg.seed)
+    names = list(slots)
+    dense = resolve_dense(names, cfg.dense_layers)
+    weights = {n: getattr(m, a) for n, (m, a) in slots.items()}
+    beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA.get(cfg.objective, 0.0)
+    attack = None
+    if cfg.objective != "standard" and cfg.eps > 0:
+        attack = inner_attack(forward, cfg.objective, cfg.eps, cfg.inner_attack, cfg.attack_steps)
+    history: list[dict[str, Any]] = []
+
+    def epochs(count: int, params: list[nn.Parameter], lr: float, phase: str, pick: bool) -> int:
+        if count == 0:
+            return 0
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay if phase == "finetune" else 0.0)
+        steps = train.num_batches(cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count * steps)
+        best, best_epoch, best_state = -math.inf, 0, None
+        for epoch in range(1, count + 1):
+            bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
+                                     device=device),
+                       total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
+                       leave=False, disable=None)
+            loss = robust_epoch(forward, bar, attack, optimizer, scheduler, cfg.objective, beta,
+                                after_step=after_step, what=f"pruning ({phase}, epoch {epoch})")
+            owner.eval()
+            value = score()
+            history.append({"phase": phase, "epoch": epoch, "loss": loss, "val_score": value})
+            if pick and value > best:
+                best, best_epoch, best_state = value, epoch, copy.deepcopy(owner.state_dict())
+        if best_state is not None:
+            owner.load_state_dict(best_state)
+        return best_epoch
+
+    if cfg.method == "hydra" and cfg.sparsity > 0:
+        scores = {}
+        for n, w in weights.items():
+            scale = math.sqrt(6.0 / _fan_in(w)) / float(w.detach().abs().max().clamp_min(1e-12))
+            scores[n] = nn.Parameter(w.detach() * scale)
+        budget = _ScoreBudget(scores, cfg, dense)
+        frozen_flags = [(p, p.requires_grad) for p in owner.parameters()]
+        for p, _ in frozen_flags:
+            p.requires_grad_(False)
+        for n, (module, attr) in slots.items():
+            parametrize.register_parametrization(module, attr, _ScoredMask(n, scores[n], budget))
+        epochs(cfg.score_epochs, list(scores.values()), cfg.score_lr, "scores", pick=False)
+        masks = {n: budget.mask(n).clone() for n in names}
+        for n, (module, attr) in slots.items():
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+        for p, flag in frozen_flags:
+            p.requires_grad_(flag)
+    else:
+        masks = allocate_masks({n: w.detach() for n, w in weights.items()}, cfg.sparsity,
+                               cfg.budget, dense)
+    for n, (module, attr) in slots.items():
+        with torch.no_grad():
+            getattr(module, attr).mul_(masks[n])
+        parametrize.register_parametrization(module, attr, _FixedMask(masks[n]))
+    trainable = [p for p in owner.parameters() if p.requires_grad]
+    best_epoch = epochs(cfg.finetune_epochs, trainable, cfg.lr, "finetune", pick=True)
+    for module, attr in slots.values():
+        parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+    return PruneOutcome({n: m.detach().cpu() for n, m in masks.items()}, history, best_epoch)
+
+
+def model_slots(model: nn.Module) -> Slots:
+    """The weight of every ``nn.Conv2d`` and ``nn.Linear`` of a PyTorch model, in definition order."""
+    return {name: (m, "weight") for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))}

@@ -1,0 +1,231 @@
+"""Resumable long jobs: a run stopped mid-way and resumed gives the uninterrupted run's numbers."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeshield.runtime import checkpoint as ckpt
+from spikeshield.runtime.checkpoint import Checkpoint, Interrupted, stop_on_signals
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+from spikeshield.runtime.training import TrainConfig, train_robust
+from spikeshield.frontends.zoo import build_model
+
+
+def stop_at_step(monkeypatch, n: int) -> None:
+    """Make the n-th checkpointed step see a stop request, as SIGTERM would set it."""
+    calls = {"count": 0}
+    original = Checkpoint.step
+
+    def step(self, part, state, where):
+        calls["count"] += 1
+        if calls["count"] == n:
+            ckpt.request_stop(signal.SIGTERM)
+        return original(self, part, state, where)
+
+    monkeypatch.setattr(Checkpoint, "step", step)
+
+
+def test_save_load_round_trip_and_settings_are_checked(tmp_path):
+    directory = tmp_path / "run.checkpoint"
+    first = Checkpoint(directory, "train", {"epochs": 3, "eps": 0.1}, every=0)
+    first.save("train", {"weights": torch.arange(4.0), "epoch": 2, "history": [{"loss": 0.5}]})
+    resumed = Checkpoint(directory, "train", {"epochs": 3, "eps": 0.1}, resume=True)
+    state = resumed.load("train")
+    assert torch.equal(state["weights"], torch.arange(4.0)) and state["epoch"] == 2
+    assert resumed.load("finetune") is None  # a part not reached yet: start it afresh
+    with pytest.raises(ConfigError, match=r"epochs=3 \(now 5\)"):
+        Checkpoint(directory, "train", {"epochs": 5, "eps": 0.1}, resume=True)
+    with pytest.raises(ConfigError, match="checkpoint of `spikeshield train`"):
+        Checkpoint(directory, "eval", {"epochs": 3, "eps": 0.1}, resume=True)
+    with pytest.raises(ConfigError, match="add --resume"):  # never overwritten by accident
+        Checkpoint(directory, "train", {"epochs": 3, "eps": 0.1})
+    with pytest.raises(ConfigError, match="no checkpoint at"):
+        Checkpoint(tmp_path / "elsewhere", "train", {}, resume=True)
+    resumed.discard()
+    assert not directory.exists()
+
+
+class Payload:  # an object whose unpickling would run this module's code
+    pass
+
+
+def test_a_checkpoint_holding_code_is_refused(tmp_path):
+    directory = tmp_path / "run.checkpoint"
+    Checkpoint(directory, "train", {}).save("train", {"epoch": 1})
+    torch.save({"epoch": 1, "evil": Payload()}, directory / "train.pt")  # not weights-only
+    with pytest.raises(ModelLoadError, match="unreadable"):
+        Checkpoint(directory, "train", {}, resume=True).load("train")
+
+
+def _train(tmp_path, checkpoint=None):
+    from spikeshield.compiler.driver.data import load_data
+
+    splits = load_data("mnist5k")
+    torch.manual_seed(0)
+    mean, std = splits.channel_stats()
+    model = build_model("lenet", splits.input_shape, 10, mean, std, width=0.25)
+    cfg = TrainConfig(objective="trades", eps=0.1, epochs=2, max_train=256, batch_size=64,
+                      attack_steps=2, lr=0.05)
+    result = train_robust(model, splits, cfg, checkpoint=checkpoint)
+    return model, result
+
+
+def test_training_stopped_mid_epoch_resumes_to_identical_weights(tmp_path, monkeypatch):
+    reference, ref_result = _train(tmp_path)
+    directory = tmp_path / "train.checkpoint"
+    stop_at_step(monkeypatch, 6)  # epoch 2, batch 2 of 4
+    with stop_on_signals(), pytest.raises(Interrupted, match="epoch 2/2 after batch 2/4") as stop:
+        _train(tmp_path, Checkpoint(directory, "train", {"x": 1}, every=3600))
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    monkeypatch.undo()
+    resumed, result = _train(tmp_path, Checkpoint(directory, "train", {"x": 1}, resume=True))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert result.history == ref_result.history and result.best_epoch == ref_result.best_epoch
+
+
+def test_finetuning_and_ensemble_resume_to_identical_numbers(converted_lenet, mnist5k, tmp_path,
+                                                             monkeypatch):
+    from spikeshield.compiler.passes.manager import PassManager
+    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+    from spikeshield.compiler.driver.robustness import RobustnessConfig, evaluate_robustness
+
+    snn = converted_lenet.snn
+    cfg = FinetuneConfig(epochs=2, max_train=192, val_samples=64, eps_train=0.025)
+
+    def finetune(checkpoint=None):
+        return PassManager().run_one(snn, "finetune_robust", data=mnist5k, config=cfg,
+                                     checkpoint=checkpoint)
+
+    reference = finetune()
+    directory = tmp_path / "compile.checkpoint"
+    stop_at_step(monkeypatch, 4)  # finetuning epoch 2, batch 1 of 3
+    stopped = pytest.raises(Interrupted, match="finetuning epoch 2/2 after batch 1/3")
+    with stop_on_signals(), stopped:
+        finetune(Checkpoint(directory, "compile", {}, every=3600))
+    monkeypatch.undo()
+    resumed = finetune(Checkpoint(directory, "compile", {}, resume=True))
+    for name in reference.nodes():
+        for field, tensor in reference.op(name).tensors().items():
+            assert torch.equal(tensor, resumed.op(name).tensors()[field]), (name, field)
+
+    rob = RobustnessConfig(samples=60, batch_size=16, curve_samples=16)
+
+    def attack(checkpoint=None):
+        report = evaluate_robustness(snn, converted_lenet.ann, mnist5k.test, 10, rob,
+                                     checkpoint=checkpoint)
+        members = report["snn"]["members"] + report["ann"]["members"]
+        return report["snn"]["robust_accuracy"], [(m["attacked"], m["broken"]) for m in members]
+
+    expected = attack()
+    stop_at_step(monkeypatch, 3)  # the SNN ensemble, after 3 of 4 chunks
+    with stop_on_signals(), pytest.raises(Interrupted, match="after 3 of 4 chunks"):
+        attack(Checkpoint(tmp_path / "eval.checkpoint", "eval", {}, every=3600))
+    monkeypatch.undo()
+    assert attack(Checkpoint(tmp_path / "eval.checkpoint", "eval", {}, resume=True)) == expected
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "spikeshield.compiler.driver.cli", *args]
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path):
+    """The real thing: a training process killed by SIGTERM mid-run, then resumed."""
+    options = ["train", "--width", "0.25", "--epochs", "2", "--max-train", "1024",
+               "--attack-steps", "2", "--batch-size", "32", "--checkpoint-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed.pt2"
+    directory = Path(f"{killed}.checkpoint")
+    proc = subprocess.Popen(_cli(*options, "--out", str(killed)), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (directory / "train.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM in epoch") and f"--resume {directory}" in last
+    assert not killed.exists()
+    resumed = subprocess.run(_cli(*options, "--out", str(killed), "--resume", str(directory)),
+                             env=env, text=True, capture_output=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not directory.exists()  # finished: nothing left to resume
+    whole = tmp_path / "whole.pt2"
+    done = subprocess.run(_cli(*options, "--out", str(whole)), env=env, text=True,
+                          capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    a = torch.export.load(str(killed)).state_dict
+    b = torch.export.load(str(whole)).state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the summary line (validation and test accuracy) is the same too
+    assert resumed.stdout.split(": best")[1].split("; wrote")[0] == \
+        done.stdout.split(": best")[1].split("; wrote")[0]
+
+
+def test_a_signal_after_the_last_step_still_stops_the_job(tmp_path):
+    """Acknowledged ("stopping after the current step") must never turn into exit 0."""
+    with stop_on_signals():
+        checkpoint = Checkpoint(tmp_path / "run.checkpoint", "train", {}, every=1000)
+        with pytest.raises(Interrupted) as stopped:
+            with checkpoint.listening():
+                checkpoint.step("train", lambda: {"epoch": 1}, "in epoch 1")
+                os.kill(os.getpid(), signal.SIGTERM)  # after the loop's last step boundary
+        assert stopped.value.exit_code == 143 and "after the last step" in str(stopped.value)
+
+
+def test_a_signal_after_the_last_finetuning_batch_exits_143(trained_lenet, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spikeshield.compiler.driver.cli import app
+
+    original = Checkpoint.listening
+
+    @contextlib.contextmanager
+    def late_signal(self):
+        with original(self):
+            yield
+            ckpt.request_stop(signal.SIGTERM)  # arrives once the last batch is done
+
+    monkeypatch.setattr(Checkpoint, "listening", late_signal)
+    out = tmp_path / "snn"
+    result = CliRunner().invoke(app, ["compile", str(trained_lenet[1]), "--out", str(out),
+                                      "--finetune-epochs", "1", "--finetune-max-train", "64",
+                                      "--robustness", "none", "--no-profile", "--n", "20",
+                                      "--calibration-batches", "1"])
+    assert result.exit_code == 143, result.output
+    assert "after the last step" in result.output and not out.exists()
+
+
+def test_a_signal_while_loading_a_nir_file_is_a_stop_not_a_bad_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from spikeshield.backends.nir_backend import write_nir
+    from spikeshield.compiler.driver.cli import app
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+    from spikeshield.frontends import nir_frontend
+
+    from tests.conftest import tiny_conv_graph
+
+    graph = convert_relu_to_if(tiny_conv_graph()).graph
+    graph.meta["timesteps"] = 4
+    path = write_nir(graph, tmp_path / "snn.nir")
+    real_read = nir_frontend.nir.read
+
+    def read_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(nir_frontend.nir, "read", read_then_signal)
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM" in result.output and "nothing to resume" in result.output
+    assert "not a valid NIR graph" not in result.output
