@@ -34,13 +34,14 @@ def reset_summary(graph: Graph) -> str:
 
 def graph_description(graph: Graph) -> dict[str, Any]:
     """How to run ``graph``: the informational metadata both exports carry."""
+    spec = graph.run_spec()
     return {
         "generator": f"spikeshield {spikeshield_version()}",
         "dt": 1.0,
-        "timesteps": int(graph.meta.get("timesteps", 0)),
+        "timesteps": spec.timesteps,
         "reset": reset_summary(graph),
-        "encoding": str(graph.meta.get("encoding", "direct")),
-        "input_range": [float(v) for v in graph.meta.get("input_range", [0.0, 1.0])],
+        "encoding": spec.encoding,
+        "input_range": list(spec.input_range or (0.0, 1.0)),
     }
 
 

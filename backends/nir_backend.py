@@ -42,6 +42,8 @@ import torch
 from spikeshield.backends.common import full_shape, graph_description, raise_unsupported
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
+    OpCoverage,
+    kinds,
     IF,
     AvgPool2d,
     BatchNorm,
@@ -224,6 +226,8 @@ ALTERNATIVES: dict[type[Op], str] = {
     ReLU: "NIR has no ReLU: convert the ANN first (spikeshield compile) so ReLUs become IF neurons",
     BatchNorm: "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
 }
+COVERAGE = OpCoverage("NIR backend (backends.nir_backend)", handled=kinds(CONVERTERS),
+                      not_supported={op.kind: reason for op, reason in ALTERNATIVES.items()})
 
 
 def unsupported_nodes(graph: Graph) -> list[str]:

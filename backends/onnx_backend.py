@@ -32,6 +32,8 @@ from spikeshield.backends.common import graph_description, raise_unsupported
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
+    OpCoverage,
+    kinds,
     IF,
     AvgPool2d,
     BatchNorm,
@@ -153,6 +155,8 @@ EMITTERS: dict[type[Op], Emitter] = {
 }
 # Handled by the time-stepping logic itself rather than by an emitter.
 STRUCTURAL = (Input, Output, Sum, IF)
+COVERAGE = OpCoverage("ONNX backend (backends.onnx_backend)",
+                      handled=kinds(EMITTERS) | kinds(STRUCTURAL))
 
 
 def _if_update(b: _OnnxBuilder, name: str, op: IF, x: str, v: str | None) -> tuple[str, str]:
@@ -242,8 +246,9 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
             f"graph {graph.name!r} has no IF neurons, hence no state: export it with "
             "--format onnx (a plain forward graph)"
         )
-    encoding = str(graph.meta.get("encoding", "direct"))
-    steps = timesteps or int(graph.meta.get("timesteps", 0))
+    spec = graph.run_spec()
+    encoding = spec.encoding
+    steps = timesteps or spec.timesteps
     if spiking and form == "unrolled" and steps <= 0:
         raise ConfigError(
             "the unrolled ONNX graph needs the number of time steps; pass --timesteps"

@@ -22,9 +22,13 @@ from typing import Any
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, Conv2d, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.ops import IF, Input, OpCoverage, Output, Scale
 
-WEIGHTED = (Conv2d, Linear)
+# Ops that no target runs, and what to do instead (a target profile lists the kinds it runs).
+NO_TARGET_RUNS = {
+    "relu": "an ANN activation: compile the model (spikeshield compile) so it becomes IF neurons",
+    "batchnorm": "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class TargetProfile:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+
+COVERAGE = OpCoverage("hardware targets (backends.targets)",
+                      handled=frozenset(TargetProfile("any", "").ops),
+                      not_supported=NO_TARGET_RUNS)
 
 TARGETS: dict[str, TargetProfile] = {
     "generic": TargetProfile(
@@ -178,7 +186,7 @@ def _weighted_after(graph: Graph, name: str) -> list[str]:
     found, stack = [], list(graph.consumers(name))
     while stack:
         node = stack.pop()
-        if isinstance(graph.op(node), (*WEIGHTED, Output)):
+        if graph.op(node).synaptic or isinstance(graph.op(node), Output):
             found.append(node)
         else:
             stack += graph.consumers(node)
@@ -200,7 +208,7 @@ def check_target(graph: Graph, target: str | TargetProfile) -> list[Violation]:
     profile = load_target(target)
     graph.validate()
     out: list[Violation] = []
-    encoding = str(graph.meta.get("encoding", "direct"))
+    encoding = graph.run_spec().encoding
     if encoding not in profile.encodings:
         out.append(
             Violation(
@@ -221,7 +229,7 @@ def check_target(graph: Graph, target: str | TargetProfile) -> list[Violation]:
                 "reduce the input (fewer pixels or channels)",
             )
         )
-    layers = graph.nodes_of(*WEIGHTED)
+    layers = graph.synaptic_nodes()
     if profile.max_layers is not None and len(layers) > profile.max_layers:
         out.append(
             Violation(
@@ -255,6 +263,7 @@ def _node_violations(graph: Graph, name: str, profile: TargetProfile) -> list[Vi
             "scale": "fold it into the next layer's weights (pass fold_scales; scales with a bias "
             "cannot be folded)",
             "avgpool2d": "replace it by a strided conv2d, or drop the pooling",
+            **NO_TARGET_RUNS,
         }.get(op.kind, f"use one of {', '.join(profile.ops)}")
         repair = ("fold_scales", {}) if isinstance(op, Scale) and op.bias is None else None
         out.append(
@@ -283,7 +292,7 @@ def _node_violations(graph: Graph, name: str, profile: TargetProfile) -> list[Vi
                     "use fewer channels or a smaller feature map",
                 )
             )
-    if isinstance(op, WEIGHTED):
+    if op.synaptic:
         if profile.weight_bits is not None and quantization_error(graph, name, profile.weight_bits):
             out.append(
                 Violation(
@@ -303,7 +312,7 @@ def _node_violations(graph: Graph, name: str, profile: TargetProfile) -> list[Vi
                     "use smaller kernels or fewer input channels",
                 )
             )
-    if not profile.bias and isinstance(op, (*WEIGHTED, Scale)) and _has_bias(op):
+    if not profile.bias and (op.synaptic or isinstance(op, Scale)) and _has_bias(op):
         out.append(
             Violation(
                 name,

@@ -19,6 +19,7 @@ from torch import nn
 
 from spikeshield.compiler.ir.errors import UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import OpCoverage
 from spikeshield.frontends.lowering import (
     MAXPOOL_HINT,
     UNSUPPORTED,
@@ -41,6 +42,17 @@ from spikeshield.compiler.ir.ops import (
     Shape,
     Sum,
 )
+
+# The IR kinds this frontend lowers source graphs into, and the ones it never produces.
+COVERAGE = OpCoverage(
+    "torch.fx and torch.export frontend (frontends.fx_lowering)",
+    handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
+        "avgpool2d", "flatten", "sum"}),
+    not_supported={
+        "if": "PyTorch models are ANNs: IF neurons come from conversion (spikeshield compile)",
+    },
+)
+
 
 aten = torch.ops.aten
 

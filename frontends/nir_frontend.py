@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.frontends.lowering import clean_name
+from spikeshield.compiler.ir.ops import OpCoverage
+from spikeshield.frontends.lowering import Lowering, clean_name
 from spikeshield.compiler.ir.limits import NODES, TENSOR_BYTES, TOTAL_BYTES, check_tensor_shapes
 from spikeshield.compiler.ir.ops import (
     IF,
@@ -43,6 +44,18 @@ from spikeshield.compiler.ir.ops import (
     Scale,
     Sum,
 )
+
+# The IR kinds this frontend lowers source graphs into, and the ones it never produces.
+COVERAGE = OpCoverage(
+    "NIR frontend (frontends.nir_frontend)",
+    handled=frozenset({"input", "output", "conv2d", "linear", "scale", "avgpool2d", "flatten",
+        "sum", "if"}),
+    not_supported={
+        "relu": "NIR graphs are spiking: they hold no ReLU",
+        "batchnorm": "NIR has no batch norm; exporters fold it into the weights",
+    },
+)
+
 
 # NIR node types the IR cannot hold, with the nearest supported alternative.
 ALTERNATIVES: dict[str, str] = {
@@ -181,18 +194,22 @@ def _conv_padding(node: nir.Conv2d, name: str) -> tuple[int, int]:
     return (total[0] // 2, total[1] // 2)
 
 
-class NirLowering:
-    """Walks a NIR graph in dataflow order and emits IR nodes."""
+class NirLowering(Lowering):
+    """Walks a NIR graph in dataflow order and emits IR nodes. NIR names every node and sums
+    fan-in, so nodes are emitted by name with all their inputs (:meth:`_emit`) rather than through
+    the base's single-input ``emit``."""
+
+    source_kind = "NIR graph"
 
     def __init__(self, g: nir.NIRGraph, name: str) -> None:
+        super().__init__(name)
         self.nir = g
         meta = {k: _plain(v) for k, v in (g.metadata or {}).items()}
-        self.graph = Graph(name, {"source": f"NIR graph {name}", "nir_metadata": meta})
+        self.graph.meta.update({"source": f"NIR graph {name}", "nir_metadata": meta})
         for key in ("timesteps", "encoding", "input_range"):
             if key in meta and meta[key] not in (0, None):
                 self.graph.meta[key] = meta[key]
         self.ir_of: dict[str, str] = {}  # NIR node -> the IR node holding its value
-        self.problems: list[str] = []
         self.fused: dict[str, str] = {}  # Threshold/Scale of a subtract-reset loop -> its I node
 
     # ---- structure ----------------------------------------------------------------------

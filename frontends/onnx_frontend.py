@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import OpCoverage
 from spikeshield.compiler.ir.limits import NODES, TENSOR_ELEMENTS, check_tensor_shapes
 from spikeshield.compiler.ir.ops import (
     AvgPool2d,
@@ -41,6 +42,17 @@ from spikeshield.frontends.lowering import (
     as_tensor,
     per_channel_vector,
 )
+
+# The IR kinds this frontend lowers source graphs into, and the ones it never produces.
+COVERAGE = OpCoverage(
+    "ONNX frontend (frontends.onnx_frontend)",
+    handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
+        "avgpool2d", "flatten", "sum"}),
+    not_supported={
+        "if": "ONNX models are read as ANNs: IF neurons come from conversion (spikeshield compile)",
+    },
+)
+
 
 
 class OnnxLowering(Lowering):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikeshield.compiler.ir.errors import ConfigError
@@ -28,7 +29,9 @@ from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.surrogates import Surrogate
 
-ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "transfer")
+# "tpgd" and "kl-rfgsm" maximise the KL to the clean prediction: TRADES' inner attacks.
+ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "transfer", "tpgd",
+           "kl-rfgsm")
 BASE_ATTACKS = ("fgsm", "pgd", "apgd-ce")
 PRESETS = ("quick", "paper", "strong")
 _GRADIENT_FREE = ("square",)
@@ -72,12 +75,17 @@ class AttackSpec:
     def alpha(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else 2.5 * eps / self.steps
 
-    def build(self, model: nn.Module, eps: float, num_classes: int, seed: int):
-        """The torchattacks attack object on ``model`` (which maps pixels in [0, 1] to logits)."""
+    def build(self, model: nn.Module, eps: float, num_classes: int | None = None, seed: int = 0):
+        """The attack object on ``model`` (which maps pixels in [0, 1] to logits): torchattacks',
+        or :class:`KLRFGSM`. The one factory of attacks, for evaluation and training alike."""
         import torchattacks
 
         name = self.name
-        if name in ("apgd-dlr", "apgd-t") and num_classes < 3:
+        if name == "kl-rfgsm":
+            return KLRFGSM(model, eps)
+        if name == "tpgd":
+            return torchattacks.TPGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps)
+        if name in ("apgd-dlr", "apgd-t") and (num_classes or 0) < 3:
             raise ConfigError(f"{self.label} needs at least 3 classes, the data has {num_classes}")
         if name == "fgsm":
             return torchattacks.FGSM(model, eps=eps)
@@ -114,6 +122,24 @@ class AttackSpec:
         return torchattacks.Square(
             model, norm="Linf", eps=eps, n_queries=self.queries, n_restarts=self.restarts, seed=seed
         )
+
+
+class KLRFGSM:
+    """Single-step R-FGSM (Tramèr et al., 2018) on ``KL(f(x) || f(x_adv))``: TRADES' inner loss
+    (torchattacks has no KL form of it)."""
+
+    def __init__(self, model: nn.Module, eps: float, alpha: float | None = None) -> None:
+        self.model, self.eps = model, eps
+        self.alpha = eps / 2 if alpha is None else alpha
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.model(x), dim=1)
+        start = (x + self.alpha * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(self.model(start), dim=1), target, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, start)
+        x_adv = start.detach() + (self.eps - self.alpha) * grad.sign()
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1).detach()
 
 
 @dataclass(frozen=True)

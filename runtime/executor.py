@@ -22,20 +22,18 @@ from torch import nn
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, BatchNorm, Conv2d, Input, Linear, Output, Sum
+from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
+from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, Input, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
 from spikeshield.runtime.surrogates import Surrogate
 
-ENCODINGS = ("direct", "poisson")
-# Tensor fields that are statistics or structure, never trained.
-_FROZEN_FIELDS = {
-    (BatchNorm, "running_mean"),
-    (BatchNorm, "running_var"),
-    (Conv2d, "mask"),
-    (Linear, "mask"),
-}
+# Ops the executor steps through time itself (inputs, outputs, fan-in sums, neurons); every other
+# kind runs through its kernel in runtime.kernels.
+STEPPED = (Input, Output, Sum, IF)
+COVERAGE = OpCoverage("graph executor (runtime.executor, runtime.kernels)",
+                      handled=kinds(KERNELS) | kinds(STEPPED))
 # Time is folded into the batch only while one layer's (steps x batch) values stay under this many
 # elements; larger runs go through time in blocks of steps, the membranes carried from block to
 # block. A whole (T*N, C, H, W) tensor per layer falls out of cache at large batches: ResNet-20 at
@@ -94,7 +92,7 @@ class GraphExecutor(nn.Module):
             op = graph.op(name)
             params = nn.ParameterDict()
             for field, value in op.tensors().items():
-                frozen = (type(op), field) in _FROZEN_FIELDS
+                frozen = field in op.frozen_fields  # statistics and masks are never trained
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
@@ -116,6 +114,12 @@ class GraphExecutor(nn.Module):
 
     def tensors_of(self, name: str) -> dict[str, torch.Tensor]:
         return dict(self.parameters_of(name).items())
+
+    def clamp_thresholds(self, floor: float) -> None:
+        """Keep every IF threshold at ``floor`` or above (training may not drive one to 0)."""
+        with torch.no_grad():
+            for name in self.graph.nodes_of(IF):
+                self.tensors_of(name)["threshold"].clamp_(min=floor)
 
     def to_graph(self) -> Graph:
         """A copy of the graph holding the current parameter values."""

@@ -9,7 +9,8 @@
 Inner attacks: ``pgd`` (``steps`` steps of ``2.5 * eps / steps`` from a random start; torchattacks'
 ``PGD`` on the CE, ``TPGD`` on the KL) or ``rfgsm`` (one step: a random ``alpha``-sign start, then an
 ``eps - alpha`` signed-gradient step, ``alpha = eps / 2``; torchattacks' ``RFGSM`` on the CE, and
-:class:`KLRFGSM` below on the KL, which torchattacks lacks).
+:class:`~spikeshield.runtime.attacks.KLRFGSM` on the KL, which torchattacks lacks; all built by the
+attack factory of ``runtime.attacks``).
 """
 
 from __future__ import annotations
@@ -62,26 +63,10 @@ def robust_loss(
     return loss_adv + beta * (kl * (1.0000001 - true_probs)).mean()
 
 
-class KLRFGSM:
-    """Single-step R-FGSM (Tramèr et al., 2018) on ``KL(f(x) || f(x_adv))``: TRADES' inner loss."""
-
-    def __init__(self, model: Model, eps: float, alpha: float | None = None) -> None:
-        self.model, self.eps = model, eps
-        self.alpha = eps / 2 if alpha is None else alpha
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            target = F.softmax(self.model(x), dim=1)
-        start = (x + self.alpha * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(self.model(start), dim=1), target, reduction="sum")
-        (grad,) = torch.autograd.grad(kl, start)
-        x_adv = start.detach() + (self.eps - self.alpha) * grad.sign()
-        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1).detach()
-
-
 def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: int = 10):
-    """The inner maximisation of ``objective``: a callable ``(x, y) -> x_adv``."""
-    import torchattacks
+    """The inner maximisation of ``objective``: a callable ``(x, y) -> x_adv`` from the attack
+    factory (``runtime.attacks``); TRADES maximises the KL, the others the cross-entropy."""
+    from spikeshield.runtime.attacks import AttackSpec
 
     if kind not in INNER_ATTACKS:
         raise ConfigError(f"inner attack must be one of {', '.join(INNER_ATTACKS)}, got {kind!r}")
@@ -89,13 +74,8 @@ def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: in
         raise ConfigError(f"inner attack steps must be positive, got {steps}")
     on_kl = objective == "trades"
     if kind == "rfgsm":
-        if on_kl:
-            return KLRFGSM(model, eps)
-        return torchattacks.RFGSM(model, eps=eps, alpha=eps / 2, steps=1)
-    alpha = 2.5 * eps / steps
-    if on_kl:
-        return torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)
-    return torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        return AttackSpec("kl-rfgsm" if on_kl else "rfgsm", steps=1).build(model, eps)
+    return AttackSpec("tpgd" if on_kl else "pgd", steps=steps, random_start=True).build(model, eps)
 
 
 def robust_epoch(

@@ -20,7 +20,11 @@ from typing import Any
 
 import torch
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Conv2d, Linear
+from spikeshield.compiler.ir.ops import OPS, OpCoverage
+
+# Storage is counted from the synaptic trait alone (``weight`` and ``mask``): a synaptic kind is
+# counted, any other kind stores no synapses. Nothing here is written per kind.
+COVERAGE = OpCoverage("stored-weight accounting (runtime.storage)", handled=frozenset(OPS))
 
 PRECISIONS = {"fp32": 4, "fp16": 2, "int8": 1}
 FORMATS = ("dense", "csr", "bitmap")
@@ -66,7 +70,7 @@ def layer_storage(weight: torch.Tensor) -> dict[str, Any]:
 def graph_storage(graph: Graph) -> dict[str, Any]:
     """Per weighted layer and in total: weights, nonzeros and bytes per format; the reduction of
     stored weights (and of bytes, each layer in its best format) against the dense network."""
-    layers = {name: layer_storage(graph.op(name).weight) for name in graph.nodes_of(Conv2d, Linear)}
+    layers = {name: layer_storage(graph.op(name).weight) for name in graph.synaptic_nodes()}
     weights = sum(v["weights"] for v in layers.values())
     nonzeros = sum(v["nonzeros"] for v in layers.values())
     totals: dict[str, Any] = {"weights": weights, "nonzeros": nonzeros,

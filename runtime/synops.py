@@ -24,31 +24,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear
+from spikeshield.compiler.ir.ops import (
+    IF,
+    OPS,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Op,
+    OpCoverage,
+    kinds,
+)
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
 from tqdm.auto import tqdm
 
-WEIGHTED = (Conv2d, Linear)
-
-
-def connectivity(op: Conv2d | Linear, dense: bool = False) -> torch.Tensor:
+def connectivity(op: Op, dense: bool = False) -> torch.Tensor:
     """The 0/1 synapse kernel of a layer: ``weight != 0`` (all ones with ``dense``)."""
     if dense:
         return torch.ones_like(op.weight)
     return (op.weight != 0).to(op.weight.dtype)
 
 
-def synaptic_work(op: Conv2d | Linear, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+# How each synaptic op routes its input through its synapses (with a 0/1 ``kernel`` in place of
+# its weight, the output counts the synaptic events). Every synaptic kind must be here.
+ROUTES: dict[type[Op], Callable[[Op, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    Conv2d: lambda op, x, k: F.conv2d(x, k, None, op.stride, op.padding, op.dilation, op.groups),
+    Linear: lambda op, x, k: F.linear(x, k),
+}
+COVERAGE = OpCoverage(
+    "SynOp counter (runtime.synops)",
+    handled=kinds(ROUTES) | frozenset(k for k, c in OPS.items() if not c.synaptic),
+    not_supported={k: "a synaptic op without a route: add it to ROUTES" for k, c in OPS.items()
+                   if c.synaptic and c not in ROUTES},
+)
+
+
+def synaptic_work(op: Op, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Per-sample ``sum over outputs and synapses of inputs`` for ``inputs`` ``(B, *in_shape)``."""
-    kernel = kernel.to(inputs.device, inputs.dtype)
-    if isinstance(op, Conv2d):
-        out = F.conv2d(inputs, kernel, None, op.stride, op.padding, op.dilation, op.groups)
-    else:
-        out = F.linear(inputs, kernel)
+    out = ROUTES[type(op)](op, inputs, kernel.to(inputs.device, inputs.dtype))
     return out.flatten(1).sum(dim=1)
 
 
@@ -96,8 +116,8 @@ class _EventTracker:
     def __init__(self, graph: Graph, counts: SynOpCounts) -> None:
         self.graph, self.counts = graph, counts
         self.events: dict[str, torch.Tensor | None] = {}
-        self.kernels = {n: connectivity(graph.op(n)) for n in graph.nodes_of(*WEIGHTED)}
-        self.dense = {n: connectivity(graph.op(n), dense=True) for n in graph.nodes_of(*WEIGHTED)}
+        self.kernels = {n: connectivity(graph.op(n)) for n in graph.synaptic_nodes()}
+        self.dense = {n: connectivity(graph.op(n), dense=True) for n in graph.synaptic_nodes()}
 
     def incoming(self, name: str) -> torch.Tensor | None:
         parts = [self.events.get(p) for p in self.graph.inputs(name)]
@@ -113,7 +133,7 @@ class _EventTracker:
                 self.counts.spikes[name] = self.counts.spikes.get(name, 0.0) + float(value.sum())
             return
         events = self.incoming(name)
-        if isinstance(op, WEIGHTED):
+        if op.synaptic:
             self.events[name] = None  # a current, not events
             if events is not None:
                 self._count(name, op, events)
@@ -158,7 +178,7 @@ def count_synops(
             tracker = _EventTracker(graph, counts)
             executor(x, timesteps, observe=tracker, generator=generator)
             counts.samples += len(x)
-    for name in graph.nodes_of(*WEIGHTED):
+    for name in graph.synaptic_nodes():
         if name not in counts.synops_per_step:
             counts.analog_macs[name] = layer_macs(graph, name)
     return counts

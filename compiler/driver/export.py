@@ -127,8 +127,9 @@ def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -
     from spikeshield.runtime.executor import GraphExecutor
 
     torch.manual_seed(0)  # Poisson input: the same draws before and after
-    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps"))
-    executor = GraphExecutor(graph, encoding=str(graph.meta.get("encoding", "direct")))
+    spec = graph.run_spec()
+    steps = resolve_timesteps(timesteps, spec.timesteps)
+    executor = GraphExecutor(graph, encoding=spec.encoding)
     return evaluate_graph(executor, test, steps, device=device).accuracy
 
 
@@ -148,7 +149,8 @@ def export_graph(
             f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
         )
     adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
-    steps = resolve_timesteps(timesteps, adapted.meta.get("timesteps"))
+    spec = adapted.run_spec()
+    steps = resolve_timesteps(timesteps, spec.timesteps)
     descriptions = []
     adapted_ir = None
     if adaptation.passes:  # keep the graph the files hold, for `spikeshield run` and `eval`
@@ -161,7 +163,7 @@ def export_graph(
             "format": fmt,
             "file": out.name,
             "timesteps": steps,
-            "encoding": adapted.meta.get("encoding", "direct"),
+            "encoding": spec.encoding,
             "adaptation": adaptation.to_json(),
             "adapted_ir": adapted_ir.name if adapted_ir else None,
         }

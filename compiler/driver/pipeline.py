@@ -17,29 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikeshield.compiler.driver.config import CompileConfig
 from spikeshield.compiler.ir.atomic import atomic_directory
 from spikeshield.compiler.driver.outputs import claim_output
 from spikeshield.runtime.checkpoint import Checkpoint
-from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.compiler.ir.limits import check_timesteps
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.driver.manifest import write_manifest
 from spikeshield.compiler.driver.model_io import check_model_data, load_model
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.passes.calibrate_thresholds import (
-    CALIBRATION_MODES,
     default_threshold_scale,
 )
-from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
-from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
-from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
-from spikeshield.runtime.pruning import PruneConfig, parse_layers
-from spikeshield.compiler.ir.ops.neurons import RESET_MODES
 from spikeshield.compiler.driver.profile import profile_graph, profile_summary, write_profile
 from spikeshield.compiler.driver.report import write_reports
 from spikeshield.compiler.driver.robustness import (
-    RobustnessConfig,
-    default_eps,
     evaluate_robustness,
     write_robustness,
 )
@@ -50,131 +42,9 @@ from spikeshield.runtime.device import resolve_device
 from spikeshield.runtime.distributed import world
 from spikeshield.runtime.energy import energy_model
 from spikeshield.runtime.evaluate import evaluate_graph
-from spikeshield.runtime.executor import ENCODINGS, GraphExecutor
+from spikeshield.runtime.executor import GraphExecutor
 
 
-PRUNE_STAGES = ("ann", "snn")
-
-
-@dataclass
-class CompileConfig:
-    """Every knob of ``spikeshield compile``; defaults are the recommended settings."""
-
-    timesteps: int = 8
-    reset: str = "zero"
-    threshold_mode: str = "layer"
-    batchnorm: str = "fold"
-    calibration: str = "percentile"
-    percentile: float = 99.7
-    threshold_scale: float | None = None  # None: default_threshold_scale(timesteps)
-    calibration_batches: int = 11
-    calibration_timesteps: int | None = None  # default: the same as timesteps
-    batch_size: int = 64
-    eval_samples: int | None = None  # default: the whole test split
-    encoding: str = "direct"
-    device: str = "auto"
-    seed: int = 0
-    # Stage 3: robust finetuning of the SNN ("none" skips it).
-    finetune: str = "trades"
-    finetune_epochs: int = 10
-    eps_train: float | None = None  # None: a quarter of the evaluation eps (train small, test large)
-    finetune_attack: str = "rfgsm"
-    finetune_lr: float = 1e-3
-    finetune_max_train: int | None = None
-    # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
-    prune_sparsity: float = 0.0
-    prune_method: str = "hydra"
-    prune_budget: str = "global"
-    prune_dense: str = ""  # comma-separated: first, last, layer names
-    prune_epochs: int = 3
-    prune_stage: str = "ann"
-    # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
-    robustness: str = "quick"
-    eps: float | None = None  # None: default_eps(input shape)
-    # Energy and memory profile of the SNN (profile.json/md/png) on the first profile_samples test
-    # images; the energy preset is fp32 or int8 (see spikeshield.runtime.energy).
-    profile: bool = True
-    profile_samples: int = 1000
-    energy: str = "fp32"
-    # Exports written into the output directory ("" for none) and the hardware target they obey.
-    export: str = ""
-    target: str = "generic"
-
-    def validate(self) -> None:
-        from spikeshield.backends.targets import load_target
-
-        check_timesteps(self.timesteps)
-        if self.calibration_timesteps is not None:
-            check_timesteps(self.calibration_timesteps, "--calibration-timesteps")
-        load_target(self.target)  # an unknown target fails now, not after the work
-        if self.calibration_timesteps is not None and self.calibration_timesteps <= 0:
-            raise ConfigError(f"calibration timesteps must be >= 1, got {self.calibration_timesteps}")
-        choices = {
-            "reset": (self.reset, RESET_MODES),
-            "threshold mode": (self.threshold_mode, THRESHOLD_MODES),
-            "batchnorm": (self.batchnorm, BN_MODES),
-            "calibration": (self.calibration, CALIBRATION_MODES),
-            "encoding": (self.encoding, ENCODINGS),
-        }
-        for what, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.threshold_scale is not None and not self.threshold_scale > 0:
-            raise ConfigError(f"threshold scale must be positive, got {self.threshold_scale}")
-        if self.batch_size <= 0 or self.calibration_batches <= 0:
-            raise ConfigError("batch size and calibration batches must be positive")
-        if self.eval_samples is not None and self.eval_samples <= 0:
-            raise ConfigError(f"eval samples must be positive, got {self.eval_samples}")
-        if self.finetune != "none":
-            self.finetune_config(0.1).validate()
-        self.prune_config(0.1).validate()
-        if self.prune_stage not in PRUNE_STAGES:
-            raise ConfigError(f"prune stage must be one of {', '.join(PRUNE_STAGES)}, "
-                              f"got {self.prune_stage!r}")
-        if self.robustness != "none":
-            self.robustness_config().validate()
-        if self.profile:
-            energy_model(self.energy)
-            if self.profile_samples <= 0:
-                raise ConfigError(f"profile samples must be positive, got {self.profile_samples}")
-        if self.export:
-            from spikeshield.backends.targets import load_target
-            from spikeshield.compiler.driver.export import parse_formats
-
-            parse_formats(self.export)
-            load_target(self.target)
-
-    def evaluation_eps(self, input_shape: tuple[int, ...]) -> float:
-        return default_eps(input_shape) if self.eps is None else self.eps
-
-    def training_eps(self, eval_eps: float) -> float:
-        """The budget of the robust training stages (finetuning, pruning): default eps / 4."""
-        return eval_eps / 4 if self.eps_train is None else self.eps_train
-
-    def finetune_config(self, eval_eps: float) -> FinetuneConfig:
-        eps_train = self.training_eps(eval_eps)
-        return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
-                              eps_train=eps_train, inner_attack=self.finetune_attack,
-                              lr=self.finetune_lr, batch_size=self.batch_size,
-                              timesteps=self.timesteps, max_train=self.finetune_max_train,
-                              seed=self.seed)
-
-    def prune_config(self, eval_eps: float) -> PruneConfig:
-        """Pruning under the finetuning objective and budget (``eps_train``, default eps / 4);
-        on the SNN with the one-step R-FGSM inner attack of finetuning."""
-        snn = self.prune_stage == "snn"
-        return PruneConfig(sparsity=self.prune_sparsity, method=self.prune_method,
-                           budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
-                           score_epochs=self.prune_epochs, finetune_epochs=self.prune_epochs,
-                           objective=self.finetune if self.finetune != "none" else "trades",
-                           eps=self.training_eps(eval_eps), inner_attack=self.finetune_attack if snn else "pgd",
-                           lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
-                           max_train=self.finetune_max_train, seed=self.seed)
-
-    def robustness_config(self) -> RobustnessConfig:
-        return RobustnessConfig(preset=self.robustness, eps=self.eps,
-                                samples=self.eval_samples,
-                                seed=self.seed, device=self.device)
 
 
 @dataclass
@@ -264,7 +134,7 @@ def _compile(
     if cfg.prune_sparsity > 0 and cfg.prune_stage == "ann":
         ann = manager.run(ann, [pruning])
     snn = manager.run(ann, conversion_pipeline(cfg, calibration, device))
-    snn.meta.update({"timesteps": cfg.timesteps, "encoding": cfg.encoding, "input_range": [0.0, 1.0]})
+    RunSpec(cfg.timesteps, cfg.encoding, input_range=(0.0, 1.0)).record(snn.meta)
     if cfg.prune_sparsity > 0 and cfg.prune_stage == "snn":
         snn = manager.run(snn, [pruning])
     if cfg.export:

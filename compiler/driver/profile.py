@@ -25,6 +25,8 @@ from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.energy import EnergyModel, measure_gpu_energy
 from spikeshield.runtime.synops import count_synops, layer_macs
 
+# T for profiling a graph that records none (and none is asked for).
+DEFAULT_TIMESTEPS = 8
 PROFILE_FILES = ("profile.json", "profile.md", "profile_energy.png", "profile_rates.png")
 
 
@@ -80,14 +82,14 @@ def profile_graph(
         raise ConfigError("profile needs a spiking graph (no IF layers found); compile the model first")
     if len(data) == 0:
         raise ConfigError("profile needs at least one sample; check --n and the data spec")
-    encoding = encoding or graph.meta.get("encoding", "direct")
+    encoding = encoding or graph.run_spec().encoding
     counts = count_synops(graph, data, timesteps, encoding, batch_size, device)
     gpu = measure_gpu_energy(
         lambda: count_synops(graph, data, timesteps, encoding, batch_size, device).samples, device
     )
     storage = graph_storage(graph)
     layers = []
-    for name in graph.nodes_of(Conv2d, Linear):
+    for name in graph.synaptic_nodes():
         neurons = driven_neurons(graph, name)
         analog = counts.analog_macs.get(name, 0)
         synops = counts.synops(name) if name in counts.synops_per_step else 0.0
@@ -354,7 +356,7 @@ def _profile_directory(directory: Path, data: str | None, samples: int, energy: 
     graph = load_graph(directory / "snn.ir")
     spec = data or recorded_data_spec(directory)
     splits = load_data(spec, seed=seed)
-    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps")) or 8
+    steps = resolve_timesteps(timesteps, graph.run_spec().timesteps) or DEFAULT_TIMESTEPS
     profile = profile_graph(graph, splits.test.head(samples), steps, energy,
                             device=resolve_device(device))
     profile["data"] = spec

@@ -93,12 +93,13 @@ def evaluate_robustness(
             f"use --n {len(test)} or fewer"
         )
     data = test.head(min(DEFAULT_EVAL_SAMPLES, len(test)) if cfg.samples is None else cfg.samples)
-    timesteps = snn.meta.get("timesteps")
+    spec = snn.run_spec()
+    timesteps = spec.timesteps
     if not timesteps:
         raise ConfigError(f"graph {snn.name!r} records no timesteps; is it a compiled SNN?")
     torch.manual_seed(cfg.seed)
     members = preset_members(cfg.preset, base_attack(cfg.base_attack))
-    target = GraphExecutor(snn, encoding=snn.meta.get("encoding", "direct")).to(device)
+    target = GraphExecutor(snn, encoding=spec.encoding).to(device)
     source = GraphExecutor(ann).to(device) if ann is not None else None
     if source is None:
         members = [m for m in members if m.attack.name != "transfer"]

@@ -60,7 +60,7 @@ def check_input_range(inputs: torch.Tensor, graph: Graph, name: str, scale: floa
     if not scale > 0 or not np.isfinite(scale):
         raise ConfigError(f"--input-scale must be a positive number, got {scale}")
     inputs = inputs / scale if scale != 1 else inputs
-    bounds = graph.meta.get("input_range")
+    bounds = graph.run_spec().input_range
     if bounds is None:
         return inputs
     low, high = float(inputs.min()), float(inputs.max())
@@ -83,10 +83,11 @@ def simulate(
     from spikeshield.runtime.executor import GraphExecutor
 
     spiking = bool(graph.nodes_of(IF))
-    steps = resolve_timesteps(timesteps, graph.meta.get("timesteps"))
+    spec = graph.run_spec()
+    steps = resolve_timesteps(timesteps, spec.timesteps)
     if spiking and steps is None:
         raise ConfigError(f"graph {graph.name!r} records no number of time steps; pass --timesteps")
-    executor = GraphExecutor(graph, encoding=str(graph.meta.get("encoding", "direct"))).eval()
+    executor = GraphExecutor(graph, encoding=spec.encoding).eval()
     generator = torch.Generator().manual_seed(seed)
     logits, counts = [], {n: [] for n in graph.nodes_of(IF)}
     with torch.no_grad():

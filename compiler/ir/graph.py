@@ -13,6 +13,7 @@ from typing import Any
 
 import networkx as nx
 
+from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.ir.errors import IRValidationError
 from spikeshield.compiler.ir.ops import OPS, Input, Op, Output, Shape
 
@@ -121,6 +122,14 @@ class Graph:
         """Nodes whose op is one of ``kinds``, in topological order."""
         return [n for n in self.nodes() if isinstance(self.op(n), kinds)]
 
+    def run_spec(self) -> RunSpec:
+        """How this graph is run (T, input encoding, input range, readout); see ``run_spec``."""
+        return RunSpec.of(self.meta)
+
+    def synaptic_nodes(self) -> list[str]:
+        """Nodes whose op has synapses (a weight and an optional mask), in topological order."""
+        return [n for n in self.nodes() if self.op(n).synaptic]
+
     @property
     def input_names(self) -> list[str]:
         return self.nodes_of(Input)
@@ -178,6 +187,7 @@ class Graph:
             )
         if not self.output_names:
             raise IRValidationError(f"graph {self.name!r} has no output node")
+        self.run_spec()  # the recorded run settings are well formed
         for name in self._g.nodes:
             op = self.op(name)
             if op.kind not in OPS or not isinstance(op, OPS[op.kind]):

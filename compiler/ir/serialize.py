@@ -7,10 +7,8 @@ ops, attributes, edges, graph metadata) as JSON in the archive's metadata. Loadi
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,6 +17,7 @@ from safetensors.torch import save_file
 from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.ir.limits import NODES, check_tensor_shapes
 from spikeshield.compiler.ir.ops import op_class
 
@@ -61,7 +60,7 @@ def from_dict(structure: dict, tensors: dict[str, torch.Tensor]) -> Graph:
             f"(this spikeshield reads version {FORMAT_VERSION}); recompile the model"
         )
     meta = structure.get("meta", {})
-    _check_run_meta(meta)
+    RunSpec.of(meta)  # checked before any op is built from the file
     graph = Graph(str(structure.get("name", "graph")), meta)
     for node in structure["nodes"]:
         cls = op_class(node["kind"])
@@ -75,29 +74,6 @@ def from_dict(structure: dict, tensors: dict[str, torch.Tensor]) -> Graph:
         for src in node.get("recurrent_inputs", []):
             graph.connect(src, node["name"], recurrent=True)
     return graph.validate()
-
-
-ENCODINGS = ("direct", "poisson")
-
-
-def _check_run_meta(meta: Any) -> None:
-    """The run settings a graph records (what ``run``, ``eval`` and the exports read back) have
-    the types spikeshield writes: a file may say anything."""
-    if not isinstance(meta, dict):
-        raise IRValidationError(f"graph metadata must be a mapping, got {type(meta).__name__}")
-    steps = meta.get("timesteps", 0)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise IRValidationError(f"graph metadata 'timesteps' must be a whole number >= 0, got "
-                                f"{steps!r}")
-    if meta.get("encoding", "direct") not in ENCODINGS:
-        raise IRValidationError(f"graph metadata 'encoding' must be one of {', '.join(ENCODINGS)}, "
-                                f"got {meta.get('encoding')!r}")
-    bounds = meta.get("input_range", [0.0, 1.0])
-    if not (isinstance(bounds, list) and len(bounds) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
-            for b in bounds) and bounds[0] < bounds[1]):
-        raise IRValidationError(f"graph metadata 'input_range' must be [low, high] with low < "
-                                f"high, got {bounds!r}")
 
 
 def save_graph(graph: Graph, path: str | os.PathLike) -> Path:

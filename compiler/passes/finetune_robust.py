@@ -38,7 +38,7 @@ from spikeshield.runtime.checkpoint import (
 )
 from spikeshield.compiler.ir.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, Conv2d, Linear, Scale
+from spikeshield.compiler.ir.ops import IF, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.runtime.objectives import (
     INNER_ATTACKS,
@@ -120,7 +120,7 @@ def add_zero_biases(graph: Graph) -> tuple[Graph, list[str]]:
     """A copy of ``graph`` in which every conv and linear layer has a bias (zeros where it had none)."""
     out = graph.copy()
     added = []
-    for name in out.nodes_of(Conv2d, Linear):
+    for name in out.synaptic_nodes():
         op = out.op(name)
         if op.bias is None:
             out.set_op(name, op.replace(bias=torch.zeros(op.weight.shape[0])))
@@ -181,12 +181,9 @@ def finetune_robust(
     graph, added = add_zero_biases(graph)
     mode = GradientMode.parse(cfg.surrogate)
     executor = GraphExecutor(graph, gradient_mode=mode).to(device)
-    thresholds = [executor.tensors_of(n)["threshold"] for n in graph.nodes_of(IF)]
 
     def clamp_thresholds() -> None:
-        with torch.no_grad():
-            for t in thresholds:
-                t.clamp_(min=cfg.threshold_floor)
+        executor.clamp_thresholds(cfg.threshold_floor)
 
     clamp_thresholds()
     model = AttackedModel(executor, cfg.timesteps, mode)

@@ -12,7 +12,7 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import BatchNorm, Conv2d, Linear, Scale
+from spikeshield.compiler.ir.ops import BatchNorm, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 BN_MODES = ("fold", "keep")
@@ -32,7 +32,7 @@ def fold_batchnorm(graph: Graph, mode: str = "fold") -> PassResult:
         foldable = (
             mode == "fold"
             and producer is not None
-            and isinstance(graph.op(producer), (Conv2d, Linear))
+            and graph.op(producer).synaptic
             and graph.consumers(producer) == [name]
         )
         if foldable:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import AvgPool2d, Conv2d, Flatten, Linear, Scale
+from spikeshield.compiler.ir.ops import AvgPool2d, Conv2d, Flatten, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
@@ -26,7 +26,7 @@ def _target(graph: Graph, name: str) -> tuple[str, list[str]] | None:
             return None
         node = consumers[0]
         op = graph.op(node)
-        if isinstance(op, (Conv2d, Linear)):
+        if op.synaptic:
             return node, path
         if not isinstance(op, (AvgPool2d, Flatten)):
             return None

@@ -12,7 +12,6 @@ Precondition: a valid graph. Postcondition: every conv/linear weight with zeros 
 from __future__ import annotations
 
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Conv2d, Linear
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
@@ -20,7 +19,7 @@ from spikeshield.compiler.passes.registry import PassResult, register_pass
 def infer_masks(graph: Graph) -> PassResult:
     graph = graph.copy()
     masked = {}
-    for name in graph.nodes_of(Conv2d, Linear):
+    for name in graph.synaptic_nodes():
         op = graph.op(name)
         nonzero = (op.weight != 0).to(op.weight.dtype)
         if bool(nonzero.all()):

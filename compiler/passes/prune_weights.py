@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from spikeshield.compiler.ir.errors import PassError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, Conv2d, Linear, Scale
+from spikeshield.compiler.ir.ops import IF, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.runtime.pruning import PruneConfig, prune_module
@@ -38,7 +38,7 @@ def prune_weights(
     """Prune ``graph`` to ``config.sparsity``; ``timesteps`` is required for a spiking graph."""
     cfg = config or PruneConfig()
     cfg.validate()
-    layers = graph.nodes_of(Conv2d, Linear)
+    layers = graph.synaptic_nodes()
     if not layers:
         raise PassError("prune_weights found no conv or linear layer to prune")
     spiking = bool(graph.nodes_of(IF))
@@ -53,12 +53,9 @@ def prune_weights(
             tensor.requires_grad_(False)
     slots = {name: (executor.parameters_of(name), "weight") for name in layers}
     forward = AttackedModel(executor, timesteps if spiking else None, executor.gradient_mode)
-    thresholds = [executor.tensors_of(n)["threshold"] for n in graph.nodes_of(IF)]
 
     def clamp_thresholds() -> None:
-        with torch.no_grad():
-            for t in thresholds:
-                t.clamp_(min=FinetuneConfig.threshold_floor)
+        executor.clamp_thresholds(FinetuneConfig.threshold_floor)
 
     val = data.val.head(1000)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Conv2d, Linear
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
@@ -24,7 +23,7 @@ def quantize_weights(graph: Graph, bits: int = 8) -> PassResult:
     graph = graph.copy()
     levels = 2 ** (bits - 1) - 1
     steps: dict[str, float] = {}
-    for name in graph.nodes_of(Conv2d, Linear):
+    for name in graph.synaptic_nodes():
         op = graph.op(name)
         peak = float(op.weight.abs().max())
         if peak == 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.passes.registry import PassResult, register_pass
-from spikeshield.runtime.executor import ENCODINGS
+from spikeshield.compiler.ir.run_spec import ENCODINGS
 
 
 @register_pass("set_encoding")
@@ -17,6 +17,6 @@ def set_encoding(graph: Graph, encoding: str = "poisson") -> PassResult:
     if encoding not in ENCODINGS:
         raise ConfigError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     graph = graph.copy()
-    changed = graph.meta.get("encoding", "direct") != encoding
+    changed = graph.run_spec().encoding != encoding
     graph.meta["encoding"] = encoding
     return PassResult(graph, changed, {"encoding": encoding})

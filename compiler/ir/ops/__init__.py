@@ -10,7 +10,9 @@ from __future__ import annotations
 from spikeshield.compiler.ir.ops.base import (
     OPS,
     Op,
+    OpCoverage,
     Shape,
+    kinds,
     op_class,
     register_op,
     tensor_field,
@@ -22,7 +24,9 @@ from spikeshield.compiler.ir.ops.structure import AvgPool2d, Flatten, Input, Out
 __all__ = [
     "OPS",
     "Op",
+    "OpCoverage",
     "Shape",
+    "kinds",
     "op_class",
     "register_op",
     "tensor_field",

@@ -39,6 +39,25 @@ def op_class(kind: str) -> type[Op]:
         ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class OpCoverage:
+    """What one table keyed by op kind (a backend's converters, the executor's kernels, ...) does
+    with each registered kind: ``handled``, or named in ``not_supported`` with the reason a user
+    is shown. A registered kind in neither is a gap (a test fails on it)."""
+
+    table: str
+    handled: frozenset[str]
+    not_supported: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        return sorted(set(OPS) - self.handled - set(self.not_supported))
+
+
+def kinds(classes: Any) -> frozenset[str]:
+    """The kind names of an iterable of op classes."""
+    return frozenset(cls.kind for cls in classes)
+
+
 def tensor_field(optional: bool = False) -> Any:
     """Declare a dataclass field that holds a tensor (serialized to the tensor store, not JSON)."""
     if optional:
@@ -53,6 +72,12 @@ class Op:
     """
 
     kind: ClassVar[str] = ""
+    # Traits: what the op is, so that no code spells out lists of op classes.
+    synaptic: ClassVar[bool] = False  # has ``weight`` (and an optional connectivity ``mask``)
+    neuron: ClassVar[bool] = False  # keeps a state across time steps (a membrane)
+    pooling: ClassVar[bool] = False  # a fixed, weightless spatial reduction
+    structural: ClassVar[bool] = False  # moves or joins values without computing new ones
+    frozen_fields: ClassVar[tuple[str, ...]] = ()  # tensors never trained (statistics, masks)
 
     # ---- shape and validity -------------------------------------------------------------
     def infer_shape(self, in_shape: Shape) -> Shape:

@@ -53,6 +53,9 @@ class Conv2d(Op):
     output is in the units of the input times the weight (currents, in an SNN).
     """
 
+    synaptic = True
+    frozen_fields = ("mask",)
+
     weight: torch.Tensor = tensor_field()
     bias: torch.Tensor | None = tensor_field(optional=True)
     mask: torch.Tensor | None = tensor_field(optional=True)
@@ -107,6 +110,9 @@ class Linear(Op):
     """Dense layer: ``y = W x + b``; ``weight``: ``(out, in)``, ``bias``: ``(out,)`` or None,
     ``mask``: ``(out, in)`` connectivity or None (see the module docstring)."""
 
+    synaptic = True
+    frozen_fields = ("mask",)
+
     weight: torch.Tensor = tensor_field()
     bias: torch.Tensor | None = tensor_field(optional=True)
     mask: torch.Tensor | None = tensor_field(optional=True)
@@ -136,6 +142,8 @@ class BatchNorm(Op):
 
     The ``fold_batchnorm`` pass folds it into the preceding conv/linear or turns it into a :class:`Scale`.
     """
+
+    frozen_fields = ("running_mean", "running_var")
 
     running_mean: torch.Tensor = tensor_field()
     running_var: torch.Tensor = tensor_field()

@@ -31,6 +31,8 @@ class IF(Op):
     of the input current ``x``.
     """
 
+    neuron = True
+
     threshold: torch.Tensor = tensor_field()
     reset: str = "zero"
 

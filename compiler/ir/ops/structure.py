@@ -14,6 +14,8 @@ from spikeshield.compiler.ir.ops.layers import _pair
 class Input(Op):
     """Graph input of batch-less ``shape``; values are pixels in [0, 1] unless the graph says otherwise."""
 
+    structural = True
+
     shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -31,17 +33,23 @@ class Input(Op):
 class Output(Op):
     """Graph output: ``y = x``. In an SNN the output is non-spiking: ``y`` is ``x`` averaged over time."""
 
+    structural = True
+
 
 @register_op("sum")
 @dataclass(eq=False)
 class Sum(Op):
     """Explicit merge point: ``y = sum of all incoming values`` (residual add)."""
 
+    structural = True
+
 
 @register_op("flatten")
 @dataclass(eq=False)
 class Flatten(Op):
     """Flatten the whole batch-less shape into features: ``(C, H, W) -> (C*H*W,)``, C-order."""
+
+    structural = True
 
     def infer_shape(self, in_shape: Shape) -> Shape:
         return (math.prod(in_shape),)
@@ -53,6 +61,8 @@ class AvgPool2d(Op):
     """Average pooling over ``kernel`` windows with zero padding; ``count_include_pad`` as in torch:
     ``y[c, i, j] = mean of the window`` (the divisor counts padded zeros when ``count_include_pad``).
     """
+
+    pooling = True
 
     kernel: tuple[int, int] = (2, 2)
     stride: tuple[int, int] = (2, 2)

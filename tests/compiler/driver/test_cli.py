@@ -203,3 +203,23 @@ def test_train_and_demo_commands(tmp_path):
 def test_help(cmd):
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_compile_options_are_compile_config_fields():
+    """One definition: every CompileConfig knob is a compile option with the field's help text,
+    and no option exists apart from the config and the command's own (model, --out, --data,
+    --nproc, --resume, --checkpoint-every, --force)."""
+    import dataclasses
+
+    import typer.main
+
+    from spikeshield.compiler.driver.config import CompileConfig
+
+    command = typer.main.get_command(app).commands["compile"]
+    params = {p.name: p for p in command.params}
+    knobs = {f.name: f for f in dataclasses.fields(CompileConfig) if "help" in f.metadata}
+    assert set(params) - set(knobs) == {"model", "out", "data", "nproc", "resume",
+                                        "checkpoint_every", "force"}
+    for name, f in knobs.items():
+        assert params[name].help == f.metadata["help"] and params[name].default == f.default
+    assert params["model"].param_type_name == "argument" and "--n" in params["eval_samples"].opts

@@ -1,0 +1,99 @@
+"""``spikeshield eval``: the adaptive attack ensemble on a compile directory."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spikeshield.compiler.driver.cli.common import (
+    app,
+    SeedOpt,
+    DeviceOpt,
+    NprocOpt,
+    ResumeOpt,
+    CheckpointEveryOpt,
+    SkipVerifyOpt,
+    _launch,
+    _in_process_group,
+    _checkpoint,
+    _guard,
+    _robustness_line,
+)
+
+
+@app.command("eval")
+def eval_cmd(
+    directory: Annotated[Path, typer.Argument(help="A compile directory (holds snn.ir, and ann.ir for the comparison).")],
+    preset: Annotated[str, typer.Option(help="Attack ensemble: quick (4 members), paper (19) or strong (paper + APGD, Square, width sweep).")] = "quick",
+    eps: Annotated[Optional[float], typer.Option(help="L-inf budget in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default: 1000, or the whole test split if smaller).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
+    attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
+    exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
+    nproc: NprocOpt = 1,
+    resume: ResumeOpt = None,
+    checkpoint_every: CheckpointEveryOpt = 300.0,
+    skip_verify: SkipVerifyOpt = False,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Attack a compiled SNN with an adaptive ensemble; writes robustness.json, .md and .png.
+    With --nproc N the test samples are dealt out in batches to N processes; the counts are those
+    of one process, exactly. Partial counts checkpoint to DIR.eval-checkpoint; --resume continues."""
+    from spikeshield.compiler.driver.robustness import RobustnessConfig
+
+    def config(dev: str) -> RobustnessConfig:
+        return RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
+                                base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev)
+
+    def check() -> None:
+        from spikeshield.compiler.driver.robustness import eval_chunks
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import check_processes
+
+        resolve_device(device)
+        check_processes(nproc, eval_chunks(directory, data, config(device)),
+                        f"batches of {batch_size} test samples")
+
+    def run() -> None:
+        if not _launch(nproc, check):
+            _in_process_group(device, eval_here)
+
+    def eval_here(current) -> None:
+        from spikeshield.compiler.driver.robustness import evaluate_directory
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import local_device
+
+        from dataclasses import asdict
+
+        from spikeshield.compiler.driver.manifest import file_digest
+
+        cfg = config(str(local_device(resolve_device(device))))
+        from spikeshield.compiler.driver.outputs import output_lock
+
+        settings = {"directory": str(directory.resolve()),
+                    "snn_sha256": file_digest(directory / "snn.ir"),
+                    "ann_sha256": file_digest(directory / "ann.ir"), "data": data,
+                    "processes": current.size, **asdict(cfg)}
+        settings.pop("device")
+        with output_lock(directory) if current.is_main else contextlib.nullcontext():
+            checkpoint = _checkpoint("eval", directory.with_name(directory.name +
+                                                                 ".eval-checkpoint"),
+                                     settings, checkpoint_every, resume)
+            report = evaluate_directory(directory, data, cfg, checkpoint, skip_verify)
+        if not current.is_main:
+            return
+        checkpoint.discard()
+        ann = report.get("ann") or {}
+        snn = report["snn"]
+        typer.echo(f"clean accuracy: ANN {100 * ann.get('clean_accuracy', float('nan')):.2f}%, SNN "
+                   f"{100 * snn['clean_accuracy']:.2f}% on {report['samples']} test samples")
+        typer.echo(_robustness_line(report["eps"], preset, ann.get("pgd_robust_accuracy"),
+                                    snn["robust_accuracy"], snn["diagnostics"]["verdict"]))
+        typer.echo(f"wrote {directory / 'robustness.md'}, robustness.json and robustness.png")
+
+    _guard(run)

@@ -1,0 +1,64 @@
+"""``spikeshield export`` and ``spikeshield run``: the SNN in other formats, and simulated on inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from spikeshield.compiler.driver.cli.common import (
+    app,
+    ForceOpt,
+    SkipVerifyOpt,
+    TARGET_HELP,
+    _guard,
+    _export_line,
+)
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[Path, typer.Argument(help="A compile directory (its snn.ir), a .ir or a .nir file.")],
+    fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T) or onnx-step (one step, explicit state).")] = "nir",
+    target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx or snn_step.onnx in DIR).")] = None,
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="T of the unrolled ONNX graph (default: the compiled T).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Data for re-measuring accuracy after target repairs (default: the compile-time spec).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Test samples for that measurement.")] = 1000,
+    force: ForceOpt = False,
+    skip_verify: SkipVerifyOpt = False,
+) -> None:
+    """Export a compiled SNN as NIR or ONNX, optionally adapted to a hardware target."""
+
+    def run() -> None:
+        from spikeshield.compiler.driver.export import export_source
+
+        path, description = export_source(source, fmt, target, out, timesteps, data, n, force,
+                                          skip_verify)
+        typer.echo(_export_line(path, description))
+
+    _guard(run)
+
+
+@app.command("run")
+def run_cmd(
+    source: Annotated[Path, typer.Argument(help="A compile directory, a .ir or any .nir graph.")],
+    inputs: Annotated[Path, typer.Option("--inputs", help="A .npy array (N, *input shape) of float inputs in the model's input space: pixels in [0, 1] for spikeshield models (normalisation is inside the graph); whatever the NIR graph's Input node takes otherwise.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .npz: predictions (N,), logits (N, classes), spikes/<layer> (N,) spike counts per sample, layers, timesteps.")],
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Time steps (default: the T recorded in the graph).")] = None,
+    input_scale: Annotated[float, typer.Option("--input-scale", help="Divide the inputs by this first (255 for 8-bit pixels); inputs outside the model's declared range are refused.")] = 1.0,
+    force: ForceOpt = False,
+    skip_verify: SkipVerifyOpt = False,
+) -> None:
+    """Simulate a compiled SNN or a NIR graph on given inputs and save its outputs."""
+
+    def run() -> None:
+        from spikeshield.compiler.driver.simulate import run_on_inputs
+
+        result = run_on_inputs(source, inputs, out, timesteps, input_scale, force, skip_verify)
+        spikes = sum(int(result[f"spikes/{n}"].sum()) for n in result["layers"])
+        typer.echo(f"simulated {len(result['predictions'])} inputs for T={int(result['timesteps'])}: "
+                   f"{spikes} spikes in {len(result['layers'])} layers; wrote {out}")
+
+    _guard(run)

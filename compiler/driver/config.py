@@ -1,0 +1,179 @@
+"""``CompileConfig``: every knob of ``spikeshield compile``, defined once.
+
+Each field that is also a command-line option carries its help text (:func:`option`); the CLI
+builds the compile command's options from these fields. This module stays light (heavy modules are
+imported inside the methods) so that building the CLI does not load torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.limits import check_timesteps
+
+if TYPE_CHECKING:
+    from spikeshield.compiler.driver.robustness import RobustnessConfig
+    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+    from spikeshield.runtime.pruning import PruneConfig
+
+PRUNE_STAGES = ("ann", "snn")
+
+
+def option(default: Any, help: str, *flags: str) -> Any:
+    """A ``CompileConfig`` field that is also a ``spikeshield compile`` option: the CLI builds its
+    options from these (flag names default to ``--field-name``), so the two never drift apart."""
+    return field(default=default, metadata={"help": help, "flags": flags})
+
+
+TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
+               "Repairable violations (weight bits, biases, reset, encoding) are repaired and the "
+               "accuracy re-measured; others are an error.")
+
+
+@dataclass
+class CompileConfig:
+    """Every knob of ``spikeshield compile``; defaults are the recommended settings."""
+
+    timesteps: int = option(8, "Simulation time steps T.", "--timesteps", "-T")
+    reset: str = option("zero", "IF reset: zero or subtract.")
+    threshold_mode: str = option("layer", "Thresholds per layer or per channel.")
+    batchnorm: str = option("fold", "fold into conv/linear, or keep as affine.")
+    calibration: str = option("percentile", "percentile or max of the input current.")
+    percentile: float = option(99.7, "Percentile of the input current.")
+    threshold_scale: float | None = option(  # None: default_threshold_scale(timesteps)
+        None, "Factor on calibrated thresholds (default: clamp(1 - 1.2/T, 0.3, 0.9)).")
+    calibration_batches: int = option(11, "Batches used for calibration.")
+    calibration_timesteps: int | None = option(None, "T during calibration (default: --timesteps).")
+    batch_size: int = option(64, "Batch size.")
+    eval_samples: int | None = option(  # default: the whole test split
+        None, "Evaluate on the first N test samples (robustness: 1000 by default).", "--n")
+    encoding: str = option("direct", "Input encoding: direct (analog each step) or poisson.")
+    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
+    seed: int = option(0, "Seed for data splits, shuffling and init.")
+    # Stage 3: robust finetuning of the SNN ("none" skips it).
+    finetune: str = option("trades", "Robust finetuning of the SNN: trades, at, mart or none.")
+    finetune_epochs: int = option(10, "Finetuning epochs (the reference uses 60).")
+    eps_train: float | None = option(  # None: a quarter of the evaluation eps (train small, test large)
+        None, "Finetuning perturbation budget (default: --eps / 4).")
+    finetune_attack: str = option(
+        "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")
+    finetune_lr: float = option(1e-3, "Finetuning SGD learning rate (cosine schedule).")
+    finetune_max_train: int | None = option(None, "Finetune on the first N training images only.")
+    # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
+    prune_sparsity: float = option(
+        0.0, "Robustly prune this fraction of all weights, in [0, 1) (0.99 keeps 1 in 100).")
+    prune_method: str = option("hydra", "hydra (learned importance scores) or magnitude.")
+    prune_budget: str = option(
+        "global", "global (rank all weights together) or layer (same share per layer).")
+    prune_dense: str = option(
+        "", "Layers kept unpruned: comma-separated first, last or layer names.")
+    prune_epochs: int = option(
+        3, "Epochs of score learning (hydra) and, again, of finetuning the kept weights.")
+    prune_stage: str = option(
+        "ann", "Prune the ann (before conversion) or the calibrated snn (through the spikes).")
+    # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
+    robustness: str = option(
+        "quick", "Attack preset for the ANN vs SNN robustness report: quick, paper, strong or none.")
+    eps: float | None = option(  # None: default_eps(input shape)
+        None, "Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for "
+        "colour).")
+    # Energy and memory profile of the SNN (profile.json/md/png) on the first profile_samples test
+    # images; the energy preset is fp32 or int8 (see spikeshield.runtime.energy).
+    profile: bool = option(True, "Write the energy and memory profile (profile.json/md/png).",
+                           "--profile/--no-profile")
+    profile_samples: int = 1000
+    energy: str = option(
+        "fp32", "Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")
+    # Exports written into the output directory ("" for none) and the hardware target they obey.
+    export: str = option("", "Also write exports: comma-separated nir, onnx, onnx-step.")
+    target: str = option("generic", TARGET_HELP)
+
+
+    def validate(self) -> None:
+        from spikeshield.backends.targets import load_target
+        from spikeshield.compiler.driver.export import parse_formats
+        from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+        from spikeshield.compiler.passes.calibrate_thresholds import CALIBRATION_MODES
+        from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
+        from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
+        from spikeshield.runtime.energy import energy_model
+        from spikeshield.runtime.executor import ENCODINGS
+
+        check_timesteps(self.timesteps)
+        if self.calibration_timesteps is not None:
+            check_timesteps(self.calibration_timesteps, "--calibration-timesteps")
+        load_target(self.target)  # an unknown target fails now, not after the work
+        if self.calibration_timesteps is not None and self.calibration_timesteps <= 0:
+            raise ConfigError(f"calibration timesteps must be >= 1, got {self.calibration_timesteps}")
+        choices = {
+            "reset": (self.reset, RESET_MODES),
+            "threshold mode": (self.threshold_mode, THRESHOLD_MODES),
+            "batchnorm": (self.batchnorm, BN_MODES),
+            "calibration": (self.calibration, CALIBRATION_MODES),
+            "encoding": (self.encoding, ENCODINGS),
+        }
+        for what, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.threshold_scale is not None and not self.threshold_scale > 0:
+            raise ConfigError(f"threshold scale must be positive, got {self.threshold_scale}")
+        if self.batch_size <= 0 or self.calibration_batches <= 0:
+            raise ConfigError("batch size and calibration batches must be positive")
+        if self.eval_samples is not None and self.eval_samples <= 0:
+            raise ConfigError(f"eval samples must be positive, got {self.eval_samples}")
+        if self.finetune != "none":
+            self.finetune_config(0.1).validate()
+        self.prune_config(0.1).validate()
+        if self.prune_stage not in PRUNE_STAGES:
+            raise ConfigError(f"prune stage must be one of {', '.join(PRUNE_STAGES)}, "
+                              f"got {self.prune_stage!r}")
+        if self.robustness != "none":
+            self.robustness_config().validate()
+        if self.profile:
+            energy_model(self.energy)
+            if self.profile_samples <= 0:
+                raise ConfigError(f"profile samples must be positive, got {self.profile_samples}")
+        if self.export:
+            parse_formats(self.export)
+
+    def evaluation_eps(self, input_shape: tuple[int, ...]) -> float:
+        from spikeshield.compiler.driver.robustness import default_eps
+
+        return default_eps(input_shape) if self.eps is None else self.eps
+
+    def training_eps(self, eval_eps: float) -> float:
+        """The budget of the robust training stages (finetuning, pruning): default eps / 4."""
+        return eval_eps / 4 if self.eps_train is None else self.eps_train
+
+    def finetune_config(self, eval_eps: float) -> FinetuneConfig:
+        from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+
+        eps_train = self.training_eps(eval_eps)
+        return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
+                              eps_train=eps_train, inner_attack=self.finetune_attack,
+                              lr=self.finetune_lr, batch_size=self.batch_size,
+                              timesteps=self.timesteps, max_train=self.finetune_max_train,
+                              seed=self.seed)
+
+    def prune_config(self, eval_eps: float) -> PruneConfig:
+        """Pruning under the finetuning objective and budget (``eps_train``, default eps / 4);
+        on the SNN with the one-step R-FGSM inner attack of finetuning."""
+        from spikeshield.runtime.pruning import PruneConfig, parse_layers
+
+        snn = self.prune_stage == "snn"
+        return PruneConfig(sparsity=self.prune_sparsity, method=self.prune_method,
+                           budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
+                           score_epochs=self.prune_epochs, finetune_epochs=self.prune_epochs,
+                           objective=self.finetune if self.finetune != "none" else "trades",
+                           eps=self.training_eps(eval_eps), inner_attack=self.finetune_attack if snn else "pgd",
+                           lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
+                           max_train=self.finetune_max_train, seed=self.seed)
+
+    def robustness_config(self) -> RobustnessConfig:
+        from spikeshield.compiler.driver.robustness import RobustnessConfig
+
+        return RobustnessConfig(preset=self.robustness, eps=self.eps,
+                                samples=self.eval_samples,
+                                seed=self.seed, device=self.device)
