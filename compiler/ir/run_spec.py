@@ -39,10 +39,7 @@ class RunSpec:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise IRValidationError(f"graph metadata 'timesteps' must be a whole number >= 0, got "
                                     f"{steps!r}")
-        encoding = meta.get("encoding", "direct")
-        if encoding not in ENCODINGS:
-            raise IRValidationError(f"graph metadata 'encoding' must be one of "
-                                    f"{', '.join(ENCODINGS)}, got {encoding!r}")
+        encoding = _choice(meta, "encoding", ENCODINGS)
         bounds = meta.get("input_range")
         if bounds is not None and not (
                 isinstance(bounds, (list, tuple)) and len(bounds) == 2
@@ -50,10 +47,7 @@ class RunSpec:
                         and math.isfinite(b) for b in bounds) and bounds[0] < bounds[1]):
             raise IRValidationError(f"graph metadata 'input_range' must be [low, high] with "
                                     f"low < high, got {bounds!r}")
-        readout = meta.get("readout", "mean")
-        if readout not in READOUTS:
-            raise IRValidationError(f"graph metadata 'readout' must be one of "
-                                    f"{', '.join(READOUTS)}, got {readout!r}")
+        readout = _choice(meta, "readout", READOUTS)
         return cls(steps, encoding, None if bounds is None else (float(bounds[0]),
                                                                  float(bounds[1])), readout)
 
@@ -63,3 +57,12 @@ class RunSpec:
         meta["encoding"] = self.encoding
         if self.input_range is not None:
             meta["input_range"] = [float(self.input_range[0]), float(self.input_range[1])]
+
+
+def _choice(meta: dict, key: str, allowed: tuple[str, ...]) -> str:
+    """``meta[key]`` (default: the first allowed value), refused unless it is one of ``allowed``."""
+    value = meta.get(key, allowed[0])
+    if value not in allowed:
+        raise IRValidationError(f"graph metadata {key!r} must be one of {', '.join(allowed)}, "
+                                f"got {value!r}")
+    return value
