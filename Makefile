@@ -32,10 +32,14 @@ clean:
 
 # The wheel as a user installs it (no -e), in a fresh environment, run from outside the checkout:
 # an install that only works editable (a package missing from the wheel) fails here.
+# The wheel is built from a copy of the tracked files alone: the editable install's egg-info would
+# otherwise smuggle unlisted packages into the wheel as data.
 WHEEL_VENV ?= /tmp/spikeshield-wheel-venv
+WHEEL_SRC  ?= /tmp/spikeshield-wheel-src
 wheel-smoke: install
-	rm -rf $(WHEEL_VENV) build dist
-	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation . -w dist
+	rm -rf $(WHEEL_VENV) $(WHEEL_SRC) dist
+	mkdir -p $(WHEEL_SRC) && git ls-files | tar -cf - -T - | tar -xf - -C $(WHEEL_SRC)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation $(WHEEL_SRC) -w dist
 	$(PYTHON) -m venv $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip
 	$(WHEEL_VENV)/bin/python -m pip install -q torch==2.13.0
@@ -45,5 +49,5 @@ wheel-smoke: install
 	  && bin/spikeshield compile m.pt2 --out snn --finetune none --robustness none --n 100 \
 	  && bin/spikeshield inspect snn | head -3 && bin/spikeshield verify snn \
 	  && bin/spikeshield export snn --format nir && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null
-	rm -rf build dist
+	rm -rf $(WHEEL_SRC) dist
 	@echo "wheel-smoke: the wheel installs and runs outside the checkout"
