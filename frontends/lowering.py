@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import Op, Shape

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
 from spikeshield.compiler.ir.errors import DataError
 
 

@@ -28,8 +28,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.driver.manifest import MANIFEST
+from spikeshield.compiler.ir.errors import ConfigError
 
 
 class OutputError(ConfigError):

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-
 from spikeshield.compiler.driver.config import TARGET_HELP, CompileConfig  # noqa: F401  (re-exported)
 from spikeshield.compiler.ir.errors import SpikeshieldError
 
@@ -46,14 +45,13 @@ def config_option(name: str) -> Any:
     return Annotated[kind, typer.Option(*f.metadata["flags"], help=f.metadata["help"])]
 
 
-def config_parameters(skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+def config_parameters() -> list[inspect.Parameter]:
     """Keyword parameters for every ``CompileConfig`` field that is a CLI option."""
     import dataclasses
 
     return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
                               annotation=config_option(f.name))
-            for f in dataclasses.fields(CompileConfig) if "help" in f.metadata
-            and f.name not in skip]
+            for f in dataclasses.fields(CompileConfig) if "help" in f.metadata]
 
 
 SeedOpt = config_option("seed")
@@ -80,7 +78,6 @@ SkipVerifyOpt = Annotated[bool, typer.Option(
     "--skip-verify", help="Use a compile directory even if its files do not match manifest.json.")]
 
 
-
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
@@ -97,7 +94,11 @@ def _launch(nproc: int, check) -> bool:
     """With ``--nproc N`` > 1 (and not already under torchrun): check that N processes all get work
     (``check()`` raises a one-line error otherwise), rerun this very command under torchrun and exit
     with its status. Returns False when the command should simply run in this process."""
-    from spikeshield.runtime.distributed import check_nproc, launched_by_torchrun, run_under_torchrun
+    from spikeshield.runtime.distributed import (
+        check_nproc,
+        launched_by_torchrun,
+        run_under_torchrun,
+    )
 
     if nproc == 1 or launched_by_torchrun():
         return False

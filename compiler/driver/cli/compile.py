@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import inspect
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from spikeshield.compiler.driver.cli.common import (
-    config_parameters,
+    CheckpointEveryOpt,
     CompileConfig,
-    app,
     DataOpt,
+    ForceOpt,
     NprocOpt,
     ResumeOpt,
-    CheckpointEveryOpt,
-    ForceOpt,
-    _launch,
-    _in_process_group,
-    _claimed,
     _checkpoint,
-    _guard,
-    _profile_line,
+    _claimed,
     _export_line,
+    _guard,
+    _in_process_group,
+    _launch,
+    _profile_line,
     _robustness_line,
+    app,
+    config_parameters,
 )
 
 

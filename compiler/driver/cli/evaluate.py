@@ -7,20 +7,19 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from spikeshield.compiler.driver.cli.common import (
-    app,
-    SeedOpt,
+    CheckpointEveryOpt,
     DeviceOpt,
     NprocOpt,
     ResumeOpt,
-    CheckpointEveryOpt,
+    SeedOpt,
     SkipVerifyOpt,
-    _launch,
-    _in_process_group,
     _checkpoint,
     _guard,
+    _in_process_group,
+    _launch,
     _robustness_line,
+    app,
 )
 
 
@@ -64,13 +63,12 @@ def eval_cmd(
             _in_process_group(device, eval_here)
 
     def eval_here(current) -> None:
-        from spikeshield.compiler.driver.robustness import evaluate_directory
-        from spikeshield.runtime.device import resolve_device
-        from spikeshield.runtime.distributed import local_device
-
         from dataclasses import asdict
 
         from spikeshield.compiler.driver.manifest import file_digest
+        from spikeshield.compiler.driver.robustness import evaluate_directory
+        from spikeshield.runtime.device import resolve_device
+        from spikeshield.runtime.distributed import local_device
 
         cfg = config(str(local_device(resolve_device(device))))
         from spikeshield.compiler.driver.outputs import output_lock

@@ -6,14 +6,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from spikeshield.compiler.driver.cli.common import (
-    app,
+    TARGET_HELP,
     ForceOpt,
     SkipVerifyOpt,
-    TARGET_HELP,
-    _guard,
     _export_line,
+    _guard,
+    app,
 )
 
 

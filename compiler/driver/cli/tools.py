@@ -6,16 +6,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from spikeshield.compiler.driver.cli.common import (
-    app,
-    SeedOpt,
     DeviceOpt,
-    SkipVerifyOpt,
     EnergyOpt,
+    SeedOpt,
+    SkipVerifyOpt,
     _fail,
     _guard,
     _profile_line,
+    app,
 )
 
 

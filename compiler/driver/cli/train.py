@@ -6,26 +6,25 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from spikeshield.compiler.driver.cli.common import (
-    app,
+    CheckpointEveryOpt,
     DataOpt,
-    SeedOpt,
     DeviceOpt,
-    PruneSparsityOpt,
-    PruneMethodOpt,
+    ForceOpt,
+    NprocOpt,
     PruneBudgetOpt,
     PruneDenseOpt,
     PruneEpochsOpt,
-    NprocOpt,
+    PruneMethodOpt,
+    PruneSparsityOpt,
     ResumeOpt,
-    CheckpointEveryOpt,
-    ForceOpt,
-    _launch,
-    _in_process_group,
-    _claimed,
+    SeedOpt,
     _checkpoint,
+    _claimed,
     _guard,
+    _in_process_group,
+    _launch,
+    app,
 )
 
 
@@ -71,14 +70,13 @@ def train(
             _in_process_group(device, train_here)
 
     def train_here(current) -> None:
-        from spikeshield.compiler.ir.errors import ConfigError
-        from spikeshield.runtime.training import TrainConfig
-        from spikeshield.compiler.driver.pt2 import is_spikeshield_pt2
         from spikeshield.compiler.driver.data import load_data
+        from spikeshield.compiler.driver.pt2 import is_spikeshield_pt2
+        from spikeshield.compiler.ir.errors import ConfigError
+        from spikeshield.frontends.zoo import ARCHITECTURES
         from spikeshield.runtime.device import resolve_device
         from spikeshield.runtime.distributed import local_device
-
-        from spikeshield.frontends.zoo import ARCHITECTURES
+        from spikeshield.runtime.training import TrainConfig
 
         if out.suffix != ".pt2":
             raise ConfigError(f"--out must end in .pt2, got {out.name}")
@@ -109,11 +107,10 @@ def train(
 
     def train_claimed(current, cfg, dev, splits, mean, std, settings) -> None:
         import torch
-
         from spikeshield.compiler.driver.pt2 import export_pt2
-        from spikeshield.runtime.training import train_robust
         from spikeshield.frontends.zoo import build_model
         from spikeshield.runtime.evaluate import accuracy_of
+        from spikeshield.runtime.training import train_robust
 
         checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
