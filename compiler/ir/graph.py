@@ -38,11 +38,20 @@ class Graph:
             self.connect(src, name)
         return name
 
-    def connect(self, src: str, dst: str, recurrent: bool = False) -> None:
+    def connect(self, src: str, dst: str, recurrent: bool = False, count: int = 1) -> None:
+        """Add ``count`` edges ``src -> dst``. Fan-in counts with multiplicity: connecting the same
+        pair again adds to the edge's count (``y + y`` is y twice), never merges it away."""
         for node in (src, dst):
             if node not in self._g:
                 raise IRValidationError(f"cannot connect {src!r} -> {dst!r}: no node {node!r}")
-        self._g.add_edge(src, dst, recurrent=recurrent)
+        if self._g.has_edge(src, dst):
+            data = self._g.edges[src, dst]
+            if data["recurrent"] != recurrent:
+                raise IRValidationError(f"{src!r} -> {dst!r} would be both a recurrent and a "
+                                        "feed-forward edge")
+            data["count"] += count
+        else:
+            self._g.add_edge(src, dst, recurrent=recurrent, count=count)
 
     def unique_name(self, base: str) -> str:
         """``base`` if free, else ``base_1``, ``base_2``, ..."""
@@ -58,20 +67,21 @@ class Graph:
 
     def remove(self, name: str) -> None:
         """Remove ``name``, connecting each of its inputs to each of its consumers."""
-        preds, succs = self.inputs(name), self.consumers(name)
+        preds = self.inputs(name)
+        succs = [(s, self._g.edges[name, s]["count"]) for s in self.consumers(name)]
         self._g.remove_node(name)
         for p in preds:
-            for s in succs:
-                self._g.add_edge(p, s, recurrent=False)
+            for s, count in succs:
+                self.connect(p, s, count=count)
 
     def insert_after(self, name: str, new_name: str, op: Op) -> str:
         """Insert ``new_name`` between ``name`` and all of its consumers."""
         succs = self.consumers(name)
         self.add(new_name, op, [name])
         for s in succs:
-            rec = self._g.edges[name, s]["recurrent"]
+            data = self._g.edges[name, s]
             self._g.remove_edge(name, s)
-            self._g.add_edge(new_name, s, recurrent=rec)
+            self.connect(new_name, s, data["recurrent"], data["count"])
         return new_name
 
     # ---- queries ------------------------------------------------------------------------
@@ -92,9 +102,11 @@ class Graph:
         return self.shape(preds[0]) if preds else self.op(name).infer_shape(())
 
     def inputs(self, name: str, recurrent: bool = False) -> list[str]:
-        """Feed-forward inputs of ``name`` (or only its recurrent ones)."""
+        """Feed-forward inputs of ``name`` (or only its recurrent ones), each as many times as it
+        is connected: the node's input is the sum over this list."""
         return [
             p for p in self._g.predecessors(name) if self._g.edges[p, name]["recurrent"] == recurrent
+            for _ in range(self._g.edges[p, name]["count"])
         ]
 
     def consumers(self, name: str) -> list[str]:
@@ -116,7 +128,9 @@ class Graph:
             ) from None
 
     def edges(self) -> list[tuple[str, str, bool]]:
-        return [(u, v, bool(r)) for u, v, r in self._g.edges(data="recurrent")]
+        """Every edge, repeated as many times as it is connected."""
+        return [(u, v, bool(d["recurrent"])) for u, v, d in self._g.edges(data=True)
+                for _ in range(d["count"])]
 
     def nodes_of(self, *kinds: type[Op]) -> list[str]:
         """Nodes whose op is one of ``kinds``, in topological order."""
@@ -203,8 +217,8 @@ class Graph:
         new = Graph(self.name, copy.deepcopy(self.meta))
         for name in self._g.nodes:
             new._g.add_node(name, op=self.op(name).clone(), shape=self._g.nodes[name]["shape"])
-        for u, v, r in self._g.edges(data="recurrent"):
-            new._g.add_edge(u, v, recurrent=r)
+        for u, v, data in self._g.edges(data=True):
+            new._g.add_edge(u, v, **data)
         return new
 
     def dump(self) -> str:

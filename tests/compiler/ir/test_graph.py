@@ -119,3 +119,22 @@ def test_remove_and_insert_after_keep_function():
     torch.testing.assert_close(GraphExecutor(graph)(x), before, rtol=0, atol=0)
     graph.remove("s")
     assert graph.inputs("flat") == ["relu"]
+
+
+def test_fan_in_counts_with_multiplicity_through_edits():
+    from spikeshield.compiler.ir.graph import Graph
+    from spikeshield.compiler.ir.ops import Input, Output, Scale, Sum
+
+    g = Graph("twice")
+    g.add("x", Input((2,)))
+    g.add("s", Scale(torch.tensor([3.0])), ["x"])
+    g.add("sum", Sum(), ["s", "s", "x"])
+    g.add("out", Output(), ["sum"])
+    assert g.inputs("sum") == ["s", "s", "x"] and g.consumers("s") == ["sum"]
+    g.insert_after("s", "t", Scale(torch.tensor([1.0])))
+    assert sorted(g.inputs("sum")) == ["t", "t", "x"]
+    g.remove("t")  # each of t's inputs reaches sum as often as t did: twice
+    assert sorted(g.inputs("sum")) == ["s", "s", "x"]
+    g.remove("s")  # x now reaches sum three times: twice through s, once directly
+    assert g.inputs("sum") == ["x", "x", "x"]
+    assert len(g.copy().edges()) == len(g.edges()) == 4
