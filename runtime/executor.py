@@ -186,6 +186,10 @@ class GraphExecutor(nn.Module):
             raise ConfigError(f"stop_at={stop_at!r} is not a node of graph {self.graph.name!r}")
         return values[self._output].data
 
+    def frontier(self, batches: list[torch.Tensor], timesteps: int | None) -> Frontier:
+        """A forward pass over ``batches`` that advances node by node (see :class:`Frontier`)."""
+        return Frontier(self, batches, timesteps)
+
     def _block_steps(self, x: torch.Tensor, timesteps: int | None) -> int:
         """Steps folded into the batch at once (all of them unless the fold budget says less)."""
         if not self.is_spiking or not timesteps:
@@ -302,3 +306,64 @@ class GraphExecutor(nn.Module):
         data = value.data.mean(dim=0) if value.temporal else value.data
         threshold = channel_view(self.tensors_of(name)["threshold"], data.dim())
         return _Value(torch.relu(data) / threshold, temporal=False)
+
+
+class Frontier:
+    """Several batches pushed through the graph together, node by node, in plan order: what
+    threshold calibration needs (each IF layer's threshold comes from every batch's current
+    before any batch goes past it), at the cost of one forward pass per batch in all.
+
+    :meth:`advance_to` computes every node before ``name`` for every batch and returns the value
+    entering ``name``; parameters changed in between (a threshold just calibrated) are used from
+    then on. Only values that a later node still reads are kept, spike trains as ``uint8`` (they
+    are exactly 0 or 1); the numbers are those of ``forward(x, timesteps, stop_at=name)``.
+    """
+
+    def __init__(self, executor: GraphExecutor, batches: list[torch.Tensor],
+                 timesteps: int | None) -> None:
+        self.executor, self.timesteps = executor, timesteps
+        self.position = 0
+        self.values: list[dict[str, _Value]] = [{} for _ in batches]
+        self.batches = batches
+        plan = executor._plan
+        index = {name: i for i, (name, _, _) in enumerate(plan)}
+        self.last_use = {name: i for i, (name, _, _) in enumerate(plan)}
+        for i, (_, _, parents) in enumerate(plan):
+            for p in parents:
+                self.last_use[p] = max(self.last_use[p], i)
+        self.index = index
+
+    def advance_to(self, name: str) -> list[torch.Tensor]:
+        """The value entering ``name`` for each batch (``(T, N, ...)`` when it varies in time)."""
+        ex = self.executor
+        stop = self.index.get(name)
+        if stop is None or stop < self.position:
+            raise ConfigError(f"{name!r} is not a node ahead of the frontier")
+        with torch.no_grad():
+            for i in range(self.position, stop):
+                node, op, parents = ex._plan[i]
+                for x, values in zip(self.batches, self.values):
+                    if isinstance(op, Input):
+                        value = ex._encode(x, self.timesteps, None)
+                    else:
+                        value = ex._run_node(node, op, self._gather(parents, values), self.timesteps,
+                                             False, False)
+                    values[node] = self._store(op, value)
+                    for p in set(parents):
+                        if self.last_use[p] <= i:
+                            del values[p]
+            self.position = stop
+            _, _, parents = ex._plan[stop]
+            return [self._gather(parents, values).data for values in self.values]
+
+    def _store(self, op, value: _Value) -> _Value:
+        if isinstance(op, IF):
+            return _Value(value.data.to(torch.uint8), value.temporal)
+        return value
+
+    def _gather(self, parents: list[str], values: dict[str, _Value]) -> _Value:
+        inputs = {p: values[p] for p in set(parents)}
+        for p, v in inputs.items():
+            if v.data.dtype == torch.uint8:
+                inputs[p] = _Value(v.data.to(torch.float32), v.temporal)
+        return self.executor._gather(parents, inputs, self.timesteps)

@@ -1,7 +1,8 @@
 """Calibrate IF thresholds from data, layer by layer, with the earlier layers already spiking.
 
 For each IF node in topological order: run the SNN (``timesteps`` steps, earlier thresholds installed)
-up to the node's input current; take the ``percentile`` of that current (or its maximum) per batch and
+up to the node's input current (all batches advance together through one executor, so the whole
+pass costs about one SNN forward per batch, not one per layer); take the ``percentile`` of that current (or its maximum) per batch and
 keep the largest over ``batches`` batches; the threshold is ``scale`` (default: :func:`default_threshold_scale`) times that value (one per layer,
 or one per channel). Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
 binary spike stands for ``threshold`` units of the ANN activation it replaces, so the next layer's
@@ -56,8 +57,13 @@ def _statistic(
         g = torch.Generator(device="cpu").manual_seed(0)
         idx = torch.randint(values.shape[1], (_MAX_SAMPLES,), generator=g).to(values.device)
         values = values[:, idx]
-    k = max(1, min(values.shape[1], int(round(percentile / 100.0 * values.shape[1]))))
-    return values.kthvalue(k, dim=1).values
+    n = values.shape[1]
+    k = max(1, min(n, int(round(percentile / 100.0 * n))))
+    # The k-th smallest value, exactly, by a partial selection from the nearer end: for the
+    # 99.7th percentile of 4M currents, the 12,583 largest (3-4x faster than kthvalue here).
+    if n - k + 1 <= k:
+        return values.topk(n - k + 1, dim=1).values[:, -1]
+    return values.topk(k, dim=1, largest=False).values[:, -1]
 
 
 @register_pass("calibrate_thresholds")
@@ -89,21 +95,30 @@ def calibrate_thresholds(
     if not batches_x:
         raise ConfigError("calibration needs at least one batch of data")
     graph = graph.copy()
+    neurons = graph.nodes_of(IF)
+    # Each neuron's amplitude Scale goes in first (as 1, so that the graph runs), and gets its
+    # value with the threshold: the executor is built once and the calibration batches advance
+    # through it layer by layer together, instead of re-running the network for every layer.
+    amplitudes = {name: graph.insert_after(name, graph.unique_name(f"{name}_amplitude"),
+                                           Scale(scale=torch.ones_like(graph.op(name).threshold)))
+                  for name in neurons}
+    executor = GraphExecutor(graph).to(device).eval()
+    frontier = executor.frontier([x.to(device) for x in batches_x], timesteps)
     thresholds: dict[str, list[float]] = {}
-    for name in graph.nodes_of(IF):
-        executor = GraphExecutor(graph).to(device).eval()
+    for name in neurons:
         per_channel = graph.op(name).threshold.numel() > 1
         sample_ndim = len(graph.in_shape(name))
         value = None
-        with torch.no_grad():
-            for x in batches_x:
-                current = executor(x.to(device), timesteps, stop_at=name)
-                stat = _statistic(current, sample_ndim, per_channel, mode, percentile)
-                value = stat if value is None else torch.maximum(value, stat)
+        for current in frontier.advance_to(name):
+            stat = _statistic(current, sample_ndim, per_channel, mode, percentile)
+            value = stat if value is None else torch.maximum(value, stat)
         fallback = value <= 0  # a layer that never receives positive current never fires
         threshold = torch.where(fallback, torch.ones_like(value), value * scale).cpu().float()
+        with torch.no_grad():  # from now on the frontier runs this layer calibrated
+            executor.tensors_of(name)["threshold"].copy_(threshold.reshape(-1))
+            executor.tensors_of(amplitudes[name])["scale"].copy_(threshold.reshape(-1))
         graph.set_op(name, graph.op(name).replace(threshold=threshold))
-        graph.insert_after(name, graph.unique_name(f"{name}_amplitude"), Scale(scale=threshold.clone()))
+        graph.set_op(amplitudes[name], Scale(scale=threshold.clone()))
         thresholds[name] = [round(v, 6) for v in threshold.tolist()[:8]]
     graph.meta.update(
         {"calibrated": True, "timesteps": timesteps, "calibration": {

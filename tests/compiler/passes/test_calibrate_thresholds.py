@@ -63,3 +63,47 @@ def test_nothing_to_do_without_neurons():
     graph.add("out", Output(), ["x"])
     assert not calibrate_thresholds(graph.validate(), [torch.rand(2, 2)]).changed
     assert IF not in {type(graph.op(n)) for n in graph.nodes()}
+
+
+@pytest.mark.parametrize("percentile", [0.5, 50.0, 99.7, 100.0])
+def test_percentile_statistic_is_the_exact_kth_value(percentile):
+    from spikeshield.compiler.passes.calibrate_thresholds import _statistic
+
+    current = torch.randn(4, 3, 7, 5, generator=torch.Generator().manual_seed(1))  # (N, C, H, W)
+    for per_channel in (False, True):
+        got = _statistic(current, 3, per_channel, "percentile", percentile)
+        values = current.movedim(1, 0).reshape(3, -1) if per_channel else current.reshape(1, -1)
+        k = max(1, min(values.shape[1], int(round(percentile / 100.0 * values.shape[1]))))
+        assert torch.equal(got, values.kthvalue(k, dim=1).values)
+
+
+def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer():
+    """The frontier gives each layer exactly the current a fresh run up to it would."""
+    from spikeshield.compiler.passes.calibrate_thresholds import _statistic, default_threshold_scale
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+    from spikeshield.compiler.ir.ops import IF, Scale
+    from spikeshield.runtime.executor import GraphExecutor
+
+    from spikeshield.compiler.passes.fold_batchnorm import fold_batchnorm
+    from spikeshield.frontends.torch_module import from_module
+    from spikeshield.frontends.zoo import build_model
+
+    torch.manual_seed(3)  # a residual net: skips keep earlier layers' spikes alive in the frontier
+    ann = from_module(build_model("resnet20", (1, 8, 8), 10, width=0.25), (1, 8, 8))
+    snn = convert_relu_to_if(fold_batchnorm(ann).graph).graph
+    assert len(snn.nodes_of(IF)) > 10
+    batches = [torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    result = calibrate_thresholds(snn, batches, timesteps=4).graph
+    reference = snn.copy()  # the old way: one fresh run up to each layer, then install it
+    for name in reference.nodes_of(IF):
+        executor = GraphExecutor(reference).eval()
+        with torch.no_grad():
+            stats = [_statistic(executor(x, 4, stop_at=name), 3, False, "percentile", 99.7)
+                     for x in batches]
+        threshold = torch.stack(stats).max(dim=0).values * default_threshold_scale(4)
+        reference.set_op(name, reference.op(name).replace(threshold=threshold))
+        reference.insert_after(name, reference.unique_name(f"{name}_amplitude"),
+                               Scale(scale=threshold.clone()))
+    for name in result.nodes_of(IF):
+        assert torch.equal(result.op(name).threshold, reference.op(name).threshold)
+    assert result.nodes() == reference.nodes()
