@@ -49,6 +49,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Pad2d,
     Input,
     Linear,
     Op,
@@ -225,6 +226,8 @@ CONVERTERS: dict[type[Op], Converter] = {
 ALTERNATIVES: dict[type[Op], str] = {
     ReLU: "NIR has no ReLU: convert the ANN first (spikeshield compile) so ReLUs become IF neurons",
     BatchNorm: "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
+    Pad2d: "NIR has no padding node: pad symmetrically, so that the padding folds into the next "
+    "convolution",
 }
 COVERAGE = OpCoverage("NIR backend (backends.nir_backend)", handled=kinds(CONVERTERS),
                       not_supported={op.kind: reason for op, reason in ALTERNATIVES.items()})

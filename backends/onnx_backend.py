@@ -39,6 +39,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Pad2d,
     Input,
     Linear,
     Op,
@@ -151,6 +152,8 @@ EMITTERS: dict[type[Op], Emitter] = {
     BatchNorm: _batchnorm,
     AvgPool2d: _avgpool2d,
     Flatten: lambda b, name, op, x: b.op("Flatten", [x], name, axis=1),
+    Pad2d: lambda b, name, op, x: b.op("Pad", [x, b.const(f"{name}.pads", np.array(
+        [0, 0, op.pads[2], op.pads[0], 0, 0, op.pads[3], op.pads[1]], dtype=np.int64))], name),
     ReLU: lambda b, name, op, x: b.op("Relu", [x], name),
 }
 # Handled by the time-stepping logic itself rather than by an emitter.

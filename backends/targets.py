@@ -28,6 +28,7 @@ from spikeshield.compiler.ir.ops import IF, Input, OpCoverage, Output, Scale
 NO_TARGET_RUNS = {
     "relu": "an ANN activation: compile the model (spikeshield compile) so it becomes IF neurons",
     "batchnorm": "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
+    "pad2d": "chips pad inside their convolutions: pad symmetrically so that it folds into one",
 }
 
 

@@ -25,9 +25,12 @@ from spikeshield.frontends.lowering import (
     UNSUPPORTED,
     Data,
     Lowering,
+    Padded,
     _Unsupported,
     as_tensor,
+    materialize,
     per_channel_vector,
+    take_padding,
 )
 from spikeshield.compiler.ir.ops import (
     AvgPool2d,
@@ -47,7 +50,7 @@ from spikeshield.compiler.ir.ops import (
 COVERAGE = OpCoverage(
     "torch.fx and torch.export frontend (frontends.fx_lowering)",
     handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
-        "avgpool2d", "flatten", "sum"}),
+        "avgpool2d", "flatten", "sum", "pad2d"}),
     not_supported={
         "if": "PyTorch models are ANNs: IF neurons come from conversion (spikeshield compile)",
     },
@@ -82,7 +85,7 @@ def _check_constant_size(node: fx.Node, args: list[Any]) -> None:
 
 
 def _is_const(value: Any) -> bool:
-    if isinstance(value, (Data, _BatchDim, _Unsupported)):
+    if isinstance(value, (Data, Padded, _BatchDim, _Unsupported)):
         return False
     if isinstance(value, (list, tuple)):
         return all(_is_const(v) for v in value)
@@ -124,7 +127,12 @@ class FxLowering(Lowering):
                 self._output(node)
             else:
                 self.env[node] = self._call(node)
-        self.raise_collected(", ".join(sorted({_target_name(t) for t in CONVERTERS})))
+                if _mutates_first_argument(node, self.modules) and isinstance(
+                        node.args[0], fx.Node):
+                    # In place: every later use of the argument sees the new value (fx keeps
+                    # referring to the argument's node; torch computed on the mutated tensor).
+                    self.env[node.args[0]] = self.env[node]
+        self.raise_collected()
         return self.graph.validate()
 
     def _output(self, node: fx.Node) -> None:
@@ -134,6 +142,7 @@ class FxLowering(Lowering):
         value = self.env.get(result) if isinstance(result, fx.Node) else None
         if isinstance(value, _Unsupported):
             return
+        value = materialize(self, value)
         if not isinstance(value, Data):
             raise UnsupportedOpError(
                 "the model must return one tensor of logits computed from its input "
@@ -148,6 +157,11 @@ class FxLowering(Lowering):
         if any(isinstance(a, _Unsupported) for a in _flatten(flat)):
             self._check_known(node)  # still report unknown ops downstream of an unsupported one
             return UNSUPPORTED
+        if any(isinstance(a, Padded) for a in _flatten(flat)) and not _takes_padding(
+                node, self.modules):  # a consumer that cannot pad inside: the pad as a node
+            args = fx.node.map_aggregate(args, lambda v: materialize(self, v))
+            kwargs = fx.node.map_aggregate(kwargs, lambda v: materialize(self, v))
+            flat = list(args) + list(kwargs.values())
         if node.op == "call_module":
             module = self.modules[node.target]
             if _is_const(flat):
@@ -248,6 +262,7 @@ def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.T
 
 # ---- converters ---------------------------------------------------------------------------
 def _conv(lw, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    x, padding = take_padding(lw, x, padding)
     if isinstance(padding, str):
         k = as_tensor(weight).shape[2:]
         if padding == "valid":
@@ -272,6 +287,41 @@ def _conv_module(lw, m: nn.Conv2d, x):
     if m.padding_mode != "zeros":
         return lw.unsupported(f"Conv2d padding_mode={m.padding_mode!r}", "use zero padding")
     return _conv(lw, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _convolution(lw, x, weight, bias, stride, padding, dilation, transposed, output_padding,
+                 groups):
+    """Core ATen's ``convolution`` (what ``run_decompositions`` turns conv2d into)."""
+    if transposed:
+        return lw.unsupported("transposed convolution", "use a regular (strided) convolution")
+    return _conv(lw, x, weight, bias, stride, padding, dilation, groups)
+
+
+def _addmm(lw, bias, x, weight_t, beta=1, alpha=1):
+    """Core ATen's ``addmm(bias, x, W.T)``: a linear layer."""
+    if not isinstance(x, Data) or isinstance(weight_t, Data):
+        return lw.unsupported("addmm of two data tensors", "only x @ W with constant W is supported")
+    weight = as_tensor(weight_t).t() * alpha
+    return _linear(lw, x, weight, None if bias is None else as_tensor(bias) * beta)
+
+
+def _mm(lw, x, weight_t):
+    return _addmm(lw, None, x, weight_t)
+
+
+def _pad(lw, x, pad, mode="constant", value=None):
+    pads = [int(p) for p in pad]
+    if mode != "constant" or (value not in (None, 0, 0.0)) or len(pads) != 4 or min(pads) < 0:
+        return lw.unsupported(f"pad {pads} mode={mode!r} value={value!r}",
+                              "only zero padding of the two spatial dims is supported")
+    if isinstance(x, Padded):
+        pads = [a + b for a, b in zip(pads, x.pads)]
+        x = x.data
+    return Padded(x, tuple(pads))
+
+
+def _constant_pad(lw, x, pad, value=0):
+    return _pad(lw, x, pad, "constant", value)
 
 
 def _linear(lw, x, weight, bias=None):
@@ -311,6 +361,16 @@ def _identity(lw, x, *_, **__):
 
 def _avgpool(lw, x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
              divisor_override=None):
+    if isinstance(x, Padded):  # padded zeros are values: they count in the average
+        kernel2 = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        pads = x.symmetric()
+        foldable = pads is not None and (count_include_pad or padding in (0, (0, 0), [0, 0]))
+        base = (padding, padding) if isinstance(padding, int) else tuple(padding)
+        if foldable and all(p + b <= k // 2 for p, b, k in zip(pads, base, kernel2)):
+            x, padding = take_padding(lw, x, padding)  # torch pools pad at most half a window
+            count_include_pad = True
+        else:
+            x = materialize(lw, x)
     if ceil_mode or divisor_override is not None:
         return lw.unsupported(
             "avg_pool2d with ceil_mode or divisor_override", "use the torch defaults for both"
@@ -371,6 +431,35 @@ def _reshape(lw, x, *shape):
     return lw.unsupported(
         f"reshape of {data_shape} to {list(shape)}", "only flattening all but the batch dim is supported"
     )
+
+
+def _mutates_first_argument(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` writes its result into its first argument (``relu(x, inplace=True)``,
+    ``x.add_(y)``, ``nn.ReLU(inplace=True)``, ATen's ``add_`` ...)."""
+    if not node.args:
+        return False
+    if node.op == "call_module":
+        return bool(getattr(modules.get(node.target), "inplace", False))
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.kwargs.get("inplace") is True:
+        return True
+    schema = getattr(node.target, "_schema", None)
+    if schema is not None and schema.arguments and schema.arguments[0].alias_info is not None:
+        return bool(schema.arguments[0].alias_info.is_write)
+    return node.target in (torch.relu_,)
+
+
+def _takes_padding(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` can take a pending zero pad over: a convolution, pooling or another pad."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), (nn.Conv2d, nn.AvgPool2d))
+    return CONVERTERS.get(node.target) in (_conv, _convolution, _avgpool, _pad, _constant_pad)
+
+
+def _sym_size(lw, x, dim):
+    """``aten.sym_size.int``: the batch size (symbolic) or a fixed dim of the data."""
+    return BATCH if dim == 0 else _size(lw, x, dim)
 
 
 def _size(lw, x, dim=None):
@@ -456,6 +545,11 @@ CONVERTERS: dict[Any, Converter] = {
     aten.view.default: _reshape, aten.reshape.default: _reshape, aten._unsafe_view.default: _reshape,
     torch.reshape: _reshape,
     operator.add: _add, torch.add: _add, aten.add.Tensor: _add,
+    aten.convolution.default: _convolution, aten.addmm.default: _addmm, aten.mm.default: _mm,
+    F.pad: _pad, aten.pad.default: _pad, aten.constant_pad_nd.default: _constant_pad,
+    aten.sym_size.int: _sym_size,
+    torch.relu_: _relu, aten.add_.Tensor: _add, aten.sub_.Tensor: _sub, aten.mul_.Tensor: _mul,
+    aten.div_.Tensor: _div,
     operator.sub: _sub, torch.sub: _sub, aten.sub.Tensor: _sub, aten.rsub.Scalar: _rsub,
     operator.mul: _mul, torch.mul: _mul, aten.mul.Tensor: _mul,
     operator.truediv: _div, torch.div: _div, aten.div.Tensor: _div,
@@ -467,6 +561,7 @@ CONVERTERS: dict[Any, Converter] = {
 
 METHOD_CONVERTERS: dict[str, Converter] = {
     "relu": _relu, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
+    "relu_": _relu, "add_": _add, "sub_": _sub, "mul_": _mul, "div_": _div,
     "size": _size, "mean": _mean, "contiguous": _identity, "clone": _identity,
 }
 
@@ -496,3 +591,9 @@ def _module_converter(module: nn.Module) -> Converter | None:
 def lower_fx(gm: fx.GraphModule, input_shape: Shape, name: str = "model") -> Graph:
     """Lower ``gm`` (one tensor input of batch-less ``input_shape``, one logits output) into the IR."""
     return FxLowering(gm, input_shape, name).run()
+
+
+def source_ops() -> list[str]:
+    """The torch functions, ATen ops, tensor methods and modules this frontend lowers."""
+    return sorted({_target_name(t) for t in CONVERTERS} | {f"Tensor.{m}()" for m in METHOD_CONVERTERS}
+                  | {m.__name__ for m in MODULE_CONVERTERS})

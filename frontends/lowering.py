@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Op, Shape
+from spikeshield.compiler.ir.ops import Op, Pad2d, Shape
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,40 @@ class _Unsupported:
 
 UNSUPPORTED = _Unsupported()
 
-MAXPOOL_HINT = (
-    "max pooling has no faithful integrate-and-fire equivalent; replace MaxPool2d with AvgPool2d "
-    "(or a strided convolution) and retrain, as the spikeshield model zoo does"
-)
+MAXPOOL_HINT = ("replace it with AvgPool2d (or a strided conv) and retrain: max pooling has no "
+                "faithful integrate-and-fire form")
+
+
+@dataclass(frozen=True)
+class Padded:
+    """Data zero-padded by ``pads`` (left, right, top, bottom), waiting for the conv or pooling
+    that consumes it to take the padding over (the IR pads inside those ops, symmetrically)."""
+
+    data: Data
+    pads: tuple[int, int, int, int]
+
+    def symmetric(self) -> tuple[int, int] | None:
+        left, right, top, bottom = self.pads
+        return (top, left) if left == right and top == bottom else None
+
+
+def take_padding(lw: Lowering, x: Any, padding: Any) -> tuple[Any, Any]:
+    """``(data, padding)`` for an op that pads inside (a convolution, a pooling): a pending
+    symmetric zero pad is folded into ``padding``; an asymmetric one becomes a ``Pad2d`` node."""
+    if not isinstance(x, Padded):
+        return x, padding
+    extra = x.symmetric()
+    if extra is None or isinstance(padding, str):
+        return materialize(lw, x), padding
+    base = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    return x.data, (base[0] + extra[0], base[1] + extra[1])
+
+
+def materialize(lw: Lowering, value: Any) -> Any:
+    """A pending zero pad as a ``Pad2d`` node (for a consumer that cannot take it over)."""
+    if not isinstance(value, Padded):
+        return value
+    return lw.emit(Pad2d(value.pads), [value.data])
 
 
 def clean_name(name: Any) -> str:
@@ -74,7 +104,7 @@ class Lowering:
     def __init__(self, name: str) -> None:
         self.graph = Graph(name)
         self.shapes: dict[str, Shape] = {}
-        self.problems: list[str] = []
+        self.problems: list[tuple[str, str, str]] = []  # (what, first node, what to do)
 
     def label(self) -> str:
         """The name of the source node being lowered (for node names and messages)."""
@@ -99,12 +129,29 @@ class Lowering:
 
     def unsupported(self, what: str, hint: str = "") -> _Unsupported:
         """Record that ``what`` (at the current node) cannot be lowered; the walk goes on."""
-        self.problems.append(f"{what} at node {clean_name(self.label())!r}"
-                             + (f": {hint}" if hint else ""))
+        self.problems.append((what, clean_name(self.label()), hint))
         return UNSUPPORTED
 
-    def raise_collected(self, supported: str, ops: str = "ops") -> None:
-        """One error for everything collected, naming the supported ops."""
+    def raise_collected(self) -> None:
+        """One short error for everything collected: each distinct problem once, with its first
+        node, how often it occurs and what to do; the full list of ops is `spikeshield ops`."""
         if self.problems:
-            raise UnsupportedOpError(f"cannot lower the {self.source_kind}: "
-                                     + "; ".join(self.problems) + f". Supported {ops}: {supported}")
+            raise UnsupportedOpError(summarize_problems(self.source_kind, self.problems))
+
+
+MAX_SHOWN = 2  # distinct problems spelled out in one error line; the rest are counted
+
+
+def summarize_problems(source: str, problems: list[tuple[str, str, str]]) -> str:
+    """``cannot lower the model: X at node 'a' (3 times): do Y; ...; +N more kinds``."""
+    groups: dict[str, list] = {}
+    for what, node, hint in problems:
+        groups.setdefault(what, [node, 0, hint])[1] += 1
+    parts = []
+    for what, (node, count, hint) in list(groups.items())[:MAX_SHOWN]:
+        times = f", {count} times" if count > 1 else ""
+        parts.append(f"{what} (node {node!r}{times})" + (f": {hint}" if hint else ""))
+    more = len(groups) - MAX_SHOWN
+    tail = f"; and {more} more kind{'s' if more > 1 else ''} of problem" if more > 0 else ""
+    return (f"cannot lower the {source}: " + "; ".join(parts) + tail
+            + ". `spikeshield ops` lists what each frontend supports")

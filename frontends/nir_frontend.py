@@ -53,6 +53,7 @@ COVERAGE = OpCoverage(
     not_supported={
         "relu": "NIR graphs are spiking: they hold no ReLU",
         "batchnorm": "NIR has no batch norm; exporters fold it into the weights",
+        "pad2d": "NIR has no padding node; NIR convolutions pad inside",
     },
 )
 
@@ -256,7 +257,7 @@ class NirLowering(Lowering):
                 continue
             if kind in ALTERNATIVES or kind not in _CONVERTERS:
                 hint = ALTERNATIVES.get(kind, "supported: " + ", ".join(sorted(_CONVERTERS)))
-                self.problems.append(f"node {name!r} ({kind}): use {hint}")
+                self.problems.append((kind, name, f"use {hint}"))
                 continue
             preds = list(ff.predecessors(name))  # the reset loop's back edge is not in ff
             missing = [p for p in preds if self._source(p) is None]
@@ -268,12 +269,8 @@ class NirLowering(Lowering):
             try:
                 self.ir_of[name] = _CONVERTERS[kind](self, name, node, inputs, dg)
             except IRValidationError as err:
-                self.problems.append(str(err))
-        if self.problems:
-            raise UnsupportedOpError(
-                f"NIR graph holds {len(self.problems)} node(s) spikeshield cannot simulate: "
-                + "; ".join(self.problems)
-            )
+                self.problems.append((kind, name, str(err)))
+        self.raise_collected()
         return self.graph.validate()
 
     def _source(self, nir_name: str) -> str | None:
@@ -420,3 +417,8 @@ def from_nir(source: str | os.PathLike | nir.NIRGraph, name: str | None = None) 
             f"{label}: the file holds a single {type(g).__name__} node, not a graph"
         )
     return NirLowering(g, label).lower()
+
+
+def source_ops() -> list[str]:
+    """The NIR node types this frontend lowers."""
+    return sorted(_CONVERTERS)

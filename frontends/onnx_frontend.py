@@ -38,16 +38,19 @@ from spikeshield.frontends.lowering import (
     UNSUPPORTED,
     Data,
     Lowering,
+    Padded,
     _Unsupported,
     as_tensor,
+    materialize,
     per_channel_vector,
+    take_padding,
 )
 
 # The IR kinds this frontend lowers source graphs into, and the ones it never produces.
 COVERAGE = OpCoverage(
     "ONNX frontend (frontends.onnx_frontend)",
     handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
-        "avgpool2d", "flatten", "sum"}),
+        "avgpool2d", "flatten", "sum", "pad2d"}),
     not_supported={
         "if": "ONNX models are read as ANNs: IF neurons come from conversion (spikeshield compile)",
     },
@@ -90,9 +93,9 @@ class OnnxLowering(Lowering):
                 if node.op_type not in CONVERTERS:
                     self.unsupported(f"op {node.op_type}")
                 results: Any = UNSUPPORTED
-            elif all(not isinstance(a, Data) for a in args) and node.op_type in CONSTANT_OPS:
+            elif all(not isinstance(a, (Data, Padded)) for a in args) and node.op_type in CONSTANT_OPS:
                 results = _evaluate_constant(node, args, self.source)
-            elif all(not isinstance(a, Data) for a in args):
+            elif all(not isinstance(a, (Data, Padded)) for a in args):
                 hint = "fold it into the weights before exporting" if node.op_type in CONVERTERS \
                     else "a feed-forward ANN has no such op; export the model without it"
                 results = self.unsupported(f"op {node.op_type} on constants", hint)
@@ -101,15 +104,17 @@ class OnnxLowering(Lowering):
                 results = self.unsupported(f"op {node.op_type}", hint)
             else:
                 attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                if node.op_type not in TAKES_PADDING:  # the pending pad as a node of its own
+                    args = [materialize(self, v) for v in args]
                 results = CONVERTERS[node.op_type](self, args, attrs)
             outs = results if isinstance(results, tuple) else (results,)
             for name, value in zip(node.output, outs):
                 self.env[name] = value
-        self.raise_collected(", ".join(sorted(CONVERTERS)), "ONNX ops")
+        self.raise_collected()
         if len(g.output) != 1 or not isinstance(self.env.get(g.output[0].name), Data):
             raise UnsupportedOpError("the ONNX model must have one output computed from its input")
         self.node = onnx.NodeProto(name="output")
-        self.emit(Output(), [self.env[g.output[0].name]], base="output")
+        self.emit(Output(), [materialize(self, self.env[g.output[0].name])], base="output")
         return self.graph.validate()
 
 
@@ -176,12 +181,16 @@ def _conv(lw, a, at):
     if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return lw.unsupported("Conv auto_pad", "export with explicit pads")
     pads = list(at.get("pads", [0, 0, 0, 0]))
-    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-        return lw.unsupported(f"Conv with asymmetric pads {pads}")
+    if len(pads) != 4:
+        return lw.unsupported(f"Conv with pads {pads}", "only 2-D convolutions are supported")
+    x = a[0]
+    if pads[0] != pads[2] or pads[1] != pads[3]:  # asymmetric: ONNX pads are (top, left, bottom, right)
+        x, pads = Padded(x, (pads[1], pads[3], pads[0], pads[2])), [0, 0, 0, 0]
+    x, padding = take_padding(lw, x, (pads[0], pads[1]))
     op = Conv2d(weight=as_tensor(a[1]), bias=as_tensor(a[2]) if len(a) > 2 and a[2] is not None else None,
-                stride=tuple(at.get("strides", [1, 1])), padding=(pads[0], pads[1]),
+                stride=tuple(at.get("strides", [1, 1])), padding=padding,
                 dilation=tuple(at.get("dilations", [1, 1])), groups=int(at.get("group", 1)))
-    return lw.emit(op, [a[0]])
+    return lw.emit(op, [x])
 
 
 def _gemm(lw, a, at):
@@ -211,9 +220,33 @@ def _avgpool(lw, a, at):
     if at.get("ceil_mode", 0) or pads[0] != pads[2] or pads[1] != pads[3]:
         return lw.unsupported("AveragePool with ceil_mode or asymmetric pads")
     kernel = tuple(at["kernel_shape"])
-    op = AvgPool2d(kernel, tuple(at.get("strides", kernel)), (pads[0], pads[1]),
-                   bool(at.get("count_include_pad", 0)))
-    return lw.emit(op, [a[0]])
+    x, count_include_pad = a[0], bool(at.get("count_include_pad", 0))
+    if isinstance(x, Padded):  # padded zeros are values: they count in the average
+        extra = x.symmetric()
+        if extra and (count_include_pad or pads == [0, 0, 0, 0]) and all(
+                p + e <= k // 2 for p, e, k in zip(pads, extra, kernel)):
+            x, (pads[0], pads[1]) = take_padding(lw, x, (pads[0], pads[1]))
+            count_include_pad = True
+        else:
+            x = materialize(lw, x)
+    op = AvgPool2d(kernel, tuple(at.get("strides", kernel)), (pads[0], pads[1]), count_include_pad)
+    return lw.emit(op, [x])
+
+
+def _pad(lw, a, at):
+    """ONNX ``Pad`` with zeros over the two spatial dims: pending, for the next conv or pooling."""
+    mode = at.get("mode", b"constant")
+    pads = [int(p) for p in np.asarray(a[1]).reshape(-1)] if len(a) > 1 and a[1] is not None \
+        else list(at.get("pads", []))
+    value = float(np.asarray(a[2]).reshape(-1)[0]) if len(a) > 2 and a[2] is not None else 0.0
+    if mode not in (b"constant", "constant") or value != 0.0 or len(pads) != 8 or any(
+            pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0 or (len(a) > 3 and a[3] is not None):
+        return lw.unsupported(f"Pad {pads} mode={mode!r} value={value}",
+                              "only zero padding of the two spatial dims is supported")
+    x, extra = a[0], (pads[3], pads[7], pads[2], pads[6])  # (left, right, top, bottom)
+    if isinstance(x, Padded):
+        x, extra = x.data, tuple(p + q for p, q in zip(x.pads, extra))
+    return Padded(x, extra)
 
 
 def _global_avgpool(lw, a, at):
@@ -290,8 +323,9 @@ CONVERTERS: dict[str, Callable] = {
     "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape,
     "Add": _binary("Add"), "Sum": _sum, "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),
-    "Dropout": lambda lw, a, at: a[0], "Identity": lambda lw, a, at: a[0],
+    "Dropout": lambda lw, a, at: a[0], "Identity": lambda lw, a, at: a[0], "Pad": _pad,
 }
+TAKES_PADDING = ("Conv", "AveragePool", "Pad")
 
 
 def from_onnx(path: str | os.PathLike) -> Graph:
@@ -341,3 +375,9 @@ def check_onnx_bounds(model: onnx.ModelProto, path: Path) -> None:
                 f"{path}: weight {tensor.name!r} points at external data {location!r} outside the "
                 "model's folder; keep the .onnx and its data file side by side"
             )
+
+
+def source_ops() -> list[str]:
+    """The ONNX op types this frontend lowers (and those it only evaluates on constants)."""
+    return sorted(CONVERTERS) + [f"{op} (constants only)" for op in sorted(CONSTANT_OPS)
+                                 if op not in CONVERTERS]

@@ -13,6 +13,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Pad2d,
     Linear,
     Op,
     ReLU,
@@ -89,5 +90,6 @@ KERNELS: dict[type[Op], Kernel] = {
     Scale: _scale,
     ReLU: lambda op, t, x: F.relu(x),
     Flatten: lambda op, t, x: x.flatten(1),
+    Pad2d: lambda op, t, x: F.pad(x, op.pads),
     AvgPool2d: _avgpool2d,
 }

@@ -31,14 +31,18 @@ import torch.nn.functional as F
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
     IF,
-    OPS,
     AvgPool2d,
+    BatchNorm,
     Conv2d,
     Flatten,
     Input,
     Linear,
     Op,
     OpCoverage,
+    Output,
+    Pad2d,
+    Scale,
+    Sum,
     kinds,
 )
 from spikeshield.runtime.data import Dataset
@@ -58,11 +62,22 @@ ROUTES: dict[type[Op], Callable[[Op, torch.Tensor, torch.Tensor], torch.Tensor]]
     Conv2d: lambda op, x, k: F.conv2d(x, k, None, op.stride, op.padding, op.dilation, op.groups),
     Linear: lambda op, x, k: F.linear(x, k),
 }
+# How spike events pass through each weightless op on their way to the next synapses ((T, N, ...)
+# events in, events out): the values of a sum or a scale are the same events, a pooling sums them
+# over its window, padding adds none.
+PROPAGATE: dict[type[Op], Callable[[Op, torch.Tensor], torch.Tensor]] = {
+    Sum: lambda op, e: e,
+    Scale: lambda op, e: e,
+    BatchNorm: lambda op, e: e,
+    Output: lambda op, e: e,
+    Flatten: lambda op, e: e.flatten(2),
+    AvgPool2d: lambda op, e: _pool_sums(op, e.flatten(0, 1)).unflatten(0, e.shape[:2]),
+    Pad2d: lambda op, e: F.pad(e, op.pads),
+}
 COVERAGE = OpCoverage(
     "SynOp counter (runtime.synops)",
-    handled=kinds(ROUTES) | frozenset(k for k, c in OPS.items() if not c.synaptic),
-    not_supported={k: "a synaptic op without a route: add it to ROUTES" for k, c in OPS.items()
-                   if c.synaptic and c not in ROUTES},
+    handled=kinds(ROUTES) | kinds(PROPAGATE) | kinds((IF, Input)),
+    not_supported={"relu": "SynOps are counted on spiking graphs: compile the ANN first"},
 )
 
 
@@ -138,14 +153,8 @@ class _EventTracker:
             if events is not None:
                 self._count(name, op, events)
             return
-        if events is None:
-            self.events[name] = None
-        elif isinstance(op, AvgPool2d):
-            self.events[name] = _pool_sums(op, events.flatten(0, 1)).unflatten(0, events.shape[:2])
-        elif isinstance(op, Flatten):
-            self.events[name] = events.flatten(2)
-        else:  # Sum (inputs already added by incoming), Scale, BatchNorm: the same events
-            self.events[name] = events
+        # Sums arrive here already added (incoming); the others pass their events on.
+        self.events[name] = None if events is None else PROPAGATE[type(op)](op, events)
 
     def _count(self, name: str, op, events: torch.Tensor) -> None:
         steps, batch = events.shape[:2]

@@ -63,8 +63,8 @@ def test_leaky_neurons_and_delays_are_listed_with_alternatives():
     with pytest.raises(UnsupportedOpError) as err:
         from_nir(g)
     message = str(err.value)
-    assert "'lif' (LIF)" in message and "IF (a LIF without leak)" in message
-    assert "'delay' (Delay)" in message and "\n" not in message
+    assert "LIF (node 'lif')" in message and "IF (a LIF without leak)" in message
+    assert "Delay (node 'delay')" in message and "\n" not in message
 
 
 def test_flatten_that_counts_a_batch_is_refused_with_the_reason():

@@ -42,7 +42,7 @@ def test_maxpool_and_unknown_ops_are_refused_with_advice(tmp_path):
         from_onnx(path)
     path2 = tmp_path / "sigmoid.onnx"
     onnx.save(_tiny_model("Sigmoid"), str(path2))
-    with pytest.raises(UnsupportedOpError, match="Sigmoid at node 'odd'.*Supported ONNX ops"):
+    with pytest.raises(UnsupportedOpError, match=r"op Sigmoid \(node 'odd'\).*`spikeshield ops`"):
         from_onnx(path2)
 
 

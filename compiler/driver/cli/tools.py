@@ -53,6 +53,19 @@ def profile_cmd(
 
 
 @app.command()
+def ops() -> None:
+    """List every IR op: its traits, what conversion does with it, which frontends, backends and
+    runtime tables handle it, and the source ops each frontend lowers."""
+
+    def run() -> None:
+        from spikeshield.compiler.driver.ops_table import ops_table
+
+        typer.echo(ops_table())
+
+    _guard(run)
+
+
+@app.command()
 def verify(
     directory: Annotated[Path, typer.Argument(help="A compile directory (it carries manifest.json).")],
 ) -> None:

@@ -19,7 +19,7 @@ from spikeshield.compiler.ir.ops.base import (
 )
 from spikeshield.compiler.ir.ops.layers import BatchNorm, Conv2d, Linear, Scale
 from spikeshield.compiler.ir.ops.neurons import IF, ReLU
-from spikeshield.compiler.ir.ops.structure import AvgPool2d, Flatten, Input, Output, Sum
+from spikeshield.compiler.ir.ops.structure import AvgPool2d, Flatten, Input, Output, Pad2d, Sum
 
 __all__ = [
     "OPS",
@@ -38,6 +38,7 @@ __all__ = [
     "Input",
     "Linear",
     "Output",
+    "Pad2d",
     "ReLU",
     "Scale",
     "Sum",

@@ -78,6 +78,7 @@ class Op:
     pooling: ClassVar[bool] = False  # a fixed, weightless spatial reduction
     structural: ClassVar[bool] = False  # moves or joins values without computing new ones
     frozen_fields: ClassVar[tuple[str, ...]] = ()  # tensors never trained (statistics, masks)
+    conversion: ClassVar[str] = "kept"  # what ANN-to-SNN conversion does with it (`spikeshield ops`)
 
     # ---- shape and validity -------------------------------------------------------------
     def infer_shape(self, in_shape: Shape) -> Shape:

@@ -143,6 +143,7 @@ class BatchNorm(Op):
     The ``fold_batchnorm`` pass folds it into the preceding conv/linear or turns it into a :class:`Scale`.
     """
 
+    conversion = "folded into the preceding conv/linear (fold_batchnorm), or kept as a scale"
     frozen_fields = ("running_mean", "running_var")
 
     running_mean: torch.Tensor = tensor_field()
@@ -174,6 +175,8 @@ class Scale(Op):
     It expresses input normalisation ``(x - mean) / std``, batch norm kept as an affine, learnable
     residual weights, and the value one spike stands for after conversion.
     """
+
+    conversion = "folded into the next layer when it has no bias (fold_scales), else kept"
 
     scale: torch.Tensor = tensor_field()
     bias: torch.Tensor | None = tensor_field(optional=True)

@@ -16,6 +16,8 @@ RESET_MODES = ("zero", "subtract")
 class ReLU(Op):
     """Rectified linear unit: ``y = max(x, 0)``."""
 
+    conversion = "becomes an IF neuron (convert_relu_to_if), its threshold calibrated"
+
 
 @register_op("if")
 @dataclass(eq=False)
@@ -31,6 +33,7 @@ class IF(Op):
     of the input current ``x``.
     """
 
+    conversion = "already spiking"
     neuron = True
 
     threshold: torch.Tensor = tensor_field()

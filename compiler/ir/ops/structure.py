@@ -1,4 +1,4 @@
-"""Structural ops: graph input and output, fan-in sum, flatten, average pooling."""
+"""Structural ops: graph input and output, fan-in sum, flatten, zero padding; average pooling."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Input(Op):
 class Output(Op):
     """Graph output: ``y = x``. In an SNN the output is non-spiking: ``y`` is ``x`` averaged over time."""
 
+    conversion = "kept: the readout, its input averaged over T steps"
     structural = True
 
 
@@ -87,3 +88,28 @@ class AvgPool2d(Op):
                 f"kernel and stride must be >= 1 and padding >= 0, got kernel {self.kernel}, "
                 f"stride {self.stride}, padding {self.padding}")
         require(min(self.infer_shape(in_shape)[1:]) > 0, f"input {in_shape} is smaller than the kernel")
+
+
+@register_op("pad2d")
+@dataclass(eq=False)
+class Pad2d(Op):
+    """Zero padding of the two spatial dims: ``(C, H, W) -> (C, top + H + bottom, left + W + right)``
+    with zeros around (``pads`` = left, right, top, bottom, as ``F.pad`` takes them). Symmetric pads
+    before a convolution or pooling fold into that op; this one holds the rest (asymmetric pads)."""
+
+    structural = True
+
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __post_init__(self) -> None:
+        self.pads = tuple(int(p) for p in self.pads)
+
+    def infer_shape(self, in_shape: Shape) -> Shape:
+        c, h, w = in_shape
+        left, right, top, bottom = self.pads
+        return (c, h + top + bottom, w + left + right)
+
+    def validate(self, in_shape: Shape) -> None:
+        require(len(self.pads) == 4 and min(self.pads) >= 0,
+                f"pads must be four sizes >= 0 (left, right, top, bottom), got {self.pads}")
+        require(len(in_shape) == 3, f"expects a (C, H, W) input, got {in_shape}")

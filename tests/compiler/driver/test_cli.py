@@ -223,3 +223,15 @@ def test_compile_options_are_compile_config_fields():
     for name, f in knobs.items():
         assert params[name].help == f.metadata["help"] and params[name].default == f.default
     assert params["model"].param_type_name == "argument" and "--n" in params["eval_samples"].opts
+
+
+def test_ops_lists_every_op_with_its_fate_and_the_tables_that_handle_it():
+    from spikeshield.compiler.ir.ops import OPS
+
+    result = runner.invoke(app, ["ops"])
+    assert result.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()
+            if line.split() and line.split()[0] in OPS and len(line.split()) == 10}
+    assert set(rows) == set(OPS)
+    assert rows["relu"][4] == "no" and rows["conv2d"][2:] == ["yes"] * 8  # NIR in: no ReLU
+    assert "becomes an IF neuron" in result.output and "MaxPool" not in result.output
