@@ -109,7 +109,7 @@ class FxLowering(Lowering):
     # ---- walking --------------------------------------------------------------------------
     def run(self) -> Graph:
         live = _live_nodes(self.gm.graph)
-        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder" and n in live]
         if len(placeholders) != 1:
             raise UnsupportedOpError(
                 f"the model takes {len(placeholders)} inputs; spikeshield compiles models with one "

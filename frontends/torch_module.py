@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from spikeshield.compiler.ir.errors import UnsupportedOpError
@@ -14,27 +15,68 @@ from spikeshield.frontends.pt2_archive import load_exported
 from torch import fx, nn
 
 
-def from_module(model: nn.Module, input_shape: Shape, name: str | None = None) -> Graph:
-    """Lower an ``nn.Module`` (traced in eval mode with ``torch.fx.symbolic_trace``) into the IR."""
+def from_module(
+    model: nn.Module,
+    input_shape: Shape,
+    name: str | None = None,
+    concrete_args: dict[str, Any] | None = None,
+) -> Graph:
+    """Lower an ``nn.Module`` into the IR, traced in eval mode with ``torch.fx.symbolic_trace``
+    (``concrete_args`` fixes ``forward``'s other arguments, e.g. flags). Where fx cannot trace
+    it (Python control flow on tensors, device checks), ``torch.export`` on an example input
+    ``(2, *input_shape)`` takes over; if both fail, the error names the file and line that
+    stopped each."""
     was_training = model.training
     model.eval()
+    name = name or type(model).__name__
     try:
-        gm = fx.symbolic_trace(model)
-    except Exception as err:  # fx raises many types for untraceable Python control flow
-        raise UnsupportedOpError(
-            f"torch.fx cannot trace {type(model).__name__}: {err}. Remove data-dependent control "
-            "flow from forward(), or export it with torch.export and pass the .pt2 file"
-        ) from None
+        try:
+            gm = fx.symbolic_trace(model, concrete_args=concrete_args)
+        except Exception as fx_err:  # fx raises many types for untraceable Python
+            graph = _export_instead(model, input_shape, name, concrete_args, fx_err)
+        else:
+            graph = lower_fx(gm, input_shape, name)
     finally:
         model.train(was_training)
-    graph = lower_fx(gm, input_shape, name or type(model).__name__)
     graph.meta.setdefault("source", f"nn.Module {type(model).__name__}")
     return graph
 
 
+def _export_instead(model: nn.Module, input_shape: Shape, name: str,
+                    concrete_args: dict[str, Any] | None, fx_err: Exception) -> Graph:
+    example = torch.zeros(2, *input_shape)
+    try:
+        program = torch.export.export(model, (example,), kwargs=dict(concrete_args or {}),
+                                      dynamic_shapes=None)
+    except Exception as export_err:  # noqa: BLE001  (both tracers failed: say where, briefly)
+        raise UnsupportedOpError(
+            f"cannot trace {type(model).__name__}: torch.fx stopped at {_where(fx_err)} and "
+            f"torch.export at {_where(export_err)}; make that code independent of tensor values "
+            "(or pass its flags as concrete_args)"
+        ) from None
+    return from_exported(program, name)
+
+
+def _where(err: BaseException) -> str:
+    """``file:line`` of the deepest frame of the user's code in ``err``'s traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    skip = (os.sep + "torch" + os.sep, "site-packages", os.path.dirname(__file__) + os.sep)
+    user = [f for f in frames if not any(part in f.filename for part in skip)]
+    if not user:
+        return type(err).__name__
+    frame = user[-1]
+    return f"{os.path.basename(frame.filename)}:{frame.lineno} ({(frame.line or '').strip()[:60]})"
+
+
 def from_exported(program: torch.export.ExportedProgram, name: str = "model") -> Graph:
     """Lower a ``torch.export`` program; the input shape comes from the program's example input."""
-    user_inputs = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    from torch.export.graph_signature import TensorArgument
+
+    # Flags given as constants (a concrete ``find_max_mem=False``) are inputs too, but no tensors.
+    user_inputs = [s for s in program.graph_signature.input_specs
+                   if s.kind.name == "USER_INPUT" and isinstance(s.arg, TensorArgument)]
     if len(user_inputs) != 1:
         raise UnsupportedOpError(
             f"the exported program takes {len(user_inputs)} inputs; spikeshield needs exactly one"

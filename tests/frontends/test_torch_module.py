@@ -106,3 +106,44 @@ def test_a_constant_the_lowering_would_compute_is_bounded_before_it_is_allocated
     with pytest.raises(ModelLoadError, match="the constant computed by aten.ones.default has "
                        "1,099,511,627,776 elements"):
         from_pt2(hostile)
+
+
+class _DeviceCheck(nn.Module):
+    """The reference paper's style: a normalisation that checks the device, and a mode flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5]))
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x, find_max_mem: bool = False):
+        mean = self.mean.cuda() if x.device.type == "cuda" else self.mean
+        x = (x - mean).flatten(1)
+        if find_max_mem:
+            return x
+        return self.fc(torch.relu(x))
+
+
+def test_an_untraceable_module_falls_back_to_torch_export_and_flags_are_concrete_args():
+    torch.manual_seed(0)
+    model = _DeviceCheck().eval()
+    x = torch.rand(5, 1, 4, 4)
+    graph = from_module(model, (1, 4, 4))  # fx stops at the device check; export does not
+    assert torch.allclose(GraphExecutor(graph).eval()(x, None), model(x), atol=1e-6)
+    flat = from_module(model, (1, 4, 4), concrete_args={"find_max_mem": True})
+    assert torch.allclose(GraphExecutor(flat).eval()(x, None), model(x, True), atol=1e-6)
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # no tracer can follow this
+            return x.flatten(1)
+        return -x.flatten(1)
+
+
+def test_when_both_tracers_fail_the_error_names_the_line_that_stopped_them():
+    with pytest.raises(UnsupportedOpError) as info:
+        from_module(_DataDependent(), (1, 4, 4))
+    message = str(info.value)
+    assert message.count("test_torch_module.py:") == 2 and "if x.sum() > 0" in message
+    assert len(message) <= 300, len(message)
