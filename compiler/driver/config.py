@@ -61,6 +61,9 @@ class CompileConfig:
         "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")
     finetune_lr: float = option(1e-3, "Finetuning SGD learning rate (cosine schedule).")
     finetune_max_train: int | None = option(None, "Finetune on the first N training images only.")
+    finetune_val_samples: int = option(
+        1000, "Validation images scored (clean and PGD-10) after each finetuning epoch to pick "
+        "the best epoch.")
     # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
     prune_sparsity: float = option(
         0.0, "Robustly prune this fraction of all weights, in [0, 1) (0.99 keeps 1 in 100).")
@@ -155,7 +158,7 @@ class CompileConfig:
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               lr=self.finetune_lr, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
-                              seed=self.seed)
+                              val_samples=self.finetune_val_samples, seed=self.seed)
 
     def prune_config(self, eval_eps: float) -> PruneConfig:
         """Pruning under the finetuning objective and budget (``eps_train``, default eps / 4);

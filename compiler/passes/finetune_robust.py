@@ -80,6 +80,9 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        if self.val_samples is not None and self.val_samples <= 0:
+            raise ConfigError(f"finetuning validation samples must be positive, got "
+                              f"{self.val_samples}")
         if self.objective not in FINETUNE_OBJECTIVES:
             raise ConfigError(
                 f"finetune objective must be one of {', '.join(FINETUNE_OBJECTIVES)} "

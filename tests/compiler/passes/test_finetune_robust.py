@@ -82,3 +82,13 @@ def test_bad_finetuning_settings(converted_lenet, mnist5k):
     with pytest.raises(PassError, match="needs a spiking graph"):
         PassManager().run_one(converted_lenet.ann, "finetune_robust", data=mnist5k,
                               config=FinetuneConfig(**SMALL))
+
+
+def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile_options():
+    from spikeshield.compiler.driver.config import CompileConfig
+    from spikeshield.compiler.ir.errors import ConfigError
+
+    assert CompileConfig().finetune_config(0.1).val_samples == 1000
+    assert CompileConfig(finetune_val_samples=200).finetune_config(0.1).val_samples == 200
+    with pytest.raises(ConfigError, match="validation samples must be positive"):
+        CompileConfig(finetune_val_samples=0).validate()
