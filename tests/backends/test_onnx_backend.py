@@ -131,3 +131,27 @@ def test_unknown_form_is_refused():
     snn, _ = zoo_snn("lenet", "zero")
     with pytest.raises(ConfigError, match="unrolled, step"):
         to_onnx(snn, "scan")
+
+
+def test_a_pad_node_exports_to_onnx_exactly_and_nir_refuses_it(tmp_path):
+    from spikeshield.backends.nir_backend import write_nir
+    from spikeshield.compiler.ir.errors import UnsupportedOpError
+    from spikeshield.compiler.ir.graph import Graph
+    from spikeshield.compiler.ir.ops import Flatten, Input, Linear, Output, Pad2d
+
+    g = torch.Generator().manual_seed(0)
+    snn = Graph("padded", {"timesteps": 4})
+    snn.add("input", Input((2, 4, 4)))
+    snn.add("pad", Pad2d((0, 1, 2, 1)), ["input"])
+    snn.add("conv", Conv2d(torch.randn(3, 2, 3, 3, generator=g), torch.zeros(3)), ["pad"])
+    snn.add("if", IF(torch.tensor([0.5])), ["conv"])
+    snn.add("flat", Flatten(), ["if"])
+    snn.add("fc", Linear(torch.randn(2, 3 * 5 * 3, generator=g), torch.zeros(2)), ["flat"])
+    snn.add("output", Output(), ["fc"])
+    snn.validate()
+    x = torch.rand(3, 2, 4, 4, generator=g)
+    expected = GraphExecutor(snn)(x, 4).detach().numpy()
+    sess = session(write_onnx(snn, tmp_path / "pad.onnx", "unrolled"))
+    assert np.abs(sess.run(["logits"], {"input": x.numpy()})[0] - expected).max() < 1e-5
+    with pytest.raises(UnsupportedOpError, match="NIR has no padding node"):
+        write_nir(snn, tmp_path / "pad.nir")

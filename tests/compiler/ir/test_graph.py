@@ -4,6 +4,7 @@ import torch
 from spikeshield.compiler.ir.errors import IRValidationError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
+    Pad2d,
     IF, OPS, AvgPool2d, BatchNorm, Conv2d, Flatten, Input, Linear, Output, ReLU, Scale, Sum,
 )
 from spikeshield.compiler.ir.serialize import from_dict, to_dict
@@ -16,6 +17,7 @@ SAMPLES = {
     "output": (Output(), (2, 4, 4)),
     "sum": (Sum(), (2, 4, 4)),
     "flatten": (Flatten(), (2, 4, 4)),
+    "pad2d": (Pad2d((0, 1, 2, 1)), (2, 4, 4)),
     "avgpool2d": (AvgPool2d(2, 2, 0, True), (2, 4, 4)),
     "conv2d": (Conv2d(torch.randn(3, 2, 3, 3), torch.randn(3), stride=1, padding=1), (2, 4, 4)),
     "linear": (Linear(torch.randn(5, 32), None), (32,)),
