@@ -19,12 +19,12 @@ from torch import nn
 
 from spikeshield.compiler.ir.errors import UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import OpCoverage
 from spikeshield.frontends.lowering import (
     MAXPOOL_HINT,
     UNSUPPORTED,
     Data,
     Lowering,
+    ann_frontend_coverage,
     Padded,
     _Unsupported,
     as_tensor,
@@ -46,15 +46,7 @@ from spikeshield.compiler.ir.ops import (
     Sum,
 )
 
-# The IR kinds this frontend lowers source graphs into, and the ones it never produces.
-COVERAGE = OpCoverage(
-    "torch.fx and torch.export frontend (frontends.fx_lowering)",
-    handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
-        "avgpool2d", "flatten", "sum", "pad2d"}),
-    not_supported={
-        "if": "PyTorch models are ANNs: IF neurons come from conversion (spikeshield compile)",
-    },
-)
+COVERAGE = ann_frontend_coverage("torch.fx and torch.export frontend (frontends.fx_lowering)")
 
 
 aten = torch.ops.aten

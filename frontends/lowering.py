@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Op, Pad2d, Shape
+from spikeshield.compiler.ir.ops import Op, OpCoverage, Pad2d, Shape
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,18 @@ def per_channel_vector(value: Any, shape: Shape) -> torch.Tensor | None:
         if dims[1] in (1, shape[0]):
             return t.reshape(-1)
     return None
+
+
+def ann_frontend_coverage(table: str) -> OpCoverage:
+    """What a frontend of ANNs (torch, ONNX) lowers into: every op but the IF neuron, which only
+    conversion produces."""
+    return OpCoverage(
+        table,
+        handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
+                           "avgpool2d", "flatten", "sum", "pad2d"}),
+        not_supported={"if": "these frontends read ANNs: IF neurons come from conversion "
+                             "(spikeshield compile)"},
+    )
 
 
 class Lowering:

@@ -19,7 +19,6 @@ from onnx import numpy_helper
 
 from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import OpCoverage
 from spikeshield.compiler.ir.limits import NODES, TENSOR_ELEMENTS, check_tensor_shapes
 from spikeshield.compiler.ir.ops import (
     AvgPool2d,
@@ -38,6 +37,7 @@ from spikeshield.frontends.lowering import (
     UNSUPPORTED,
     Data,
     Lowering,
+    ann_frontend_coverage,
     Padded,
     _Unsupported,
     as_tensor,
@@ -46,15 +46,7 @@ from spikeshield.frontends.lowering import (
     take_padding,
 )
 
-# The IR kinds this frontend lowers source graphs into, and the ones it never produces.
-COVERAGE = OpCoverage(
-    "ONNX frontend (frontends.onnx_frontend)",
-    handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
-        "avgpool2d", "flatten", "sum", "pad2d"}),
-    not_supported={
-        "if": "ONNX models are read as ANNs: IF neurons come from conversion (spikeshield compile)",
-    },
-)
+COVERAGE = ann_frontend_coverage("ONNX frontend (frontends.onnx_frontend)")
 
 
 
