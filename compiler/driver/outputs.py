@@ -114,9 +114,14 @@ def leftovers(path: Path) -> list[Path]:
     """Hidden temporaries a killed atomic write of ``path`` left beside it."""
     if not path.parent.is_dir():
         return []
-    return sorted(p for p in path.parent.iterdir()
-                  if p.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-",
-                                        f".{path.stem}.tmp-")))
+    def left_by_us(p: Path) -> bool:
+        if p.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-")):  # atomic_directory
+            return True
+        # atomic_file keeps the suffix: .NAME.tmp-PID.SUFFIX (only for a file with one)
+        return bool(path.suffix) and p.name.startswith(f".{path.stem}.tmp-") and \
+            p.name.endswith(path.suffix)
+
+    return sorted(p for p in path.parent.iterdir() if left_by_us(p))
 
 
 def _remove_leftovers(path: Path) -> None:
