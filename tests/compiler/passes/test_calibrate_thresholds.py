@@ -77,6 +77,35 @@ def test_percentile_statistic_is_the_exact_kth_value(percentile):
         assert torch.equal(got, values.kthvalue(k, dim=1).values)
 
 
+@pytest.mark.parametrize("percentile", [0.2, 99.7, 99.99])
+def test_percentile_of_millions_of_currents_is_exact(percentile):
+    """Past the sampled bound's size the statistic is still the exact k-th value of all values
+    (ties included: currents of spiking layers are often sums of a few weights)."""
+    from spikeshield.compiler.passes.calibrate_thresholds import _statistic
+
+    g = torch.Generator().manual_seed(2)
+    current = torch.randint(-50, 200, (4, 6, 3, 150, 150), generator=g).float() / 7  # 1.6M values
+    current[:, :, 1] = torch.randn(4, 6, 150, 150, generator=g).exp()  # a heavy-tailed channel
+    for per_channel in (False, True):
+        got = _statistic(current, 3, per_channel, "percentile", percentile)
+        values = current.movedim(2, 0).reshape(3, -1) if per_channel else current.reshape(1, -1)
+        k = max(1, min(values.shape[1], int(round(percentile / 100.0 * values.shape[1]))))
+        assert torch.equal(got, values.kthvalue(k, dim=1).values)
+
+
+def test_percentile_is_exact_when_the_sample_misplaces_the_bound(monkeypatch):
+    """A sample that sees only the largest value bounds too high; the row is then selected in full."""
+    from spikeshield.compiler.passes import calibrate_thresholds as module
+
+    current = torch.rand(1 << 21, generator=torch.Generator().manual_seed(0))
+    current[0] = 10.0
+    monkeypatch.setattr(module.torch, "randint",
+                        lambda high, size, generator=None: torch.zeros(size, dtype=torch.long))
+    got = module._statistic(current.view(1, 1, -1), 1, False, "percentile", 99.0)
+    k = int(round(0.99 * current.numel()))
+    assert torch.equal(got, current.view(1, -1).kthvalue(k, dim=1).values)
+
+
 def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer():
     """The frontier gives each layer exactly the current a fresh run up to it would."""
     from spikeshield.compiler.passes.calibrate_thresholds import _statistic, default_threshold_scale
