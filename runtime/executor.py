@@ -166,11 +166,11 @@ class GraphExecutor(nn.Module):
         if record:
             self.spike_counts, self.neuron_spike_counts = {}, {}
         block = self._block_steps(x, timesteps)
-        blockable = not (proxy or record or stop_at or observe) and (
+        blockable = not (proxy or stop_at or observe) and (
             self.gradient_mode.kind == "bptt" or not torch.is_grad_enabled()
         )
         if block < (timesteps or 0) and blockable:
-            return self._forward_blocks(x, timesteps, block, generator)
+            return self._forward_blocks(x, timesteps, block, generator, record)
         values: dict[str, _Value] = {}
         for name, op, parents in self._plan:
             if isinstance(op, Input):
@@ -197,11 +197,13 @@ class GraphExecutor(nn.Module):
         return max(1, min(timesteps, self.fold_budget // max(1, len(x) * self._widest)))
 
     def _forward_blocks(
-        self, x: torch.Tensor, timesteps: int, block: int, generator: torch.Generator | None
+        self, x: torch.Tensor, timesteps: int, block: int, generator: torch.Generator | None,
+        record: bool = False,
     ) -> torch.Tensor:
         """The forward pass in blocks of ``block`` steps: the same spikes and logits as folding
         all steps at once, in cache-sized pieces. Values that do not change over time are computed
-        in the first block and reused; each IF layer's membrane is carried to the next block."""
+        in the first block and reused; each IF layer's membrane is carried to the next block, and
+        with ``record`` its spike counts are summed over the blocks."""
         encoded = self._encode(x, timesteps, generator)
         static: dict[str, _Value] = {}
         states: dict[str, IFState] = {}
@@ -221,6 +223,8 @@ class GraphExecutor(nn.Module):
                 if isinstance(op, IF):
                     spikes, states[name] = self._run_if_from(name, op, value, steps, states.get(name))
                     values[name] = _Value(spikes, temporal=True)
+                    if record:
+                        self._record(name, spikes, accumulate=start > 0)
                 elif isinstance(op, Output):
                     outputs.append(value.at_all_steps(steps))
                 else:
@@ -248,9 +252,7 @@ class GraphExecutor(nn.Module):
         if isinstance(op, IF):
             spikes = self._run_if(name, op, value, timesteps)
             if record:
-                per_neuron = spikes.detach().sum(dim=0)
-                self.neuron_spike_counts[name] = per_neuron
-                self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
+                self._record(name, spikes)
             return _Value(spikes, temporal=True)
         if isinstance(op, Output):
             data = value.data.mean(dim=0) if value.temporal else value.data
@@ -258,6 +260,14 @@ class GraphExecutor(nn.Module):
         if isinstance(op, Sum):
             return value
         return self._run_stateless(name, op, value)
+
+    def _record(self, name: str, spikes: torch.Tensor, accumulate: bool = False) -> None:
+        """Store (or, for a later block of steps, add) IF node ``name``'s spike counts."""
+        per_neuron = spikes.detach().sum(dim=0)
+        if accumulate:
+            per_neuron = per_neuron + self.neuron_spike_counts[name]
+        self.neuron_spike_counts[name] = per_neuron
+        self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
 
     def _encode(self, x: torch.Tensor, timesteps: int | None, generator) -> _Value:
         if self.encoding == "poisson" and timesteps is not None:

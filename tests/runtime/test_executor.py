@@ -100,3 +100,23 @@ def test_running_time_in_blocks_changes_no_spike_and_no_gradient(converted_lenet
     assert torch.equal(folded, blocked)
     assert grad_folded.abs().sum() > 0
     torch.testing.assert_close(grad_blocked, grad_folded, rtol=1e-6, atol=1e-9)
+
+
+def test_spike_counts_recorded_in_blocks_of_steps_are_those_of_folding_all_steps(converted_lenet,
+                                                                                  mnist5k):
+    executor = GraphExecutor(converted_lenet.snn)
+    x = mnist5k.test.images[:24].float() / 255
+    counts = []
+    with torch.no_grad():
+        for budget in (1 << 40, 1, 3 * 24 * executor._widest):  # folded; 1 step; 3 + 3 + 2 steps
+            executor.fold_budget = budget
+            logits = executor(x, 8, record=True)
+            counts.append((logits, dict(executor.spike_counts), dict(executor.neuron_spike_counts)))
+    (logits, per_sample, per_neuron), *blocked = counts
+    assert sum(float(c.sum()) for c in per_sample.values()) > 0
+    for other_logits, other_sample, other_neuron in blocked:
+        assert torch.equal(other_logits, logits)
+        assert other_sample.keys() == per_sample.keys()
+        for name in per_sample:
+            assert torch.equal(other_sample[name], per_sample[name])
+            assert torch.equal(other_neuron[name], per_neuron[name])
