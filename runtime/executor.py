@@ -327,21 +327,23 @@ class Frontier:
     entering ``name``; parameters changed in between (a threshold just calibrated) are used from
     then on. Only values that a later node still reads are kept, spike trains as ``uint8`` (they
     are exactly 0 or 1); the numbers are those of ``forward(x, timesteps, stop_at=name)``.
+    Each batch runs in pieces of samples that keep one layer's (steps x samples) values within the
+    executor's fold budget (whole (T*N, C, H, W) tensors fall out of cache, as in ``forward``).
     """
 
     def __init__(self, executor: GraphExecutor, batches: list[torch.Tensor],
                  timesteps: int | None) -> None:
         self.executor, self.timesteps = executor, timesteps
         self.position = 0
-        self.values: list[dict[str, _Value]] = [{} for _ in batches]
-        self.batches = batches
+        size = max(1, executor.fold_budget // ((timesteps or 1) * executor._widest))
+        self.pieces = [list(x.split(size)) for x in batches]
+        self.values: list[list[dict[str, _Value]]] = [[{} for _ in p] for p in self.pieces]
         plan = executor._plan
-        index = {name: i for i, (name, _, _) in enumerate(plan)}
-        self.last_use = {name: i for i, (name, _, _) in enumerate(plan)}
+        self.index = {name: i for i, (name, _, _) in enumerate(plan)}
+        self.last_use = dict(self.index)
         for i, (_, _, parents) in enumerate(plan):
             for p in parents:
                 self.last_use[p] = max(self.last_use[p], i)
-        self.index = index
 
     def advance_to(self, name: str) -> list[torch.Tensor]:
         """The value entering ``name`` for each batch (``(T, N, ...)`` when it varies in time)."""
@@ -350,21 +352,33 @@ class Frontier:
         if stop is None or stop < self.position:
             raise ConfigError(f"{name!r} is not a node ahead of the frontier")
         with torch.no_grad():
-            for i in range(self.position, stop):
-                node, op, parents = ex._plan[i]
-                for x, values in zip(self.batches, self.values):
-                    if isinstance(op, Input):
-                        value = ex._encode(x, self.timesteps, None)
-                    else:
-                        value = ex._run_node(node, op, self._gather(parents, values), self.timesteps,
-                                             False, False)
-                    values[node] = self._store(op, value)
-                    for p in set(parents):
-                        if self.last_use[p] <= i:
-                            del values[p]
+            for pieces, values in zip(self.pieces, self.values):
+                for x, piece in zip(pieces, values):
+                    self._run(x, piece, self.position, stop)
             self.position = stop
             _, _, parents = ex._plan[stop]
-            return [self._gather(parents, values).data for values in self.values]
+            out = []
+            for values in self.values:
+                parts = [self._gather(parents, piece) for piece in values]
+                dim = 1 if parts[0].temporal else 0
+                out.append(parts[0].data if len(parts) == 1 else
+                           torch.cat([p.data for p in parts], dim=dim))
+            return out
+
+    def _run(self, x: torch.Tensor, values: dict[str, _Value], start: int, stop: int) -> None:
+        """Nodes ``start`` up to (not including) ``stop`` of the plan, for one piece of a batch."""
+        ex = self.executor
+        for i in range(start, stop):
+            node, op, parents = ex._plan[i]
+            if isinstance(op, Input):
+                value = ex._encode(x, self.timesteps, None)
+            else:
+                value = ex._run_node(node, op, self._gather(parents, values), self.timesteps,
+                                     False, False)
+            values[node] = self._store(op, value)
+            for p in set(parents):
+                if self.last_use[p] <= i:
+                    del values[p]
 
     def _store(self, op, value: _Value) -> _Value:
         if isinstance(op, IF):

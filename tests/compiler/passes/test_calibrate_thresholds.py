@@ -106,8 +106,15 @@ def test_percentile_is_exact_when_the_sample_misplaces_the_bound(monkeypatch):
     assert torch.equal(got, current.view(1, -1).kthvalue(k, dim=1).values)
 
 
-def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer():
-    """The frontier gives each layer exactly the current a fresh run up to it would."""
+@pytest.mark.parametrize("fold_budget", [None, 1, 2100])
+def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer(fold_budget,
+                                                                          monkeypatch):
+    """The frontier gives each layer exactly the current a fresh run up to it would, also when
+    each batch of 5 runs in pieces of samples (of 1, or of 2, 2 and 1)."""
+    from spikeshield.runtime import executor as executor_module
+
+    if fold_budget is not None:
+        monkeypatch.setattr(executor_module, "FOLD_BUDGET", fold_budget)
     from spikeshield.compiler.passes.calibrate_thresholds import _statistic, default_threshold_scale
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
     from spikeshield.compiler.ir.ops import IF, Scale
@@ -136,3 +143,16 @@ def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer():
     for name in result.nodes_of(IF):
         assert torch.equal(result.op(name).threshold, reference.op(name).threshold)
     assert result.nodes() == reference.nodes()
+
+
+def test_frontier_pieces_follow_the_fold_budget(monkeypatch):
+    from spikeshield.runtime import executor as executor_module
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+    from spikeshield.frontends.torch_module import from_module
+    from spikeshield.frontends.zoo import build_model
+
+    snn = convert_relu_to_if(from_module(build_model("lenet", (1, 12, 12), 10), (1, 12, 12))).graph
+    executor = executor_module.GraphExecutor(snn)
+    executor.fold_budget = 4 * executor._widest * 2  # two samples of 4 steps
+    frontier = executor.frontier([torch.rand(5, 1, 12, 12)], 4)
+    assert [len(p) for p in frontier.pieces[0]] == [2, 2, 1]
