@@ -145,6 +145,13 @@ def _avgpool2d(b: _OnnxBuilder, name: str, op: AvgPool2d, x: str) -> str:
     )
 
 
+def _relu(b: _OnnxBuilder, name: str, op: ReLU, x: str) -> str:
+    if op.ceiling is None:
+        return b.op("Relu", [x], name)
+    low = b.const(f"{name}.min", np.zeros((), np.float32))
+    return b.op("Clip", [x, low, b.const(f"{name}.max", np.array(op.ceiling, np.float32))], name)
+
+
 EMITTERS: dict[type[Op], Emitter] = {
     Conv2d: _conv2d,
     Linear: _linear,
@@ -154,7 +161,7 @@ EMITTERS: dict[type[Op], Emitter] = {
     Flatten: lambda b, name, op, x: b.op("Flatten", [x], name, axis=1),
     Pad2d: lambda b, name, op, x: b.op("Pad", [x, b.const(f"{name}.pads", np.array(
         [0, 0, op.pads[2], op.pads[0], 0, 0, op.pads[3], op.pads[1]], dtype=np.int64))], name),
-    ReLU: lambda b, name, op, x: b.op("Relu", [x], name),
+    ReLU: lambda b, name, op, x: _relu(b, name, op, x),
 }
 # Handled by the time-stepping logic itself rather than by an emitter.
 STRUCTURAL = (Input, Output, Sum, IF)

@@ -28,6 +28,7 @@ from spikeshield.frontends.lowering import (
     Padded,
     _Unsupported,
     as_tensor,
+    clipped_relu,
     materialize,
     per_channel_vector,
     take_padding,
@@ -347,6 +348,22 @@ def _relu(lw, x, *_, **__):
     return lw.emit(ReLU(), [x])
 
 
+def _clamp(lw, x, min=None, max=None):
+    return clipped_relu(lw, x, min, max, "clamp")
+
+
+def _clamp_min(lw, x, min):
+    return clipped_relu(lw, x, min, None, "clamp_min")
+
+
+def _hardtanh(lw, x, min_val=-1.0, max_val=1.0, inplace=False):
+    return clipped_relu(lw, x, min_val, max_val, "hardtanh")
+
+
+def _relu6(lw, x, inplace=False):
+    return clipped_relu(lw, x, 0.0, 6.0, "relu6")
+
+
 def _identity(lw, x, *_, **__):
     return x
 
@@ -523,6 +540,13 @@ Converter = Callable[..., Any]
 
 CONVERTERS: dict[Any, Converter] = {
     F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
+    torch.clamp: _clamp, torch.clip: _clamp, torch.clamp_: _clamp, torch.clip_: _clamp,
+    aten.clamp.default: _clamp, aten.clamp.Tensor: _clamp, aten.clamp_.default: _clamp,
+    aten.clamp_.Tensor: _clamp, aten.clip.default: _clamp, aten.clip.Tensor: _clamp,
+    aten.clip_.default: _clamp, aten.clip_.Tensor: _clamp, torch.clamp_min: _clamp_min,
+    aten.clamp_min.default: _clamp_min, aten.clamp_min.Tensor: _clamp_min,
+    F.hardtanh: _hardtanh, aten.hardtanh.default: _hardtanh, aten.hardtanh_.default: _hardtanh,
+    F.relu6: _relu6, aten.relu6.default: _relu6, aten.relu6_.default: _relu6,
     F.conv2d: _conv, aten.conv2d.default: _conv,
     F.linear: _linear, aten.linear.default: _linear,
     F.batch_norm: lambda lw, x, mean, var, weight=None, bias=None, training=False, momentum=0.1,
@@ -554,6 +578,8 @@ CONVERTERS: dict[Any, Converter] = {
 METHOD_CONVERTERS: dict[str, Converter] = {
     "relu": _relu, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
     "relu_": _relu, "add_": _add, "sub_": _sub, "mul_": _mul, "div_": _div,
+    "clamp": _clamp, "clip": _clamp, "clamp_": _clamp, "clip_": _clamp, "clamp_min": _clamp_min,
+    "clamp_min_": _clamp_min,
     "size": _size, "mean": _mean, "contiguous": _identity, "clone": _identity,
 }
 
@@ -563,6 +589,7 @@ MODULE_CONVERTERS: dict[type, Converter] = {
     nn.BatchNorm1d: _batchnorm_module,
     nn.BatchNorm2d: _batchnorm_module,
     nn.ReLU: lambda lw, m, x: _relu(lw, x),
+    nn.Hardtanh: lambda lw, m, x: _hardtanh(lw, x, m.min_val, m.max_val),  # also nn.ReLU6
     nn.AvgPool2d: _avgpool_module,
     nn.AdaptiveAvgPool2d: lambda lw, m, x: _adaptive_avgpool(lw, x, m.output_size),
     nn.Flatten: _flatten_module,

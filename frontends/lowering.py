@@ -9,13 +9,14 @@ walk collects every problem before one error names them all (:meth:`Lowering.rai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import Op, OpCoverage, Pad2d, Shape
+from spikeshield.compiler.ir.ops import Op, OpCoverage, Pad2d, ReLU, Shape
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,23 @@ def per_channel_vector(value: Any, shape: Shape) -> torch.Tensor | None:
         if dims[1] in (1, shape[0]):
             return t.reshape(-1)
     return None
+
+
+def clipped_relu(lw: Lowering, x: Any, low: Any, high: Any, what: str) -> Any:
+    """``clamp(x, low, high)`` as the IR's ReLU: a plain ReLU for ``low`` 0 and no ``high``, a
+    clipped ReLU (an IF neuron's saturation) for ``low`` 0 and a positive ``high``. ``clamp``,
+    ``clip``, ``hardtanh``, ``relu6`` and ONNX's ``Clip`` all come here."""
+    bounds = []
+    for bound in (low, high):
+        t = None if bound is None else as_tensor(bound)
+        if t is not None and t.numel() != 1:
+            return lw.unsupported(f"{what} with tensor bounds", "clip with scalar bounds [0, c]")
+        bounds.append(None if t is None else float(t))
+    low, high = bounds
+    if low == 0 and (high is None or (math.isfinite(high) and high > 0)):
+        return lw.emit(ReLU(ceiling=high), [x])
+    return lw.unsupported(f"{what}(min={low}, max={high})",
+                          "only clipping to [0, c] with c > 0 (a clipped ReLU) becomes IF neurons")
 
 
 def ann_frontend_coverage(table: str) -> OpCoverage:

@@ -41,6 +41,7 @@ from spikeshield.frontends.lowering import (
     Padded,
     _Unsupported,
     as_tensor,
+    clipped_relu,
     materialize,
     per_channel_vector,
     take_padding,
@@ -305,13 +306,22 @@ def _sum(lw, a, at):
     return a[0] if len(a) == 1 else lw.emit(Sum(), list(a))
 
 
+def _clip(lw, a, at):
+    """``Clip``: bounds as inputs (opset 11+; an empty name is an absent bound) or attributes."""
+    low = a[1] if len(a) > 1 else at.get("min")
+    high = a[2] if len(a) > 2 else at.get("max")
+    if isinstance(low, Data) or isinstance(high, Data):
+        return lw.unsupported("Clip with data-dependent bounds", "clip to constant bounds [0, c]")
+    return clipped_relu(lw, a[0], low, high, "Clip")
+
+
 def _shape(lw, a, at):
     return np.array([1, *lw.shapes[a[0].node]], dtype=np.int64)  # batch written as 1; Reshape reads [1:]
 
 
 CONVERTERS: dict[str, Callable] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
-    "Relu": lambda lw, a, at: lw.emit(ReLU(), [a[0]]),
+    "Relu": lambda lw, a, at: lw.emit(ReLU(), [a[0]]), "Clip": _clip,
     "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape,
     "Add": _binary("Add"), "Sum": _sum, "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),

@@ -88,7 +88,7 @@ KERNELS: dict[type[Op], Kernel] = {
     Linear: _linear,
     BatchNorm: _batchnorm,
     Scale: _scale,
-    ReLU: lambda op, t, x: F.relu(x),
+    ReLU: lambda op, t, x: F.relu(x) if op.ceiling is None else x.clamp(0.0, op.ceiling),
     Flatten: lambda op, t, x: x.flatten(1),
     Pad2d: lambda op, t, x: F.pad(x, op.pads),
     AvgPool2d: _avgpool2d,

@@ -63,6 +63,7 @@ def threshold_scale(cfg: CompileConfig) -> float:
 def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor], device) -> list:
     """The pass list that turns an ANN graph into a calibrated SNN graph."""
     return [
+        ("fuse_clipped_relu", {}),
         ("fold_batchnorm", {"mode": cfg.batchnorm}),
         ("convert_relu_to_if", {"reset": cfg.reset, "threshold": cfg.threshold_mode}),
         ("calibrate_thresholds", {

@@ -1,10 +1,12 @@
 """Calibrate IF thresholds from data, layer by layer, with the earlier layers already spiking.
 
-For each IF node in topological order: run the SNN (``timesteps`` steps, earlier thresholds installed)
-up to the node's input current (all batches advance together through one executor, so the whole
-pass costs about one SNN forward per batch, not one per layer); take the ``percentile`` of that current (or its maximum) per batch and
-keep the largest over ``batches`` batches; the threshold is ``scale`` (default: :func:`default_threshold_scale`) times that value (one per layer,
-or one per channel). Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
+For each IF node in topological order: run the SNN (``timesteps`` steps, earlier thresholds
+installed) up to the node's input current (all batches advance together through one executor, so
+the whole pass costs about one SNN forward per batch, not one per layer); take the ``percentile`` of
+that current (or its maximum) per batch and keep the largest over ``batches`` batches, at most the
+ceiling of a clipped ReLU (``meta['ceilings']``, from ``convert_relu_to_if``); the threshold is
+``scale`` (default: :func:`default_threshold_scale`) times that value (one per layer, or one per
+channel). Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
 binary spike stands for ``threshold`` units of the ANN activation it replaces, so the next layer's
 weights (into which ``fold_scales`` later merges that factor) see currents in the ANN's units.
 
@@ -21,6 +23,7 @@ import torch
 from spikeshield.compiler.ir.errors import ConfigError, PassError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Scale
+from spikeshield.compiler.ir.ops.neurons import valid_ceiling
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 CALIBRATION_MODES = ("percentile", "max")
@@ -132,6 +135,11 @@ def calibrate_thresholds(
     executor = GraphExecutor(graph).to(device).eval()
     frontier = executor.frontier([x.to(device) for x in batches_x], timesteps)
     thresholds: dict[str, list[float]] = {}
+    ceilings = graph.meta.get("ceilings", {})
+    if not isinstance(ceilings, dict) or not all(
+            name in neurons and valid_ceiling(c) for name, c in ceilings.items()):
+        raise PassError(f"graph metadata 'ceilings' must map IF nodes to positive numbers, got "
+                        f"{str(ceilings)[:120]}; convert the ANN again (convert_relu_to_if)")
     for name in neurons:
         per_channel = graph.op(name).threshold.numel() > 1
         sample_ndim = len(graph.in_shape(name))
@@ -139,6 +147,8 @@ def calibrate_thresholds(
         for current in frontier.advance_to(name):
             stat = _statistic(current, sample_ndim, per_channel, mode, percentile)
             value = stat if value is None else torch.maximum(value, stat)
+        if name in ceilings:  # a clipped ReLU's activations never exceed its ceiling
+            value = value.clamp(max=ceilings[name])
         fallback = value <= 0  # a layer that never receives positive current never fires
         threshold = torch.where(fallback, torch.ones_like(value), value * scale).cpu().float()
         with torch.no_grad():  # from now on the frontier runs this layer calibrated

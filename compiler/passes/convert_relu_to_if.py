@@ -3,6 +3,8 @@
 Precondition: a valid ANN graph. Postcondition: no ``relu`` node remains; each became an ``if`` node
 with the chosen reset and a placeholder threshold of 1 (one per layer, or one per channel), to be set by
 ``calibrate_thresholds``. The output layer stays non-spiking: the runtime averages it over time.
+A clipped ReLU's ceiling is kept in ``meta['ceilings']`` (node -> ceiling): calibration caps that
+neuron's threshold there, so that its saturated rate stands for at most the ANN's ceiling.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ def convert_relu_to_if(graph: Graph, reset: str = "zero", threshold: str = "laye
         raise ConfigError(f"threshold mode must be one of {THRESHOLD_MODES}, got {threshold!r}")
     graph = graph.copy()
     converted = graph.nodes_of(ReLU)
+    ceilings = dict(graph.meta.get("ceilings", {}))
     for name in converted:
         channels = graph.shape(name)[0] if threshold == "channel" else 1
+        if graph.op(name).ceiling is not None:
+            ceilings[name] = graph.op(name).ceiling
         graph.set_op(name, IF(threshold=torch.ones(channels), reset=reset))
     graph.meta.update({"reset": reset, "threshold_mode": threshold})
+    if ceilings:
+        graph.meta["ceilings"] = ceilings
     return PassResult(graph, bool(converted), {"converted": converted})

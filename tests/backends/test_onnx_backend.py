@@ -155,3 +155,28 @@ def test_a_pad_node_exports_to_onnx_exactly_and_nir_refuses_it(tmp_path):
     assert np.abs(sess.run(["logits"], {"input": x.numpy()})[0] - expected).max() < 1e-5
     with pytest.raises(UnsupportedOpError, match="NIR has no padding node"):
         write_nir(snn, tmp_path / "pad.nir")
+
+
+def test_a_clipped_relu_exports_to_onnx_clip_and_reads_back(tmp_path):
+    from spikeshield.compiler.ir.graph import Graph
+    from spikeshield.compiler.ir.ops import Flatten, Input, Linear, Output, ReLU
+
+    g = torch.Generator().manual_seed(0)
+    ann = Graph("clipped")
+    ann.add("input", Input((2, 4, 4)))
+    ann.add("conv", Conv2d(torch.randn(3, 2, 3, 3, generator=g), torch.zeros(3), padding=(1, 1)),
+            ["input"])
+    ann.add("clip", ReLU(ceiling=0.5), ["conv"])
+    ann.add("flat", Flatten(), ["clip"])
+    ann.add("fc", Linear(torch.randn(2, 3 * 4 * 4, generator=g), torch.zeros(2)), ["flat"])
+    ann.add("output", Output(), ["fc"])
+    ann.validate()
+    x = torch.rand(3, 2, 4, 4, generator=g)
+    expected = GraphExecutor(ann)(x).detach()
+    path = write_onnx(ann, tmp_path / "clip.onnx")
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Clip") == 1
+    assert np.abs(session(path).run(["logits"], {"input": x.numpy()})[0] - expected.numpy()).max() < 1e-6
+    back = from_onnx(path)
+    [clip] = back.nodes_of(ReLU)
+    assert back.op(clip).ceiling == 0.5
+    assert torch.equal(GraphExecutor(back)(x).detach(), expected)

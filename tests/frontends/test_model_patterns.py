@@ -76,8 +76,43 @@ class ScaledTwice(nn.Module):
         return self.fc2(2 * y + (y + y))
 
 
+class Clipped(nn.Module):
+    """Every spelling of a clip to [0, c]: modules, functions, methods, in place or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.act1, self.act2 = nn.ReLU6(inplace=True), nn.Hardtanh(0.0, 0.4)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = self.act1(self.conv1(x) * 20)
+        x = self.act2(self.conv2(x) / 10)
+        x = torch.clamp(x, 0.0, 0.3) + x.clamp(min=0, max=0.25) + torch.clip(x, 0, 0.2)
+        x = F.hardtanh(x, 0.0, 0.6) + F.relu6(x * 10)
+        x = F.avg_pool2d(x.clamp_(0.0, 2.0), 2)
+        return self.fc(x.flatten(1))
+
+
+class TwoReluClip(nn.Module):
+    """The clip of conversion-oriented code: ``up - relu(up - relu(x))``, ``up`` learned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.up1, self.up2 = nn.Parameter(torch.tensor(0.15)), nn.Parameter(torch.tensor(0.1))
+        self.fc = nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = self.up1 - F.relu(self.up1 - F.relu(self.conv1(x)))
+        x = self.conv2(x)
+        x = self.up2 - (self.up2 - x.relu()).relu()
+        return self.fc(x.flatten(1))
+
+
 MODELS = {"in-place residual": InPlaceResidual, "in-place relu reused": InPlaceReluReused,
-          "zero padding": Padded, "repeated operands": ScaledTwice}
+          "zero padding": Padded, "repeated operands": ScaledTwice, "clip activations": Clipped,
+          "two-relu clip": TwoReluClip}
 
 
 def _lower(model: nn.Module, frontend: str, tmp_path) -> object:
@@ -118,3 +153,61 @@ def test_asymmetric_padding_becomes_a_pad_node_and_symmetric_folds():
     assert graph.op(pad).pads == (0, 1, 2, 1)
     [pool] = graph.nodes_of(AvgPool2d)
     assert graph.op(pool).padding == (1, 1) and graph.op(pool).count_include_pad
+
+
+FRONTENDS = ["fx", "pt2", "pt2-core-aten", "onnx"]
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_clip_activations_become_clipped_relus(frontend, tmp_path):
+    from spikeshield.compiler.ir.ops import ReLU
+
+    graph = _lower(Clipped().eval(), frontend, tmp_path)
+    ceilings = sorted(graph.op(n).ceiling for n in graph.nodes_of(ReLU))
+    assert ceilings == pytest.approx([0.2, 0.25, 0.3, 0.4, 0.6, 2.0, 6.0, 6.0])
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_two_relu_clip_converts_to_one_if_layer_whose_threshold_respects_the_ceiling(frontend,
+                                                                                      tmp_path):
+    from spikeshield.compiler.ir.ops import IF, ReLU
+    from spikeshield.compiler.passes.manager import PassManager
+
+    torch.manual_seed(0)
+    model = TwoReluClip().eval()
+    graph = _lower(model, frontend, tmp_path)
+    assert len(graph.nodes_of(ReLU)) == 4
+    fused = PassManager().run(graph, [("fuse_clipped_relu", {})])
+    assert sorted(fused.op(n).ceiling for n in fused.nodes_of(ReLU)) == pytest.approx([0.1, 0.15])
+    x = torch.rand(6, *SHAPE)
+    with torch.no_grad():
+        expected, got = model(x), GraphExecutor(fused).eval()(x, None)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    snn = PassManager().run(fused, [
+        ("convert_relu_to_if", {}),
+        ("calibrate_thresholds", {"data": [torch.rand(16, *SHAPE)], "timesteps": 4, "scale": 1.0,
+                                  "mode": "max"}),
+    ])
+    thresholds = [float(snn.op(n).threshold.max()) for n in snn.nodes_of(IF)]
+    # The currents into both neurons exceed the ceilings (conv outputs on inputs in [0, 1]), so
+    # each threshold is the ceiling itself: the IF neuron's full rate stands for the clip value.
+    assert thresholds == pytest.approx([0.15, 0.1])
+
+
+@pytest.mark.parametrize("frontend", ["fx", "onnx"])
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (0.0, -2.0), (None, 3.0)])
+def test_clips_other_than_to_zero_and_a_positive_ceiling_are_refused(bounds, frontend, tmp_path):
+    from spikeshield.compiler.ir.errors import UnsupportedOpError
+
+    class Clamp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3 * 8 * 8, 5)
+
+        def forward(self, x):
+            return self.fc(torch.clamp(x, *bounds).flatten(1))
+
+    with pytest.raises(UnsupportedOpError) as err:
+        _lower(Clamp().eval(), frontend, tmp_path)
+    message = str(err.value)
+    assert "clipping to [0, c] with c > 0" in message and len(message) < 300

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,12 +12,31 @@ from spikeshield.compiler.ir.ops.base import Op, Shape, register_op, require, te
 RESET_MODES = ("zero", "subtract")
 
 
+def valid_ceiling(value: object) -> bool:
+    """Whether ``value`` can be a clipped ReLU's ceiling: a finite positive number."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 @register_op("relu")
 @dataclass(eq=False)
 class ReLU(Op):
-    """Rectified linear unit: ``y = max(x, 0)``."""
+    """Rectified linear unit: ``y = max(x, 0)``; with a ``ceiling`` c, the clipped ReLU
+    ``y = min(max(x, 0), c)`` (``clamp(x, 0, c)``, ``ReLU6``, ``Hardtanh(0, c)``).
 
-    conversion = "becomes an IF neuron (convert_relu_to_if), its threshold calibrated"
+    A clipped ReLU is what an IF neuron computes anyway: it fires at most once per step, so its
+    rate saturates. Conversion keeps the ceiling as the largest threshold calibration may set.
+    """
+
+    conversion = ("becomes an IF neuron (convert_relu_to_if), its threshold calibrated "
+                  "(at most the ceiling of a clipped ReLU)")
+
+    ceiling: float | None = None
+
+    def validate(self, in_shape: Shape) -> None:
+        super().validate(in_shape)
+        require(self.ceiling is None or valid_ceiling(self.ceiling),
+                f"a ReLU ceiling must be a positive number, got {self.ceiling!r}")
 
 
 @register_op("if")

@@ -33,8 +33,8 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     report = json.loads((out / "report.json").read_text())
     assert report["snn"]["samples"] == 60 and report["snn"]["timesteps"] == 8
     assert [p["name"] for p in report["passes"]] == [
-        "fold_batchnorm", "convert_relu_to_if", "calibrate_thresholds", "fold_scales",
-        "finetune_robust"]
+        "fuse_clipped_relu", "fold_batchnorm", "convert_relu_to_if", "calibrate_thresholds",
+        "fold_scales", "finetune_robust"]
     assert report["passes"][-1]["params"]["config"]["eps_train"] == pytest.approx(0.025)
     # A weakly trained half-width LeNet: the bound only catches a broken conversion (chance = 0.1);
     # conversion quality on properly trained models is measured in BENCHMARKS.md.

@@ -3,11 +3,12 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError, PassError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, Input, Linear, Output, Scale
+from spikeshield.compiler.ir.ops import IF, Input, Linear, Output, ReLU, Scale
 from spikeshield.compiler.passes.calibrate_thresholds import (
     calibrate_thresholds,
     default_threshold_scale,
 )
+from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 
 
 def _graph(channels: int = 1) -> Graph:
@@ -156,3 +157,27 @@ def test_frontier_pieces_follow_the_fold_budget(monkeypatch):
     executor.fold_budget = 4 * executor._widest * 2  # two samples of 4 steps
     frontier = executor.frontier([torch.rand(5, 1, 12, 12)], 4)
     assert [len(p) for p in frontier.pieces[0]] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("ceilings", [{"relu": "6"}, {"relu": -1.0}, {"nowhere": 1.0}, [1.0]])
+def test_ceilings_that_no_conversion_writes_are_refused(ceilings):
+    graph = Graph("g", {"ceilings": ceilings})
+    graph.add("x", Input((2,)))
+    graph.add("relu", IF(threshold=torch.ones(1)), ["x"])
+    graph.add("out", Output(), ["relu"])
+    with pytest.raises(PassError, match="ceilings"):
+        calibrate_thresholds(graph.validate(), [torch.rand(2, 2)])
+
+
+def test_a_clipped_relu_ceiling_caps_the_calibrated_threshold():
+    graph = Graph("g")
+    graph.add("x", Input((3,)))
+    graph.add("relu", ReLU(ceiling=0.5), ["x"])
+    graph.add("out", Output(), ["relu"])
+    snn = convert_relu_to_if(graph.validate()).graph
+    assert snn.meta["ceilings"] == {"relu": 0.5}
+    x = torch.tensor([[0.2, 0.3, 0.4], [0.1, 2.0, 0.0]])
+    capped = calibrate_thresholds(snn, [x], timesteps=2, mode="max", scale=0.8).graph
+    assert capped.op("relu").threshold.tolist() == pytest.approx([0.4])  # 0.8 * min(2.0, 0.5)
+    below = calibrate_thresholds(snn, [x / 10], timesteps=2, mode="max", scale=0.8).graph
+    assert below.op("relu").threshold.tolist() == pytest.approx([0.16])  # 0.8 * 0.2: no cap
