@@ -14,6 +14,9 @@ trees alternate within each round so that both see the same machine load. A comp
 
     python benchmarks/compile_time.py --before /tmp/before --nets lenet,vgg11,resnet20,wrn16-4 \
         --data cifar,mnist5k --repeats 2 --out /tmp/compile_time.json
+
+With ``--out``, each finished row is written at once and a rerun with the same trees skips the rows
+already there, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -110,14 +113,19 @@ def main() -> None:
         _alias(tree)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{__import__('torch').__version__}; median of {args.repeats}", flush=True)
-    rows = []
+    # Resumable: rows already in --out (same trees) are kept, and each new row is written as it ends.
+    rows = json.loads(args.out.read_text()) if args.out and args.out.exists() else []
+    rows = [r for r in rows if r.get("trees") == {k: str(v) for k, v in trees.items()}]
     for data in args.data.split(","):
         for arch in args.nets.split(","):
+            if any(r["data"] == data and r["arch"] == arch for r in rows):
+                print(f"{data:8s} {arch:9s} already in {args.out}", flush=True)
+                continue
             runs = {"before": [], "after": []}
             for _ in range(args.repeats):
                 for label, tree in trees.items():
                     runs[label].append(measure(tree, arch, data))
-            row = {"data": data, "arch": arch}
+            row = {"data": data, "arch": arch, "trees": {k: str(v) for k, v in trees.items()}}
             for label, results in runs.items():
                 row[label] = {k: statistics.median(r[k] for r in results)
                               for k in ("seconds", "calibration", "snn_accuracy")}
@@ -133,8 +141,8 @@ def main() -> None:
                   f"{100 * b['snn_accuracy']:.1f}% -> {100 * a['snn_accuracy']:.1f}%; thresholds "
                   f"differ by <= {100 * row['max_threshold_rel_diff']:.3g}%", flush=True)
             rows.append(row)
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+            if args.out:
+                args.out.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
