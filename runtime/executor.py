@@ -236,7 +236,9 @@ class GraphExecutor(nn.Module):
     def _run_if_from(
         self, name: str, op: IF, value: _Value, steps: int, state: IFState | None
     ) -> tuple[torch.Tensor, IFState]:
-        params = IFParameters(self._threshold(name, value), op.reset, self.gradient_mode.surrogate)
+        mode = self.gradient_mode
+        params = IFParameters(self._threshold(name, value), op.reset, mode.surrogate,
+                              mode.detach_reset)
         return if_scan_from(value.data, params, None if value.temporal else steps, state)
 
     def _threshold(self, name: str, value: _Value) -> torch.Tensor:
@@ -305,7 +307,8 @@ class GraphExecutor(nn.Module):
         mode = self.gradient_mode
         steps = None if value.temporal else timesteps
         if mode.kind == "bptt":
-            return if_scan(value.data, IFParameters(threshold, op.reset, mode.surrogate), steps)
+            params = IFParameters(threshold, op.reset, mode.surrogate, mode.detach_reset)
+            return if_scan(value.data, params, steps)
         # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
         with torch.no_grad():
             params = IFParameters(threshold.detach(), op.reset, Surrogate("none"))

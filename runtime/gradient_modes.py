@@ -9,7 +9,9 @@ between them without being rebuilt.
 kind              forward / backward of an IF layer with input currents ``I_t`` and threshold ``theta``
 ================  =========================================================================================
 bptt              exact spikes / backpropagation through time with a surrogate derivative (any family of
-                  :mod:`spikeshield.runtime.surrogates`, ``straight_through`` included)
+                  :mod:`spikeshield.runtime.surrogates`, ``straight_through`` included, fixed or
+                  adaptive width); optionally with the reset detached (its subtraction passes no
+                  gradient, see :class:`spikeshield.runtime.neurons.IFParameters`)
 bptr              exact spikes / backward through the rate: ``d rate / d mean(I) = 1/theta`` where the
                   neuron fired at least once in the window, 0 elsewhere (Ding et al., NeurIPS 2022)
 rga               exact spikes / backward through the piecewise-linear rate ``clamp(mean(I)/theta, 0, 1)``:
@@ -43,47 +45,57 @@ class GradientMode:
 
     kind: str = "bptt"
     surrogate: Surrogate = Surrogate()
+    detach_reset: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in GRADIENT_KINDS:
             raise ConfigError(
                 f"unknown gradient mode {self.kind!r}; choose one of {', '.join(GRADIENT_KINDS)}"
             )
+        if self.detach_reset and self.kind != "bptt":
+            raise ConfigError(f"{self.kind} has no reset to detach: only bptt surrogates do")
 
     @property
     def label(self) -> str:
         if self.kind != "bptt":
             return {"bptr": "BPTR", "rga": "RGA", "ann_proxy": "ANN proxy"}[self.kind]
-        if self.surrogate.name in ("straight_through", "none"):
-            return self.surrogate.name.replace("_", "-")
-        return f"{self.surrogate.name.replace('_', ' ')} γ={self.surrogate.gamma:g}"
+        return self.surrogate.label + (", detached reset" if self.detach_reset else "")
 
     @property
     def spec(self) -> str:
         """The string :meth:`parse` reads back."""
         if self.kind != "bptt":
             return self.kind
-        return f"{self.surrogate.name}:{self.surrogate.gamma:g}"
+        flags = [f for f, on in (("adaptive", self.surrogate.adaptive),
+                                 ("detach", self.detach_reset)) if on]
+        return f"{self.surrogate.name}:{self.surrogate.gamma:g}" + (
+            f":{'+'.join(flags)}" if flags else "")
 
     @classmethod
     def parse(cls, spec: str) -> GradientMode:
-        """``bptr``, ``rga``, ``ann_proxy``, or a surrogate as ``name[:gamma]`` (``triangle:0.5``)."""
-        name, _, gamma = spec.strip().lower().partition(":")
+        """``bptr``, ``rga``, ``ann_proxy``, or a surrogate as ``name[:gamma[:flags]]`` with flags
+        ``adaptive`` and/or ``detach`` joined by ``+`` (``triangle:0.5``, ``triangle:1:detach``,
+        ``triangle:1:adaptive+detach``)."""
+        name, _, rest = spec.strip().lower().partition(":")
+        gamma, _, flags = rest.partition(":")
         name = _ALIASES.get(name, name.replace("-", "_"))
         if name in GRADIENT_KINDS and name != "bptt":
-            if gamma:
+            if rest:
                 raise ConfigError(f"gradient mode {name!r} takes no width, got {spec!r}")
             return cls(name)
         if name not in SURROGATE_NAMES:
             raise ConfigError(
                 f"unknown gradient mode {spec!r}; use bptr, rga, ann_proxy or a surrogate "
-                f"name[:gamma] with name one of {', '.join(SURROGATE_NAMES)}"
+                f"name[:gamma[:adaptive+detach]] with name one of {', '.join(SURROGATE_NAMES)}"
             )
         try:
             width = float(gamma) if gamma else 1.0
         except ValueError:
             raise ConfigError(f"surrogate width in {spec!r} is not a number") from None
-        return cls("bptt", Surrogate(name, width))
+        chosen = set(flags.split("+")) - {""}
+        if chosen - {"adaptive", "detach"}:
+            raise ConfigError(f"unknown flag in {spec!r}: use adaptive and/or detach, joined by +")
+        return cls("bptt", Surrogate(name, width, "adaptive" in chosen), "detach" in chosen)
 
 
 def rate_gradient_spikes(

@@ -21,11 +21,17 @@ from spikeshield.runtime.surrogates import Surrogate, spike
 
 @dataclass(frozen=True)
 class IFParameters:
-    """``threshold`` broadcastable to the layer's state; ``reset`` is ``"zero"`` or ``"subtract"``."""
+    """``threshold`` broadcastable to the layer's state; ``reset`` is ``"zero"`` or ``"subtract"``.
+
+    ``detach_reset`` changes only gradients: the reset's subtraction (``v * s`` or ``threshold * s``)
+    is treated as a constant, so the membrane passes its gradient through a spike unchanged, as a
+    non-resetting integrator would (the reset's own derivative, ``-v`` at every spike, otherwise
+    drowns the surrogate's signal in long sums of opposite terms)."""
 
     threshold: torch.Tensor
     reset: str = "zero"
     surrogate: Surrogate = Surrogate()
+    detach_reset: bool = False
 
 
 class IFState(NamedTuple):
@@ -45,10 +51,8 @@ def if_step(
     # a layer with threshold 4.5 got 100x the gradient of its neighbours and BPTT through the reset
     # exploded (measured on a converted LeNet; see the finetuning pass).
     s = spike((v - p.threshold) / p.threshold, p.surrogate)
-    if p.reset == "zero":
-        v = v * (1.0 - s)
-    else:
-        v = v - p.threshold * s
+    lost = v * s if p.reset == "zero" else p.threshold * s
+    v = v - (lost.detach() if p.detach_reset else lost)
     return s, IFState(v)
 
 
@@ -91,7 +95,8 @@ def if_scan_from(
     tracked = [currents, threshold] + ([] if v0 is None else [v0])
     if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
         spikes, v = _IFScan.apply(
-            currents, threshold, v0, p.reset, p.surrogate, steps, timesteps is not None
+            currents, threshold, v0, p.reset, p.surrogate, steps, timesteps is not None,
+            p.detach_reset,
         )
     else:
         spikes, v = _scan_forward(currents, threshold, v0, p.reset, steps, timesteps is not None)
@@ -144,16 +149,21 @@ class _IFScan(torch.autograd.Function):
     ``dL/dv_t = g·(1 - s_t) + dL/ds_t·d_t`` (zero) or ``g + dL/ds_t·d_t`` (subtraction), which is
     also ``dL/dI_t`` and the next ``g``; the initial state gets the last ``g``. The threshold
     collects ``dL/ds_t·d_t·(-v_t/θ)`` through ``u_t``, and ``-g·s_t`` through the subtraction.
+    With the reset detached, ``dL/ds_t = grad_t`` and ``dL/dv_t = g + dL/ds_t·d_t`` for both resets,
+    and the threshold collects only the term through ``u_t``. An adaptive surrogate takes its width
+    from the stored potentials first (:meth:`Surrogate.adaptive_width`).
     This is exactly what autograd computes on :func:`if_step`, without recording five nodes per step.
     """
 
     @staticmethod
-    def forward(ctx, currents, threshold, v0, reset, surrogate, steps, constant):  # type: ignore[override]
+    def forward(ctx, currents, threshold, v0, reset, surrogate, steps, constant,  # type: ignore[override]
+                detach_reset=False):
         shape = currents.shape if constant else currents.shape[1:]
         potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
         spikes, v = _scan_forward(currents, threshold, v0, reset, steps, constant, potentials)
         ctx.save_for_backward(potentials, threshold)
         ctx.reset, ctx.surrogate, ctx.constant = reset, surrogate, constant
+        ctx.detach_reset = detach_reset
         return spikes, v
 
     @staticmethod
@@ -161,8 +171,13 @@ class _IFScan(torch.autograd.Function):
         potentials, threshold = ctx.saved_tensors
         want_x, want_threshold, want_v0 = ctx.needs_input_grad[:3]
         subtract = ctx.reset != "zero"
+        detached = ctx.detach_reset
         steps = potentials.shape[0]
         inverse = 1.0 / threshold
+        derivative = ctx.surrogate.derivative
+        if ctx.surrogate.adaptive:  # the width follows this layer's membranes, sample by sample
+            width = ctx.surrogate.adaptive_width(potentials, inverse)
+            derivative = lambda u: ctx.surrogate.derivative(u, width)  # noqa: E731
         g = grad_state.clone() if grad_state is not None else torch.zeros_like(potentials[0])
         grad_x = torch.empty_like(potentials) if want_x and not ctx.constant else None
         grad_x_sum = torch.zeros_like(g) if want_x and ctx.constant else None
@@ -174,20 +189,23 @@ class _IFScan(torch.autograd.Function):
             v = potentials[t]
             torch.gt(v, threshold, out=fired)
             # d_t = σ'(u_t)/θ with u_t = v_t/θ - 1
-            slope = ctx.surrogate.derivative(torch.mul(v, inverse).sub_(1.0)).mul_(inverse)
-            if subtract:
+            slope = derivative(torch.mul(v, inverse).sub_(1.0)).mul_(inverse)
+            if detached:  # the reset passes no gradient: the spike's comes from its readers only
+                through_spike = torch.mul(grad_spikes[t], slope)
+            elif subtract:
                 through_spike = torch.sub(grad_spikes[t], g * threshold).mul_(slope)
             else:
                 through_spike = torch.addcmul(grad_spikes[t], g, v, value=-1.0).mul_(slope)
             if want_threshold:
                 grad_threshold.addcmul_(through_spike, v * inverse, value=-1.0)
-                if subtract:
+                if subtract and not detached:
                     grad_threshold.addcmul_(g, fired, value=-1.0)
-            g = (g if subtract else torch.addcmul(g, g, fired, value=-1.0)).add_(through_spike)
+            keep = subtract or detached  # the post-reset membrane's derivative is then 1
+            g = (g if keep else torch.addcmul(g, g, fired, value=-1.0)).add_(through_spike)
             if grad_x is not None:
                 grad_x[t] = g
             elif grad_x_sum is not None:
                 grad_x_sum += g
         dx = grad_x if grad_x is not None else grad_x_sum
         dthreshold = grad_threshold.sum_to_size(threshold.shape) if want_threshold else None
-        return dx, dthreshold, g if want_v0 else None, None, None, None, None
+        return dx, dthreshold, g if want_v0 else None, None, None, None, None, None

@@ -47,14 +47,25 @@ _DERIVATIVES: dict[str, Derivative] = {
 }
 
 SURROGATE_NAMES: tuple[str, ...] = tuple(_DERIVATIVES)
+# Families whose gamma is a width (larger = wider); for the others it is a slope or a decay rate.
+_WIDTH_FAMILIES = ("triangle", "rectangular")
+_MIN_SPREAD = 1e-3  # an adaptive width never collapses to zero (all membranes at threshold)
 
 
 @dataclass(frozen=True)
 class Surrogate:
-    """A surrogate family and its width ``gamma`` (see the module table for its meaning)."""
+    """A surrogate family and its width ``gamma`` (see the module table for its meaning).
+
+    ``adaptive``: the width is not fixed but follows the membrane statistics of each layer and
+    sample, as in ASSG (arXiv 2512.22522): the width used is ``gamma * mean|u|`` over the layer's
+    neurons and steps (``gamma / mean|u|`` for the families whose gamma is a slope or decay rate),
+    so that the surrogate covers about as many neurons in a layer whose membranes sit far from
+    threshold as in one where they sit close. Only the fused IF scan can apply it (it needs all
+    steps' potentials before the first derivative)."""
 
     name: str = "triangle"
     gamma: float = 1.0
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in _DERIVATIVES:
@@ -64,8 +75,29 @@ class Surrogate:
         if not (self.gamma > 0 and math.isfinite(self.gamma)):
             raise ConfigError(f"surrogate width gamma must be a positive number, got {self.gamma}")
 
-    def derivative(self, u: torch.Tensor) -> torch.Tensor:
-        return _DERIVATIVES[self.name](u, self.gamma)
+    def derivative(self, u: torch.Tensor, width: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``sigma'(u)`` at this surrogate's width, or at ``width`` (broadcast against ``u``)."""
+        if self.adaptive and width is None:
+            raise ConfigError("an adaptive surrogate needs the layer's width: use the fused IF scan")
+        return _DERIVATIVES[self.name](u, self.gamma if width is None else width)
+
+    def adaptive_width(self, potentials: torch.Tensor, inverse_threshold: torch.Tensor) -> torch.Tensor:
+        """The width for membranes ``potentials`` ``(T, N, ...)``: one value per sample, shaped
+        ``(N, 1, ...)`` to broadcast over one step."""
+        u = torch.mul(potentials, inverse_threshold).sub_(1.0).abs_()
+        spread = u.mean(dim=0).flatten(1).mean(dim=1).clamp_(min=_MIN_SPREAD)
+        spread = spread.view(-1, *([1] * (potentials.dim() - 2)))
+        return self.gamma * spread if self.name in _WIDTH_FAMILIES else self.gamma / spread
+
+    @property
+    def label(self) -> str:
+        name = self.name.replace("_", " ")
+        if self.name in ("straight_through", "none"):
+            return self.name.replace("_", "-")
+        if self.adaptive:
+            return f"adaptive {name} γ={self.gamma:g}·mean|u|" if self.name in _WIDTH_FAMILIES \
+                else f"adaptive {name} γ={self.gamma:g}/mean|u|"
+        return f"{name} γ={self.gamma:g}"
 
 
 class _SpikeFunction(torch.autograd.Function):

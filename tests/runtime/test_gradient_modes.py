@@ -10,6 +10,8 @@ from spikeshield.runtime.surrogates import SURROGATE_NAMES
 from tests.conftest import single_if_graph
 
 ALL_MODES = [f"{name}:{g}" for name in SURROGATE_NAMES if name != "none" for g in (0.5, 2.0)]
+ALL_MODES += [f"{name}:1:{flags}" for name in ("triangle", "rectangular", "sigmoid", "exponential")
+              for flags in ("detach", "adaptive", "adaptive+detach")]
 ALL_MODES += ["bptr", "rga", "ann_proxy"]
 
 
@@ -84,10 +86,15 @@ def test_surrogate_width_is_in_units_of_the_threshold():
 
 
 def test_parse_and_label_round_trip():
-    for spec in ("triangle:0.25", "damped_exponential:2", "bptr", "rga", "ann_proxy"):
+    for spec in ("triangle:0.25", "damped_exponential:2", "bptr", "rga", "ann_proxy",
+                 "triangle:1:detach", "sigmoid:4:adaptive", "rectangular:0.5:adaptive+detach"):
         assert GradientMode.parse(GradientMode.parse(spec).spec) == GradientMode.parse(spec)
     assert GradientMode.parse("ste").surrogate.name == "straight_through"
     assert GradientMode.parse("triangle").label == "triangle γ=1"
+    detached = GradientMode.parse("triangle:1:detach+adaptive")
+    assert detached.detach_reset and detached.surrogate.adaptive
+    assert detached.label == "adaptive triangle γ=1·mean|u|, detached reset"
+    assert GradientMode.parse("sigmoid:4:adaptive").label == "adaptive sigmoid γ=4/mean|u|"
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -95,7 +102,13 @@ def test_parse_and_label_round_trip():
     ("bptr:2", "takes no width"),
     ("triangle:wide", "not a number"),
     ("triangle:-1", "positive"),
+    ("triangle:1:sticky", "unknown flag"),
 ])
 def test_bad_modes(spec, message):
     with pytest.raises(ConfigError, match=message):
         GradientMode.parse(spec)
+
+
+def test_only_surrogates_have_a_reset_to_detach():
+    with pytest.raises(ConfigError, match="no reset to detach"):
+        GradientMode("bptr", detach_reset=True)

@@ -58,11 +58,13 @@ def _scan_inputs(constant: bool, per_channel: bool, seed: int = 0):
     return currents, threshold
 
 
+@pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
 @pytest.mark.parametrize("constant", [True, False])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("surrogate", [("triangle", 1.0), ("exponential", 2.0), ("straight_through", 1.0), ("rectangular", 0.5)])
-def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, constant, per_channel, surrogate):
+def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, constant, per_channel,
+                                                                    surrogate, detach_reset):
     # The fused scan's hand-written BPTT must equal autograd through if_step, to the last bits of
     # float64, for the currents and the threshold, through both resets.
     from spikeshield.runtime.neurons import if_scan_stepwise
@@ -72,7 +74,7 @@ def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, cons
     results = []
     for scan in (if_scan, if_scan_stepwise):
         currents, threshold = _scan_inputs(constant, per_channel)
-        p = IFParameters(threshold, reset, Surrogate(*surrogate))
+        p = IFParameters(threshold, reset, Surrogate(*surrogate), detach_reset)
         spikes = scan(currents, p, steps)
         weights = torch.linspace(-1, 1, spikes.numel(), dtype=spikes.dtype).view_as(spikes)
         (spikes * weights).sum().backward()
@@ -113,3 +115,60 @@ def test_fused_scan_without_gradients_records_nothing():
     with torch.no_grad():
         spikes = if_scan(x, IFParameters(torch.tensor(0.5)))
     assert spikes.grad_fn is None and spikes.shape == (5, 2, 3)
+
+
+@pytest.mark.parametrize(("detach_reset", "expected"), [(False, [0.275, 0.3]), (True, [0.8, 0.3])])
+def test_detached_reset_gradient_by_hand(detach_reset, expected):
+    """Two steps, threshold 1, reset to zero, triangle γ=1, loss s_0 + s_1. Currents 1.5 then 0.3:
+    v_0 = 1.5 fires (u_0 = 0.5, σ' = 0.5), v_1 = 0.3 does not (u_1 = -0.7, σ' = 0.3).
+    dL/dI_1 = 0.3 either way. Through the reset, dL/ds_0 = 1 - 0.3 * v_0 = 0.55 and the membrane
+    is cut by the spike: dL/dI_0 = 0.55 * 0.5 = 0.275. Detached: dL/dI_0 = 0.3 + 1 * 0.5 = 0.8."""
+    from spikeshield.runtime.neurons import if_scan_stepwise
+
+    for scan in (if_scan, if_scan_stepwise):
+        currents = torch.tensor([[1.5], [0.3]], dtype=torch.float64, requires_grad=True)
+        p = IFParameters(torch.tensor([1.0], dtype=torch.float64), "zero", detach_reset=detach_reset)
+        spikes = scan(currents, p)
+        assert spikes.flatten().tolist() == [1.0, 0.0]
+        spikes.sum().backward()
+        assert currents.grad.flatten().tolist() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["triangle", "sigmoid"])
+def test_adaptive_width_follows_each_samples_mean_distance_to_threshold(name):
+    """Each sample's gradient is the fixed-width gradient at gamma * mean|u| of its own layer (or
+    gamma / mean|u| for a slope), and adapting needs all steps: the stepwise scan refuses it."""
+    from spikeshield.compiler.ir.errors import ConfigError
+    from spikeshield.runtime.neurons import if_scan_stepwise
+    from spikeshield.runtime.surrogates import Surrogate
+
+    currents, threshold = _scan_inputs(constant=False, per_channel=True, seed=3)
+    currents = currents.detach()
+    currents[:, 1] *= 3  # a sample whose membranes sit further from threshold
+    adaptive = Surrogate(name, 0.8, adaptive=True)
+
+    weights = torch.linspace(-1, 1, currents.numel(), dtype=currents.dtype).view_as(currents)
+
+    def grad(x, surrogate, w):
+        x = x.clone().requires_grad_()
+        spikes = if_scan(x, IFParameters(threshold.detach(), "zero", surrogate))
+        (spikes * w).sum().backward()
+        return x.grad
+
+    together = grad(currents, adaptive, weights)
+    widths = []
+    for i in range(currents.shape[1]):
+        x = currents[:, i : i + 1]
+        v, out = torch.zeros_like(x[0]), []
+        for t in range(len(x)):  # the membranes before reset, by hand
+            v = v + x[t]
+            out.append(v)
+            v = v * (v <= threshold.detach())
+        spread = ((torch.stack(out) / threshold.detach() - 1).abs().mean())
+        width = 0.8 * spread if name == "triangle" else 0.8 / spread
+        widths.append(float(width))
+        alone = grad(x, Surrogate(name, float(width)), weights[:, i : i + 1])
+        torch.testing.assert_close(together[:, i : i + 1], alone, rtol=1e-10, atol=1e-12)
+    assert widths[1] != pytest.approx(widths[0], rel=0.1)
+    with pytest.raises(ConfigError, match="fused IF scan"):
+        if_scan_stepwise(currents.requires_grad_(), IFParameters(threshold.detach(), "zero", adaptive)).sum().backward()
