@@ -35,7 +35,10 @@ ZERO_GRADIENT_LIMIT = 0.10
 LARGE_EPS = 0.5
 BLACK_BOX_LIMIT = 0.01
 PROXY_MARGIN = 0.05
-CURVE_STEPS = (5, 10, 20, 50)
+# PGD steps of the convergence curve: up to 200 for the presets whose numbers are quoted, up to
+# 50 for the quick smoke test.
+CURVE_STEPS = (20, 50, 100, 200)
+QUICK_CURVE_STEPS = (5, 10, 20, 50)
 
 
 @dataclass
@@ -124,6 +127,7 @@ def diagnose(
     *,
     source: GraphExecutor | None = None,
     curve_samples: int = 200,
+    curve_steps: tuple[int, ...] = CURVE_STEPS,
     batch_size: int = 256,
     seed: int = 0,
 ) -> Diagnostics:
@@ -170,7 +174,7 @@ def diagnose(
             return cache[(e, steps)]
 
         eps_masks = [(e, pgd_robust(e, 20)) for e in curve_eps_values(eps)]
-        steps_masks = [(s, pgd_robust(eps, s)) for s in CURVE_STEPS] if eps > 0 else []
+        steps_masks = [(s, pgd_robust(eps, s)) for s in curve_steps] if eps > 0 else []
         eps_curve = [(e, float(m.float().mean())) for e, m in eps_masks]
         steps_curve = [(s, float(m.float().mean())) for s, m in steps_masks]
     diag = Diagnostics(zero, label, eps_curve, steps_curve, len(subset))
@@ -180,17 +184,18 @@ def diagnose(
     return diag
 
 
-def _rises(masks: list[tuple[float, torch.Tensor]]) -> list[tuple]:
-    """Consecutive curve points where accuracy rises by more than chance allows.
+def _rises(masks: list[tuple[float, torch.Tensor]], falls: bool = False) -> list[tuple]:
+    """Consecutive curve points where accuracy rises (``falls``: falls) by more than chance allows.
 
     Both points attack the same samples, so the test is paired (McNemar): of the samples that
     change, ``up`` become robust and ``down`` become broken; under noise alone ``up - down`` is about
-    ``N(0, up + down)``, so a rise counts only above two standard deviations (and one sample).
+    ``N(0, up + down)``, so a change counts only above two standard deviations (and one sample).
     PGD keeps its last iterate, so a sample or two may legitimately flip either way."""
     out = []
     for (x0, m0), (x1, m1) in zip(masks, masks[1:]):
         up, down = int((m1 & ~m0).sum()), int((m0 & ~m1).sum())
-        if up - down > max(1.0, 2 * (up + down) ** 0.5):
+        change = down - up if falls else up - down
+        if change > max(1.0, 2 * (up + down) ** 0.5):
             out.append(((x0, float(m0.float().mean())), (x1, float(m1.float().mean()))))
     return out
 
@@ -229,6 +234,12 @@ def _judge(
         diag.masking.append(
             f"accuracy rises from {100 * a0:.1f}% at {s0} PGD steps to "
             f"{100 * a1:.1f}% at {s1} steps"
+        )
+    for (s0, a0), (s1, a1) in _rises(steps_masks[-2:], falls=True):
+        diag.warnings.append(
+            f"the attack has not converged: accuracy still falls from {100 * a0:.1f}% at {s0} PGD "
+            f"steps to {100 * a1:.1f}% at {s1} steps, so the worst case may be lower still; "
+            "attack with more steps before quoting it"
         )
     _compare_members(diag, result)
 

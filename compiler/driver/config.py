@@ -78,7 +78,9 @@ class CompileConfig:
         "ann", "Prune the ann (before conversion) or the calibrated snn (through the spikes).")
     # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
     robustness: str = option(
-        "quick", "Attack preset for the ANN vs SNN robustness report: quick, paper, strong or none.")
+        "adaptive", "Attack preset for the ANN vs SNN robustness report: adaptive (the default: "
+        "paper's 19 members after long, detached-reset and adaptive-surrogate attacks), paper (the "
+        "papers' protocol, for comparison), quick (4 members, a smoke test), strong, or none.")
     eps: float | None = option(  # None: default_eps(input shape)
         None, "Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for "
         "colour).")

@@ -65,7 +65,7 @@ def run_demo(
          f"attack ensemble on {robust_samples} test images ...")
     cfg = CompileConfig(timesteps=robust_t, device=str(dev), seed=seed,
                         finetune_epochs=finetune_epochs, eps=eps, eval_samples=robust_samples,
-                        finetune_max_train=max_train)
+                        finetune_max_train=max_train, robustness="quick")
     result = compile_model(model_path, splits, cfg, out / f"robust-snn-T{robust_t}", force=True)
     rob = result.report["robustness"]
     echo(f"on those {result.report['snn']['samples']} images, clean: ANN "

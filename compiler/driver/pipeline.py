@@ -192,6 +192,11 @@ def _compile(
             save_graph(ann, tmp / "ann.ir")
             if cfg.export:
                 report["exports"] = _export_all(snn, cfg, test, tmp, device)
+                adapted = next((d["adapted_ir"] for d in report["exports"] if d["adapted_ir"]),
+                               None)
+                if robustness is not None and adapted is not None:
+                    report["robustness"]["adapted"] = _attack_adapted(
+                        tmp, adapted, splits, cfg)
             write_reports(report, snn, tmp)
             if robustness is not None:
                 write_robustness(robustness, tmp)
@@ -219,6 +224,24 @@ def _export_all(snn: Graph, cfg: CompileConfig, test, directory: Path, device) -
 
     files = {fmt: directory / FORMATS[fmt][0] for fmt in parse_formats(cfg.export)}
     return export_graph(snn, files, cfg.target, test, cfg.timesteps, str(device))
+
+
+def _attack_adapted(directory: Path, name: str, splits: DataSplits,
+                    cfg: CompileConfig) -> dict[str, Any]:
+    """The target-adapted SNN (``directory/name``, e.g. 8-bit weights and a switched reset)
+    under the same ensemble, samples and ε as the SNN: its report goes to
+    ``robustness_<target>.*``, its headline numbers into report.json. The ANN is not attacked
+    again (it is the same ANN), and this run does not checkpoint."""
+    from spikeshield.compiler.ir.serialize import load_graph
+
+    adapted = load_graph(directory / name)
+    report = evaluate_robustness(adapted, None, splits.test, splits.num_classes,
+                                 cfg.robustness_config())
+    report["graph"] = name
+    write_robustness(report, directory, name)
+    return {"graph": name, "clean_accuracy": report["snn"]["clean_accuracy"],
+            "snn_robust_accuracy": report["snn"]["robust_accuracy"],
+            "trustworthy": report["snn"]["diagnostics"]["trustworthy"]}
 
 
 def _robustness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:

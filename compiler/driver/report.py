@@ -47,10 +47,19 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
             f"| ANN | {_pct(rob['ann_robust_accuracy'])} (PGD alone: "
             f"{_pct(rob['ann_pgd_robust_accuracy'])}) |",
             f"| SNN | {_pct(rob['snn_robust_accuracy'])} |",
+        ]
+        adapted = rob.get("adapted")
+        if adapted:
+            lines.append(f"| SNN as deployed ({adapted['graph']}; clean "
+                         f"{_pct(adapted['clean_accuracy'])}) | "
+                         f"{_pct(adapted['snn_robust_accuracy'])} |")
+        lines += [
             "",
             rob["verdict"],
             "",
-            "Details, per attack member and with the masking diagnostics: robustness.md.",
+            "Details, per attack member and with the masking diagnostics: robustness.md"
+            + (f" (the deployed form: robustness_{adapted['graph'][4:-3]}.md)." if adapted
+               else "."),
             "",
         ]
     lines += profile_lines(report.get("profile"))

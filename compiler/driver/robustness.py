@@ -25,9 +25,15 @@ from spikeshield.compiler.driver.manifest import record_files, require_verified
 from spikeshield.compiler.driver.outputs import output_lock
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime import distributed
-from spikeshield.runtime.attacks import PRESETS, base_attack, members_for_ann, preset_members
+from spikeshield.runtime.attacks import (
+    DEFAULT_PRESET,
+    PRESETS,
+    base_attack,
+    members_for_ann,
+    preset_members,
+)
 from spikeshield.runtime.device import resolve_device
-from spikeshield.runtime.diagnostics import diagnose
+from spikeshield.runtime.diagnostics import CURVE_STEPS, QUICK_CURVE_STEPS, diagnose
 from spikeshield.runtime.distributed import World
 from spikeshield.runtime.ensemble import check_eps, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
@@ -44,7 +50,7 @@ def default_eps(input_shape: tuple[int, ...]) -> float:
 class RobustnessConfig:
     """Settings of ``spikeshield eval`` (and of the robustness step of ``compile``)."""
 
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     eps: float | None = None  # None: default_eps(input shape)
     samples: int | None = None  # first N test samples; None: DEFAULT_EVAL_SAMPLES or all if fewer
     batch_size: int = 256
@@ -127,6 +133,7 @@ def evaluate_robustness(
         num_classes,
         source=source,
         curve_samples=cfg.curve_samples,
+        curve_steps=QUICK_CURVE_STEPS if cfg.preset == "quick" else CURVE_STEPS,
         **common,
     )
     report: dict[str, Any] = {
@@ -143,7 +150,7 @@ def evaluate_robustness(
         ann_result = run_ensemble(
             source,
             data,
-            members_for_ann(members),
+            members_for_ann(members, base_attack(cfg.base_attack)),
             eps,
             None,
             num_classes,
@@ -185,17 +192,32 @@ def _ann_pgd(result) -> float | None:
 
 
 ROBUSTNESS_FILES = ("robustness.json", "robustness.md", "robustness.png")
+DEFAULT_IR = "snn.ir"
 
 
-def write_robustness(report: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
-    """Write robustness.json, robustness.md and robustness.png into ``directory``, all or nothing."""
+def robustness_files(ir: str = DEFAULT_IR) -> tuple[str, ...]:
+    """The report files for the graph ``ir`` of a compile directory: ``robustness.*`` for snn.ir,
+    ``robustness_<target>.*`` for a target-adapted ``snn_<target>.ir`` (``robustness_<stem>.*``
+    for any other name), so that attacking the deployed form never overwrites the SNN's report."""
+    if ir == DEFAULT_IR:
+        return ROBUSTNESS_FILES
+    stem = Path(ir).stem
+    tag = stem[4:] if stem.startswith("snn_") else stem
+    return tuple(f"robustness_{tag}{Path(name).suffix}" for name in ROBUSTNESS_FILES)
+
+
+def write_robustness(report: dict[str, Any], directory: str | os.PathLike,
+                     ir: str = DEFAULT_IR) -> list[Path]:
+    """Write the report of graph ``ir`` (:func:`robustness_files`) into ``directory``, all or
+    nothing."""
     from spikeshield.compiler.driver.robustness_report import render_markdown, render_plot
 
     directory = Path(directory)
+    json_name, md_name, png_name = robustness_files(ir)
     files = {
-        "robustness.json": (json.dumps(report, indent=2, default=str) + "\n").encode(),
-        "robustness.md": render_markdown(report).encode(),
-        "robustness.png": render_plot(report),
+        json_name: (json.dumps(report, indent=2, default=str) + "\n").encode(),
+        md_name: render_markdown(report).encode(),
+        png_name: render_plot(report),
     }
     written = _replace_files(directory, files)
     record_files(directory, written)
@@ -238,33 +260,51 @@ def evaluate_directory(
     config: RobustnessConfig | None = None,
     checkpoint: Checkpoint | None = None,
     skip_verify: bool = False,
+    ir: str = DEFAULT_IR,
 ) -> dict[str, Any]:
-    """Evaluate the SNN of a compile directory (against its ann.ir, if present) and write
-    robustness.json, robustness.md and robustness.png there. ``data`` defaults to the spec the
-    directory was compiled with. ``checkpoint``: see :func:`evaluate_robustness`. The directory
-    must match its manifest (unless ``skip_verify``) and is locked against other jobs meanwhile."""
+    """Evaluate an SNN of a compile directory (against its ann.ir, if present) and write its
+    report there (:func:`robustness_files`). ``ir`` names the graph: snn.ir, or the
+    target-adapted ``snn_<target>.ir`` that ``compile``/``export --target`` wrote. ``data``
+    defaults to the spec the directory was compiled with. ``checkpoint``: see
+    :func:`evaluate_robustness`. The directory must match its manifest (unless ``skip_verify``)
+    and is locked against other jobs meanwhile."""
 
     cfg = config or RobustnessConfig()
     cfg.validate()
     directory = Path(directory)
-    if not (directory / "snn.ir").is_file():
-        raise ConfigError(
-            f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
-            f"MODEL --out {directory}` first"
-        )
+    ir = check_ir_name(directory, ir)
     if not distributed.world().is_main:
-        return _evaluate_directory(directory, data, cfg, checkpoint)
+        return _evaluate_directory(directory, data, cfg, checkpoint, ir)
     with output_lock(directory):
-        return _evaluate_directory(require_verified(directory, skip_verify, ROBUSTNESS_FILES), data, cfg, checkpoint)
+        verified = require_verified(directory, skip_verify, robustness_files(ir))
+        return _evaluate_directory(verified, data, cfg, checkpoint, ir)
+
+
+def check_ir_name(directory: Path, ir: str) -> str:
+    """``ir`` as the name of a graph file of ``directory`` (a plain ``*.ir`` name), refused
+    otherwise with what the directory holds."""
+    if Path(ir).name != ir or not ir.endswith(".ir") or ir == "ann.ir":
+        raise ConfigError(f"--ir takes the name of an SNN graph in the compile directory "
+                          f"(snn.ir or snn_<target>.ir), got {ir!r}")
+    if not (directory / ir).is_file():
+        held = sorted(p.name for p in directory.glob("snn*.ir")) if directory.is_dir() else []
+        if ir == DEFAULT_IR and not held:
+            raise ConfigError(
+                f"{directory} holds no compiled SNN (snn.ir); run `spikeshield compile "
+                f"MODEL --out {directory}` first"
+            )
+        raise ConfigError(f"{directory} holds no {ir}; it holds {', '.join(held) or 'no SNN'}"
+                          "; `compile --target T --export nir` writes snn_<T>.ir")
+    return ir
 
 
 def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig,
-                        checkpoint: Checkpoint | None) -> dict[str, Any]:
+                        checkpoint: Checkpoint | None, ir: str = DEFAULT_IR) -> dict[str, Any]:
     from spikeshield.compiler.ir.ops import IF
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.compiler.driver.data import load_data
 
-    snn_path = directory / "snn.ir"
+    snn_path = directory / ir
     snn = load_graph(snn_path)
     if not snn.nodes_of(IF):
         raise ConfigError(f"{snn_path} is not a spiking network (no IF layers)")
@@ -277,8 +317,9 @@ def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig
     report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
     report["data"] = data
     report["processes"] = current.size
+    report["graph"] = ir
     if current.is_main:
-        write_robustness(report, directory)
+        write_robustness(report, directory, ir)
     return report
 
 

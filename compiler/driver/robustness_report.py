@@ -10,6 +10,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+_PRESET_NOTES = {
+    "adaptive": "spikeshield's default: long APGD, detached-reset and adaptive-surrogate members "
+                "first, then the papers' 19",
+    "paper": "the papers' protocol (Özdenizci & Legenstein 2024), for comparison with them; "
+             "the `adaptive` default adds stronger members",
+    "quick": "a smoke test, not a robustness claim: quote `adaptive`",
+    "strong": "`adaptive` plus APGD-DLR/T, a width sweep, transfer and Square",
+}
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     snn, diag = report["snn"], report["snn"]["diagnostics"]
     ann = report.get("ann")
@@ -19,7 +29,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- threat model: L-inf, ε = {eps:.4g} (pixels in [0, 1]; {eps * 255:.2f}/255)",
         f"- preset: `{report['preset']}` (base attack {report['base_attack']}), "
-        f"{len(snn['members'])} members on the SNN",
+        f"{len(snn['members'])} members on the SNN; {_PRESET_NOTES.get(report['preset'], '')}",
         f"- samples: the first {report['samples']} test images; SNN simulated for T = "
         f"{report['timesteps']} steps; device: {report['device']}",
         *_memory_line(report.get("peak_memory")),
@@ -59,8 +69,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|" + ("---|" if exhaustive else ""),
     ]
     for i, m in enumerate(snn["members"], 1):
+        broken = f"{m['broken']}" + (" (none)" if m["attacked"] and not m["broken"] else "")
         row = (
-            f"| {i} | {m['label']} | {m['attacked']} | {m['broken']} | "
+            f"| {i} | {m['label']} | {m['attacked']} | {broken} | "
             f"{_pct(m['robust_accuracy_after'])} |"
         )
         if exhaustive:
@@ -88,7 +99,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if diag["accuracy_vs_steps"]:
         lines += [
             "",
-            f"Accuracy vs PGD steps at ε = {eps:.4g} ({diag['curve_member']}):",
+            f"Convergence: accuracy vs PGD steps at ε = {eps:.4g} ({diag['curve_member']}, the "
+            "member that broke the most samples); it must not rise, and a warning says when it "
+            "is still falling at the last point:",
             "",
             "| steps | accuracy |",
             "|---|---|",
@@ -103,11 +116,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "  on the clean image and on the adversarial example of every member; every adversarial",
         "  example is judged by the true spiking network (exact forward), whatever gradient crafted it.",
         "- *Member*: a base attack with a gradient mode. BPTT surrogates (γ = width in units of the",
-        "  threshold), straight-through, BPTR (backward through the rate of neurons that fired), RGA",
+        "  threshold; *adaptive*: γ times each layer's mean distance to threshold; *detached reset*:",
+        "  the reset passes no gradient), straight-through, BPTR (backward through the rate of",
+        "  neurons that fired), RGA",
         "  (rate gradient approximation), ANN proxy (the same weights as a ReLU net), transfer",
         "  (crafted on the source ANN), Square (black-box, queries only).",
         "- *Zero gradient*: an input whose loss gradient is exactly zero cannot be moved by a gradient",
         "  attack; many such inputs mean the attack fails for the wrong reason (gradient masking).",
+        "- *broken (none)*: the member attacked samples and broke none of them.",
         "- *Accuracy vs ε* must fall towards zero; *accuracy vs steps* must not rise. Either failing,",
         "  or Square beating the white-box members, makes the verdict NOT TRUSTWORTHY.",
     ]

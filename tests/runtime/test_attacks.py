@@ -24,23 +24,37 @@ def test_paper_preset_is_the_19_member_reference_ensemble():
     assert {m.attack.name for m in fgsm} == {"fgsm"}
 
 
-def test_quick_and_strong_presets():
+def test_quick_adaptive_and_strong_presets():
     quick = preset_members("quick")
     assert len(quick) == 4 and quick[-1].mode == GradientMode("bptr")
+    adaptive = preset_members("adaptive")
+    paper = preset_members("paper")
+    extra = adaptive[: len(adaptive) - 19]
+    assert adaptive[len(extra):] == paper  # the papers' members, after the stronger ones
+    assert extra[0].attack == AttackSpec("apgd-ce", steps=200)  # the long momentum attack first
+    assert all(m.mode.detach_reset for m in extra)
+    assert sum(m.mode.surrogate.adaptive for m in extra) == 2
+    assert all(m.attack.steps >= 50 for m in extra)
     strong = preset_members("strong")
     names = [m.attack.name for m in strong]
-    assert strong[:19] == preset_members("paper")
+    assert strong[: len(adaptive)] == adaptive
     assert {"apgd-ce", "apgd-dlr", "apgd-t", "transfer"} <= set(names)
     assert names[-1] == "square" and strong[-1].attack.queries == 5000
-    sweep = [m for m in strong[19:] if m.attack.name == "pgd" and m.mode.kind == "bptt"]
+    sweep = [m for m in strong[len(adaptive):] if m.attack.name == "pgd" and m.mode.kind == "bptt"]
     widths = {m.mode.surrogate.gamma for m in sweep}
     assert min(widths) == pytest.approx(0.1) and max(widths) == pytest.approx(3.0)
 
 
 def test_an_ann_needs_one_member_per_distinct_attack():
     ann = members_for_ann(preset_members("strong"))
-    assert [m.attack.name for m in ann] == ["pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square"]
+    assert [(m.attack.name, m.attack.steps) for m in ann] == [
+        ("apgd-ce", 200), ("pgd", 50), ("pgd", 20), ("apgd-ce", 100), ("apgd-dlr", 100),
+        ("apgd-t", 100), ("square", 20)]
     assert all(m.mode is None for m in ann)
+    # the base attack first, so that the report knows the ANN's PGD-20 robust accuracy alone
+    first = members_for_ann(preset_members("adaptive"), AttackSpec("pgd", steps=20))
+    assert [(m.attack.name, m.attack.steps) for m in first] == [
+        ("pgd", 20), ("apgd-ce", 200), ("pgd", 50)]
 
 
 def test_bad_attacks():

@@ -116,7 +116,7 @@ def test_finetuning_and_ensemble_resume_to_identical_numbers(converted_lenet, mn
         for field, tensor in reference.op(name).tensors().items():
             assert torch.equal(tensor, resumed.op(name).tensors()[field]), (name, field)
 
-    rob = RobustnessConfig(samples=60, batch_size=16, curve_samples=16)
+    rob = RobustnessConfig(preset="quick", samples=60, batch_size=16, curve_samples=16)
 
     def attack(checkpoint=None):
         report = evaluate_robustness(snn, converted_lenet.ann, mnist5k.test, 10, rob,

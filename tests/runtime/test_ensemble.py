@@ -3,7 +3,13 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.attacks import AttackSpec, Member
-from spikeshield.runtime.diagnostics import Diagnostics, _compare_members, diagnose
+from spikeshield.runtime.diagnostics import (
+    QUICK_CURVE_STEPS,
+    Diagnostics,
+    _compare_members,
+    _judge,
+    diagnose,
+)
 from spikeshield.runtime.ensemble import _attack_batch, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
@@ -83,7 +89,7 @@ def test_a_masked_model_is_flagged_and_a_sound_one_is_not(snn, samples):
                      GradientMode("bptt", Surrogate("none")))]
     result = run_ensemble(snn, samples, masked, EPS, 8, 10)
     assert result.robust == result.clean_correct  # the attack cannot move: looks "robust"
-    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64)
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64, curve_steps=QUICK_CURVE_STEPS)
     assert diag.zero_gradient_fraction == {"none": 1.0}
     assert not diag.trustworthy and "NOT TRUSTWORTHY" in diag.verdict
     assert any("zero input gradient" in reason for reason in diag.masking)
@@ -91,7 +97,7 @@ def test_a_masked_model_is_flagged_and_a_sound_one_is_not(snn, samples):
 
     sound = [Member(AttackSpec("pgd", steps=10), GradientMode.parse("triangle:1"))]
     result = run_ensemble(snn, samples, sound, EPS, 8, 10)
-    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64)
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=64, curve_steps=QUICK_CURVE_STEPS)
     assert diag.trustworthy, diag.masking
     assert diag.eps_curve[0][0] == 0 and diag.eps_curve[-1] == (0.5, pytest.approx(0.0, abs=0.1))
 
@@ -104,3 +110,28 @@ def test_square_beating_the_white_box_members_is_flagged(snn, samples):
     diag = Diagnostics({}, "none", [], [], curve_samples=0)
     _compare_members(diag, result)  # the member comparison alone; the curves are tested above
     assert any("black-box Square" in reason for reason in diag.masking)
+
+
+def test_a_curve_still_falling_at_its_last_step_count_is_a_warning_not_masking():
+    import torch
+
+    from spikeshield.runtime.ensemble import EnsembleResult
+
+    robust = torch.ones(100, dtype=torch.bool)
+    at_100, at_200 = robust.clone(), robust.clone()
+    at_100[:30] = False
+    at_200[:42] = False  # 12 more samples broken by the last 100 steps, none restored
+    steps_masks = [(50, robust.clone()), (100, at_100), (200, at_200)]
+    result = EnsembleResult(0.1, 100, 100, at_200, [])
+    diag = Diagnostics({}, "PGD / triangle γ=1", [], [(s, float(m.float().mean()))
+                                                      for s, m in steps_masks], 100)
+    _judge(diag, result, 10, [], steps_masks)
+    assert not diag.masking
+    assert diag.warnings == ["the attack has not converged: accuracy still falls from 70.0% at "
+                             "100 PGD steps to 58.0% at 200 steps, so the worst case may be lower "
+                             "still; attack with more steps before quoting it"]
+    flat = [(100, at_200.clone()), (200, at_200.clone())]
+    flat[1][1][42] = False  # one sample more: within what chance allows
+    quiet = Diagnostics({}, "x", [], [], 100)
+    _judge(quiet, result, 10, [], flat)
+    assert quiet.warnings == []

@@ -26,13 +26,14 @@ from spikeshield.compiler.driver.cli.common import (
 @app.command("eval")
 def eval_cmd(
     directory: Annotated[Path, typer.Argument(help="A compile directory (holds snn.ir, and ann.ir for the comparison).")],
-    preset: Annotated[str, typer.Option(help="Attack ensemble: quick (4 members), paper (19) or strong (paper + APGD, Square, width sweep).")] = "quick",
+    preset: Annotated[str, typer.Option(help="Attack ensemble: adaptive (default: long APGD, detached-reset and adaptive surrogates, then paper's 19), paper (the papers' 19, for comparison), quick (4 members, a smoke test) or strong (adaptive + APGD, Square, width sweep).")] = "adaptive",
     eps: Annotated[Optional[float], typer.Option(help="L-inf budget in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default: 1000, or the whole test split if smaller).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
     attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
+    ir: Annotated[str, typer.Option("--ir", help="Which SNN of the directory to attack: snn.ir, or the target-adapted snn_<target>.ir (its report goes to robustness_<target>.*).")] = "snn.ir",
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
@@ -50,7 +51,9 @@ def eval_cmd(
                                 base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev)
 
     def check() -> None:
-        from spikeshield.compiler.driver.robustness import eval_chunks
+        from spikeshield.compiler.driver.robustness import check_ir_name, eval_chunks
+
+        check_ir_name(directory, ir)
         from spikeshield.runtime.device import resolve_device
         from spikeshield.runtime.distributed import check_processes
 
@@ -66,15 +69,15 @@ def eval_cmd(
         from dataclasses import asdict
 
         from spikeshield.compiler.driver.manifest import file_digest
-        from spikeshield.compiler.driver.robustness import evaluate_directory
+        from spikeshield.compiler.driver.robustness import evaluate_directory, robustness_files
         from spikeshield.runtime.device import resolve_device
         from spikeshield.runtime.distributed import local_device
 
         cfg = config(str(local_device(resolve_device(device))))
         from spikeshield.compiler.driver.outputs import output_lock
 
-        settings = {"directory": str(directory.resolve()),
-                    "snn_sha256": file_digest(directory / "snn.ir"),
+        settings = {"directory": str(directory.resolve()), "ir": ir,
+                    "snn_sha256": file_digest(directory / ir),
                     "ann_sha256": file_digest(directory / "ann.ir"), "data": data,
                     "processes": current.size, **asdict(cfg)}
         settings.pop("device")
@@ -82,7 +85,7 @@ def eval_cmd(
             checkpoint = _checkpoint("eval", directory.with_name(directory.name +
                                                                  ".eval-checkpoint"),
                                      settings, checkpoint_every, resume)
-            report = evaluate_directory(directory, data, cfg, checkpoint, skip_verify)
+            report = evaluate_directory(directory, data, cfg, checkpoint, skip_verify, ir)
         if not current.is_main:
             return
         checkpoint.discard()
@@ -92,6 +95,7 @@ def eval_cmd(
                    f"{100 * snn['clean_accuracy']:.2f}% on {report['samples']} test samples")
         typer.echo(_robustness_line(report["eps"], preset, ann.get("pgd_robust_accuracy"),
                                     snn["robust_accuracy"], snn["diagnostics"]["verdict"]))
-        typer.echo(f"wrote {directory / 'robustness.md'}, robustness.json and robustness.png")
+        json_name, md_name, png_name = robustness_files(ir)
+        typer.echo(f"wrote {directory / md_name}, {json_name} and {png_name}")
 
     _guard(run)

@@ -18,7 +18,7 @@ def compiled(trained_lenet, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "snn"
     result = runner.invoke(app, ["compile", str(model), "--data", "mnist5k", "-T", "8", "--n", "60",
                                  "--finetune-epochs", "1", "--finetune-max-train", "256",
-                                 "--out", str(out)])
+                                 "--robustness", "quick", "--out", str(out)])
     return out, result
 
 
@@ -54,7 +54,7 @@ def test_eval_writes_the_robustness_report(compiled):
     out, _ = compiled
     for name in ("robustness.json", "robustness.md", "robustness.png"):
         (out / name).unlink()
-    result = runner.invoke(app, ["eval", str(out), "--n", "40", "--eps", "0.05"])
+    result = runner.invoke(app, ["eval", str(out), "--n", "40", "--eps", "0.05", "--preset", "quick"])
     assert result.exit_code == 0, result.output
     assert "robust accuracy at eps=0.05" in result.output
     report = json.loads((out / "robustness.json").read_text())

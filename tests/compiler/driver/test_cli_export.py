@@ -18,7 +18,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def exported(trained_lenet, tmp_path_factory):
-    """A converted LeNet compiled with every export, adapted to Loihi 2 (8-bit weights)."""
+    """A converted LeNet compiled with every export, adapted to Loihi 2 (8-bit weights), its
+    robustness measured before and after the adaptation (quick preset)."""
     _, model = trained_lenet
     out = tmp_path_factory.mktemp("export") / "snn"
     result = runner.invoke(
@@ -33,7 +34,9 @@ def exported(trained_lenet, tmp_path_factory):
             "--finetune",
             "none",
             "--robustness",
-            "none",
+            "quick",
+            "--eps",
+            "0.05",
             "--export",
             "nir,onnx,onnx-step",
             "--target",
@@ -164,3 +167,43 @@ def test_run_a_corrupt_nir_file_is_one_line(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "not a valid NIR graph" in _error_line(result)
+
+
+def test_compile_attacks_the_target_adapted_snn_too(exported):
+    out, _ = exported
+    summary = json.loads((out / "report.json").read_text())["robustness"]
+    adapted = summary["adapted"]
+    assert adapted["graph"] == "snn_loihi2.ir"
+    deployed = json.loads((out / "robustness_loihi2.json").read_text())
+    assert deployed["graph"] == "snn_loihi2.ir" and deployed["preset"] == "quick"
+    assert deployed["samples"] == summary["samples"] and deployed["eps"] == summary["eps"] == 0.05
+    assert adapted["snn_robust_accuracy"] == deployed["snn"]["robust_accuracy"]
+    assert 0 <= adapted["snn_robust_accuracy"] <= adapted["clean_accuracy"]
+    assert "SNN as deployed (snn_loihi2.ir" in (out / "report.md").read_text()
+    # the two reports attack different graphs: the 8-bit weights change some logits
+    plain = json.loads((out / "robustness.json").read_text())
+    assert "graph" not in plain or plain["graph"] == "snn.ir"
+
+
+def test_eval_attacks_the_graph_named_by_ir(exported, tmp_path):
+    import shutil
+
+    out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("robustness_loihi2.json", "robustness_loihi2.md", "robustness_loihi2.png"):
+        (copy / name).unlink()
+    before = (copy / "robustness.json").read_bytes()
+    result = runner.invoke(app, ["eval", str(copy), "--ir", "snn_loihi2.ir", "--preset", "quick",
+                                 "--n", "30", "--eps", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert "robustness_loihi2.md" in result.output
+    report = json.loads((copy / "robustness_loihi2.json").read_text())
+    assert report["graph"] == "snn_loihi2.ir" and report["samples"] == 30
+    assert (copy / "robustness.json").read_bytes() == before  # the SNN's own report is untouched
+    verified = runner.invoke(app, ["verify", str(copy)])
+    assert verified.exit_code == 0, verified.output
+    for ir, message in (("../snn.ir", "name of an SNN graph"), ("ann.ir", "name of an SNN graph"),
+                        ("snn_xylo.ir", "holds no snn_xylo.ir; it holds snn.ir, snn_loihi2.ir")):
+        result = runner.invoke(app, ["eval", str(copy), "--ir", ir])
+        assert result.exit_code == 2 and message in _error_line(result), (ir, result.output)

@@ -30,10 +30,10 @@ def test_compile_and_eval_twice_give_identical_numbers(trained_lenet, tmp_path):
         out = tmp_path / run
         result = runner.invoke(app, ["compile", str(model), "--out", str(out), "-T", "6",
                                      "--finetune-epochs", "1", "--finetune-max-train", "128",
-                                     "--n", "40", "--seed", "3"])
+                                     "--n", "40", "--seed", "3", "--robustness", "quick"])
         assert result.exit_code == 0, result.output
         result = runner.invoke(app, ["eval", str(out), "--n", "48", "--batch-size", "16",
-                                     "--seed", "3"])
+                                     "--seed", "3", "--preset", "quick"])
         assert result.exit_code == 0, result.output
         outs.append(out)
     a, b = (read_manifest(out) for out in outs)
@@ -59,7 +59,7 @@ def test_repeated_compile_and_eval_calls_do_not_accumulate_tensors(trained_lenet
     _, model = trained_lenet
     cfg = CompileConfig(timesteps=4, eval_samples=32, finetune="trades", finetune_epochs=1,
                         finetune_max_train=64, robustness="none", profile=True)
-    rob = RobustnessConfig(samples=32, batch_size=16, curve_samples=16)
+    rob = RobustnessConfig(preset="quick", samples=32, batch_size=16, curve_samples=16)
 
     def once() -> None:
         result = compile_model(model, mnist5k, cfg)
@@ -84,7 +84,7 @@ def test_eval_holds_one_chunk_of_images_at_a_time(converted_lenet, mnist5k, monk
         return original(data, device)
 
     monkeypatch.setattr(ensemble, "as_tensors", recording)
-    rob = RobustnessConfig(samples=100, batch_size=16, curve_samples=16)
+    rob = RobustnessConfig(preset="quick", samples=100, batch_size=16, curve_samples=16)
     report = evaluate_robustness(converted_lenet.snn, None, mnist5k.test, 10, rob)
     assert report["samples"] == 100
     assert sizes and max(sizes) <= 16  # never the whole set as float images
