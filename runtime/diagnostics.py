@@ -8,8 +8,9 @@ because it is. Four symptoms are checked (after Athalye et al., 2018, and Carlin
 2. *Accuracy vs ε*: PGD with the strongest gradient mode at growing ε must fall towards zero: at
    ε = ``LARGE_EPS`` every image can be pushed to near-uniform grey. Flagged if accuracy stays above
    ``max(2/classes, 0.1)`` there, or rises with ε (beyond chance: a paired test, see ``_rises``).
-3. *Accuracy vs steps*: more PGD iterations must never help the defender. Flagged if accuracy rises
-   beyond chance.
+3. *Accuracy vs steps* (the convergence curve: the member that broke the most samples, at 20 to
+   200 iterations): more iterations must never help the defender. Flagged if accuracy rises beyond
+   chance; a warning if it still falls at the largest step count (the attack has not converged).
 4. *Black-box beats white-box*: Square (queries only) breaking more than ``BLACK_BOX_LIMIT`` of the
    samples that every white-box member missed means the gradients are masked. Flagged.
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeshield.runtime.data import Dataset
-from spikeshield.runtime.attacks import AttackSpec, Member
+from spikeshield.runtime.attacks import AttackSpec, Member, with_steps
 from spikeshield.runtime.ensemble import EnsembleResult, as_tensors, frozen, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
@@ -35,9 +36,10 @@ ZERO_GRADIENT_LIMIT = 0.10
 LARGE_EPS = 0.5
 BLACK_BOX_LIMIT = 0.01
 PROXY_MARGIN = 0.05
-# PGD steps of the convergence curve: up to 200 for the presets whose numbers are quoted, up to
+# Iterations of the convergence curve: up to 200 for the presets whose numbers are quoted, up to
 # 50 for the quick smoke test.
 CURVE_STEPS = (20, 50, 100, 200)
+_ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "tpgd")  # attacks with a step count
 QUICK_CURVE_STEPS = (5, 10, 20, 50)
 
 
@@ -46,7 +48,7 @@ class Diagnostics:
     zero_gradient_fraction: dict[str, float]
     curve_member: str
     eps_curve: list[tuple[float, float]]  # (eps, robust accuracy); eps = 0 is clean accuracy
-    steps_curve: list[tuple[int, float]]  # (PGD steps, robust accuracy) at the evaluation eps
+    steps_curve: list[tuple[int, float]]  # (iterations, robust accuracy) at the evaluation eps
     curve_samples: int
     masking: list[str] = field(default_factory=list)  # reasons masking is suspected
     warnings: list[str] = field(default_factory=list)
@@ -152,15 +154,16 @@ def diagnose(
     steps_curve: list[tuple[int, float]] = []
     label = "none (no white-box member)"
     if strongest is not None:
-        label = f"PGD / {strongest.mode.label if strongest.mode else target.gradient_mode.label}"
+        mode_label = strongest.mode.label if strongest.mode else target.gradient_mode.label
+        iterative = strongest.attack.name in _ITERATIVE
+        label = f"{strongest.attack.name.upper() if iterative else 'PGD'} / {mode_label}"
 
-        cache: dict[tuple[float, int], torch.Tensor] = {}
+        cache: dict[tuple[float, Member], torch.Tensor] = {}
 
-        def pgd_robust(e: float, steps: int) -> torch.Tensor:
-            # Same samples and seed everywhere, so (eps, 20 steps) is shared by both curves.
-            if (e, steps) not in cache:
-                member = Member(AttackSpec("pgd", steps=steps), strongest.mode)
-                cache[(e, steps)] = run_ensemble(
+        def robust(e: float, member: Member) -> torch.Tensor:
+            # Same samples and seed everywhere, so a point both curves need is attacked once.
+            if (e, member) not in cache:
+                cache[(e, member)] = run_ensemble(
                     target,
                     subset,
                     [member],
@@ -169,12 +172,20 @@ def diagnose(
                     num_classes,
                     batch_size=batch_size,
                     seed=seed,
-                    desc=f"diagnostics ε={e:g}, {steps} steps",
+                    desc=f"diagnostics ε={e:g}, {member.label}",
                 ).robust_mask
-            return cache[(e, steps)]
+            return cache[(e, member)]
 
-        eps_masks = [(e, pgd_robust(e, 20)) for e in curve_eps_values(eps)]
-        steps_masks = [(s, pgd_robust(eps, s)) for s in curve_steps] if eps > 0 else []
+        def at_steps(steps: int) -> Member:
+            """The strongest member itself with ``steps`` iterations (PGD with its gradient mode
+            for a one-step or gradient-free member)."""
+            if iterative:
+                return with_steps(strongest, steps)
+            return Member(AttackSpec("pgd", steps=steps), strongest.mode)
+
+        pgd20 = Member(AttackSpec("pgd", steps=20), strongest.mode)
+        eps_masks = [(e, robust(e, pgd20)) for e in curve_eps_values(eps)]
+        steps_masks = [(s, robust(eps, at_steps(s))) for s in curve_steps] if eps > 0 else []
         eps_curve = [(e, float(m.float().mean())) for e, m in eps_masks]
         steps_curve = [(s, float(m.float().mean())) for s, m in steps_masks]
     diag = Diagnostics(zero, label, eps_curve, steps_curve, len(subset))
@@ -232,14 +243,14 @@ def _judge(
             )
     for (s0, a0), (s1, a1) in _rises(steps_masks):
         diag.masking.append(
-            f"accuracy rises from {100 * a0:.1f}% at {s0} PGD steps to "
+            f"accuracy rises from {100 * a0:.1f}% at {s0} steps to "
             f"{100 * a1:.1f}% at {s1} steps"
         )
     for (s0, a0), (s1, a1) in _rises(steps_masks[-2:], falls=True):
         diag.warnings.append(
-            f"the attack has not converged: accuracy still falls from {100 * a0:.1f}% at {s0} PGD "
-            f"steps to {100 * a1:.1f}% at {s1} steps, so the worst case may be lower still; "
-            "attack with more steps before quoting it"
+            f"the attack has not converged: accuracy still falls from {100 * a0:.1f}% at {s0} "
+            f"steps to {100 * a1:.1f}% at {s1} steps ({diag.curve_member}), so the worst case may "
+            "be lower still; attack with more steps before quoting it"
         )
     _compare_members(diag, result)
 

@@ -40,6 +40,7 @@ class MemberResult:
     seconds: float
     standalone_robust: int | None = None  # exhaustive mode: robust samples under this member alone
     broken_mask: torch.Tensor | None = field(default=None, repr=False)
+    skipped: bool = False  # left out by the time budget
 
     def to_json(self, samples: int) -> dict:
         out = self.member.to_json()
@@ -49,6 +50,7 @@ class MemberResult:
                 "broken": self.broken,
                 "robust_accuracy_after": self.robust_after / samples,
                 "seconds": round(self.seconds, 2),
+                "skipped": self.skipped,
             }
         )
         if self.standalone_robust is not None:
@@ -64,6 +66,7 @@ class EnsembleResult:
     robust_mask: torch.Tensor  # bool (samples,)
     members: list[MemberResult]
     exhaustive: bool = False
+    budget: float | None = None  # seconds; members past what it allowed were skipped
 
     @property
     def robust(self) -> int:
@@ -84,6 +87,8 @@ class EnsembleResult:
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": self.robust_accuracy,
             "exhaustive": self.exhaustive,
+            "budget_seconds": self.budget,
+            "members_run": sum(not m.skipped for m in self.members),
             "members": [m.to_json(self.samples) for m in self.members],
         }
 
@@ -126,6 +131,7 @@ def run_ensemble(
     world: World | None = None,
     checkpoint: Checkpoint | None = None,
     part: str = "ensemble",
+    budget: float | None = None,
 ) -> EnsembleResult:
     """Run ``members`` against ``target`` on ``data``; returns the per-sample worst case.
 
@@ -141,6 +147,11 @@ def run_ensemble(
 
     With ``checkpoint``, the per-sample results so far are saved under ``part`` (one file per
     process) periodically and on a requested stop; a resumed run skips the chunks already done.
+
+    ``budget`` (seconds) caps the time: after the first chunk, the ensemble keeps the longest
+    prefix of ``members`` whose time on that chunk, times the number of chunks, fits the budget
+    (at least the first member), and drops the rest for every sample, the first chunk's included,
+    so that all samples face the same members. Order presets strongest first for this reason.
     """
     check_eps(eps)
     if not members:
@@ -150,6 +161,9 @@ def run_ensemble(
             "a transfer member needs the source ANN (ann.ir in the compile directory)"
         )
     current = world or World()
+    if budget is not None and (budget <= 0 or current.distributed):
+        raise ConfigError("a time budget must be positive and needs a single process "
+                          "(each process would cut the ensemble at a different member)")
     samples = len(data)
     chunks = [
         (start, min(start + batch_size, samples))
@@ -164,11 +178,12 @@ def run_ensemble(
         "attacked": torch.zeros(len(members), samples, dtype=torch.bool),
         "broken": torch.zeros(len(members), samples, dtype=torch.bool),
         "seconds": [0.0] * len(members),
+        "kept": len(members),
     }
     saved = checkpoint.load(part) if checkpoint is not None else None
     if saved is not None:
         _check_resumable(saved, state, part)
-        state = saved
+        state = {"kept": len(members)} | saved
         restore_rng(saved["rng"])
     with frozen(target), frozen(source), deferring_signals(checkpoint):
         bar = tqdm(chunks, desc=desc, leave=False, initial=state["chunks_done"],
@@ -176,8 +191,10 @@ def run_ensemble(
         for position, (lo, hi) in enumerate(chunks):
             if position < state["chunks_done"]:
                 continue
-            _attack_chunk(state, members, target, source, data, lo, hi, eps, timesteps,
-                          num_classes, batch_size, exhaustive, seed)
+            _attack_chunk(state, members[: state["kept"]], target, source, data, lo, hi, eps,
+                          timesteps, num_classes, batch_size, exhaustive, seed)
+            if position == 0 and budget is not None:
+                _apply_budget(state, budget, len(chunks))
             state["chunks_done"] = position + 1
             bar.update(1)
             bar.set_postfix(robust=f"{int(_robust_mask(state)[:hi].sum())}/{hi}")
@@ -204,9 +221,25 @@ def run_ensemble(
                 seconds=seconds[index],
                 standalone_robust=int((clean & ~broken[index]).sum()) if exhaustive else None,
                 broken_mask=broken[index].clone(),
+                skipped=index >= state["kept"],
             )
         )
-    return EnsembleResult(eps, samples, int(clean.sum()), robust, results, exhaustive)
+    return EnsembleResult(eps, samples, int(clean.sum()), robust, results, exhaustive, budget)
+
+
+def _apply_budget(state: dict, budget: float, chunks: int) -> None:
+    """Keep the members whose projected time over all ``chunks`` fits ``budget``; forget what the
+    others did on the first chunk."""
+    total, kept = 0.0, 0
+    for seconds in state["seconds"][: state["kept"]]:
+        total += seconds * chunks
+        if total > budget and kept > 0:
+            break
+        kept += 1
+    state["kept"] = kept
+    state["attacked"][kept:] = False
+    state["broken"][kept:] = False
+    state["seconds"][kept:] = [0.0] * (len(state["seconds"]) - kept)
 
 
 def _attack_chunk(

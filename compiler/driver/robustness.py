@@ -59,6 +59,7 @@ class RobustnessConfig:
     curve_samples: int = 200
     seed: int = 0
     device: str = "auto"
+    budget: float | None = None  # seconds for the SNN ensemble (see run_ensemble)
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -69,6 +70,8 @@ class RobustnessConfig:
             raise ConfigError(f"the number of samples must be positive, got {self.samples}")
         if self.batch_size <= 0 or self.curve_samples <= 0:
             raise ConfigError("batch size and curve samples must be positive")
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"--budget is in seconds and must be positive, got {self.budget}")
         base_attack(self.base_attack)
 
 
@@ -123,6 +126,7 @@ def evaluate_robustness(
         world=world,
         checkpoint=checkpoint,
         part="snn_ensemble",
+        budget=cfg.budget,
         **common,
     )
     diagnostics = diagnose(

@@ -63,13 +63,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "before it"
         + (
             " (exhaustive: every member attacks every clean-correct sample)." if exhaustive else "."
-        ),
+        )
+        + _budget_note(snn),
         "",
         header + (" alone |" if exhaustive else ""),
         "|---|---|---|---|---|" + ("---|" if exhaustive else ""),
     ]
     for i, m in enumerate(snn["members"], 1):
         broken = f"{m['broken']}" + (" (none)" if m["attacked"] and not m["broken"] else "")
+        if m.get("skipped"):
+            broken = "skipped (budget)"
         row = (
             f"| {i} | {m['label']} | {m['attacked']} | {broken} | "
             f"{_pct(m['robust_accuracy_after'])} |"
@@ -99,7 +102,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if diag["accuracy_vs_steps"]:
         lines += [
             "",
-            f"Convergence: accuracy vs PGD steps at ε = {eps:.4g} ({diag['curve_member']}, the "
+            f"Convergence: accuracy vs attack iterations at ε = {eps:.4g} ({diag['curve_member']}, the "
             "member that broke the most samples); it must not rise, and a warning says when it "
             "is still falling at the last point:",
             "",
@@ -128,6 +131,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "  or Square beating the white-box members, makes the verdict NOT TRUSTWORTHY.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _budget_note(snn: dict[str, Any]) -> str:
+    if snn.get("budget_seconds") is None:
+        return ""
+    run, total = snn["members_run"], len(snn["members"])
+    if run == total:
+        return f" A time budget of {snn['budget_seconds']:g} s allowed every member."
+    return (f" A time budget of {snn['budget_seconds']:g} s allowed the first {run} of {total} "
+            "members: the worst case is over those alone, a bound from above.")
 
 
 def _memory_line(peak: dict[str, Any] | None) -> list[str]:
@@ -176,7 +189,7 @@ def render_plot(report: dict[str, Any]) -> bytes:
         right.set_xticks(steps, [str(s) for s in steps])
         right.minorticks_off()
     right.set(
-        xlabel="PGD steps",
+        xlabel="attack iterations",
         ylabel="accuracy (%)",
         ylim=(-2, 102),
         title=f"Robust accuracy vs steps (ε={report['eps']:.3g})",

@@ -128,10 +128,38 @@ def test_a_curve_still_falling_at_its_last_step_count_is_a_warning_not_masking()
     _judge(diag, result, 10, [], steps_masks)
     assert not diag.masking
     assert diag.warnings == ["the attack has not converged: accuracy still falls from 70.0% at "
-                             "100 PGD steps to 58.0% at 200 steps, so the worst case may be lower "
-                             "still; attack with more steps before quoting it"]
+                             "100 steps to 58.0% at 200 steps (PGD / triangle γ=1), so the worst "
+                             "case may be lower still; attack with more steps before quoting it"]
     flat = [(100, at_200.clone()), (200, at_200.clone())]
     flat[1][1][42] = False  # one sample more: within what chance allows
     quiet = Diagnostics({}, "x", [], [], 100)
     _judge(quiet, result, 10, [], flat)
     assert quiet.warnings == []
+
+
+def test_a_time_budget_keeps_a_prefix_of_members_for_every_sample(snn, samples):
+    first_alone = run_ensemble(snn, samples, DETERMINISTIC[:1], EPS, 8, 10, batch_size=16)
+    tight = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, batch_size=16, budget=1e-9)
+    assert [m.skipped for m in tight.members] == [False, True, True]
+    assert [m.attacked for m in tight.members[1:]] == [0, 0]  # nor on the first chunk
+    assert torch.equal(tight.robust_mask, first_alone.robust_mask)
+    report = tight.to_json()
+    assert report["budget_seconds"] == 1e-9 and report["members_run"] == 1
+    ample = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, batch_size=16, budget=1e9)
+    everyone = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, batch_size=16)
+    assert not any(m.skipped for m in ample.members)
+    assert torch.equal(ample.robust_mask, everyone.robust_mask)
+    with pytest.raises(ConfigError, match="budget must be positive"):
+        run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, budget=0)
+
+
+def test_the_convergence_curve_runs_the_strongest_member_itself(snn, samples):
+    apgd = Member(AttackSpec("apgd-ce", steps=4), GradientMode.parse("triangle:1:detach"))
+    masked = Member(AttackSpec("pgd", steps=4), GradientMode("bptt", Surrogate("none")))
+    result = run_ensemble(snn, samples, [masked, apgd], EPS, 8, 10)
+    assert result.members[1].broken > result.members[0].broken
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=32, curve_steps=(2, 4))
+    assert diag.curve_member == "APGD-CE / triangle γ=1, detached reset"
+    assert [s for s, _ in diag.steps_curve] == [2, 4]
+    alone = run_ensemble(snn, samples.head(32), [apgd], EPS, 8, 10)  # the curve's 4-step point
+    assert diag.steps_curve[-1][1] == pytest.approx(float(alone.robust_mask.float().mean()))

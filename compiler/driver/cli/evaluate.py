@@ -32,6 +32,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
     attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
+    budget: Annotated[Optional[float], typer.Option(help="Seconds for the SNN ensemble: after the first batch, the members past what fits are skipped for every sample (the presets run strongest first); the report names them.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
     ir: Annotated[str, typer.Option("--ir", help="Which SNN of the directory to attack: snn.ir, or the target-adapted snn_<target>.ir (its report goes to robustness_<target>.*).")] = "snn.ir",
     nproc: NprocOpt = 1,
@@ -48,7 +49,8 @@ def eval_cmd(
 
     def config(dev: str) -> RobustnessConfig:
         return RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
-                                base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev)
+                                base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev,
+                                budget=budget)
 
     def check() -> None:
         from spikeshield.compiler.driver.robustness import check_ir_name, eval_chunks
