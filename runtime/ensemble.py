@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
@@ -186,7 +186,7 @@ def run_ensemble(
         state = {"kept": len(members)} | saved
         restore_rng(saved["rng"])
     with frozen(target), frozen(source), deferring_signals(checkpoint):
-        bar = tqdm(chunks, desc=desc, leave=False, initial=state["chunks_done"],
+        bar = progress_bar(chunks, desc=desc, leave=False, initial=state["chunks_done"],
                    disable=None if current.is_main else True)
         for position, (lo, hi) in enumerate(chunks):
             if position < state["chunks_done"]:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 from spikeshield.compiler.ir.ops import IF
 from spikeshield.runtime.data import Dataset
@@ -36,7 +36,7 @@ def accuracy_of(
 ) -> float:
     correct = 0
     with torch.no_grad():
-        for x, y in tqdm(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
+        for x, y in progress_bar(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
                          desc=desc, leave=False, disable=None):
             correct += int((predict(x).argmax(dim=1) == y).sum())
     return correct / max(1, len(data))
@@ -57,7 +57,7 @@ def evaluate_graph(
     totals = {n: 0.0 for n in spiking}
     correct = 0
     with torch.no_grad():
-        for x, y in tqdm(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
+        for x, y in progress_bar(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
                          desc=f"evaluating T={timesteps}" if timesteps else "evaluating ANN",
                          leave=False, disable=None):
             logits = executor(x, timesteps, record=bool(spiking))

@@ -39,7 +39,7 @@ from spikeshield.runtime.objectives import (
 from spikeshield.runtime.data import DataSplits
 from torch import nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 PRUNE_METHODS = ("hydra", "magnitude")
 BUDGETS = ("global", "layer")
@@ -269,7 +269,7 @@ def prune_module(
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count * steps)
         best, best_epoch, best_state = -math.inf, 0, None
         for epoch in range(1, count + 1):
-            bar = tqdm(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
+            bar = progress_bar(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
                                      device=device),
                        total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
                        leave=False, disable=None)

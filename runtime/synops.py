@@ -47,7 +47,7 @@ from spikeshield.compiler.ir.ops import (
 )
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 def connectivity(op: Op, dense: bool = False) -> torch.Tensor:
     """The 0/1 synapse kernel of a layer: ``weight != 0`` (all ones with ``dense``)."""
@@ -182,7 +182,7 @@ def count_synops(
     counts.neurons = {n: int(torch.tensor(graph.shape(n)).prod()) for n in graph.nodes_of(IF)}
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for x, _ in tqdm(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
+        for x, _ in progress_bar(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
                          desc=f"counting SynOps T={timesteps}", leave=False, disable=None):
             tracker = _EventTracker(graph, counts)
             executor(x, timesteps, observe=tracker, generator=generator)

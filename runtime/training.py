@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
@@ -136,7 +136,7 @@ def train_robust(
             batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
                                     rank=current.rank, processes=current.size,
                                     skip=progress.batches)
-            bar = tqdm(batches, total=steps_per_epoch, initial=progress.batches,
+            bar = progress_bar(batches, total=steps_per_epoch, initial=progress.batches,
                        desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})", leave=False,
                        disable=None if current.is_main else True)
             loss = robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from tqdm.auto import tqdm
+from spikeshield.runtime.progress import progress_bar
 
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
@@ -234,7 +234,7 @@ def finetune_robust(
     with deferring_signals(checkpoint):
         for epoch in range(done_epochs + 1, cfg.epochs + 1):
             started = time.perf_counter()
-            bar = tqdm(
+            bar = progress_bar(
                 train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
                               rank=current.rank, processes=current.size, skip=progress.batches),
                 total=steps_per_epoch,
