@@ -39,6 +39,8 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
                         f"epochs) | {_pct(snn_r['accuracy_before_finetuning'])} |"]
     rob = report.get("robustness")
     if rob is not None:
+        from spikeshield.compiler.driver.robustness import robustness_files
+
         lines += [
             f"## Robustness (ε = {rob['eps']:.4g}, preset `{rob['preset']}`, {rob['samples']} samples)",
             "",
@@ -58,7 +60,7 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
             rob["verdict"],
             "",
             "Details, per attack member and with the masking diagnostics: robustness.md"
-            + (f" (the deployed form: robustness_{adapted['graph'][4:-3]}.md)." if adapted
+            + (f" (the deployed form: {robustness_files(adapted['graph'])[1]})." if adapted
                else "."),
             "",
         ]

@@ -47,10 +47,7 @@ def _affine_chain(graph: Graph, name: str) -> tuple[list[str], float, float, str
         scale, shift = float(op.scale.flatten()[0]), float(bias.flatten()[0])
         a, b = scale * a, scale * b + shift
         chain.append(node)
-        following = _only_consumer(graph, node)
-        if following is None:
-            return chain, a, b, ""
-        node = following
+        node = _only_consumer(graph, node)
     return (chain, a, b, node or "") if chain else None
 
 
