@@ -32,6 +32,12 @@ def reset_summary(graph: Graph) -> str:
     return modes.pop() if len(modes) == 1 else ("mixed" if modes else "none")
 
 
+def initial_potential_summary(graph: Graph) -> float | str:
+    """The IF neurons' initial potential as a fraction of the threshold, or ``mixed``."""
+    fractions = {float(graph.op(n).v_init) for n in graph.nodes_of(IF)}
+    return fractions.pop() if len(fractions) == 1 else ("mixed" if fractions else 0.0)
+
+
 def graph_description(graph: Graph) -> dict[str, Any]:
     """How to run ``graph``: the informational metadata both exports carry."""
     spec = graph.run_spec()
@@ -40,6 +46,7 @@ def graph_description(graph: Graph) -> dict[str, Any]:
         "dt": 1.0,
         "timesteps": spec.timesteps,
         "reset": reset_summary(graph),
+        "v_init": initial_potential_summary(graph),
         "encoding": spec.encoding,
         "input_range": list(spec.input_range or (0.0, 1.0)),
     }

@@ -17,9 +17,11 @@ avgpool2d          ``AvgPool2d`` (no padding); with zero padding counted: ``SumP
 flatten            ``Flatten(start_dim=0)``: NIR shapes have no batch and no time
 sum                nothing: NIR sums all edges that enter a node (residual fan-in)
 if, reset zero     ``IF(r=1, v_threshold, v_reset=0)``, full-shape float32 arrays
-if, subtract       ``I(r=1)`` -> ``Threshold(theta)`` -> ``Scale(-theta)`` fed back into the ``I``:
-                   the recurrent edge carries the previous step's spikes, so
-                   ``v[t] = v[t-1] + x[t] - theta * s[t-1]`` and ``s[t] = v[t] > theta``
+                   (an initial potential cannot be written: NIR's IF state starts at zero)
+if, subtract       ``I(r=1)`` -> ``Threshold(theta - v0)`` -> ``Scale(-theta)`` fed back into the
+                   ``I``: the recurrent edge carries the previous step's spikes, so
+                   ``v[t] = v[t-1] + x[t] - theta * s[t-1]`` and ``s[t] = v[t] > theta - v0``: the
+                   integrator holds the membrane minus its initial value ``v0 = v_init * theta``
 output             ``I(r=1)`` -> ``Output``: after T steps the integrator holds the sum of the
                    output layer's input; the runtime's logits are that state divided by T
 =================  ===========================================================================
@@ -191,6 +193,8 @@ def _flatten(b: _NirBuilder, name: str, op: Flatten) -> None:
 def _if(b: _NirBuilder, name: str, op: IF) -> None:
     shape = b.graph.shape(name)
     theta = full_shape(op.threshold, shape)
+    # The runtime's initial membrane, in float32 as it computes it (v_init * threshold).
+    v0 = full_shape(op.v_init * op.threshold.detach().float(), shape)
     if op.reset == "zero":
         neuron = nir.IF(
             r=np.ones(shape, np.float32), v_threshold=theta, v_reset=np.zeros(shape, np.float32)
@@ -200,7 +204,7 @@ def _if(b: _NirBuilder, name: str, op: IF) -> None:
     b.chain(
         name,
         (name, nir.I(r=np.ones(shape, np.float32))),
-        (name + THRESHOLD_SUFFIX, nir.Threshold(threshold=theta)),
+        (name + THRESHOLD_SUFFIX, nir.Threshold(threshold=theta - v0)),
     )
     reset = b.add(name + RESET_SUFFIX, nir.Scale(scale=-theta), name)
     b.edges += [(name + THRESHOLD_SUFFIX, reset), (reset, name)]
@@ -243,6 +247,10 @@ def unsupported_nodes(graph: Graph) -> list[str]:
                 type(op), f"supported ops: {', '.join(c.kind for c in CONVERTERS)}"
             )
             problems.append(f"node {name!r} ({op.kind}): {hint}")
+        elif isinstance(op, IF) and op.reset == "zero" and op.v_init:
+            problems.append(f"node {name!r} (if): NIR's IF starts at zero and cannot hold an "
+                            f"initial potential (v_init={op.v_init}); reset by subtraction can "
+                            "(pass set_reset_mode, or --reset subtract)")
     if not graph.nodes_of(IF):
         problems.append(f"graph {graph.name!r} has no IF neurons: NIR export is for spiking graphs")
     return problems

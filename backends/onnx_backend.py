@@ -6,7 +6,9 @@ only the convolution and matrix kernels of onnxruntime may round differently, se
 - ``step`` (the deployment contract): one time step. Inputs ``input`` (N, *shape) for this step, the
   membrane potential ``v__<layer>`` of every IF layer and the running output sum ``readout``; outputs
   ``v_next__<layer>``, ``spikes__<layer>``, ``readout_next`` and ``output_step``. Start every state at
-  zero; after T steps the logits are ``readout / T``.
+  zero, except the membrane of a layer with an initial potential: it starts at ``v_init x threshold``,
+  which the graph also outputs as ``v_init__<layer>`` (shaped to broadcast over the state); after T
+  steps the logits are ``readout / T``.
 - ``unrolled``: a fixed T. Input ``input`` (N, *shape) under direct encoding (the same frame every
   step) or (T, N, *shape) of input spikes under Poisson encoding; outputs ``logits`` (N, classes) and
   ``spike_count__<layer>`` (N,): spikes per sample summed over neurons and steps. Values that do not
@@ -15,7 +17,8 @@ only the convolution and matrix kernels of onnxruntime may round differently, se
 An ANN graph (no IF) exports as a plain forward graph: ``input`` -> ``logits``.
 
 IF update, as :class:`spikeshield.compiler.ir.ops.IF`: ``u = v + x``; ``s = float(u > theta)``;
-``v' = u * (1 - s)`` (reset zero) or ``v' = u - theta * s`` (subtract).
+``v' = u * (1 - s)`` (reset zero) or ``v' = u - theta * s`` (subtract); the unrolled form starts
+each membrane at ``v_init x threshold`` (a constant), as the runtime does.
 """
 
 from __future__ import annotations
@@ -183,6 +186,14 @@ def _if_update(b: _OnnxBuilder, name: str, op: IF, x: str, v: str | None) -> tup
     return s, v_next
 
 
+def _initial_state(b: _OnnxBuilder, name: str, op: IF) -> str | None:
+    """The constant a layer's membrane starts from (``v_init x threshold``), None for zero."""
+    if not op.v_init:
+        return None
+    ndim = len(b.graph.shape(name)) + 1
+    return b.channel(f"{name}.v_init", op.v_init * op.threshold.detach().float(), ndim)
+
+
 def _temporal_nodes(graph: Graph, encoding: str) -> set[str]:
     """Nodes whose value changes from step to step: downstream of an IF, or of Poisson input."""
     temporal: set[str] = set()
@@ -297,13 +308,20 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
             )
             outputs.append(_value_info(f"v_next__{n}", [BATCH, *graph.shape(n)]))
             outputs.append(_value_info(f"spikes__{n}", [BATCH, *graph.shape(n)]))
+            start = _initial_state(b, n, graph.op(n))
+            if start is not None:
+                b.nodes.append(
+                    helper.make_node("Identity", [start], [f"v_init__{n}"], name=f"v_init__{n}")
+                )
+                dims = [graph.op(n).threshold.numel()] + [1] * (len(graph.shape(n)) - 1)
+                outputs.append(_value_info(f"v_init__{n}", dims))
         outputs += [
             _value_info("readout_next", [BATCH, *out_shape]),
             _value_info("output_step", [BATCH, *out_shape]),
         ]
     else:
         poisson = encoding == "poisson"
-        states = {n: None for n in ifs}
+        states = {n: _initial_state(b, n, graph.op(n)) for n in ifs}
         per_step_out, counts = [], {n: [] for n in ifs}
         for t in range(steps):
             x = (
@@ -346,7 +364,9 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
         {"form": form if spiking else "ann", "timesteps": steps if spiking else 0, "opset": OPSET}
     )
     if spiking and form == "step":
-        meta["contract"] = "states start at 0; after T steps logits = readout / T"
+        meta["contract"] = (
+            "states start at 0 (a membrane with an initial potential at its v_init__<layer> "
+            "output); after T steps logits = readout / T")
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=str(value))
     onnx.checker.check_model(model, full_check=True)

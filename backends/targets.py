@@ -50,6 +50,7 @@ class TargetProfile:
         "if",
     )
     reset_modes: tuple[str, ...] = ("zero", "subtract")
+    initial_potential: bool = True  # neurons can start from a set membrane potential (v_init)
     weight_bits: int | None = None  # signed integer weights with one scale per layer
     bias: bool = True
     encodings: tuple[str, ...] = ("direct", "poisson")  # direct = analog input to the first layer
@@ -116,6 +117,7 @@ TARGETS: dict[str, TargetProfile] = {
         "SynSense Speck (DYNAP-CNN) via Sinabs: integrate-and-fire conv cores, event "
         "(spike) input only, 8-bit weights, 9 layers, each sending to at most 2 layers",
         ops=("input", "output", "conv2d", "avgpool2d", "flatten", "sum", "if"),
+        initial_potential=False,
         weight_bits=8,
         encodings=("poisson",),
         max_destinations=2,
@@ -128,6 +130,7 @@ TARGETS: dict[str, TargetProfile] = {
         "neurons, no convolution",
         ops=("input", "output", "linear", "flatten", "sum", "if"),
         reset_modes=("subtract",),
+        initial_potential=False,
         weight_bits=8,
         encodings=("poisson",),
         max_neurons=1000,
@@ -281,6 +284,16 @@ def _node_violations(graph: Graph, name: str, profile: TargetProfile) -> list[Vi
                     f"reset {op.reset!r}; {profile.name} resets by {'/'.join(profile.reset_modes)}",
                     f"switch the reset to {profile.reset_modes[0]}",
                     ("set_reset_mode", {"reset": profile.reset_modes[0]}),
+                )
+            )
+        if op.v_init and not profile.initial_potential:
+            out.append(
+                Violation(
+                    name,
+                    "initial_potential",
+                    f"initial potential {op.v_init} x threshold; {profile.name}'s neurons start at 0",
+                    "start the membranes at zero",
+                    ("set_initial_potential", {"v_init": 0.0}),
                 )
             )
         size = math.prod(graph.shape(name))

@@ -176,6 +176,27 @@ def _per_channel(values: Any, what: str, node: str) -> torch.Tensor:
     return vector[:1].clone() if torch.equal(vector, vector[:1].expand_as(vector)) else vector
 
 
+def _is_reset_scale(scale: Any, threshold: Any) -> bool:
+    """Whether ``Scale(scale)`` after ``Threshold(threshold)`` subtracts a threshold ``-scale`` from
+    an integrator that started ``-scale - threshold`` (in [0, -scale)) below the membrane."""
+    theta, fire_at = -np.asarray(scale, np.float64), np.asarray(threshold, np.float64)
+    return (theta.shape == fire_at.shape or theta.size == 1 or fire_at.size == 1) and bool(
+        np.all(fire_at > 0) and np.all(fire_at <= theta))
+
+
+def _v_init(threshold: torch.Tensor, fire_at: torch.Tensor, node: str) -> float:
+    """The initial potential (a fraction of ``threshold``) of a reset loop that fires at
+    ``fire_at`` = threshold - v0; one fraction per layer."""
+    fractions = 1.0 - fire_at.double() / threshold.double()
+    fraction = float(fractions.mean())
+    if float((fractions - fraction).abs().max()) > 1e-6:
+        raise IRValidationError(
+            f"NIR node {node!r}: the reset loop's initial potential is not one fraction of the "
+            "threshold across channels; spikeshield holds one per layer"
+        )
+    return 0.0 if abs(fraction) < 1e-7 else fraction
+
+
 def _pair(value: Any) -> tuple[int, int]:
     a = np.atleast_1d(np.asarray(value)).astype(int)
     return (int(a[0]), int(a[-1]))
@@ -229,9 +250,7 @@ class NirLowering(Lowering):
                         isinstance(rnode, nir.Scale)
                         and list(dg.successors(reset)) == [name]
                         and list(dg.predecessors(reset)) == [thr]
-                        and np.array_equal(
-                            np.asarray(rnode.scale), -np.asarray(self.nir.nodes[thr].threshold)
-                        )
+                        and _is_reset_scale(rnode.scale, self.nir.nodes[thr].threshold)
                     ):
                         back_edges.add((reset, name))
                         self.fused[thr] = self.fused[reset] = name
@@ -378,8 +397,11 @@ def _integrator(lw: NirLowering, name: str, node: nir.I, inputs, dg) -> str:
     loop = [s for s in dg.successors(name) if lw.fused.get(s) == name]
     if loop:  # I -> Threshold -> Scale(-theta) -> I: IF with reset by subtraction
         threshold_node = next(s for s in loop if isinstance(lw.nir.nodes[s], nir.Threshold))
-        threshold = _per_channel(lw.nir.nodes[threshold_node].threshold, "threshold", name)
-        return lw._chain(name, _gain(lw, name, node.r) + [("", IF(threshold, "subtract"))], inputs)
+        scale_node = next(s for s in dg.successors(threshold_node) if lw.fused.get(s) == name)
+        threshold = -_per_channel(lw.nir.nodes[scale_node].scale, "scale", name)
+        fire_at = _per_channel(lw.nir.nodes[threshold_node].threshold, "threshold", name)
+        neuron = IF(threshold, "subtract", _v_init(threshold, fire_at, name))
+        return lw._chain(name, _gain(lw, name, node.r) + [("", neuron)], inputs)
     consumers = [lw.nir.nodes[s] for s in dg.successors(name)]
     if not consumers or not all(isinstance(c, nir.Output) for c in consumers):
         raise IRValidationError(

@@ -238,7 +238,7 @@ class GraphExecutor(nn.Module):
     ) -> tuple[torch.Tensor, IFState]:
         mode = self.gradient_mode
         params = IFParameters(self._threshold(name, value), op.reset, mode.surrogate,
-                              mode.detach_reset)
+                              mode.detach_reset, op.v_init)
         return if_scan_from(value.data, params, None if value.temporal else steps, state)
 
     def _threshold(self, name: str, value: _Value) -> torch.Tensor:
@@ -307,11 +307,13 @@ class GraphExecutor(nn.Module):
         mode = self.gradient_mode
         steps = None if value.temporal else timesteps
         if mode.kind == "bptt":
-            params = IFParameters(threshold, op.reset, mode.surrogate, mode.detach_reset)
+            params = IFParameters(threshold, op.reset, mode.surrogate, mode.detach_reset,
+                                  op.v_init)
             return if_scan(value.data, params, steps)
         # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
         with torch.no_grad():
-            params = IFParameters(threshold.detach(), op.reset, Surrogate("none"))
+            params = IFParameters(threshold.detach(), op.reset, Surrogate("none"),
+                                  v_init=op.v_init)
             spikes = if_scan(value.data, params, steps)
         return rate_gradient_spikes(spikes, value.data, threshold, mode.kind)
 

@@ -21,7 +21,8 @@ from spikeshield.runtime.surrogates import Surrogate, spike
 
 @dataclass(frozen=True)
 class IFParameters:
-    """``threshold`` broadcastable to the layer's state; ``reset`` is ``"zero"`` or ``"subtract"``.
+    """``threshold`` broadcastable to the layer's state; ``reset`` is ``"zero"`` or ``"subtract"``;
+    a scan that starts without a state starts from :meth:`initial_state`.
 
     ``detach_reset`` changes only gradients: the reset's subtraction (``v * s`` or ``threshold * s``)
     is treated as a constant, so the membrane passes its gradient through a spike unchanged, as a
@@ -32,6 +33,15 @@ class IFParameters:
     reset: str = "zero"
     surrogate: Surrogate = Surrogate()
     detach_reset: bool = False
+    v_init: float = 0.0  # initial membrane potential, as a fraction of the threshold
+
+    def initial_state(self, shape: torch.Size, like: torch.Tensor) -> IFState:
+        """The membrane before the first step: ``v_init * threshold`` everywhere (zero by default).
+        Gradients reach the threshold through it."""
+        v = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if self.v_init:
+            v = v + self.v_init * self.threshold.to(like.dtype)
+        return IFState(v)
 
 
 class IFState(NamedTuple):
@@ -63,7 +73,7 @@ def if_scan_stepwise(
     constant = timesteps is not None
     steps = timesteps if constant else currents.shape[0]
     first = currents if constant else currents[0]
-    state = IFState(torch.zeros_like(first))
+    state = p.initial_state(first.shape, first)
     out = []
     for t in range(steps):
         s, state = if_step(currents if constant else currents[t], state, p)
@@ -73,7 +83,8 @@ def if_scan_stepwise(
 
 def if_scan(currents: torch.Tensor, p: IFParameters, timesteps: int | None = None) -> torch.Tensor:
     """Spikes ``(T, N, ...)`` for input currents ``(T, N, ...)``; a current of shape ``(N, ...)``
-    is held constant for ``timesteps`` steps. The membrane starts at zero. Gradients (to the
+    is held constant for ``timesteps`` steps. The membrane starts at ``v_init * threshold``
+    (:meth:`IFParameters.initial_state`). Gradients (to the
     currents and to the threshold) are those of stepping :func:`if_step` through time."""
     return if_scan_from(currents, p, timesteps)[0]
 
@@ -84,13 +95,16 @@ def if_scan_from(
     timesteps: int | None = None,
     state: IFState | None = None,
 ) -> tuple[torch.Tensor, IFState]:
-    """:func:`if_scan` starting from ``state`` (zero membrane if None); also returns the state after
+    """:func:`if_scan` starting from ``state`` (the initial state if None); also returns the state after
     the last step, so that a long sequence can run in blocks of steps. Gradients flow through the
     carried state as through the steps inside a block."""
     steps = timesteps if timesteps is not None else currents.shape[0]
     if steps <= 0:
         raise ValueError(f"an IF scan needs at least one time step, got {steps}")
     threshold = p.threshold.to(currents.dtype)
+    if state is None and p.v_init:
+        state = p.initial_state(currents.shape if timesteps is not None else currents.shape[1:],
+                                currents)
     v0 = None if state is None else state.v
     tracked = [currents, threshold] + ([] if v0 is None else [v0])
     if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):

@@ -28,7 +28,7 @@ def option(default: Any, help: str, *flags: str) -> Any:
 
 
 TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
-               "Repairable violations (weight bits, biases, reset, encoding) are repaired and the "
+               "Repairable violations (weight bits, biases, reset, initial potential, encoding) are repaired and the "
                "accuracy re-measured; others are an error.")
 
 
@@ -38,6 +38,9 @@ class CompileConfig:
 
     timesteps: int = option(8, "Simulation time steps T.", "--timesteps", "-T")
     reset: str = option("zero", "IF reset: zero or subtract.")
+    v_init: float = option(
+        0.0, "Initial membrane potential, a fraction of the threshold in [0, 1) (0.5 rounds "
+        "instead of flooring).")
     threshold_mode: str = option("layer", "Thresholds per layer or per channel.")
     batchnorm: str = option("fold", "fold into conv/linear, or keep as affine.")
     calibration: str = option("percentile", "percentile or max of the input current.")
@@ -99,7 +102,7 @@ class CompileConfig:
     def validate(self) -> None:
         from spikeshield.backends.targets import load_target
         from spikeshield.compiler.driver.export import parse_formats
-        from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+        from spikeshield.compiler.ir.ops.neurons import RESET_MODES, valid_v_init
         from spikeshield.compiler.passes.calibrate_thresholds import CALIBRATION_MODES
         from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
         from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
@@ -122,6 +125,8 @@ class CompileConfig:
         for what, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        if not valid_v_init(self.v_init):
+            raise ConfigError(f"--v-init is a fraction of the threshold in [0, 1), got {self.v_init}")
         if self.threshold_scale is not None and not self.threshold_scale > 0:
             raise ConfigError(f"threshold scale must be positive, got {self.threshold_scale}")
         if self.batch_size <= 0 or self.calibration_batches <= 0:

@@ -2,7 +2,7 @@
 
 ``export_graph`` is what ``spikeshield export`` and ``spikeshield compile --export`` run. For a target
 other than ``generic`` the graph is checked against the target profile; violations a pass can repair
-(weight precision, biases, reset mode, input encoding, bias-free scales) are repaired, the clean
+(weight precision, biases, reset mode, initial potential, input encoding, bias-free scales) are repaired, the clean
 accuracy is measured before and after on the same test images, and anything left that the target
 cannot run is one error listing every violation, before any file is written.
 """
@@ -36,7 +36,8 @@ FORMATS: dict[str, tuple[str, Any]] = {
     "onnx-step": ("snn_step.onnx", lambda g, p, t: write_onnx(g, p, "step", t)),
 }
 # The order repairs run in: quantisation last, so that it sees the final weights.
-REPAIR_ORDER = ("set_encoding", "set_reset_mode", "drop_biases", "fold_scales", "quantize_weights")
+REPAIR_ORDER = ("set_encoding", "set_reset_mode", "set_initial_potential", "drop_biases",
+                "fold_scales", "quantize_weights")
 
 
 @dataclass

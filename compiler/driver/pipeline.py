@@ -65,7 +65,8 @@ def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor]
     return [
         ("fuse_clipped_relu", {}),
         ("fold_batchnorm", {"mode": cfg.batchnorm}),
-        ("convert_relu_to_if", {"reset": cfg.reset, "threshold": cfg.threshold_mode}),
+        ("convert_relu_to_if", {"reset": cfg.reset, "threshold": cfg.threshold_mode,
+                                "v_init": cfg.v_init}),
         ("calibrate_thresholds", {
             "data": calibration_data,
             "timesteps": cfg.calibration_timesteps or cfg.timesteps,

@@ -1,7 +1,8 @@
 """Replace every ReLU by an integrate-and-fire neuron.
 
 Precondition: a valid ANN graph. Postcondition: no ``relu`` node remains; each became an ``if`` node
-with the chosen reset and a placeholder threshold of 1 (one per layer, or one per channel), to be set by
+with the chosen reset and initial potential (``v_init``, a fraction of the threshold) and a
+placeholder threshold of 1 (one per layer, or one per channel), to be set by
 ``calibrate_thresholds``. The output layer stays non-spiking: the runtime averages it over time.
 A clipped ReLU's ceiling is kept in ``meta['ceilings']`` (node -> ceiling): calibration caps that
 neuron's threshold there, so that its saturated rate stands for at most the ANN's ceiling.
@@ -14,16 +15,20 @@ import torch
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, ReLU
-from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+from spikeshield.compiler.ir.ops.neurons import RESET_MODES, valid_v_init
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 THRESHOLD_MODES = ("layer", "channel")
 
 
 @register_pass("convert_relu_to_if")
-def convert_relu_to_if(graph: Graph, reset: str = "zero", threshold: str = "layer") -> PassResult:
+def convert_relu_to_if(
+    graph: Graph, reset: str = "zero", threshold: str = "layer", v_init: float = 0.0
+) -> PassResult:
     if reset not in RESET_MODES:
         raise ConfigError(f"reset must be one of {RESET_MODES}, got {reset!r}")
+    if not valid_v_init(v_init):
+        raise ConfigError(f"v_init is a fraction of the threshold in [0, 1), got {v_init!r}")
     if threshold not in THRESHOLD_MODES:
         raise ConfigError(f"threshold mode must be one of {THRESHOLD_MODES}, got {threshold!r}")
     graph = graph.copy()
@@ -33,8 +38,8 @@ def convert_relu_to_if(graph: Graph, reset: str = "zero", threshold: str = "laye
         channels = graph.shape(name)[0] if threshold == "channel" else 1
         if graph.op(name).ceiling is not None:
             ceilings[name] = graph.op(name).ceiling
-        graph.set_op(name, IF(threshold=torch.ones(channels), reset=reset))
-    graph.meta.update({"reset": reset, "threshold_mode": threshold})
+        graph.set_op(name, IF(threshold=torch.ones(channels), reset=reset, v_init=v_init))
+    graph.meta.update({"reset": reset, "threshold_mode": threshold, "v_init": v_init})
     if ceilings:
         graph.meta["ceilings"] = ceilings
     return PassResult(graph, bool(converted), {"converted": converted})

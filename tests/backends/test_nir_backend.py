@@ -152,3 +152,31 @@ def test_ann_and_batchnorm_are_refused_with_the_fix():
     assert "relu" in message and "spikeshield compile" in message
     assert "batchnorm" in message and "fold_batchnorm" in message
     assert "\n" not in message
+
+
+def test_an_initial_potential_moves_the_loops_threshold_and_reads_back():
+    # v_init = 0.5 of theta 0.8: the integrator holds v - 0.4 and fires above 0.8 - 0.4.
+    graph = single_if_graph(threshold=0.8, reset="subtract")
+    graph.set_op("if", graph.op("if").replace(v_init=0.5))
+    graph.meta["timesteps"] = 5
+    g = to_nir(graph)
+    assert np.allclose(g.nodes["if__threshold"].threshold, 0.4)
+    assert np.allclose(g.nodes["if__reset"].scale, -0.8)
+    # Hand-stepped, input 0.3: v = .7, 1.0* -> .2, .5, .8 (strict: no), 1.1* -> 2 spikes, where a
+    # membrane starting at zero reaches .3, .6, .9*, .4, .7: 1 spike.
+    _, counts, _ = NirReference(g).run(torch.tensor([[0.3]]), 5)
+    assert counts["if__threshold"].item() == 2
+    assert GraphExecutor(graph)(torch.tensor([[0.3]]), 5).item() == pytest.approx(2 / 5)
+    back = from_nir(g)
+    (name,) = back.nodes_of(IF)
+    assert back.op(name).v_init == pytest.approx(0.5) and back.op(name).reset == "subtract"
+    assert torch.allclose(back.op(name).threshold, torch.tensor([0.8]))
+
+
+def test_an_initial_potential_with_reset_to_zero_is_refused_in_one_line():
+    graph = single_if_graph(threshold=0.8, reset="zero")
+    graph.set_op("if", graph.op("if").replace(v_init=0.5))
+    with pytest.raises(UnsupportedOpError) as err:
+        to_nir(graph)
+    message = str(err.value)
+    assert "initial potential" in message and "--reset subtract" in message and "\n" not in message

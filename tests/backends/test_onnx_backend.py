@@ -32,12 +32,17 @@ def session(path) -> ort.InferenceSession:
 
 
 def run_step_graph(path, x: np.ndarray, steps: int):
-    """Drive the single-step graph for ``steps`` steps from zero state: logits and per-neuron
-    spike counts of every IF layer."""
+    """Drive the single-step graph for ``steps`` steps as its contract says (states at zero, a
+    membrane with an initial potential at its ``v_init__`` output): logits and per-neuron spike
+    counts of every IF layer."""
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
     feeds = {i.name: np.zeros([len(x), *i.shape[1:]], np.float32) for i in sess.get_inputs()}
     feeds["input"] = x
+    first = dict(zip(names, sess.run(None, feeds)))
+    for key in [k for k in feeds if k.startswith("v__")]:
+        if f"v_init__{key[3:]}" in first:
+            feeds[key] = feeds[key] + first[f"v_init__{key[3:]}"]
     counts = {}
     for _ in range(steps):
         out = dict(zip(names, sess.run(None, feeds)))

@@ -29,6 +29,29 @@ def test_reset_by_subtraction_golden_sequence():
     assert potentials == pytest.approx([0.7, 0.4, 0.1, 0.8])
 
 
+@pytest.mark.parametrize(("reset", "x", "spikes", "potentials"), [
+    # threshold 1, starting at 0.5: 0.8, 1.1 -> spike -> 0.1, 0.4, 0.7, 1.0 (strict: no), 1.3 -> 0.3
+    ("subtract", 0.3, [0, 1, 0, 0, 0, 1], [0.8, 0.1, 0.4, 0.7, 1.0, 0.3]),
+    # 1.1 -> spike -> 0, 0.6, 1.2 -> spike -> 0, 0.6, 1.2 -> spike -> 0
+    ("zero", 0.6, [1, 0, 1, 0, 1, 0], [0.0, 0.6, 0.0, 0.6, 0.0, 0.6]),
+])
+def test_initial_potential_golden_sequence(reset, x, spikes, potentials):
+    # v_init = 0.5 of the threshold: a constant 0.3 fires round(6 * 0.3) = 2 times in 6 steps,
+    # where a membrane starting at zero fires floor(1.8) = 1 time.
+    p = IFParameters(torch.tensor(2.0), reset, v_init=0.5)
+    xs = torch.full((6,), 2 * x)  # threshold 2: the same sequence, in units of 2
+    state, got, values = p.initial_state(torch.Size(()), xs), [], []
+    assert float(state.v) == 1.0
+    for current in xs:
+        s, state = if_step(current, state, p)
+        got.append(float(s))
+        values.append(round(float(state.v) / 2, 6))
+    assert got == spikes
+    assert values == pytest.approx(potentials)
+    assert if_scan(xs, p).tolist() == spikes  # the scan starts from the same state
+    assert if_scan(xs[0], p, timesteps=6).tolist() == spikes
+
+
 def test_matches_norse_iaf_for_reset_to_zero():
     from norse.torch.functional.iaf import IAFFeedForwardState, IAFParameters, iaf_feed_forward_step
 
@@ -58,13 +81,15 @@ def _scan_inputs(constant: bool, per_channel: bool, seed: int = 0):
     return currents, threshold
 
 
+@pytest.mark.parametrize("v_init", [0.0, 0.5])
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
 @pytest.mark.parametrize("constant", [True, False])
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("surrogate", [("triangle", 1.0), ("exponential", 2.0), ("straight_through", 1.0), ("rectangular", 0.5)])
 def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, constant, per_channel,
-                                                                    surrogate, detach_reset):
+                                                                    surrogate, detach_reset,
+                                                                    v_init):
     # The fused scan's hand-written BPTT must equal autograd through if_step, to the last bits of
     # float64, for the currents and the threshold, through both resets.
     from spikeshield.runtime.neurons import if_scan_stepwise
@@ -74,7 +99,7 @@ def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, cons
     results = []
     for scan in (if_scan, if_scan_stepwise):
         currents, threshold = _scan_inputs(constant, per_channel)
-        p = IFParameters(threshold, reset, Surrogate(*surrogate), detach_reset)
+        p = IFParameters(threshold, reset, Surrogate(*surrogate), detach_reset, v_init)
         spikes = scan(currents, p, steps)
         weights = torch.linspace(-1, 1, spikes.numel(), dtype=spikes.dtype).view_as(spikes)
         (spikes * weights).sum().backward()

@@ -18,6 +18,12 @@ def valid_ceiling(value: object) -> bool:
             and math.isfinite(value) and value > 0)
 
 
+def valid_v_init(value: object) -> bool:
+    """Whether ``value`` can be an IF neuron's initial potential: a fraction in [0, 1)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0.0 <= value < 1.0)
+
+
 @register_op("relu")
 @dataclass(eq=False)
 class ReLU(Op):
@@ -44,13 +50,15 @@ class ReLU(Op):
 class IF(Op):
     """Integrate-and-fire neuron, no leak, one update per time step (dt = 1 step)::
 
-        v[t] = v[t-1] + x[t]                      (v[-1] = 0 at every forward pass)
+        v[t] = v[t-1] + x[t]                      (v[-1] = v_init * threshold at every pass)
         s[t] = 1 if v[t] > threshold else 0       (strict, as NIR's IF; spikes are binary)
         v[t] = v[t] * (1 - s[t])                  reset="zero"
         v[t] = v[t] - threshold * s[t]            reset="subtract"
 
     ``threshold``: ``(1,)`` (one per layer) or ``(C,)`` (one per channel, channel dim 0), in the units
-    of the input current ``x``.
+    of the input current ``x``. ``v_init``: the initial membrane potential as a fraction of the
+    threshold, in [0, 1). At 0.5 a constant current's spike count is rounded instead of floored
+    (``round(T x / threshold)`` rather than ``floor``), which halves the conversion error at low T.
     """
 
     conversion = "already spiking"
@@ -58,9 +66,12 @@ class IF(Op):
 
     threshold: torch.Tensor = tensor_field()
     reset: str = "zero"
+    v_init: float = 0.0
 
     def validate(self, in_shape: Shape) -> None:
         super().validate(in_shape)
+        require(valid_v_init(self.v_init),
+                f"v_init is a fraction of the threshold in [0, 1), got {self.v_init!r}")
         require(self.reset in RESET_MODES, f"reset must be one of {RESET_MODES}, got {self.reset!r}")
         require(self.threshold.dim() == 1, "threshold must be 1-D: (1,) per layer or (C,) per channel")
         require(

@@ -1,5 +1,5 @@
 """The passes that adapt a graph to a hardware target: quantize_weights, drop_biases,
-set_reset_mode, set_encoding."""
+set_reset_mode, set_initial_potential, set_encoding."""
 
 from __future__ import annotations
 
@@ -59,6 +59,23 @@ def test_set_reset_mode_switches_every_neuron():
     assert out.meta["reset"] == "subtract"
     with pytest.raises(ConfigError, match="reset"):
         run(out, "set_reset_mode", reset="hard")
+
+
+def test_set_initial_potential_sets_every_neuron_and_speck_asks_for_it():
+    from spikeshield.backends.targets import check_target
+
+    graph = run(small_snn("subtract"), "set_initial_potential", v_init=0.5)
+    assert {graph.op(n).v_init for n in graph.nodes_of(IF)} == {0.5}
+    assert graph.op("conv").weight.equal(small_snn("subtract").op("conv").weight)
+    # Speck's neurons start at zero: one repairable violation per layer, repaired by the pass.
+    wanted = [v for v in check_target(graph, "speck") if v.rule == "initial_potential"]
+    assert len(wanted) == len(graph.nodes_of(IF))
+    assert all(v.repair == ("set_initial_potential", {"v_init": 0.0}) for v in wanted)
+    assert check_target(graph, "loihi2") == check_target(small_snn("subtract"), "loihi2")
+    back = run(graph, "set_initial_potential", v_init=0.0)
+    assert {back.op(n).v_init for n in back.nodes_of(IF)} == {0.0}
+    with pytest.raises(ConfigError, match="v_init"):
+        run(graph, "set_initial_potential", v_init=1.0)
 
 
 def test_set_encoding_changes_only_the_metadata():
