@@ -186,9 +186,11 @@ class GraphExecutor(nn.Module):
             raise ConfigError(f"stop_at={stop_at!r} is not a node of graph {self.graph.name!r}")
         return values[self._output].data
 
-    def frontier(self, batches: list[torch.Tensor], timesteps: int | None) -> Frontier:
-        """A forward pass over ``batches`` that advances node by node (see :class:`Frontier`)."""
-        return Frontier(self, batches, timesteps)
+    def frontier(self, batches: list[torch.Tensor], timesteps: int | None,
+                 proxy: bool = False) -> Frontier:
+        """A forward pass over ``batches`` that advances node by node (see :class:`Frontier`);
+        with ``proxy``, the ANN the spiking graph stands for (every IF as ``relu(I) / theta``)."""
+        return Frontier(self, batches, None if proxy else timesteps, proxy)
 
     def _block_steps(self, x: torch.Tensor, timesteps: int | None) -> int:
         """Steps folded into the batch at once (all of them unless the fold budget says less)."""
@@ -337,8 +339,8 @@ class Frontier:
     """
 
     def __init__(self, executor: GraphExecutor, batches: list[torch.Tensor],
-                 timesteps: int | None) -> None:
-        self.executor, self.timesteps = executor, timesteps
+                 timesteps: int | None, proxy: bool = False) -> None:
+        self.executor, self.timesteps, self.proxy = executor, timesteps, proxy
         self.position = 0
         size = max(1, executor.fold_budget // ((timesteps or 1) * executor._widest))
         self.pieces = [list(x.split(size)) for x in batches]
@@ -379,14 +381,23 @@ class Frontier:
                 value = ex._encode(x, self.timesteps, None)
             else:
                 value = ex._run_node(node, op, self._gather(parents, values), self.timesteps,
-                                     False, False)
+                                     self.proxy, False)
             values[node] = self._store(op, value)
             for p in set(parents):
                 if self.last_use[p] <= i:
                     del values[p]
 
+    def shift(self, name: str, delta: torch.Tensor) -> None:
+        """Add ``delta`` (broadcast over one sample) to node ``name``'s stored value in every
+        batch, as if the node had computed it: a bias changed after the node ran."""
+        for values in self.values:
+            for piece in values:
+                if name not in piece:
+                    raise ConfigError(f"{name!r} holds no value at the frontier")
+                piece[name].data.add_(delta.to(piece[name].data))
+
     def _store(self, op, value: _Value) -> _Value:
-        if isinstance(op, IF):
+        if isinstance(op, IF) and not self.proxy:
             return _Value(value.data.to(torch.uint8), value.temporal)
         return value
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from spikeshield.runtime.pruning import PruneConfig
 
 PRUNE_STAGES = ("ann", "snn")
+CORRECTIONS = ("none", "bias")
 
 
 def option(default: Any, help: str, *flags: str) -> Any:
@@ -47,6 +48,9 @@ class CompileConfig:
     percentile: float = option(99.7, "Percentile of the input current.")
     threshold_scale: float | None = option(  # None: default_threshold_scale(timesteps)
         None, "Factor on calibrated thresholds (default: clamp(1 - 1.2/T, 0.3, 0.9)).")
+    correction: str = option(
+        "none", "Post-calibration correction without labels: bias (each layer's mean output "
+        "matched to the ANN's, Li et al. 2021) or none.")
     calibration_batches: int = option(11, "Batches used for calibration.")
     calibration_timesteps: int | None = option(None, "T during calibration (default: --timesteps).")
     batch_size: int = option(64, "Batch size.")
@@ -120,6 +124,7 @@ class CompileConfig:
             "threshold mode": (self.threshold_mode, THRESHOLD_MODES),
             "batchnorm": (self.batchnorm, BN_MODES),
             "calibration": (self.calibration, CALIBRATION_MODES),
+            "correction": (self.correction, CORRECTIONS),
             "encoding": (self.encoding, ENCODINGS),
         }
         for what, (value, allowed) in choices.items():

@@ -76,6 +76,9 @@ def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor]
             "batches": cfg.calibration_batches,
             "device": device,
         }),
+        *([("correct_biases", {"data": calibration_data, "timesteps": cfg.timesteps,
+                               "batches": cfg.calibration_batches,
+                               "device": device})] if cfg.correction == "bias" else []),
         ("fold_scales", {}),
     ]
 
