@@ -51,6 +51,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Floor,
     Pad2d,
     Input,
     Linear,
@@ -229,6 +230,8 @@ CONVERTERS: dict[type[Op], Converter] = {
 # Ops NIR cannot hold, with the way to get rid of them.
 ALTERNATIVES: dict[type[Op], str] = {
     ReLU: "NIR has no ReLU: convert the ANN first (spikeshield compile) so ReLUs become IF neurons",
+    Floor: "NIR has no floor: convert the ANN first (spikeshield compile) so a quantised "
+    "activation becomes IF neurons",
     BatchNorm: "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
     Pad2d: "NIR has no padding node: pad symmetrically, so that the padding folds into the next "
     "convolution",

@@ -42,6 +42,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Floor,
     Pad2d,
     Input,
     Linear,
@@ -152,6 +153,14 @@ def _relu(b: _OnnxBuilder, name: str, op: ReLU, x: str) -> str:
     if op.ceiling is None:
         return b.op("Relu", [x], name)
     low = b.const(f"{name}.min", np.zeros((), np.float32))
+    if op.levels is not None:  # c / L * clamp(floor(x * L / c + shift), 0, L), as the runtime
+        def scalar(tag: str, value: float) -> str:
+            return b.const(f"{name}.{tag}", np.array(value, np.float32))
+
+        u = b.op("Add", [b.op("Mul", [x, scalar("gain", op.levels / op.ceiling)], name),
+                         scalar("shift", op.shift)], name)
+        steps = b.op("Clip", [b.op("Floor", [u], name), low, scalar("levels", op.levels)], name)
+        return b.op("Mul", [steps, scalar("step", op.ceiling / op.levels)], name)
     return b.op("Clip", [x, low, b.const(f"{name}.max", np.array(op.ceiling, np.float32))], name)
 
 
@@ -165,6 +174,7 @@ EMITTERS: dict[type[Op], Emitter] = {
     Pad2d: lambda b, name, op, x: b.op("Pad", [x, b.const(f"{name}.pads", np.array(
         [0, 0, op.pads[2], op.pads[0], 0, 0, op.pads[3], op.pads[1]], dtype=np.int64))], name),
     ReLU: lambda b, name, op, x: _relu(b, name, op, x),
+    Floor: lambda b, name, op, x: b.op("Floor", [x], name),
 }
 # Handled by the time-stepping logic itself rather than by an emitter.
 STRUCTURAL = (Input, Output, Sum, IF)

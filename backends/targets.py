@@ -29,6 +29,8 @@ NO_TARGET_RUNS = {
     "relu": "an ANN activation: compile the model (spikeshield compile) so it becomes IF neurons",
     "batchnorm": "fold it into the preceding conv/linear (pass fold_batchnorm) before export",
     "pad2d": "chips pad inside their convolutions: pad symmetrically so that it folds into one",
+    "floor": "a quantised activation's floor: compile the model (spikeshield compile) so that it "
+    "fuses into IF neurons",
 }
 
 

@@ -41,6 +41,7 @@ from spikeshield.compiler.ir.ops import (
     Input,
     Linear,
     Output,
+    Floor,
     ReLU,
     Scale,
     Shape,
@@ -348,6 +349,10 @@ def _relu(lw, x, *_, **__):
     return lw.emit(ReLU(), [x])
 
 
+def _floor(lw, x, *_, **__):
+    return lw.emit(Floor(), [x])
+
+
 def _clamp(lw, x, min=None, max=None):
     return clipped_relu(lw, x, min, max, "clamp")
 
@@ -540,6 +545,7 @@ Converter = Callable[..., Any]
 
 CONVERTERS: dict[Any, Converter] = {
     F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
+    torch.floor: _floor, aten.floor.default: _floor, aten.floor_.default: _floor,
     torch.clamp: _clamp, torch.clip: _clamp, torch.clamp_: _clamp, torch.clip_: _clamp,
     aten.clamp.default: _clamp, aten.clamp.Tensor: _clamp, aten.clamp_.default: _clamp,
     aten.clamp_.Tensor: _clamp, aten.clip.default: _clamp, aten.clip.Tensor: _clamp,
@@ -576,7 +582,7 @@ CONVERTERS: dict[Any, Converter] = {
 }
 
 METHOD_CONVERTERS: dict[str, Converter] = {
-    "relu": _relu, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
+    "relu": _relu, "floor": _floor, "floor_": _floor, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
     "relu_": _relu, "add_": _add, "sub_": _sub, "mul_": _mul, "div_": _div,
     "clamp": _clamp, "clip": _clamp, "clamp_": _clamp, "clip_": _clamp, "clamp_min": _clamp_min,
     "clamp_min_": _clamp_min,

@@ -119,7 +119,7 @@ def ann_frontend_coverage(table: str) -> OpCoverage:
     return OpCoverage(
         table,
         handled=frozenset({"input", "output", "conv2d", "linear", "batchnorm", "scale", "relu",
-                           "avgpool2d", "flatten", "sum", "pad2d"}),
+                           "floor", "avgpool2d", "flatten", "sum", "pad2d"}),
         not_supported={"if": "these frontends read ANNs: IF neurons come from conversion "
                              "(spikeshield compile)"},
     )

@@ -52,6 +52,7 @@ COVERAGE = OpCoverage(
         "sum", "if"}),
     not_supported={
         "relu": "NIR graphs are spiking: they hold no ReLU",
+        "floor": "NIR graphs are spiking: they hold no quantised activations",
         "batchnorm": "NIR has no batch norm; exporters fold it into the weights",
         "pad2d": "NIR has no padding node; NIR convolutions pad inside",
     },

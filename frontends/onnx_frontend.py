@@ -28,6 +28,7 @@ from spikeshield.compiler.ir.ops import (
     Input,
     Linear,
     Output,
+    Floor,
     ReLU,
     Scale,
     Sum,
@@ -322,6 +323,7 @@ def _shape(lw, a, at):
 CONVERTERS: dict[str, Callable] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batchnorm,
     "Relu": lambda lw, a, at: lw.emit(ReLU(), [a[0]]), "Clip": _clip,
+    "Floor": lambda lw, a, at: lw.emit(Floor(), [a[0]]),
     "AveragePool": _avgpool, "GlobalAveragePool": _global_avgpool, "ReduceMean": _reduce_mean,
     "Flatten": _flatten, "Reshape": _reshape, "Shape": _shape,
     "Add": _binary("Add"), "Sum": _sum, "Sub": _binary("Sub"), "Mul": _binary("Mul"), "Div": _binary("Div"),

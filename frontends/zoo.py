@@ -16,6 +16,49 @@ from torch import nn
 from spikeshield.compiler.ir.errors import ConfigError
 
 ARCHITECTURES = ("lenet", "vgg11", "resnet20", "wrn16-4")
+ACTIVATIONS = ("relu", "qcfs")
+
+
+class _FloorStraightThrough(torch.autograd.Function):
+    """``floor`` forward, the identity's gradient backward (training through the quantiser)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.floor(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class QCFS(nn.Module):
+    """Quantisation-clip-floor-shift activation (Bu et al., ICLR 2022) with ``levels`` L and a
+    learned ceiling ``lam``: ``lam * clamp(floor(x * L / lam + 0.5) / L, 0, 1)``.
+
+    An IF neuron with threshold ``lam``, reset by subtraction and a membrane starting at
+    ``lam / 2`` sends exactly this over T = L steps, so conversion needs no calibration (every
+    frontend lowers the pattern into a quantised ReLU, ``fuse_quantized_relu``)."""
+
+    def __init__(self, levels: int = 8, ceiling: float = 4.0) -> None:
+        super().__init__()
+        if levels < 1:
+            raise ConfigError(f"QCFS needs at least 1 level, got {levels}")
+        self.levels = levels
+        self.ceiling = nn.Parameter(torch.tensor([float(ceiling)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = _FloorStraightThrough.apply(x * self.levels / self.ceiling + 0.5)
+        return torch.clamp(steps / self.levels, 0, 1) * self.ceiling
+
+
+def quantize_activations(model: nn.Module, levels: int) -> nn.Module:
+    """``model`` with every ``nn.ReLU`` replaced by a :class:`QCFS` of ``levels`` levels."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(model, name, QCFS(levels))
+        else:
+            quantize_activations(child, levels)
+    return model
 
 
 class Normalize(nn.Module):
@@ -142,8 +185,13 @@ def build_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     width: float = 1.0,
+    activation: str = "relu",
+    levels: int = 8,
 ) -> nn.Module:
-    """A zoo model with input normalisation inside; ``width`` scales channel counts (tests use < 1)."""
+    """A zoo model with input normalisation inside; ``width`` scales channel counts (tests use < 1);
+    ``activation`` ``qcfs`` trains for conversion (:class:`QCFS` with ``levels`` levels)."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if len(input_shape) != 3:
         raise ConfigError(f"zoo models take (C, H, W) images, got input shape {tuple(input_shape)}")
     if not width > 0:
@@ -164,4 +212,6 @@ def build_model(
     else:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     norm = Normalize(mean or [0.0] * c, std or [1.0] * c)
+    if activation == "qcfs":
+        quantize_activations(body, levels)
     return nn.Sequential(OrderedDict(normalize=norm, net=body))

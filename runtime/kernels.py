@@ -13,6 +13,7 @@ from spikeshield.compiler.ir.ops import (
     BatchNorm,
     Conv2d,
     Flatten,
+    Floor,
     Pad2d,
     Linear,
     Op,
@@ -83,12 +84,30 @@ def _tiled_average(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
     return total.div_(kh * kw)
 
 
+def _straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` forward (exactly: x + (v - x) rounds back to v for a floor of x), the identity's
+    gradient backward, as quantisation-aware training code differentiates a floor."""
+    return x + (value - x).detach()
+
+
+def _relu(op: ReLU, x: torch.Tensor) -> torch.Tensor:
+    if op.ceiling is None:
+        return F.relu(x)
+    clipped = x.clamp(0.0, op.ceiling)
+    if op.levels is None:
+        return clipped
+    # c / L * clamp(floor(x * L / c + shift), 0, L), differentiated as the clipped ReLU
+    steps = torch.floor(x * (op.levels / op.ceiling) + op.shift).clamp(0, op.levels)
+    return _straight_through(clipped, steps * (op.ceiling / op.levels))
+
+
 KERNELS: dict[type[Op], Kernel] = {
     Conv2d: _conv2d,
     Linear: _linear,
     BatchNorm: _batchnorm,
     Scale: _scale,
-    ReLU: lambda op, t, x: F.relu(x) if op.ceiling is None else x.clamp(0.0, op.ceiling),
+    ReLU: lambda op, t, x: _relu(op, x),
+    Floor: lambda op, t, x: _straight_through(x, torch.floor(x)),
     Flatten: lambda op, t, x: x.flatten(1),
     Pad2d: lambda op, t, x: F.pad(x, op.pads),
     AvgPool2d: _avgpool2d,

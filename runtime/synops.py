@@ -77,7 +77,8 @@ PROPAGATE: dict[type[Op], Callable[[Op, torch.Tensor], torch.Tensor]] = {
 COVERAGE = OpCoverage(
     "SynOp counter (runtime.synops)",
     handled=kinds(ROUTES) | kinds(PROPAGATE) | kinds((IF, Input)),
-    not_supported={"relu": "SynOps are counted on spiking graphs: compile the ANN first"},
+    not_supported={"relu": "SynOps are counted on spiking graphs: compile the ANN first",
+                   "floor": "SynOps are counted on spiking graphs: compile the ANN first"},
 )
 
 

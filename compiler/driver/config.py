@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from spikeshield.runtime.pruning import PruneConfig
 
 PRUNE_STAGES = ("ann", "snn")
-CORRECTIONS = ("none", "bias")
+CORRECTIONS = ("bias", "none")
 
 
 def option(default: Any, help: str, *flags: str) -> Any:
@@ -38,18 +38,25 @@ class CompileConfig:
     """Every knob of ``spikeshield compile``; defaults are the recommended settings."""
 
     timesteps: int = option(8, "Simulation time steps T.", "--timesteps", "-T")
-    reset: str = option("zero", "IF reset: zero or subtract.")
+    # Defaults measured in BENCHMARKS.md ("Low-latency conversion"): reset by subtraction keeps
+    # the charge above threshold, a membrane starting at half the threshold rounds spike counts
+    # instead of flooring them, and per-channel thresholds fit heavy-tailed BatchNorm channels.
+    reset: str = option("subtract", "IF reset: subtract or zero.")
     v_init: float = option(
-        0.0, "Initial membrane potential, a fraction of the threshold in [0, 1) (0.5 rounds "
-        "instead of flooring).")
-    threshold_mode: str = option("layer", "Thresholds per layer or per channel.")
+        0.5, "Initial membrane potential, a fraction of the threshold in [0, 1) (0.5 rounds "
+        "spike counts; 0 floors them).")
+    threshold_mode: str = option("channel", "Thresholds per channel or per layer.")
     batchnorm: str = option("fold", "fold into conv/linear, or keep as affine.")
     calibration: str = option("percentile", "percentile or max of the input current.")
     percentile: float = option(99.7, "Percentile of the input current.")
-    threshold_scale: float | None = option(  # None: default_threshold_scale(timesteps)
-        None, "Factor on calibrated thresholds (default: clamp(1 - 1.2/T, 0.3, 0.9)).")
+    threshold_scale: float | None = option(  # None: default_threshold_scale(timesteps, v_init)
+        None, "Factor on calibrated thresholds (default: 1 with --v-init > 0, else "
+        "clamp(1 - 1.2/T, 0.3, 0.9)).")
+    threshold_search: bool = option(
+        False, "Choose each threshold among fractions of the calibrated one by the layer's "
+        "measured error (clipping against quantisation).", "--threshold-search/--no-threshold-search")
     correction: str = option(
-        "none", "Post-calibration correction without labels: bias (each layer's mean output "
+        "bias", "Post-calibration correction without labels: bias (each layer's mean output "
         "matched to the ANN's, Li et al. 2021) or none.")
     calibration_batches: int = option(11, "Batches used for calibration.")
     calibration_timesteps: int | None = option(None, "T during calibration (default: --timesteps).")

@@ -57,12 +57,13 @@ class CompileResult:
 
 def threshold_scale(cfg: CompileConfig) -> float:
     """The threshold factor in force: the configured one, or the T-dependent default."""
-    return cfg.threshold_scale or default_threshold_scale(cfg.timesteps)
+    return cfg.threshold_scale or default_threshold_scale(cfg.timesteps, cfg.v_init)
 
 
 def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor], device) -> list:
     """The pass list that turns an ANN graph into a calibrated SNN graph."""
     return [
+        ("fuse_quantized_relu", {}),
         ("fuse_clipped_relu", {}),
         ("fold_batchnorm", {"mode": cfg.batchnorm}),
         ("convert_relu_to_if", {"reset": cfg.reset, "threshold": cfg.threshold_mode,
@@ -75,6 +76,7 @@ def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor]
             "mode": cfg.calibration,
             "batches": cfg.calibration_batches,
             "device": device,
+            "search": cfg.threshold_search,
         }),
         *([("correct_biases", {"data": calibration_data, "timesteps": cfg.timesteps,
                                "batches": cfg.calibration_batches,

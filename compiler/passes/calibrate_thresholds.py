@@ -5,8 +5,10 @@ installed) up to the node's input current (all batches advance together through 
 the whole pass costs about one SNN forward per batch, not one per layer); take the ``percentile`` of
 that current (or its maximum) per batch and keep the largest over ``batches`` batches, at most the
 ceiling of a clipped ReLU (``meta['ceilings']``, from ``convert_relu_to_if``); the threshold is
-``scale`` (default: :func:`default_threshold_scale`) times that value (one per layer, or one per
-channel). Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
+``scale`` (default: :func:`default_threshold_scale`, which depends on the initial potential) times
+that value (one per layer, or one per channel); with ``search``, a measured fraction of it. A
+quantised ReLU's threshold is its ceiling (``meta['fixed_thresholds']``) and takes no statistic.
+Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
 binary spike stands for ``threshold`` units of the ANN activation it replaces, so the next layer's
 weights (into which ``fold_scales`` later merges that factor) see currents in the ANN's units.
 
@@ -29,15 +31,19 @@ from spikeshield.compiler.passes.registry import PassResult, register_pass
 CALIBRATION_MODES = ("percentile", "max")
 
 
-def default_threshold_scale(timesteps: int) -> float:
-    """The factor on calibrated thresholds used when none is given: ``clamp(1 - 1.2 / T, 0.3, 0.9)``.
+def default_threshold_scale(timesteps: int, v_init: float = 0.0) -> float:
+    """The factor on calibrated thresholds used when none is given.
 
-    Fewer steps favour lower thresholds (less charge lost at reset-to-zero, more spikes), more steps
-    favour thresholds near the percentile (less clipping). The rule was fitted on two TRADES LeNets on
-    mnist5k (BENCHMARKS.md): T=4 -> 0.7, T=8 -> 0.85, T>=16 -> 0.9. The reference code uses 0.3, but it
-    keeps batch norm (re-estimated on the SNN) and always finetunes; with batch norm folded and
-    calibration alone 0.3 clips every layer at 30% of its percentile (measured: -33 pp on mnist5k).
+    With an initial potential (``v_init`` > 0, the default 0.5) spike counts are rounded, not
+    floored, and the percentile itself is the right threshold: 1.0 (measured on LeNet, VGG and
+    residual nets, BENCHMARKS.md, "Low-latency conversion"). A membrane starting at zero floors
+    every count, and a lower threshold makes up for it: ``clamp(1 - 1.2 / T, 0.3, 0.9)``, fitted on
+    two TRADES LeNets on mnist5k (T=4 -> 0.7, T=8 -> 0.85, T>=16 -> 0.9). The reference code uses
+    0.3, but it keeps batch norm (re-estimated on the SNN) and always finetunes; with batch norm
+    folded and calibration alone 0.3 clips every layer at 30% of its percentile (-33 pp, mnist5k).
     """
+    if v_init > 0:
+        return 1.0
     return max(0.3, min(0.9, 1.0 - 1.2 / timesteps))
 
 
@@ -96,6 +102,49 @@ def _kth_largest(values: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack([part.topk(count).values[-1] for part in parts])
 
 
+def _install(executor, graph: Graph, name: str, amplitude: str, threshold: torch.Tensor) -> None:
+    """Set IF node ``name``'s threshold and its amplitude Scale, in the graph and in the executor
+    (from now on the frontier runs this layer calibrated)."""
+    with torch.no_grad():
+        executor.tensors_of(name)["threshold"].copy_(threshold.reshape(-1))
+        executor.tensors_of(amplitude)["scale"].copy_(threshold.reshape(-1))
+    graph.set_op(name, graph.op(name).replace(threshold=threshold))
+    graph.set_op(amplitude, Scale(scale=threshold.clone()))
+
+
+# Fractions of the calibrated threshold that the search tries (1.0: the threshold itself).
+SEARCH_FACTORS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def _searched_threshold(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
+                        sample_ndim: int, timesteps: int) -> torch.Tensor:
+    """The threshold (per channel, or per layer) among ``SEARCH_FACTORS x threshold`` whose spiking
+    output ``rate x threshold`` is nearest (squared error) to ``relu`` of the mean input current:
+    the layer's own clipping, quantisation and timing error on the calibration data, traded off
+    by measurement instead of by one fixed factor (as Li et al. 2021 choose a threshold by the
+    error of the clip-floor function)."""
+    from spikeshield.runtime.kernels import channel_view
+    from spikeshield.runtime.neurons import IFParameters, if_scan
+
+    ndim = sample_ndim + 1
+    errors = torch.zeros(len(SEARCH_FACTORS), threshold.numel())
+    with torch.no_grad():
+        for current in currents:
+            temporal = current.dim() == ndim + 1
+            target = torch.relu(current.mean(dim=0) if temporal else current)
+            channel_dim = 1
+            for i, factor in enumerate(SEARCH_FACTORS):
+                theta = channel_view(threshold.to(current) * factor, ndim)
+                params = IFParameters(theta, op.reset, v_init=op.v_init)
+                rate = if_scan(current, params, None if temporal else timesteps).mean(dim=0)
+                error = (rate * theta - target).square()
+                per_channel = error.movedim(channel_dim, 0).reshape(error.shape[channel_dim], -1)
+                total = per_channel.sum(dim=1).cpu()
+                errors[i] += total if threshold.numel() > 1 else total.sum()
+    best = errors.argmin(dim=0)
+    return threshold * torch.tensor(SEARCH_FACTORS)[best]
+
+
 @register_pass("calibrate_thresholds")
 def calibrate_thresholds(
     graph: Graph,
@@ -106,6 +155,7 @@ def calibrate_thresholds(
     mode: str = "percentile",
     batches: int = 11,
     device: str | torch.device = "cpu",
+    search: bool = False,
 ) -> PassResult:
     from spikeshield.runtime.executor import GraphExecutor
 
@@ -114,7 +164,8 @@ def calibrate_thresholds(
     if not 0 < percentile <= 100:
         raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
     if scale is None:
-        scale = default_threshold_scale(timesteps) if timesteps > 0 else 1.0
+        starts = {graph.op(n).v_init for n in graph.nodes_of(IF)}
+        scale = default_threshold_scale(timesteps, min(starts, default=0.0)) if timesteps > 0 else 1.0
     if not scale > 0:
         raise ConfigError(f"threshold scale must be positive, got {scale}")
     if timesteps <= 0:
@@ -140,26 +191,32 @@ def calibrate_thresholds(
             name in neurons and valid_ceiling(c) for name, c in ceilings.items()):
         raise PassError(f"graph metadata 'ceilings' must map IF nodes to positive numbers, got "
                         f"{str(ceilings)[:120]}; convert the ANN again (convert_relu_to_if)")
+    fixed = graph.meta.get("fixed_thresholds", {})
     for name in neurons:
         per_channel = graph.op(name).threshold.numel() > 1
         sample_ndim = len(graph.in_shape(name))
+        if name in fixed:  # a quantised ReLU's threshold is its ceiling, not a statistic
+            threshold = torch.full_like(graph.op(name).threshold, float(fixed[name]))
+            _install(executor, graph, name, amplitudes[name], threshold)
+            thresholds[name] = [round(v, 6) for v in threshold.tolist()[:8]]
+            continue
         value = None
-        for current in frontier.advance_to(name):
+        currents = frontier.advance_to(name)
+        for current in currents:
             stat = _statistic(current, sample_ndim, per_channel, mode, percentile)
             value = stat if value is None else torch.maximum(value, stat)
         if name in ceilings:  # a clipped ReLU's activations never exceed its ceiling
             value = value.clamp(max=ceilings[name])
         fallback = value <= 0  # a layer that never receives positive current never fires
         threshold = torch.where(fallback, torch.ones_like(value), value * scale).cpu().float()
-        with torch.no_grad():  # from now on the frontier runs this layer calibrated
-            executor.tensors_of(name)["threshold"].copy_(threshold.reshape(-1))
-            executor.tensors_of(amplitudes[name])["scale"].copy_(threshold.reshape(-1))
-        graph.set_op(name, graph.op(name).replace(threshold=threshold))
-        graph.set_op(amplitudes[name], Scale(scale=threshold.clone()))
+        if search:
+            threshold = _searched_threshold(graph.op(name), threshold, currents, sample_ndim,
+                                            timesteps)
+        _install(executor, graph, name, amplitudes[name], threshold)
         thresholds[name] = [round(v, 6) for v in threshold.tolist()[:8]]
     graph.meta.update(
         {"calibrated": True, "timesteps": timesteps, "calibration": {
             "mode": mode, "percentile": percentile, "scale": scale, "timesteps": timesteps,
-            "batches": len(batches_x)}}
+            "batches": len(batches_x), "search": search}}
     )
     return PassResult(graph, bool(thresholds), {"thresholds": thresholds})

@@ -5,7 +5,9 @@ with the chosen reset and initial potential (``v_init``, a fraction of the thres
 placeholder threshold of 1 (one per layer, or one per channel), to be set by
 ``calibrate_thresholds``. The output layer stays non-spiking: the runtime averages it over time.
 A clipped ReLU's ceiling is kept in ``meta['ceilings']`` (node -> ceiling): calibration caps that
-neuron's threshold there, so that its saturated rate stands for at most the ANN's ceiling.
+neuron's threshold there, so that its saturated rate stands for at most the ANN's ceiling. A
+quantised ReLU (QCFS) has its threshold already: the ceiling, kept in ``meta['fixed_thresholds']``
+(calibration sets it as it is), and its shift becomes the neuron's initial potential.
 """
 
 from __future__ import annotations
@@ -34,12 +36,19 @@ def convert_relu_to_if(
     graph = graph.copy()
     converted = graph.nodes_of(ReLU)
     ceilings = dict(graph.meta.get("ceilings", {}))
+    fixed = dict(graph.meta.get("fixed_thresholds", {}))
     for name in converted:
+        relu: ReLU = graph.op(name)
         channels = graph.shape(name)[0] if threshold == "channel" else 1
-        if graph.op(name).ceiling is not None:
-            ceilings[name] = graph.op(name).ceiling
-        graph.set_op(name, IF(threshold=torch.ones(channels), reset=reset, v_init=v_init))
+        start = v_init
+        if relu.levels is not None:  # QCFS: threshold = ceiling, start = shift x threshold
+            fixed[name], start = relu.ceiling, relu.shift
+        elif relu.ceiling is not None:
+            ceilings[name] = relu.ceiling
+        graph.set_op(name, IF(threshold=torch.ones(channels), reset=reset, v_init=start))
     graph.meta.update({"reset": reset, "threshold_mode": threshold, "v_init": v_init})
     if ceilings:
         graph.meta["ceilings"] = ceilings
+    if fixed:
+        graph.meta["fixed_thresholds"] = fixed
     return PassResult(graph, bool(converted), {"converted": converted})

@@ -17,42 +17,10 @@ Precondition: a valid graph. Postcondition: the same function (up to rounding); 
 
 from __future__ import annotations
 
-import torch
-
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import ReLU, Scale
+from spikeshield.compiler.ir.ops import ReLU
+from spikeshield.compiler.passes.affine_chains import affine_chain, close
 from spikeshield.compiler.passes.registry import PassResult, register_pass
-
-_RTOL = 1e-6  # how closely a1 * a2 must equal 1 and b2 equal u (the constants of real code)
-
-
-def _only_consumer(graph: Graph, name: str) -> str | None:
-    consumers = graph.consumers(name)
-    if len(consumers) != 1 or graph.inputs(consumers[0]) != [name]:
-        return None
-    return consumers[0]
-
-
-def _affine_chain(graph: Graph, name: str) -> tuple[list[str], float, float, str] | None:
-    """The Scale nodes after ``name`` (each the only reader of the one before), their composed
-    map ``a * value + b`` when it is the same for every channel, and the node after the chain."""
-    chain, a, b = [], 1.0, 0.0
-    node = _only_consumer(graph, name)
-    while node is not None and isinstance(graph.op(node), Scale):
-        op: Scale = graph.op(node)
-        bias = op.bias if op.bias is not None else torch.zeros(1)
-        if not (bool((op.scale == op.scale.flatten()[0]).all())
-                and bool((bias == bias.flatten()[0]).all())):
-            return None
-        scale, shift = float(op.scale.flatten()[0]), float(bias.flatten()[0])
-        a, b = scale * a, scale * b + shift
-        chain.append(node)
-        node = _only_consumer(graph, node)
-    return (chain, a, b, node or "") if chain else None
-
-
-def _close(x: float, y: float) -> bool:
-    return abs(x - y) <= _RTOL * max(abs(x), abs(y))
 
 
 @register_pass("fuse_clipped_relu")
@@ -62,20 +30,20 @@ def fuse_clipped_relu(graph: Graph) -> PassResult:
     for first in graph.nodes_of(ReLU):
         if first not in graph or graph.op(first).ceiling is not None:
             continue
-        inner = _affine_chain(graph, first)
+        inner = affine_chain(graph, first)
         if inner is None or not inner[3] or not isinstance(graph.op(inner[3]), ReLU):
             continue
         chain1, a1, b1, second = inner
         if graph.op(second).ceiling is not None:
             continue
-        outer = _affine_chain(graph, second)
+        outer = affine_chain(graph, second)
         if outer is None:
             continue
         chain2, a2, b2, _ = outer
         if not (a1 < 0 and b1 > 0):
             continue
         ceiling = -b1 / a1
-        if not (_close(a1 * a2, 1.0) and _close(b2, ceiling)):
+        if not (close(a1 * a2, 1.0) and close(b2, ceiling)):
             continue
         graph.set_op(first, ReLU(ceiling=ceiling))
         for node in [*chain1, second, *chain2]:

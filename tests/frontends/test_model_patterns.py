@@ -211,3 +211,66 @@ def test_clips_other_than_to_zero_and_a_positive_ceiling_are_refused(bounds, fro
         _lower(Clamp().eval(), frontend, tmp_path)
     message = str(err.value)
     assert "clipping to [0, c] with c > 0" in message and len(message) < 300
+
+
+class _GradFloor(torch.autograd.Function):
+    """The straight-through floor of published QCFS code (forward floor, backward identity)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.floor()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class ThirdPartyQCFS(nn.Module):
+    """A QCFS activation written as the published code writes it (Bu et al. 2022): divide by the
+    learned ceiling, ``floor(x * t + 0.5) / t`` through an autograd.Function, clamp to [0, 1],
+    multiply back; then spikeshield's own zoo activation, spelt ``x * L / up``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from spikeshield.frontends.zoo import QCFS
+
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.up, self.t = nn.Parameter(torch.tensor([0.6])), 4
+        self.act2 = QCFS(levels=8, ceiling=0.3)
+        self.fc = nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = self.conv1(x) / self.up
+        x = _GradFloor.apply(x * self.t + 0.5) / self.t
+        x = torch.clamp(x, 0, 1) * self.up
+        return self.fc(self.act2(self.conv2(x)).flatten(1))
+
+
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_qcfs_activations_fuse_into_quantised_relus_and_convert_without_calibration(frontend,
+                                                                                    tmp_path):
+    from spikeshield.compiler.ir.ops import IF, Floor, ReLU
+    from spikeshield.compiler.passes.manager import PassManager
+
+    torch.manual_seed(0)
+    model = ThirdPartyQCFS().eval()
+    x = torch.rand(6, *SHAPE)
+    graph = _lower(model, frontend, tmp_path)
+    assert len(graph.nodes_of(Floor)) == 2
+    fused = PassManager().run(graph, [("fuse_quantized_relu", {})])
+    assert not fused.nodes_of(Floor)
+    relus = sorted((fused.op(n).levels, fused.op(n).ceiling, fused.op(n).shift)
+                   for n in fused.nodes_of(ReLU))
+    assert relus == [(4, pytest.approx(0.6), 0.5), (8, pytest.approx(0.3), 0.5)]
+    with torch.no_grad():
+        expected = model(x)
+        for g in (graph, fused):  # the source's exact quantised values, before and after fusion
+            got = GraphExecutor(g).eval()(x, None)
+            assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+    snn = PassManager().run(fused, [
+        ("convert_relu_to_if", {"reset": "subtract"}),
+        ("calibrate_thresholds", {"data": [torch.rand(16, *SHAPE)], "timesteps": 4}),
+    ])
+    neurons = sorted((float(snn.op(n).threshold.max()), snn.op(n).v_init)
+                     for n in snn.nodes_of(IF))
+    assert neurons == [(pytest.approx(0.3), 0.5), (pytest.approx(0.6), 0.5)]

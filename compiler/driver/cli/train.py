@@ -40,6 +40,11 @@ def train(
     lr: Annotated[float, typer.Option(help="SGD learning rate (cosine schedule).")] = 0.1,
     attack_steps: Annotated[int, typer.Option(help="PGD steps of the inner maximisation.")] = 10,
     width: Annotated[float, typer.Option(help="Channel width multiplier of the architecture.")] = 1.0,
+    activation: Annotated[str, typer.Option(
+        help="relu, or qcfs: a quantised clip with learned ceilings (Bu et al. 2022) that converts "
+        "into IF neurons without calibration.")] = "relu",
+    levels: Annotated[int, typer.Option(
+        help="Quantisation levels L of --activation qcfs (the SNN is exact at T = L).")] = 8,
     max_train: Annotated[Optional[int], typer.Option(help="Train on the first N samples only.")] = None,
     prune_sparsity: PruneSparsityOpt = 0.0,
     prune_method: PruneMethodOpt = "hydra",
@@ -80,6 +85,13 @@ def train(
 
         if out.suffix != ".pt2":
             raise ConfigError(f"--out must end in .pt2, got {out.name}")
+        from spikeshield.frontends.zoo import ACTIVATIONS
+
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got "
+                              f"{activation!r}")
+        if levels < 1:
+            raise ConfigError(f"--levels must be at least 1, got {levels}")
         if arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {arch!r}; choose one of "
                               f"{', '.join(ARCHITECTURES)}")
@@ -100,8 +112,8 @@ def train(
         mean, std = splits.channel_stats()
         from dataclasses import asdict
 
-        settings = {"arch": arch, "data": data, "width": width, "processes": current.size,
-                    **asdict(cfg)}
+        settings = {"arch": arch, "data": data, "width": width, "activation": activation,
+                    "levels": levels, "processes": current.size, **asdict(cfg)}
         with _claimed(current, out, [], force, is_spikeshield_pt2):
             train_claimed(current, cfg, dev, splits, mean, std, settings)
 
@@ -115,7 +127,8 @@ def train(
         checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
         torch.manual_seed(seed)
-        model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
+        model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width,
+                            activation, levels)
         result = train_robust(model, splits, cfg, dev, checkpoint)
         if not current.is_main:
             return
@@ -128,7 +141,8 @@ def train(
             pruned = (f", pruned ({p['method']}) to {p['kept_weights']} of {p['total_weights']} "
                       f"weights ({p['total_weights'] / p['kept_weights']:.1f}x fewer)")
         typer.echo(
-            f"trained {arch} ({objective}, eps={eps}) on {splits.name}: best epoch {result.best_epoch}"
+            f"trained {arch}{' (QCFS, L=%d)' % levels if activation == 'qcfs' else ''} "
+            f"({objective}, eps={eps}) on {splits.name}: best epoch {result.best_epoch}"
             f"{pruned}, validation accuracy {100 * result.val_accuracy:.2f}%, clean test accuracy "
             f"{100 * test_acc:.2f}%; wrote {out}"
         )

@@ -18,7 +18,7 @@ from spikeshield.compiler.ir.ops.base import (
     tensor_field,
 )
 from spikeshield.compiler.ir.ops.layers import BatchNorm, Conv2d, Linear, Scale
-from spikeshield.compiler.ir.ops.neurons import IF, ReLU
+from spikeshield.compiler.ir.ops.neurons import IF, Floor, ReLU
 from spikeshield.compiler.ir.ops.structure import AvgPool2d, Flatten, Input, Output, Pad2d, Sum
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "BatchNorm",
     "Conv2d",
     "Flatten",
+    "Floor",
     "IF",
     "Input",
     "Linear",

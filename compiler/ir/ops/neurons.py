@@ -1,4 +1,5 @@
-"""Activation and neuron ops: the ANN's ReLU and the SNN's integrate-and-fire neuron."""
+"""Activation and neuron ops: the ANN's ReLU (and the floor of quantised activations) and the
+SNN's integrate-and-fire neuron."""
 
 from __future__ import annotations
 
@@ -32,17 +33,43 @@ class ReLU(Op):
 
     A clipped ReLU is what an IF neuron computes anyway: it fires at most once per step, so its
     rate saturates. Conversion keeps the ceiling as the largest threshold calibration may set.
+
+    With ``levels`` L as well, the quantised clip of conversion-aware training (QCFS, Bu et al.,
+    ICLR 2022): ``y = c / L * clamp(floor(x * L / c + shift), 0, L)``, which is exactly what an IF
+    neuron with threshold c, reset by subtraction and initial potential ``shift x c`` sends over
+    T = L steps of a constant input. Conversion then sets that threshold and start directly: no
+    calibration. Its gradient in the runtime is the clipped ReLU's (straight through the floor).
     """
 
     conversion = ("becomes an IF neuron (convert_relu_to_if), its threshold calibrated "
-                  "(at most the ceiling of a clipped ReLU)")
+                  "(at most the ceiling of a clipped ReLU; the ceiling itself when quantised)")
 
     ceiling: float | None = None
+    levels: int | None = None
+    shift: float = 0.0
 
     def validate(self, in_shape: Shape) -> None:
         super().validate(in_shape)
         require(self.ceiling is None or valid_ceiling(self.ceiling),
                 f"a ReLU ceiling must be a positive number, got {self.ceiling!r}")
+        require(self.levels is None or (isinstance(self.levels, int) and self.levels >= 1
+                                        and self.ceiling is not None),
+                f"a quantised ReLU needs levels >= 1 and a ceiling, got levels={self.levels!r}")
+        require(valid_v_init(self.shift),
+                f"a quantised ReLU's shift is in [0, 1), got {self.shift!r}")
+
+
+@register_op("floor")
+@dataclass(eq=False)
+class Floor(Op):
+    """``y = floor(x)``: the rounding step of a quantised activation (QCFS:
+    ``c * clamp(floor(x * L / c + 0.5) / L, 0, 1)``). Its gradient in the runtime is the identity
+    (straight through), as in the training code that uses it; a true zero gradient would mask every
+    attack on the ANN.
+    """
+
+    conversion = ("fused with the affine maps and clamp around it into a quantised ReLU "
+                  "(fuse_quantized_relu); a floor anywhere else has no spiking equivalent")
 
 
 @register_op("if")

@@ -33,8 +33,8 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     report = json.loads((out / "report.json").read_text())
     assert report["snn"]["samples"] == 60 and report["snn"]["timesteps"] == 8
     assert [p["name"] for p in report["passes"]] == [
-        "fuse_clipped_relu", "fold_batchnorm", "convert_relu_to_if", "calibrate_thresholds",
-        "fold_scales", "finetune_robust"]
+        "fuse_quantized_relu", "fuse_clipped_relu", "fold_batchnorm", "convert_relu_to_if",
+        "calibrate_thresholds", "correct_biases", "fold_scales", "finetune_robust"]
     assert report["passes"][-1]["params"]["config"]["eps_train"] == pytest.approx(0.025)
     # A weakly trained half-width LeNet: the bound only catches a broken conversion (chance = 0.1);
     # conversion quality on properly trained models is measured in BENCHMARKS.md.
@@ -47,7 +47,7 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     assert "firing rate" in text and "SNN before finetuning" in text and "## Robustness" in text
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = runner.invoke(app, ["inspect", str(out / "snn.ir")])
-    assert shown.exit_code == 0 and "if(reset=zero" in shown.output
+    assert shown.exit_code == 0 and "if(reset=subtract, v_init=0.5" in shown.output
 
 
 def test_eval_writes_the_robustness_report(compiled):

@@ -5,7 +5,7 @@ from spikeshield.compiler.ir.errors import IRValidationError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
     Pad2d,
-    IF, OPS, AvgPool2d, BatchNorm, Conv2d, Flatten, Input, Linear, Output, ReLU, Scale, Sum,
+    IF, OPS, AvgPool2d, BatchNorm, Conv2d, Flatten, Floor, Input, Linear, Output, ReLU, Scale, Sum,
 )
 from spikeshield.compiler.ir.serialize import from_dict, to_dict
 from spikeshield.runtime.executor import GraphExecutor
@@ -23,8 +23,9 @@ SAMPLES = {
     "linear": (Linear(torch.randn(5, 32), None), (32,)),
     "batchnorm": (BatchNorm(torch.randn(2), torch.rand(2) + 0.5, torch.randn(2), torch.randn(2)), (2, 4, 4)),
     "scale": (Scale(torch.randn(2), torch.randn(2)), (2, 4, 4)),
-    "relu": (ReLU(), (2, 4, 4)),
-    "if": (IF(torch.tensor([0.5, 1.5]), "subtract"), (2, 4, 4)),
+    "relu": (ReLU(ceiling=1.5, levels=4, shift=0.5), (2, 4, 4)),
+    "floor": (Floor(), (2, 4, 4)),
+    "if": (IF(torch.tensor([0.5, 1.5]), "subtract", v_init=0.5), (2, 4, 4)),
 }
 
 
