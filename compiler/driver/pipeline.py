@@ -8,6 +8,8 @@ accuracy on the test split, attack both under a preset, and write the artifacts.
 
 from __future__ import annotations
 
+import itertools
+
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -131,9 +133,8 @@ def _compile(
     splits = load_data(data, seed=cfg.seed) if isinstance(data, str) else data
     ann = load_model(model, splits.input_shape)
     check_model_data(ann, splits)
-    calibration = [
-        x for x, _ in splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)
-    ][: cfg.calibration_batches]
+    batches = splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)
+    calibration = [x for x, _ in itertools.islice(batches, cfg.calibration_batches)]
     manager = PassManager()
     eval_eps = cfg.evaluation_eps(splits.input_shape)
     pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps),

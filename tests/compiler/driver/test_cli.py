@@ -131,6 +131,8 @@ def test_bad_inputs_exit_2_and_write_nothing(trained_lenet, tmp_path):
         (["-T", "0"], "timesteps must be between 1 and"),
         (["--data", "fashion-mnist:/no/such/dir"], "not found"),
         (["--reset", "sideways"], "reset must be one of"),
+        (["--v-init", "1.0"], "--v-init is a fraction of the threshold in [0, 1)"),
+        (["--correction", "magic"], "correction must be one of"),
         (["--finetune", "sgd"], "finetune objective must be one of"),
         (["--eps-train", "3"], "eps_train must be in"),
         (["--robustness", "brutal"], "unknown preset"),
@@ -190,6 +192,23 @@ def test_train_and_demo_commands(tmp_path):
     assert out.is_file() and "clean test accuracy" in result.output
     bad = runner.invoke(app, ["train", "--arch", "alexnet", "--epochs", "1", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown architecture" in _error_line(bad)
+    bad = runner.invoke(app, ["train", "--activation", "gelu", "--epochs", "1", "--out", str(out)])
+    assert bad.exit_code == 2 and "--activation must be one of relu, qcfs" in _error_line(bad)
+    # QCFS: trained, written with its floor and clamp, and read back as quantised ReLUs that
+    # convert with the learned ceilings as thresholds.
+    qcfs = tmp_path / "qcfs.pt2"
+    result = runner.invoke(app, ["train", "--arch", "lenet", "--objective", "standard", "--epochs",
+                                 "1", "--max-train", "256", "--activation", "qcfs", "--levels", "4",
+                                 "--out", str(qcfs)])
+    assert result.exit_code == 0 and "(QCFS, L=4)" in result.output, result.output
+    from spikeshield.compiler.driver.model_io import load_model
+    from spikeshield.compiler.ir.ops import Floor, ReLU
+    from spikeshield.compiler.passes.manager import PassManager
+
+    graph = load_model(qcfs)
+    fused = PassManager().run(graph, [("fuse_quantized_relu", {})])
+    assert len(graph.nodes_of(Floor)) == 4 and not fused.nodes_of(Floor)
+    assert {fused.op(n).levels for n in fused.nodes_of(ReLU)} == {4}
     demo = runner.invoke(app, ["demo", "--epochs", "1", "--timesteps", "8", "--finetune-epochs", "1",
                                "--n", "30", "--max-train", "512", "--out", str(tmp_path / "d")])
     assert demo.exit_code == 0, demo.output

@@ -46,6 +46,8 @@ def test_dead_layer_gets_a_positive_fallback_threshold():
 def test_default_scale_grows_with_timesteps():
     assert default_threshold_scale(4) == pytest.approx(0.7)
     assert default_threshold_scale(1) == 0.3 and default_threshold_scale(64) == 0.9
+    # A membrane starting above zero rounds spike counts: the percentile is the threshold.
+    assert default_threshold_scale(4, v_init=0.5) == 1.0
 
 
 def test_errors():
@@ -181,3 +183,34 @@ def test_a_clipped_relu_ceiling_caps_the_calibrated_threshold():
     assert capped.op("relu").threshold.tolist() == pytest.approx([0.4])  # 0.8 * min(2.0, 0.5)
     below = calibrate_thresholds(snn, [x / 10], timesteps=2, mode="max", scale=0.8).graph
     assert below.op("relu").threshold.tolist() == pytest.approx([0.16])  # 0.8 * 0.2: no cap
+
+
+def test_threshold_search_picks_the_factor_whose_layer_error_is_smallest():
+    # Two channels of very different spread; T = 3. Each channel's threshold must be the fraction
+    # of its percentile threshold with the smallest squared error between the layer's spiking
+    # output (rate x threshold, as the executor runs it) and the ReLU of its input.
+    from spikeshield.compiler.passes.calibrate_thresholds import SEARCH_FACTORS
+    from spikeshield.runtime.executor import GraphExecutor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(400, 1, generator=g), torch.rand(400, 1, generator=g) ** 4 * 5], 1)
+    graph = _graph(channels=2)
+    graph.set_op("if", graph.op("if").replace(reset="subtract", v_init=0.5))
+    plain = calibrate_thresholds(graph, [x], timesteps=3, scale=1.0).graph
+    searched = calibrate_thresholds(graph, [x], timesteps=3, scale=1.0, search=True).graph
+    base, chosen = plain.op("if").threshold, searched.op("if").threshold
+    assert searched.meta["calibration"]["search"] is True
+
+    def errors(theta: torch.Tensor) -> torch.Tensor:
+        trial = plain.copy()
+        trial.set_op("if", trial.op("if").replace(threshold=theta))
+        executor = GraphExecutor(trial)
+        with torch.no_grad():
+            executor(x, 3, record=True)
+        sent = executor.neuron_spike_counts["if"] / 3 * theta
+        return (sent - torch.relu(x)).square().sum(dim=0)
+
+    table = torch.stack([errors(base * f) for f in SEARCH_FACTORS])  # (factors, channels)
+    best = torch.tensor(SEARCH_FACTORS)[table.argmin(dim=0)]
+    torch.testing.assert_close(chosen, base * best)
+    assert not torch.equal(chosen, base)  # the search moved at least one channel

@@ -1,0 +1,229 @@
+"""Calibration-only ANN -> SNN conversion at low T: spikeshield's variants beside SpikingJelly's
+converter, on the same ANNs, in one run.
+
+For each network (a TRADES-trained zoo model, or the third-party-style ResNet of
+``tests/third_party_models.py``): the ANN's clean accuracy, then for each T the SNN's clean
+accuracy (no finetuning) under
+
+* spikeshield variants, each a ``CompileConfig`` (the old default, then one change at a time up to
+  today's default, and the optional threshold search);
+* SpikingJelly 2.0.0's ``ann2snn`` recipes (installed with ``pip install --no-deps spikingjelly
+  loguru``; never a dependency of spikeshield): ``RateCodingRecipe`` with the max, the 99.9th
+  percentile, and per-channel 99.9th percentile with a half-threshold initial membrane, and
+  ``LocalThresholdBalancingRecipe``. Its SNN runs T steps with ``functional.reset_net`` first; the
+  prediction is the argmax of the summed outputs, as its own examples evaluate.
+
+Both sides calibrate on the same training batches and are scored on the same first N test images.
+
+With ``--robust T,...``, the old default and today's default are then each robustly finetuned
+(TRADES through the spikes, ``--finetune-epochs`` on the first ``--finetune-max-train`` training
+images) and attacked with the ``paper`` preset on the first ``--robust-n`` test images: clean
+accuracy before and after finetuning and the paper worst case, per T.
+
+Resumable: WORK/<data>-<arch>/ holds the trained ANN (``ann.pt``, a state dict) and one JSON per
+measured cell; a rerun skips what is there (so the run can be split into parts). Prints the table.
+
+    python benchmarks/conversion.py --data mnist5k --arch lenet --work /tmp/conv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))  # tests.third_party_models
+
+OLD = {"reset": "zero", "v_init": 0.0, "threshold_mode": "layer", "correction": "none"}
+VARIANTS = {  # name -> CompileConfig fields
+    "old default (zero, v0=0, layer)": OLD,
+    "+ reset subtract": {**OLD, "reset": "subtract"},
+    "+ v_init 0.5": {**OLD, "reset": "subtract", "v_init": 0.5},
+    "+ per channel": {**OLD, "reset": "subtract", "v_init": 0.5, "threshold_mode": "channel"},
+    "default (+ bias correction)": {},
+    "default + threshold search": {"threshold_search": True},
+}
+SJ_RECIPES = ("max", "99.9%", "99.9% channel + half threshold", "local threshold balancing")
+
+
+def _model(arch: str, splits, width: float):
+    from spikeshield.frontends.zoo import build_model
+
+    from tests.third_party_models import ResNet
+
+    mean, std = splits.channel_stats()
+    if arch == "kuangliu-resnet":
+        return ResNet(widths=(16, 32, 64), num_classes=splits.num_classes,
+                      in_ch=splits.input_shape[0], mean=mean, std=std)
+    return build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
+
+
+def _for_spikingjelly(arch: str, model, splits, width: float):
+    """The same network as SpikingJelly's converter takes it: ``nn.ReLU`` modules only, and the
+    input normalisation (a division it refuses) moved out of the model. Returns (body,
+    normalise)."""
+    from tests.third_party_models import ResNet
+
+    mean, std = splits.channel_stats()
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    if arch == "kuangliu-resnet":
+        body = ResNet(widths=(16, 32, 64), num_classes=splits.num_classes,
+                      in_ch=splits.input_shape[0], mean=mean, std=std, relu_modules=True,
+                      normalize=False)
+        body.load_state_dict(model.state_dict())
+    else:
+        body = copy.deepcopy(model.net)
+    return body.eval(), lambda x: (x - mean_t) / std_t
+
+
+def _cell(path: Path, measure) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    started = time.perf_counter()
+    result = measure()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    path.write_text(json.dumps(result))
+    print(f"  {path.stem}: {result}", flush=True)
+    return result
+
+
+def _spikingjelly(model, normalise, calibration, test, timesteps: int, recipe: str) -> float:
+    from spikingjelly.activation_based import ann2snn, functional
+
+    recipes = {
+        "max": lambda: ann2snn.RateCodingRecipe(dataloader=calibration, mode="max"),
+        "99.9%": lambda: ann2snn.RateCodingRecipe(dataloader=calibration, mode="99.9%"),
+        "99.9% channel + half threshold": lambda: ann2snn.RateCodingRecipe(
+            dataloader=calibration, mode="99.9%", channel_wise=True, half_threshold=True),
+        "local threshold balancing": lambda: ann2snn.LocalThresholdBalancingRecipe(
+            dataloader=calibration),
+    }
+    snn = ann2snn.FXConverter(recipe=recipes[recipe](), device="cpu").convert(
+        copy.deepcopy(model).eval())
+    correct = 0
+    with torch.no_grad():
+        for x, y in test.batches(256):
+            functional.reset_net(snn)
+            x = normalise(x)
+            total = sum(snn(x) for _ in range(timesteps))
+            correct += int((total.argmax(1) == y).sum())
+    return correct / len(test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--arch", default="lenet",
+                        help="a zoo architecture, or kuangliu-resnet (tests/third_party_models.py)")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("-T", "--timesteps", default="2,4,8,16")
+    parser.add_argument("--n", type=int, default=2000, help="test images scored")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-train", type=int, default=None)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--no-spikingjelly", action="store_true")
+    parser.add_argument("--robust", default="", help="T values for the finetuned, attacked stage")
+    parser.add_argument("--robust-n", type=int, default=300)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-max-train", type=int, default=10000)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    from spikeshield.compiler.driver.config import CompileConfig
+    from spikeshield.compiler.driver.data import load_data
+    from spikeshield.compiler.driver.pipeline import compile_model
+    from spikeshield.runtime.evaluate import accuracy_of
+    from spikeshield.runtime.training import TrainConfig, train_robust
+
+    work = args.work / f"{args.data}-{args.arch}"
+    work.mkdir(parents=True, exist_ok=True)
+    splits = load_data(args.data, seed=0)
+    test = splits.test.head(args.n)
+    model = _model(args.arch, splits, args.width)
+    weights = work / "ann.pt"
+    if not weights.exists():
+        started = time.perf_counter()
+        cfg = TrainConfig(objective="trades", eps=args.eps, epochs=args.epochs, batch_size=64,
+                          lr=0.1, attack_steps=10, seed=0, max_train=args.max_train)
+        train_robust(model, splits, cfg)
+        torch.save(model.state_dict(), weights)
+        (work / "training.json").write_text(json.dumps({
+            "seconds": round(time.perf_counter() - started, 1), "epochs": args.epochs,
+            "max_train": args.max_train, "width": args.width, "eps": args.eps}))
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    ann = _cell(work / "ann.json", lambda: {"accuracy": accuracy_of(model, test)})
+    steps = [int(t) for t in args.timesteps.split(",")]
+    rows: dict[str, dict[int, float]] = {}
+    for t, (name, fields) in itertools.product(steps, VARIANTS.items()):
+        slug = "ss-" + "".join(c if c.isalnum() else "-" for c in name) + f"-T{t}"
+
+        def convert(fields=fields, t=t) -> dict:
+            cfg = CompileConfig(timesteps=t, finetune="none", robustness="none", profile=False,
+                                eval_samples=args.n, **fields)
+            return {"accuracy": compile_model(model, splits, cfg).report["snn"]["accuracy"]}
+
+        rows.setdefault(f"spikeshield: {name}", {})[t] = _cell(work / f"{slug}.json",
+                                                               convert)["accuracy"]
+    if not args.no_spikingjelly:
+        sj_model, normalise = _for_spikingjelly(args.arch, model, splits, args.width)
+        batches = splits.train.batches(64, shuffle=True, seed=0)
+        calibration = [normalise(x) for x, _ in itertools.islice(batches, 11)]  # spikeshield's
+        for t, recipe in itertools.product(steps, SJ_RECIPES):
+            slug = "sj-" + "".join(c if c.isalnum() else "-" for c in recipe) + f"-T{t}"
+            rows.setdefault(f"SpikingJelly: {recipe}", {})[t] = _cell(
+                work / f"{slug}.json",
+                lambda recipe=recipe, t=t: {"accuracy": _spikingjelly(
+                    sj_model, normalise, calibration, test, t, recipe)})["accuracy"]
+    robust = _robust_stage(args, work, model, splits) if args.robust else {}
+    print(f"\n{args.data} {args.arch}: ANN {100 * ann['accuracy']:.2f}% on the first "
+          f"{len(test)} test images")
+    print("| converter | " + " | ".join(f"T={t}" for t in steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for name, accs in rows.items():
+        print(f"| {name} | " + " | ".join(f"{100 * accs[t]:.2f}%" for t in steps) + " |")
+    if robust:
+        print(f"\nfinetuned ({args.finetune_epochs} epochs, first {args.finetune_max_train} "
+              f"training images), paper preset on the first {args.robust_n} test images")
+        print("| variant | T | clean before finetuning | clean after | paper worst case |")
+        print("|---|---|---|---|---|")
+        for (name, t), r in robust.items():
+            print(f"| {name} | {t} | {100 * r['before']:.2f}% | {100 * r['after']:.2f}% | "
+                  f"{100 * r['paper']:.2f}% |")
+
+
+def _robust_stage(args, work: Path, model, splits) -> dict:
+    """Finetune and attack the old and today's default at each T of ``--robust``."""
+    from spikeshield.compiler.driver.config import CompileConfig
+    from spikeshield.compiler.driver.pipeline import compile_model
+
+    results = {}
+    for t in (int(v) for v in args.robust.split(",")):
+        for name in ("old default (zero, v0=0, layer)", "default (+ bias correction)"):
+            slug = "robust-" + "".join(c if c.isalnum() else "-" for c in name) + f"-T{t}"
+
+            def measure(name=name, t=t) -> dict:
+                cfg = CompileConfig(
+                    timesteps=t, finetune="trades", finetune_epochs=args.finetune_epochs,
+                    finetune_max_train=args.finetune_max_train, robustness="paper",
+                    eval_samples=args.robust_n, profile=False, **VARIANTS[name])
+                report = compile_model(model, splits, cfg).report
+                return {"before": report["snn"]["accuracy_before_finetuning"],
+                        "after": report["snn"]["accuracy"],
+                        "paper": report["robustness"]["snn_robust_accuracy"]}
+
+            results[(name, t)] = _cell(work / f"{slug}.json", measure)
+    return results
+
+
+if __name__ == "__main__":
+    main()
