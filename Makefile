@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spikeshield-installed
 
-.PHONY: install demo test lint bench clean wheel-smoke
+.PHONY: install demo test lint bench bench-env clean wheel-smoke
 
 install: $(STAMP)
 
@@ -26,6 +26,13 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Packages that only benchmarks compare against, never dependencies of spikeshield: SpikingJelly's
+# ann2snn for benchmarks/conversion.py (--no-deps: it declares torchvision; loguru is its one real
+# need beyond torch and numpy).
+bench-env: install
+	$(BIN)/python -m pip install -q loguru==0.7.3
+	$(BIN)/python -m pip install -q --no-deps spikingjelly==2.0.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,9 +6,9 @@ For each network (a TRADES-trained zoo model, or the third-party-style ResNet of
 accuracy (no finetuning) under
 
 * spikeshield variants, each a ``CompileConfig`` (the old default, then one change at a time up to
-  today's default, and the optional threshold search);
-* SpikingJelly 2.0.0's ``ann2snn`` recipes (installed with ``pip install --no-deps spikingjelly
-  loguru``; never a dependency of spikeshield): ``RateCodingRecipe`` with the max, the 99.9th
+  today's default);
+* SpikingJelly 2.0.0's ``ann2snn`` recipes (``make bench-env`` installs it with ``--no-deps``
+  beside loguru; never a dependency of spikeshield): ``RateCodingRecipe`` with the max, the 99.9th
   percentile, and per-channel 99.9th percentile with a half-threshold initial membrane, and
   ``LocalThresholdBalancingRecipe``. Its SNN runs T steps with ``functional.reset_net`` first; the
   prediction is the argmax of the summed outputs, as its own examples evaluate.
@@ -41,15 +41,22 @@ import torch
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))  # tests.third_party_models
 
-OLD = {"reset": "zero", "v_init": 0.0, "threshold_mode": "layer", "correction": "none"}
-VARIANTS = {  # name -> CompileConfig fields
-    "old default (zero, v0=0, layer)": OLD,
-    "+ reset subtract": {**OLD, "reset": "subtract"},
-    "+ v_init 0.5": {**OLD, "reset": "subtract", "v_init": 0.5},
-    "+ per channel": {**OLD, "reset": "subtract", "v_init": 0.5, "threshold_mode": "channel"},
-    "default (+ bias correction)": {},
-    "default + threshold search": {"threshold_search": True},
-}
+OLD = {"reset": "zero", "v_init": 0.0, "threshold_mode": "layer", "correction": "none",
+       "threshold_search": False}
+NEW = {"reset": "subtract", "v_init": 0.5, "threshold_mode": "channel", "correction": "bias",
+       "threshold_search": True}
+# (key of the stored result, label, CompileConfig fields): each step changes one setting, from the
+# defaults before issue 19 to today's. Fields are explicit, so stored results never change meaning.
+VARIANTS = [
+    ("old default (zero, v0=0, layer)", "old default (reset zero, v0 = 0, per layer)", OLD),
+    ("+ reset subtract", "+ reset by subtraction", {**OLD, "reset": "subtract"}),
+    ("+ v_init 0.5", "+ v_init 0.5", {**OLD, "reset": "subtract", "v_init": 0.5}),
+    ("+ per channel", "+ per-channel thresholds",
+     {**OLD, "reset": "subtract", "v_init": 0.5, "threshold_mode": "channel"}),
+    ("default (+ bias correction)", "+ bias correction", {**NEW, "threshold_search": False}),
+    ("default + threshold search", "+ threshold search = today's default", NEW),
+]
+ROBUST = (VARIANTS[0], VARIANTS[-1])  # the old and today's default, finetuned and attacked
 SJ_RECIPES = ("max", "99.9%", "99.9% channel + half threshold", "local threshold balancing")
 
 
@@ -130,7 +137,11 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.1, help="ANN training SGD learning rate")
     parser.add_argument("--no-spikingjelly", action="store_true")
+    parser.add_argument("--layers", type=int, default=0,
+                        help="at this T, print each IF layer's mean output against the ANN's "
+                        "under the old and today's default (why a conversion fails)")
     parser.add_argument("--robust", default="", help="T values for the finetuned, attacked stage")
     parser.add_argument("--robust-n", type=int, default=300)
     parser.add_argument("--finetune-epochs", type=int, default=2)
@@ -153,19 +164,19 @@ def main() -> None:
     if not weights.exists():
         started = time.perf_counter()
         cfg = TrainConfig(objective="trades", eps=args.eps, epochs=args.epochs, batch_size=64,
-                          lr=0.1, attack_steps=10, seed=0, max_train=args.max_train)
+                          lr=args.lr, attack_steps=10, seed=0, max_train=args.max_train)
         train_robust(model, splits, cfg)
         torch.save(model.state_dict(), weights)
         (work / "training.json").write_text(json.dumps({
             "seconds": round(time.perf_counter() - started, 1), "epochs": args.epochs,
-            "max_train": args.max_train, "width": args.width, "eps": args.eps}))
+            "max_train": args.max_train, "width": args.width, "eps": args.eps, "lr": args.lr}))
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     ann = _cell(work / "ann.json", lambda: {"accuracy": accuracy_of(model, test)})
     steps = [int(t) for t in args.timesteps.split(",")]
     rows: dict[str, dict[int, float]] = {}
-    for t, (name, fields) in itertools.product(steps, VARIANTS.items()):
-        slug = "ss-" + "".join(c if c.isalnum() else "-" for c in name) + f"-T{t}"
+    for t, (key, name, fields) in itertools.product(steps, VARIANTS):
+        slug = "ss-" + "".join(c if c.isalnum() else "-" for c in key) + f"-T{t}"
 
         def convert(fields=fields, t=t) -> dict:
             cfg = CompileConfig(timesteps=t, finetune="none", robustness="none", profile=False,
@@ -175,6 +186,10 @@ def main() -> None:
         rows.setdefault(f"spikeshield: {name}", {})[t] = _cell(work / f"{slug}.json",
                                                                convert)["accuracy"]
     if not args.no_spikingjelly:
+        try:
+            import spikingjelly  # noqa: F401
+        except ImportError:
+            sys.exit("SpikingJelly is not installed: run `make bench-env`, or pass --no-spikingjelly")
         sj_model, normalise = _for_spikingjelly(args.arch, model, splits, args.width)
         batches = splits.train.batches(64, shuffle=True, seed=0)
         calibration = [normalise(x) for x, _ in itertools.islice(batches, 11)]  # spikeshield's
@@ -185,6 +200,8 @@ def main() -> None:
                 lambda recipe=recipe, t=t: {"accuracy": _spikingjelly(
                     sj_model, normalise, calibration, test, t, recipe)})["accuracy"]
     robust = _robust_stage(args, work, model, splits) if args.robust else {}
+    if args.layers:
+        _layer_report(model, splits, test, args.layers)
     print(f"\n{args.data} {args.arch}: ANN {100 * ann['accuracy']:.2f}% on the first "
           f"{len(test)} test images")
     print("| converter | " + " | ".join(f"T={t}" for t in steps) + " |")
@@ -201,6 +218,36 @@ def main() -> None:
                   f"{100 * r['paper']:.2f}% |")
 
 
+def _layer_report(model, splits, test, timesteps: int) -> None:
+    """Each IF layer's mean output (rate x threshold) against the ANN's mean activation there
+    (the graph's ANN proxy, clipped at the threshold), on the first 500 test images."""
+    from spikeshield.compiler.driver.config import CompileConfig
+    from spikeshield.compiler.driver.pipeline import compile_model
+    from spikeshield.compiler.ir.ops import IF
+    from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.gradient_modes import GradientMode
+    from spikeshield.runtime.kernels import channel_view
+
+    x = test.head(500).images.float() / 255
+    for _, name, fields in ROBUST:
+        fields = {**fields, "correction": "none"}  # the proxy must be the source ANN
+        cfg = CompileConfig(timesteps=timesteps, finetune="none", robustness="none",
+                            profile=False, eval_samples=500, **fields)
+        snn = compile_model(model, splits, cfg).snn
+        spiking, proxy = GraphExecutor(snn).eval(), GraphExecutor(snn).eval()
+        print(f"\nT={timesteps}, {name} without bias correction: layer, ANN mean, SNN mean, "
+              "SNN / ANN")
+        with torch.no_grad():
+            spiking(x, timesteps, record=True)
+            for layer in snn.nodes_of(IF):
+                counts = spiking.neuron_spike_counts[layer]
+                theta = channel_view(snn.op(layer).threshold, counts.dim())
+                with proxy.using(GradientMode("ann_proxy")):
+                    ann = torch.minimum(torch.relu(proxy(x, stop_at=layer)), theta).mean()
+                sent = (counts / timesteps * theta).mean()
+                print(f"  {layer}: {float(ann):.4f} {float(sent):.4f} {float(sent / ann):.3f}")
+
+
 def _robust_stage(args, work: Path, model, splits) -> dict:
     """Finetune and attack the old and today's default at each T of ``--robust``."""
     from spikeshield.compiler.driver.config import CompileConfig
@@ -208,14 +255,14 @@ def _robust_stage(args, work: Path, model, splits) -> dict:
 
     results = {}
     for t in (int(v) for v in args.robust.split(",")):
-        for name in ("old default (zero, v0=0, layer)", "default (+ bias correction)"):
-            slug = "robust-" + "".join(c if c.isalnum() else "-" for c in name) + f"-T{t}"
+        for key, name, fields in ROBUST:
+            slug = "robust-" + "".join(c if c.isalnum() else "-" for c in key) + f"-T{t}"
 
-            def measure(name=name, t=t) -> dict:
+            def measure(fields=fields, t=t) -> dict:
                 cfg = CompileConfig(
                     timesteps=t, finetune="trades", finetune_epochs=args.finetune_epochs,
                     finetune_max_train=args.finetune_max_train, robustness="paper",
-                    eval_samples=args.robust_n, profile=False, **VARIANTS[name])
+                    eval_samples=args.robust_n, profile=False, **fields)
                 report = compile_model(model, splits, cfg).report
                 return {"before": report["snn"]["accuracy_before_finetuning"],
                         "after": report["snn"]["accuracy"],

@@ -40,10 +40,12 @@ class ResNet(nn.Module):
     def __init__(self, num_blocks=(1, 1, 1), widths=(16, 32, 64), num_classes=10, in_ch=1,
                  mean=(0.1307,), std=(0.3081,), relu_modules=False, normalize=True):
         super().__init__()
-        # relu_modules: nn.ReLU modules instead of F.relu (the same function), for converters that
-        # match only modules (SpikingJelly's ann2snn); normalize=False leaves the input
-        # normalisation to the caller (for converters that refuse the division).
-        self.normalize = normalize
+        # relu_modules: nn.ReLU, nn.AdaptiveAvgPool2d and nn.Flatten modules instead of F.relu,
+        # F.adaptive_avg_pool2d and view (the same function), for converters that match only
+        # modules (SpikingJelly's ann2snn); normalize=False leaves the input normalisation to the
+        # caller (for converters that refuse the division).
+        self.normalize, self.modules_only = normalize, relu_modules
+        self.pool, self.flatten = nn.AdaptiveAvgPool2d(1), nn.Flatten()
         relu = nn.ReLU if relu_modules else (lambda: F.relu)
         self.relu = relu()
         self.register_buffer("mu", torch.tensor(mean).view(1, -1, 1, 1))
@@ -65,6 +67,8 @@ class ResNet(nn.Module):
             x = (x - self.mu) / self.sigma
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.layers(out)
+        if self.modules_only:
+            return self.linear(self.flatten(self.pool(out)))
         out = F.adaptive_avg_pool2d(out, 1)
         out = out.view(out.size(0), -1)
         return self.linear(out)

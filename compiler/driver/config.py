@@ -53,7 +53,7 @@ class CompileConfig:
         None, "Factor on calibrated thresholds (default: 1 with --v-init > 0, else "
         "clamp(1 - 1.2/T, 0.3, 0.9)).")
     threshold_search: bool = option(
-        False, "Choose each threshold among fractions of the calibrated one by the layer's "
+        True, "Choose each threshold among fractions of the calibrated one by the layer's "
         "measured error (clipping against quantisation).", "--threshold-search/--no-threshold-search")
     correction: str = option(
         "bias", "Post-calibration correction without labels: bias (each layer's mean output "

@@ -33,8 +33,10 @@ from spikeshield.compiler.passes.registry import PassResult, register_pass
 def _bias_owner(graph: Graph, name: str) -> str | None:
     """The synaptic node whose bias shifts IF node ``name``'s input current alone: its single
     parent, or a synaptic input of that parent when it is a residual sum; None if there is none."""
-    (parent,) = set(graph.inputs(name)) if len(set(graph.inputs(name))) == 1 else (None,)
-    if parent is None or graph.consumers(parent) != [name]:
+    if len(graph.inputs(name)) != 1:  # one edge of count 1: a bias step shifts the current once
+        return None
+    (parent,) = graph.inputs(name)
+    if graph.consumers(parent) != [name]:
         return None
     candidates = [parent]
     if isinstance(graph.op(parent), Sum):
@@ -104,7 +106,7 @@ def correct_biases(
         bias = owner_op.bias if owner_op.bias is not None else torch.zeros(len(delta))
         graph.set_op(owner, owner_op.replace(bias=(bias + delta.cpu()).float()))
         # The frontier's stored value entering this node moves with the bias (nothing read it yet).
-        (parent,) = set(graph.inputs(name))
+        (parent,) = graph.inputs(name)
         snn.shift(parent, channel_view(delta, sample_ndim + 1))
         corrections[name] = [round(v, 6) for v in delta.tolist()[:8]]
     graph.meta["bias_correction"] = {"timesteps": timesteps, "batches": len(batches_x),

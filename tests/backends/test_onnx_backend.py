@@ -185,3 +185,34 @@ def test_a_clipped_relu_exports_to_onnx_clip_and_reads_back(tmp_path):
     [clip] = back.nodes_of(ReLU)
     assert back.op(clip).ceiling == 0.5
     assert torch.equal(GraphExecutor(back)(x).detach(), expected)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_quantised_relu_and_a_floor_export_to_onnx_exactly(fused, tmp_path):
+    # QCFS as the frontends lower it (Scale, Floor, Scale, clamp, Scale) and fused into one
+    # quantised ReLU: the ONNX graph computes the same levels in onnxruntime.
+    from spikeshield.compiler.ir.graph import Graph
+    from spikeshield.compiler.ir.ops import Floor, Input, Linear, Output, ReLU, Scale
+    from spikeshield.compiler.passes.fuse_quantized_relu import fuse_quantized_relu
+
+    g = torch.Generator().manual_seed(0)
+    ann = Graph("qcfs")
+    ann.add("input", Input((6,)))
+    ann.add("fc", Linear(torch.randn(5, 6, generator=g), torch.randn(5, generator=g)), ["input"])
+    ann.add("up", Scale(scale=torch.tensor([4 / 0.7]), bias=torch.tensor([0.5])), ["fc"])
+    ann.add("floor", Floor(), ["up"])
+    ann.add("down", Scale(scale=torch.tensor([0.25])), ["floor"])
+    ann.add("clamp", ReLU(ceiling=1.0), ["down"])
+    ann.add("back", Scale(scale=torch.tensor([0.7])), ["clamp"])
+    ann.add("fc2", Linear(torch.randn(3, 5, generator=g), torch.zeros(3)), ["back"])
+    ann.add("output", Output(), ["fc2"])
+    ann.validate()
+    if fused:
+        ann = fuse_quantized_relu(ann).graph
+        assert ann.op("clamp").levels == 4
+    x = torch.randn(64, 6, generator=g)
+    expected = GraphExecutor(ann)(x).detach().numpy()
+    path = write_onnx(ann, tmp_path / "qcfs.onnx")
+    assert "Floor" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    got = session(path).run(["logits"], {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-6
