@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=0.1, help="ANN training SGD learning rate")
     parser.add_argument("--no-spikingjelly", action="store_true")
+    parser.add_argument("--head-to-head", action="store_true",
+                        help="only today's default and SpikingJelly's per-channel recipe (its best "
+                        "here), e.g. on a whole test set")
     parser.add_argument("--layers", type=int, default=0,
                         help="at this T, print each IF layer's mean output against the ANN's "
                         "under the old and today's default (why a conversion fails)")
@@ -175,7 +178,9 @@ def main() -> None:
     ann = _cell(work / "ann.json", lambda: {"accuracy": accuracy_of(model, test)})
     steps = [int(t) for t in args.timesteps.split(",")]
     rows: dict[str, dict[int, float]] = {}
-    for t, (key, name, fields) in itertools.product(steps, VARIANTS):
+    variants = VARIANTS[-1:] if args.head_to_head else VARIANTS
+    recipes = SJ_RECIPES[2:3] if args.head_to_head else SJ_RECIPES
+    for t, (key, name, fields) in itertools.product(steps, variants):
         slug = "ss-" + "".join(c if c.isalnum() else "-" for c in key) + f"-T{t}"
 
         def convert(fields=fields, t=t) -> dict:
@@ -193,7 +198,7 @@ def main() -> None:
         sj_model, normalise = _for_spikingjelly(args.arch, model, splits, args.width)
         batches = splits.train.batches(64, shuffle=True, seed=0)
         calibration = [normalise(x) for x, _ in itertools.islice(batches, 11)]  # spikeshield's
-        for t, recipe in itertools.product(steps, SJ_RECIPES):
+        for t, recipe in itertools.product(steps, recipes):
             slug = "sj-" + "".join(c if c.isalnum() else "-" for c in recipe) + f"-T{t}"
             rows.setdefault(f"SpikingJelly: {recipe}", {})[t] = _cell(
                 work / f"{slug}.json",

@@ -14,6 +14,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _calibration_steps(cfg: dict[str, Any]) -> str:
+    """The calibration recipe in force, in words (the passes themselves are in report.json)."""
+    steps = [f"{cfg['percentile']}th percentile per {cfg['threshold_mode']}"]
+    if cfg.get("threshold_search"):
+        steps.append("threshold search")
+    if cfg.get("correction", "none") != "none":
+        steps.append(f"{cfg['correction']} correction")
+    return ", ".join(steps)
+
+
 def render_markdown(report: dict[str, Any], snn: Graph) -> str:
     ann, snn_r = report["ann"], report["snn"]
     cfg = report["config"]
@@ -22,8 +32,10 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         "",
         f"- model: `{report['model']}`",
         f"- data: `{report['data']}` (test samples: {snn_r['samples']})",
-        f"- timesteps T: {snn_r['timesteps']}, reset: {cfg['reset']}, thresholds: per {cfg['threshold_mode']},"
+        f"- timesteps T: {snn_r['timesteps']}, reset: {cfg['reset']}, initial potential: "
+        f"{cfg.get('v_init', 0.0):g} x threshold, thresholds: per {cfg['threshold_mode']},"
         f" encoding: {cfg['encoding']}, device: {report['device']}",
+        f"- calibration: {_calibration_steps(cfg)}",
         "",
         "## Clean accuracy",
         "",
@@ -97,7 +109,20 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         "  prediction is the argmax of its output layer averaged over T steps (the output is non-spiking).",
         "- *Threshold*: an IF neuron spikes when its membrane potential exceeds it; it was calibrated as "
         f"{snn_r['threshold_scale']:.3g} x the {cfg['percentile']}th percentile of the layer's input current"
-        " (earlier layers already spiking). Each spike stands for that many units of the ANN activation.",
+        " (earlier layers already spiking)"
+        + (", then set, per channel, to the fraction of that with the least measured layer error"
+           if cfg.get("threshold_search") else "")
+        + ". Each spike stands for that many units of the ANN activation."
+        + (" A quantised (QCFS) layer's threshold is its learned ceiling instead."
+           if snn.meta.get("fixed_thresholds") else ""),
+        "- *Initial potential*: the membrane starts at this fraction of the threshold (0.5 rounds a"
+        " neuron's spike count, 0 floors it).",
+    ]
+    if cfg.get("correction", "none") != "none":
+        lines.append("- *Bias correction*: each layer's mean output matched to the ANN's on the "
+                     "calibration data, layer by layer, by shifting the bias of the layer before it "
+                     "(no labels used).")
+    lines += [
         "- *Firing rate*: spikes per neuron per time step, averaged over the test samples (0 to 1).",
     ]
     return "\n".join(lines) + "\n"

@@ -45,6 +45,8 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     assert rob["ann_pgd_robust_accuracy"] is not None
     text = (out / "report.md").read_text()
     assert "firing rate" in text and "SNN before finetuning" in text and "## Robustness" in text
+    assert "initial potential: 0.5 x threshold" in text
+    assert "calibration: 99.7th percentile per channel, threshold search, bias correction" in text
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = runner.invoke(app, ["inspect", str(out / "snn.ir")])
     assert shown.exit_code == 0 and "if(reset=subtract, v_init=0.5" in shown.output
