@@ -89,6 +89,14 @@ def if_scan(currents: torch.Tensor, p: IFParameters, timesteps: int | None = Non
     return if_scan_from(currents, p, timesteps)[0]
 
 
+def if_rate(currents: torch.Tensor, p: IFParameters, timesteps: int, sample_ndim: int
+            ) -> torch.Tensor:
+    """Spikes per step ``(N, ...)`` of a layer over ``timesteps`` steps, for a current ``(T, N, ...)``
+    or one held constant ``(N, ...)`` (told apart by ``sample_ndim``, the batch-less dims)."""
+    constant = currents.dim() == sample_ndim + 1
+    return if_scan(currents, p, timesteps if constant else None).mean(dim=0)
+
+
 def if_scan_from(
     currents: torch.Tensor,
     p: IFParameters,

@@ -124,7 +124,7 @@ def _searched_threshold(op: IF, threshold: torch.Tensor, currents: list[torch.Te
     by measurement instead of by one fixed factor (as Li et al. 2021 choose a threshold by the
     error of the clip-floor function)."""
     from spikeshield.runtime.kernels import channel_view
-    from spikeshield.runtime.neurons import IFParameters, if_scan
+    from spikeshield.runtime.neurons import IFParameters, if_rate
 
     ndim = sample_ndim + 1
     errors = torch.zeros(len(SEARCH_FACTORS), threshold.numel())
@@ -132,14 +132,12 @@ def _searched_threshold(op: IF, threshold: torch.Tensor, currents: list[torch.Te
         for current in currents:
             temporal = current.dim() == ndim + 1
             target = torch.relu(current.mean(dim=0) if temporal else current)
-            channel_dim = 1
             for i, factor in enumerate(SEARCH_FACTORS):
                 theta = channel_view(threshold.to(current) * factor, ndim)
                 params = IFParameters(theta, op.reset, v_init=op.v_init)
-                rate = if_scan(current, params, None if temporal else timesteps).mean(dim=0)
-                error = (rate * theta - target).square()
-                per_channel = error.movedim(channel_dim, 0).reshape(error.shape[channel_dim], -1)
-                total = per_channel.sum(dim=1).cpu()
+                rate = if_rate(current, params, timesteps, sample_ndim)
+                error = (rate * theta - target).square()  # (N, C, ...): channel dim 1
+                total = error.transpose(0, 1).reshape(error.shape[1], -1).sum(dim=1).cpu()
                 errors[i] += total if threshold.numel() > 1 else total.sum()
     best = errors.argmin(dim=0)
     return threshold * torch.tensor(SEARCH_FACTORS)[best]

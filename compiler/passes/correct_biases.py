@@ -68,7 +68,7 @@ def correct_biases(
 ) -> PassResult:
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.kernels import channel_view
-    from spikeshield.runtime.neurons import IFParameters, if_scan
+    from spikeshield.runtime.neurons import IFParameters, if_rate
 
     if not graph.meta.get("calibrated"):
         raise PassError("bias correction needs calibrated thresholds; run calibrate_thresholds first")
@@ -98,8 +98,7 @@ def correct_biases(
             theta = channel_view(op.threshold.to(device), ndim)
             targets = [torch.minimum(torch.relu(c), theta) for c in target_currents]
             params = IFParameters(theta, op.reset, v_init=op.v_init)
-            outputs = [if_scan(c, params, None if c.dim() == ndim + 1 else timesteps).mean(dim=0)
-                       * theta for c in currents]
+            outputs = [if_rate(c, params, timesteps, sample_ndim) * theta for c in currents]
             error = _channel_means(targets, sample_ndim) - _channel_means(outputs, sample_ndim)
         delta = error  # one per channel of this layer, which are the owner's output channels
         owner_op = graph.op(owner)
