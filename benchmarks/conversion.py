@@ -7,7 +7,7 @@ accuracy (no finetuning) under
 
 * spikeshield variants, each a ``CompileConfig`` (the old default, then one change at a time up to
   today's default);
-* SpikingJelly 2.0.0's ``ann2snn`` recipes (``make bench-env`` installs it with ``--no-deps``
+* SpikingJelly 2.0.0's ``ann2snn`` recipes (``make install`` installs it with ``--no-deps``
   beside loguru; never a dependency of spikeshield): ``RateCodingRecipe`` with the max, the 99.9th
   percentile, and per-channel 99.9th percentile with a half-threshold initial membrane, and
   ``LocalThresholdBalancingRecipe``. Its SNN runs T steps with ``functional.reset_net`` first; the
@@ -194,7 +194,7 @@ def main() -> None:
         try:
             import spikingjelly  # noqa: F401
         except ImportError:
-            sys.exit("SpikingJelly is not installed: run `make bench-env`, or pass --no-spikingjelly")
+            sys.exit("SpikingJelly is not installed: run `make install`, or pass --no-spikingjelly")
         sj_model, normalise = _for_spikingjelly(args.arch, model, splits, args.width)
         batches = splits.train.batches(64, shuffle=True, seed=0)
         calibration = [normalise(x) for x, _ in itertools.islice(batches, 11)]  # spikeshield's

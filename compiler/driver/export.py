@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spikeshield.backends.frameworks import FRAMEWORKS, write_module
 from spikeshield.backends.nir_backend import write_nir
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
@@ -34,6 +35,9 @@ FORMATS: dict[str, tuple[str, Any]] = {
     "nir": ("snn.nir", lambda g, p, t: write_nir(g, p)),
     "onnx": ("snn.onnx", lambda g, p, t: write_onnx(g, p, "unrolled", t)),
     "onnx-step": ("snn_step.onnx", lambda g, p, t: write_onnx(g, p, "step", t)),
+    # A native module of an SNN framework (backends.frameworks), loaded with load_module(path).
+    **{name: (f"snn.{name}.safetensors", lambda g, p, t, name=name: write_module(g, p, name))
+       for name in FRAMEWORKS},
 }
 # The order repairs run in: quantisation last, so that it sees the final weights.
 REPAIR_ORDER = ("set_encoding", "set_reset_mode", "set_initial_potential", "drop_biases",
@@ -170,6 +174,9 @@ def export_graph(
         }
         if "quantization" in adapted.meta:
             description["quantization"] = adapted.meta["quantization"]
+        if fmt in FRAMEWORKS:
+            description["load"] = ("from spikeshield.backends.frameworks import load_module; "
+                                   f"snn = load_module({out.name!r}); logits = snn(x)")
         sidecar = out.with_name(out.name + ".json")
         with atomic_file(out) as tmp, atomic_file(sidecar) as tmp_json:
             FORMATS[fmt][1](adapted, tmp, steps)

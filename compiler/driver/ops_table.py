@@ -4,7 +4,7 @@ ops each frontend lowers. Derived from the tables themselves, so it cannot drift
 
 from __future__ import annotations
 
-from spikeshield.backends import nir_backend, onnx_backend, targets
+from spikeshield.backends import frameworks, nir_backend, onnx_backend, targets
 from spikeshield.compiler.ir.ops import OPS
 from spikeshield.frontends import fx_lowering, nir_frontend, onnx_frontend
 from spikeshield.runtime import executor, synops
@@ -12,7 +12,8 @@ from spikeshield.runtime import executor, synops
 COLUMNS = {
     "fx/.pt2": fx_lowering.COVERAGE, "ONNX in": onnx_frontend.COVERAGE,
     "NIR in": nir_frontend.COVERAGE, "NIR out": nir_backend.COVERAGE,
-    "ONNX out": onnx_backend.COVERAGE, "runtime": executor.COVERAGE,
+    "ONNX out": onnx_backend.COVERAGE, "frameworks": frameworks.COVERAGE,
+    "runtime": executor.COVERAGE,
     "SynOps": synops.COVERAGE, "targets": targets.COVERAGE,
 }
 

@@ -72,32 +72,51 @@ def check_input_range(inputs: torch.Tensor, graph: Graph, name: str, scale: floa
     return inputs
 
 
+ENGINES = ("runtime", "norse")
+
+
 def simulate(
     graph: Graph,
     inputs: torch.Tensor,
     timesteps: int | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    engine: str = "runtime",
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Predictions, logits and per-layer spike counts per sample of ``graph`` on ``inputs``."""
+    """Predictions, logits and per-layer spike counts per sample of ``graph`` on ``inputs``, with
+    spikeshield's runtime or (``engine="norse"``) the Norse module of ``backends.frameworks``."""
+    from spikeshield.runtime.device import resolve_device
     from spikeshield.runtime.executor import GraphExecutor
 
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spiking = bool(graph.nodes_of(IF))
     spec = graph.run_spec()
     steps = resolve_timesteps(timesteps, spec.timesteps)
     if spiking and steps is None:
         raise ConfigError(f"graph {graph.name!r} records no number of time steps; pass --timesteps")
-    executor = GraphExecutor(graph, encoding=spec.encoding).eval()
+    where = resolve_device(device)
+    if engine == "norse":
+        from spikeshield.backends.frameworks import to_module
+
+        if not spiking:
+            raise ConfigError("--engine norse runs spiking graphs; this graph has no IF neurons")
+        module = to_module(graph, "norse").to(where).eval()
+    else:
+        module = GraphExecutor(graph, encoding=spec.encoding).to(where).eval()
     generator = torch.Generator().manual_seed(seed)
     logits, counts = [], {n: [] for n in graph.nodes_of(IF)}
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
-            batch = inputs[start : start + batch_size]
-            logits.append(
-                executor(batch, steps if spiking else None, record=spiking, generator=generator)
-            )
-            for name in counts:
-                counts[name].append(executor.spike_counts[name])
+            batch = inputs[start : start + batch_size].to(where)
+            if engine == "norse":
+                logits.append(module(batch, steps).cpu())
+            else:
+                logits.append(module(batch, steps if spiking else None, record=spiking,
+                                     generator=generator).cpu())
+            for name, parts in counts.items():
+                parts.append(module.spike_counts[name].cpu())
     all_logits = torch.cat(logits) if logits else torch.zeros(0)
     result: dict[str, np.ndarray] = {
         "predictions": all_logits.argmax(dim=1).numpy().astype(np.int64),
@@ -118,9 +137,11 @@ def run_on_inputs(
     input_scale: float = 1.0,
     force: bool = False,
     skip_verify: bool = False,
+    engine: str = "runtime",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Load ``source`` (compile directory, .ir or .nir), simulate it on the .npy inputs (divided
-    by ``input_scale``) and save an .npz; returns the arrays saved. ``out`` is claimed first
+    by ``input_scale``) with ``engine`` on ``device`` and save an .npz; returns the arrays saved. ``out`` is claimed first
     (``compiler.outputs``); a compile directory must verify unless ``skip_verify``."""
     out = Path(out)
     if out.suffix != ".npz":
@@ -130,7 +151,7 @@ def run_on_inputs(
         input_shape = graph.op(graph.input_names[0]).shape
         inputs = load_inputs(inputs_path, input_shape)
         inputs = check_input_range(inputs, graph, Path(inputs_path).name, input_scale)
-        result = simulate(graph, inputs, timesteps)
+        result = simulate(graph, inputs, timesteps, engine=engine, device=device)
         with atomic_file(out) as tmp:
             np.savez(tmp, **result)
     return result

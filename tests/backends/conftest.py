@@ -36,7 +36,8 @@ def zoo_ann(arch: str) -> tuple[Graph, torch.Tensor]:
 
 
 @functools.cache
-def zoo_snn(arch: str, reset: str) -> tuple[Graph, torch.Tensor]:
+def zoo_snn(arch: str, reset: str, threshold: str = "layer", v_init: float = 0.0
+            ) -> tuple[Graph, torch.Tensor]:
     """``zoo_ann(arch)`` converted with thresholds calibrated on random images."""
     ann, x = zoo_ann(arch)
     calibration = [torch.rand(16, *ZOO[arch], generator=torch.Generator().manual_seed(2))]
@@ -44,7 +45,7 @@ def zoo_snn(arch: str, reset: str) -> tuple[Graph, torch.Tensor]:
         ann,
         [
             ("fold_batchnorm", {}),
-            ("convert_relu_to_if", {"reset": reset}),
+            ("convert_relu_to_if", {"reset": reset, "threshold": threshold, "v_init": v_init}),
             ("calibrate_thresholds", {"data": calibration, "timesteps": TIMESTEPS}),
             ("fold_scales", {}),
         ],

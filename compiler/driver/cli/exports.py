@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from spikeshield.compiler.driver.cli.common import (
     TARGET_HELP,
+    DeviceOpt,
     ForceOpt,
     SkipVerifyOpt,
     _export_line,
@@ -19,9 +20,9 @@ from spikeshield.compiler.driver.cli.common import (
 @app.command("export")
 def export_cmd(
     source: Annotated[Path, typer.Argument(help="A compile directory (its snn.ir), a .ir or a .nir file.")],
-    fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T) or onnx-step (one step, explicit state).")] = "nir",
+    fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T), onnx-step (one step, explicit state), or a framework module: norse, snntorch, spikingjelly, sinabs (load it with spikeshield.backends.frameworks.load_module).")] = "nir",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx or snn_step.onnx in DIR).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx, snn_step.onnx or snn.<framework>.safetensors in DIR).")] = None,
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="T of the unrolled ONNX graph (default: the compiled T).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data for re-measuring accuracy after target repairs (default: the compile-time spec).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test samples for that measurement.")] = 1000,
@@ -47,6 +48,8 @@ def run_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output .npz: predictions (N,), logits (N, classes), spikes/<layer> (N,) spike counts per sample, layers, timesteps.")],
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Time steps (default: the T recorded in the graph).")] = None,
     input_scale: Annotated[float, typer.Option("--input-scale", help="Divide the inputs by this first (255 for 8-bit pixels); inputs outside the model's declared range are refused.")] = 1.0,
+    engine: Annotated[str, typer.Option("--engine", help="runtime (spikeshield's) or norse (the SNN as a Norse module, backends.frameworks): the same numbers.")] = "runtime",
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     skip_verify: SkipVerifyOpt = False,
 ) -> None:
@@ -55,7 +58,8 @@ def run_cmd(
     def run() -> None:
         from spikeshield.compiler.driver.simulate import run_on_inputs
 
-        result = run_on_inputs(source, inputs, out, timesteps, input_scale, force, skip_verify)
+        result = run_on_inputs(source, inputs, out, timesteps, input_scale, force, skip_verify,
+                               engine, device)
         spikes = sum(int(result[f"spikes/{n}"].sum()) for n in result["layers"])
         typer.echo(f"simulated {len(result['predictions'])} inputs for T={int(result['timesteps'])}: "
                    f"{spikes} spikes in {len(result['layers'])} layers; wrote {out}")

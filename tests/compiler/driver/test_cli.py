@@ -252,7 +252,8 @@ def test_ops_lists_every_op_with_its_fate_and_the_tables_that_handle_it():
     result = runner.invoke(app, ["ops"])
     assert result.exit_code == 0
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()
-            if line.split() and line.split()[0] in OPS and len(line.split()) == 10}
+            if line.split() and line.split()[0] in OPS and len(line.split()) == 11}
     assert set(rows) == set(OPS)
-    assert rows["relu"][4] == "no" and rows["conv2d"][2:] == ["yes"] * 8  # NIR in: no ReLU
+    assert rows["relu"][4] == "no" and rows["conv2d"][2:] == ["yes"] * 9  # NIR in: no ReLU
+    assert rows["relu"][7] == "no" and rows["if"][7] == "yes"  # the framework backends
     assert "becomes an IF neuron" in result.output and "MaxPool" not in result.output

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from spikeshield.backends import nir_backend, onnx_backend, targets
+from spikeshield.backends import frameworks, nir_backend, onnx_backend, targets
 from spikeshield.compiler.ir.ops import OPS, Op, OpCoverage, register_op, tensor_field
 from spikeshield.frontends import fx_lowering, nir_frontend, onnx_frontend
 from spikeshield.runtime import executor, storage, synops
@@ -19,6 +19,7 @@ TABLES = {
     "NIR frontend": nir_frontend.COVERAGE,
     "NIR backend": nir_backend.COVERAGE,
     "ONNX backend": onnx_backend.COVERAGE,
+    "framework backends": frameworks.COVERAGE,
     "executor": executor.COVERAGE,
     "SynOp counter": synops.COVERAGE,
     "storage": storage.COVERAGE,

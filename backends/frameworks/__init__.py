@@ -1,0 +1,80 @@
+"""Framework backends: the compiled SNN as a native module of Norse, snnTorch, SpikingJelly or
+Sinabs, built from the IR (not through NIR), computing what ``spikeshield.runtime`` computes.
+
+    from spikeshield.backends.frameworks import load_module
+    snn = load_module("out/snn.snntorch.safetensors")   # a torch.nn.Module of snntorch.Leaky
+    logits = snn(images)                                  # (N, classes): T steps, averaged
+
+``to_module(graph, framework)`` returns the module for an IR graph; ``write_module`` writes the
+file ``spikeshield export --format <framework>`` makes: the graph in spikeshield's safetensors IR
+format (tensors and a JSON structure, nothing pickled) tagged with the framework. The frameworks
+are optional: ``pip install 'spikeshield[frameworks]'`` (``make frameworks``) installs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from spikeshield.backends.frameworks.graph_module import (
+    COVERAGE,
+    NeuronAdapter,
+    SpikingGraphModule,
+    unsupported_nodes,
+)
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.serialize import load_graph, save_graph
+
+__all__ = ["COVERAGE", "FRAMEWORKS", "SpikingGraphModule", "load_module", "to_module",
+           "unsupported_nodes", "write_module"]
+
+# framework -> (module of its adapter, adapter class, the pip package that provides it)
+FRAMEWORKS: dict[str, tuple[str, str, str]] = {
+    "norse": ("norse_backend", "NorseNeurons", "norse"),
+    "snntorch": ("snntorch_backend", "SnnTorchNeurons", "snntorch"),
+    "spikingjelly": ("spikingjelly_backend", "SpikingJellyNeurons", "spikingjelly"),
+    "sinabs": ("sinabs_backend", "SinabsNeurons", "sinabs"),
+}
+FILE_SUFFIX = ".safetensors"
+
+
+def adapter(framework: str) -> NeuronAdapter:
+    """The neuron adapter of ``framework``; a one-line error if unknown or not installed."""
+    if framework not in FRAMEWORKS:
+        raise ConfigError(f"unknown framework {framework!r}; choose one of "
+                          f"{', '.join(FRAMEWORKS)}")
+    module, cls, package = FRAMEWORKS[framework]
+    try:
+        loaded = importlib.import_module(f"{__name__}.{module}")
+    except ImportError as err:
+        raise ConfigError(f"the {framework} backend needs {package}, which does not import "
+                          f"({err}); install it: pip install 'spikeshield[frameworks]' "
+                          "(see the README, 'SNN frameworks')") from None
+    return getattr(loaded, cls)()
+
+
+def to_module(graph: Graph, framework: str) -> SpikingGraphModule:
+    """``graph`` (a compiled spiking IR graph) as a ``torch.nn.Module`` of ``framework``'s neurons."""
+    return SpikingGraphModule(graph, adapter(framework))
+
+
+def write_module(graph: Graph, path: str | os.PathLike, framework: str) -> Path:
+    """Write the file :func:`load_module` turns into ``framework``'s module; checks first that the
+    module can be built (so no file is written for a graph the framework cannot run)."""
+    to_module(graph, framework)
+    tagged = graph.copy()
+    tagged.meta["framework"] = framework
+    return save_graph(tagged, path)
+
+
+def load_module(path: str | os.PathLike, framework: str | None = None) -> SpikingGraphModule:
+    """The module in a file written by ``spikeshield export --format <framework>`` (or any
+    spikeshield ``.ir`` file, given ``framework``), in eval mode."""
+    graph = load_graph(path)
+    chosen = framework or graph.meta.get("framework")
+    if chosen is None:
+        raise ConfigError(f"{Path(path).name} names no framework; pass framework="
+                          f"{'|'.join(FRAMEWORKS)}")
+    return to_module(graph, str(chosen)).eval()

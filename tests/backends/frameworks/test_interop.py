@@ -1,0 +1,76 @@
+"""The framework backends against the real packages: each framework's module of a compiled zoo SNN
+computes what spikeshield's runtime computes (logits within 1e-5, the same predictions, every
+neuron's spike count), for both resets, per-layer and per-channel thresholds, with and without an
+initial potential."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spikeshield.backends.frameworks import FRAMEWORKS, to_module
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, Input, Linear, Output
+from spikeshield.runtime.executor import GraphExecutor
+
+from tests.backends.conftest import TIMESTEPS, zoo_snn
+
+# (reset, threshold mode, v_init): the defaults before issue 19, and today's compile defaults.
+SETTINGS = [("zero", "layer", 0.0), ("subtract", "channel", 0.5)]
+
+
+def runtime_reference(graph: Graph, x: torch.Tensor, steps: int):
+    executor = GraphExecutor(graph).eval()
+    with torch.no_grad():
+        logits = executor(x, steps, record=True)
+    return logits, executor.neuron_spike_counts
+
+
+def assert_same_as_runtime(graph: Graph, x: torch.Tensor, framework: str, steps: int) -> None:
+    expected, counts = runtime_reference(graph, x, steps)
+    module = to_module(graph, framework).eval()
+    with torch.no_grad():
+        logits = module(x, steps)
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
+    assert module.neuron_layers == graph.nodes_of(IF)
+    for name in graph.nodes_of(IF):
+        assert torch.equal(module.neuron_spike_counts[name], counts[name]), name
+    assert sum(int(c.sum()) for c in counts.values()) > 0  # the network does spike
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("arch", ["lenet", "vgg11", "resnet20"])
+@pytest.mark.parametrize("reset,threshold,v_init", SETTINGS)
+def test_framework_module_equals_the_runtime_on_zoo_snns(framework, arch, reset, threshold,
+                                                         v_init):
+    graph, x = zoo_snn(arch, reset, threshold, v_init)
+    assert_same_as_runtime(graph, x, framework, TIMESTEPS)
+
+
+def one_neuron(reset: str, v_init: float, current: float) -> Graph:
+    """input -> linear (weight 1, bias 0) -> IF(threshold 1) -> output: the membrane lands on the
+    threshold exactly when ``v_init + k * current == 1``."""
+    graph = Graph("tie")
+    graph.add("input", Input((1,)))
+    graph.add("fc", Linear(torch.ones(1, 1), torch.zeros(1)), ["input"])
+    graph.add("if", IF(torch.tensor([1.0]), reset, v_init=v_init), ["fc"])
+    graph.add("out", Linear(torch.ones(1, 1), torch.zeros(1)), ["if"])
+    graph.add("output", Output(), ["out"])
+    return graph.validate()
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+@pytest.mark.parametrize("reset,v_init,current,steps,spikes", [
+    ("subtract", 0.5, 0.5, 3, 1),  # v: 1.0, 1.5 -> spike, 1.0 (firing at v >= 1: two spikes)
+    ("zero", 0.0, 0.25, 4, 0),  # v: 0.25 ... 1.0 (at v >= 1: one)
+    ("subtract", 0.0, 1.0, 4, 3),  # v: 1.0, 2.0, 2.0, 2.0 (at v >= 1: four)
+])
+def test_a_membrane_exactly_at_threshold_does_not_spike_in_any_framework(
+        framework, reset, v_init, current, steps, spikes):
+    graph = one_neuron(reset, v_init, current)
+    x = torch.tensor([[current]])
+    _, counts = runtime_reference(graph, x, steps)
+    module = to_module(graph, framework)
+    module(x, steps)
+    assert counts["if"].item() == spikes  # the runtime spikes only above the threshold
+    assert torch.equal(module.neuron_spike_counts["if"], counts["if"])
