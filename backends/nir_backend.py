@@ -27,7 +27,12 @@ output             ``I(r=1)`` -> ``Output``: after T steps the integrator holds 
 =================  ===========================================================================
 
 Graph metadata (informational, as NIR requires): generator and version, dt, T, reset mode, input
-encoding and input range. Each node's metadata names the IR node and op it came from.
+encoding and input range, the profile and how to read the output. Each node's metadata names the
+IR node and op it came from.
+
+That is the ``exact`` profile. ``profile="portable"`` writes the subset SNN frameworks' importers
+read (:mod:`spikeshield.backends.nir_portable`): no ``I`` readout, one threshold per layer, no
+``Scale`` or pooling node, reset to zero only.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import nir
 import numpy as np
 import torch
 from spikeshield.backends.common import full_shape, graph_description, raise_unsupported
+from spikeshield.backends.nir_portable import PROFILES, portable_graph, portable_problems
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
     OpCoverage,
@@ -259,13 +266,35 @@ def unsupported_nodes(graph: Graph) -> list[str]:
     return problems
 
 
-def to_nir(graph: Graph) -> nir.NIRGraph:
-    """The NIR graph of ``graph`` (a valid spiking IR graph); raises listing every inexpressible node."""
+def _output_per_step(b: _NirBuilder, name: str, op: Output) -> None:
+    """The portable profile's output: the output layer's value at each step (no integrator)."""
+    b.chain(name, (name, nir.Output(output_type={"output": np.array(b.graph.shape(name))})))
+
+
+READOUTS = {
+    "exact": "logits = state of the I node before each Output after T steps, divided by T",
+    "portable": "logits = the Output's values summed over the T steps, divided by T",
+}
+
+
+def to_nir(graph: Graph, profile: str = "exact") -> nir.NIRGraph:
+    """The NIR graph of ``graph`` (a valid spiking IR graph) in ``profile`` (``exact`` or
+    ``portable``); raises listing every inexpressible node."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown NIR profile {profile!r}; choose one of {', '.join(PROFILES)}")
     graph.validate()
-    raise_unsupported("NIR", unsupported_nodes(graph))
+    problems = unsupported_nodes(graph)
+    if profile == "portable":
+        problems += portable_problems(graph)
+    raise_unsupported(f"NIR ({profile} profile)" if profile != "exact" else "NIR", problems)
+    if profile == "portable":
+        graph = portable_graph(graph)
     b = _NirBuilder(graph)
     for name in graph.nodes():
         op = graph.op(name)
+        if profile == "portable" and isinstance(op, Output):
+            _output_per_step(b, name, op)
+            continue
         CONVERTERS[type(op)](b, name, op)
     for name in graph.nodes():
         if isinstance(graph.op(name), Sum):
@@ -281,13 +310,13 @@ def to_nir(graph: Graph) -> nir.NIRGraph:
             )
         b.edges += [(src, b.entry[name]) for src in sources]
     meta = graph_description(graph)
-    meta["readout"] = "logits = state of the I node before each Output after T steps, divided by T"
+    meta.update({"nir_profile": profile, "readout": READOUTS[profile]})
     return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta, type_check=True)
 
 
-def write_nir(graph: Graph, path: str | os.PathLike) -> Path:
-    """Export ``graph`` to ``path`` with ``nir.write``; returns the path."""
-    nir_graph = to_nir(graph)
+def write_nir(graph: Graph, path: str | os.PathLike, profile: str = "exact") -> Path:
+    """Export ``graph`` to ``path`` in ``profile`` with ``nir.write``; returns the path."""
+    nir_graph = to_nir(graph, profile)
     path = Path(path)
     # HDF5 is built in memory and written with plain file I/O: h5py writing to a full disk can
     # crash the process, where a failed write() is an ordinary OSError.

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from spikeshield.backends.frameworks import FRAMEWORKS, write_module
+from spikeshield.backends.nir_backend import READOUTS as NIR_READOUTS
 from spikeshield.backends.nir_backend import write_nir
+from spikeshield.backends.nir_portable import PROFILES as NIR_PROFILES
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
 from spikeshield.compiler.ir.atomic import atomic_file
@@ -30,15 +32,17 @@ from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.ir.serialize import save_graph
 from spikeshield.runtime.data import Dataset
 
-# format -> (default file name, writer)
+# format -> (default file name, writer(graph, path, T, NIR profile))
 FORMATS: dict[str, tuple[str, Any]] = {
-    "nir": ("snn.nir", lambda g, p, t: write_nir(g, p)),
-    "onnx": ("snn.onnx", lambda g, p, t: write_onnx(g, p, "unrolled", t)),
-    "onnx-step": ("snn_step.onnx", lambda g, p, t: write_onnx(g, p, "step", t)),
+    "nir": ("snn.nir", lambda g, p, t, profile: write_nir(g, p, profile)),
+    "onnx": ("snn.onnx", lambda g, p, t, profile: write_onnx(g, p, "unrolled", t)),
+    "onnx-step": ("snn_step.onnx", lambda g, p, t, profile: write_onnx(g, p, "step", t)),
     # A native module of an SNN framework (backends.frameworks), loaded with load_module(path).
-    **{name: (f"snn.{name}.safetensors", lambda g, p, t, name=name: write_module(g, p, name))
+    **{name: (f"snn.{name}.safetensors",
+              lambda g, p, t, profile, name=name: write_module(g, p, name))
        for name in FRAMEWORKS},
 }
+PORTABLE_NIR_FILE = "snn.portable.nir"  # the default name of the portable profile's export
 # The order repairs run in: quantisation last, so that it sees the final weights.
 REPAIR_ORDER = ("set_encoding", "set_reset_mode", "set_initial_potential", "drop_biases",
                 "fold_scales", "quantize_weights")
@@ -145,9 +149,11 @@ def export_graph(
     test: Dataset | None = None,
     timesteps: int | None = None,
     device: str = "cpu",
+    nir_profile: str = "exact",
 ) -> list[dict[str, Any]]:
     """Adapt ``graph`` to ``target`` once, then write it in each format of ``files`` (format ->
-    path), each file atomically with a JSON sidecar ``<file>.json``; returns those descriptions."""
+    path; NIR in ``nir_profile``), each file atomically with a JSON sidecar ``<file>.json``;
+    returns those descriptions."""
     unknown = [f for f in files if f not in FORMATS]
     if unknown:
         raise ConfigError(
@@ -177,9 +183,12 @@ def export_graph(
         if fmt in FRAMEWORKS:
             description["load"] = ("from spikeshield.backends.frameworks import load_module; "
                                    f"snn = load_module({out.name!r}); logits = snn(x)")
+        if fmt == "nir":
+            description["nir_profile"] = nir_profile
+            description["readout"] = NIR_READOUTS[nir_profile]
         sidecar = out.with_name(out.name + ".json")
         with atomic_file(out) as tmp, atomic_file(sidecar) as tmp_json:
-            FORMATS[fmt][1](adapted, tmp, steps)
+            FORMATS[fmt][1](adapted, tmp, steps, nir_profile)
             tmp_json.write_text(json.dumps(description, indent=2) + "\n")
         descriptions.append(description)
         record_files(out.parent, [out, sidecar] + ([adapted_ir] if adapted_ir else []))
@@ -196,8 +205,10 @@ def export_source(
     samples: int = 1000,
     force: bool = False,
     skip_verify: bool = False,
+    nir_profile: str = "exact",
 ) -> tuple[Path, dict[str, Any]]:
-    """``spikeshield export``: load a compile directory, .ir or .nir; adapt; write. The test data
+    """``spikeshield export``: load a compile directory, .ir or .nir; adapt; write (NIR in
+    ``nir_profile``, by default to snn.nir or, portable, snn.portable.nir). The test data
     for re-measuring accuracy after repairs is ``data`` or the spec the directory was compiled with
     (loaded only when a repair is needed). ``out`` is claimed first (``compiler.outputs``): it must
     end in the format's suffix, may not be the source, and replaces an earlier export only with
@@ -209,9 +220,15 @@ def export_source(
         raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if samples <= 0:
         raise ConfigError(f"--n must be positive, got {samples}")
+    if nir_profile not in NIR_PROFILES:
+        raise ConfigError(f"unknown NIR profile {nir_profile!r}; choose one of "
+                          f"{', '.join(NIR_PROFILES)}")
+    if nir_profile != "exact" and fmt != "nir":
+        raise ConfigError(f"--nir-profile applies to --format nir, not {fmt}")
     source = Path(source)
     folder = source if source.is_dir() else source.parent
-    out = Path(out) if out is not None else folder / FORMATS[fmt][0]
+    default = PORTABLE_NIR_FILE if nir_profile == "portable" else FORMATS[fmt][0]
+    out = Path(out) if out is not None else folder / default
     suffix = Path(FORMATS[fmt][0]).suffix
     if out.suffix != suffix:
         raise ConfigError(f"--out must end in {suffix} for --format {fmt}, got {out.name}")
@@ -225,7 +242,8 @@ def export_source(
             spec = data or _recorded_data_spec(source)
             if spec:
                 test = load_data(spec).test.head(samples)
-        [description] = export_graph(graph, {fmt: out}, target, test, timesteps)
+        [description] = export_graph(graph, {fmt: out}, target, test, timesteps,
+                                     nir_profile=nir_profile)
     return Path(out), description
 
 

@@ -84,6 +84,18 @@ class Graph:
             self.connect(new_name, s, data["recurrent"], data["count"])
         return new_name
 
+    def insert_before(self, name: str, new_name: str, op: Op) -> str:
+        """Insert ``new_name`` between all of ``name``'s feed-forward inputs and ``name``: it
+        receives their sum (edge counts kept) and is ``name``'s only feed-forward input."""
+        preds = [(p, self._g.edges[p, name]["count"]) for p in self._g.predecessors(name)
+                 if not self._g.edges[p, name]["recurrent"]]
+        self.add(new_name, op)
+        for p, count in preds:
+            self._g.remove_edge(p, name)
+            self.connect(p, new_name, count=count)
+        self.connect(new_name, name)
+        return new_name
+
     # ---- queries ------------------------------------------------------------------------
     def op(self, name: str) -> Op:
         return self._g.nodes[name]["op"]

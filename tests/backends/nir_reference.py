@@ -54,11 +54,13 @@ class NirReference:
 
     def run(self, x: torch.Tensor, timesteps: int):
         """Returns (final values of Output nodes, spike counts per spiking node (N, *shape), and
-        the smallest |v - threshold| each neuron reached before firing decisions)."""
+        the smallest |v - threshold| each neuron reached before firing decisions); the Output
+        nodes' values summed over the steps are then in ``self.summed``."""
         prev: dict[str, torch.Tensor] = {}
         state: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
         margin: dict[str, torch.Tensor] = {}
+        self.summed: dict[str, torch.Tensor] = {}
         for _ in range(timesteps):
             out: dict[str, torch.Tensor] = {}
             for name in self.order:
@@ -74,6 +76,9 @@ class NirReference:
                 inp = sum(parts)
                 out[name] = self._node(name, node, inp, state, counts, margin)
             prev = out
+            for n, node in self.g.nodes.items():
+                if isinstance(node, nir.Output):
+                    self.summed[n] = self.summed.get(n, 0) + out[n]
         outputs = {n: prev[n] for n, node in self.g.nodes.items() if isinstance(node, nir.Output)}
         return outputs, counts, margin
 

@@ -200,7 +200,9 @@ def _profile_line(p: dict) -> str:
 
 def _export_line(path: Path, description: dict) -> str:
     a = description["adaptation"]
-    line = f"wrote {path} ({description['format']}, target {a['target']})"
+    profile = description.get("nir_profile", "exact")
+    kind = description["format"] + (f" {profile} profile" if profile != "exact" else "")
+    line = f"wrote {path} ({kind}, target {a['target']})"
     if a["passes"]:
         line += f"; adapted with {', '.join(p['name'] for p in a['passes'])}"
     if a["passes"] and a["accuracy_before"] is None:

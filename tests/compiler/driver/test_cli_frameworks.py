@@ -99,3 +99,37 @@ def test_framework_errors_name_the_fault_and_the_fix(compiled):
     poisson.meta["encoding"] = "poisson"
     with pytest.raises(UnsupportedOpError, match="input encoding 'poisson'"):
         to_module(poisson, "norse")
+
+
+def test_portable_nir_export_refuses_todays_defaults_and_runs_like_the_runtime(
+        compiled, trained_lenet, tmp_path):
+    refused = runner.invoke(app, ["export", str(compiled), "--format", "nir", "--nir-profile",
+                                  "portable"])
+    assert refused.exit_code == 2 and "resets by subtraction" in refused.output
+    assert not (compiled / "snn.portable.nir").exists()
+    _, model = trained_lenet
+    out = tmp_path / "zero"
+    result = runner.invoke(app, ["compile", str(model), "-T", "4", "--n", "100", "--finetune",
+                                 "none", "--robustness", "none", "--reset", "zero", "--v-init",
+                                 "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(out), "--format", "nir", "--nir-profile",
+                                 "portable"])
+    assert result.exit_code == 0, result.output
+    assert "nir portable profile" in result.output
+    sidecar = json.loads((out / "snn.portable.nir.json").read_text())
+    assert sidecar["nir_profile"] == "portable" and "summed over the T steps" in sidecar["readout"]
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    results = {}
+    for source in (out, out / "snn.portable.nir"):
+        target = tmp_path / f"{source.name}.npz"
+        run = runner.invoke(app, ["run", str(source), "--inputs", str(tmp_path / "x.npy"),
+                                  "--out", str(target)])
+        assert run.exit_code == 0, run.output
+        results[source.name] = np.load(target)
+    ir, portable = results["zero"], results["snn.portable.nir"]
+    assert np.array_equal(ir["predictions"], portable["predictions"])
+    assert np.abs(ir["logits"] - portable["logits"]).max() < 1e-5
+    bad = runner.invoke(app, ["export", str(out), "--format", "onnx", "--nir-profile", "portable"])
+    assert bad.exit_code == 2 and "--nir-profile applies to --format nir" in bad.output

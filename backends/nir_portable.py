@@ -1,0 +1,99 @@
+"""The portable NIR profile: the same SNN in the subset of NIR that SNN frameworks' importers read
+correctly (``spikeshield export --format nir --nir-profile portable``).
+
+What the importers handle, measured against the real packages (``tests/backends/test_nir_importers.py``):
+SpikingJelly 2.0.0 reads ``Affine``, ``Linear``, ``Conv2d``, ``AvgPool2d``, ``Flatten`` and ``IF``
+with one threshold per layer and ``r = 1 / dt``; Norse 1.1.0 reads ``Affine``, ``Linear``,
+``Conv2d``, ``SumPool2d``, ``Flatten`` and ``IF``. Neither reads ``I``, ``Scale`` or ``Threshold``,
+so the exact profile's integrator readout, reset-by-subtraction loop and scales do not load. The
+portable graph is therefore written from an IR rewritten with the same meaning:
+
+* the output layer feeds ``Output`` directly: the reader averages the per-step outputs over T
+  (the exact profile integrates them in an ``I`` node);
+* ``IF(r=1, v_reset=0)`` only: reset by subtraction and an initial potential are refused;
+* one threshold per layer: a per-channel threshold ``theta_c`` becomes 1, and channel ``c``'s input
+  current is divided by ``theta_c`` (in the feeding conv/linear's weights and bias, or in a
+  diagonal layer when the neuron sums several branches) -- the same spikes up to float rounding;
+* average pooling and scales become convolutions (or affine maps) with diagonal weights, which
+  every importer reads: ``1 / (kh * kw)`` on the diagonal is exact for power-of-two windows.
+"""
+
+from __future__ import annotations
+
+import torch
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Linear, Scale
+
+PROFILES = ("exact", "portable")
+
+
+def portable_problems(graph: Graph) -> list[str]:
+    """What the portable profile cannot express, one line per node, each with the way out."""
+    problems = []
+    for name in graph.nodes_of(IF):
+        op = graph.op(name)
+        if op.reset != "zero":
+            problems.append(f"node {name!r} (if) resets by subtraction, which NIR importers load "
+                            "wrongly or not at all: export --nir-profile exact, or recompile with "
+                            "--reset zero --v-init 0")
+        elif op.v_init:
+            problems.append(f"node {name!r} (if) starts at v_init={op.v_init}, which NIR's IF "
+                            "cannot hold: recompile with --v-init 0, or export a framework module")
+    for name in graph.nodes_of(AvgPool2d):
+        op = graph.op(name)
+        if any(op.padding) and not op.count_include_pad:
+            problems.append(f"node {name!r} (avgpool2d) divides padded windows by their valid "
+                            "size, which a fixed convolution cannot: pad without it")
+    return problems
+
+
+def _diagonal(channels_or_features: int, values: torch.Tensor, bias: torch.Tensor | None,
+              ndim: int, kernel: tuple[int, int] = (1, 1), **conv) -> Conv2d | Linear:
+    """A conv (``ndim == 3``) or linear layer whose output channel ``c`` is ``values[c]`` times input
+    channel ``c`` (summed over the kernel window), zeros elsewhere."""
+    n = channels_or_features
+    diagonal = torch.diag(values.detach().float().reshape(-1).expand(n).clone())
+    if ndim != 3:
+        return Linear(diagonal, None if bias is None else bias.detach().float().expand(n).clone())
+    weight = diagonal.reshape(n, n, 1, 1).expand(n, n, *kernel).clone()
+    return Conv2d(weight, None if bias is None else bias.detach().float().expand(n).clone(),
+                  **conv)
+
+
+def _one_threshold_per_layer(graph: Graph, name: str) -> None:
+    op = graph.op(name)
+    theta = op.threshold.detach().float().reshape(-1)
+    if bool((theta == theta[0]).all()):
+        return
+    inverse = 1.0 / theta
+    feeds = graph.inputs(name)
+    feeder = graph.op(feeds[0]) if len(feeds) == 1 else None
+    if isinstance(feeder, (Conv2d, Linear)) and graph.consumers(feeds[0]) == [name]:
+        rows = inverse.reshape(-1, *([1] * (feeder.weight.dim() - 1)))
+        bias = None if feeder.bias is None else feeder.bias.detach().float() * inverse
+        graph.set_op(feeds[0], feeder.replace(weight=feeder.weight.detach().float() * rows,
+                                              bias=bias))
+    else:
+        shape = graph.in_shape(name)
+        graph.insert_before(name, graph.unique_name(f"{name}_per_channel"),
+                            _diagonal(shape[0], inverse, None, len(shape)))
+    graph.set_op(name, op.replace(threshold=torch.ones(1)))
+
+
+def portable_graph(graph: Graph) -> Graph:
+    """A copy of ``graph`` rewritten into the portable subset (see the module docstring); the
+    caller has checked :func:`portable_problems`."""
+    graph = graph.copy()
+    for name in graph.nodes_of(IF):
+        _one_threshold_per_layer(graph, name)
+    for name in graph.nodes_of(AvgPool2d):
+        op = graph.op(name)
+        channels = graph.in_shape(name)[0]
+        window = torch.tensor(1.0 / (op.kernel[0] * op.kernel[1]))
+        graph.set_op(name, _diagonal(channels, window, None, 3, tuple(op.kernel),
+                                     stride=tuple(op.stride), padding=tuple(op.padding)))
+    for name in graph.nodes_of(Scale):
+        op = graph.op(name)
+        shape = graph.shape(name)
+        graph.set_op(name, _diagonal(shape[0], op.scale, op.bias, len(shape)))
+    return graph.validate()

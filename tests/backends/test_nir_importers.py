@@ -1,0 +1,170 @@
+"""The portable NIR profile, loaded by the SNN frameworks' own NIR importers (the real packages),
+and the importers' known bugs, pinned so that an upgrade that fixes one is noticed (then update
+the README's consumer table and these tests)."""
+
+from __future__ import annotations
+
+import warnings
+
+import nir
+import norse.torch as norse
+import pytest
+import sinabs
+import snntorch
+import torch
+from sinabs.activation import MembraneSubtract, MultiSpike
+from snntorch.import_nir import import_from_nir as snntorch_import
+from spikeshield.backends.nir_backend import to_nir, write_nir
+from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
+from spikeshield.compiler.ir.ops import IF
+from spikeshield.runtime.executor import GraphExecutor
+from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir as sj_import
+
+from tests.backends.conftest import TIMESTEPS, assert_same_spikes, zoo_snn
+from tests.backends.nir_reference import NirReference
+
+ARCHS = ["lenet", "vgg11", "resnet20"]
+
+
+def runtime(graph, x):
+    executor = GraphExecutor(graph).eval()
+    with torch.no_grad():
+        return executor(x, TIMESTEPS, record=True), executor.neuron_spike_counts
+
+
+def portable(arch: str, threshold: str, tmp_path):
+    graph, x = zoo_snn(arch, "zero", threshold, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return graph, x, nir.read(write_nir(graph, tmp_path / "snn.nir", "portable"))
+
+
+@pytest.mark.parametrize("threshold", ["layer", "channel"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_portable_profile_means_what_the_runtime_computes(arch, threshold, tmp_path):
+    graph, x, read = portable(arch, threshold, tmp_path)
+    kinds = {type(node).__name__ for node in read.nodes.values()}
+    assert kinds <= {"Input", "Output", "Conv2d", "Affine", "Linear", "Flatten", "IF"}, kinds
+    assert read.metadata["nir_profile"] == "portable" and read.metadata["dt"] == 1.0
+    for node in read.nodes.values():
+        if isinstance(node, nir.IF):  # one threshold per layer, r = 1, reset to zero
+            assert len(set(node.v_threshold.reshape(-1).tolist())) == 1
+            assert (node.r == 1).all() and (node.v_reset == 0).all()
+    expected, counts = runtime(graph, x)
+    reference = NirReference(read)
+    with torch.no_grad():
+        _, ref_counts, margins = reference.run(x, TIMESTEPS)
+    logits = next(iter(reference.summed.values())) / TIMESTEPS  # the sidecar's readout
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
+    for name in graph.nodes_of(IF):
+        assert_same_spikes(counts[name].flatten(1).numpy(), ref_counts[name].flatten(1).numpy(),
+                           margins[name].flatten(1).numpy(), name)
+
+
+@pytest.mark.parametrize("threshold", ["layer", "channel"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_spikingjelly_imports_the_portable_profile_and_agrees(arch, threshold, tmp_path):
+    graph, x, read = portable(arch, threshold, tmp_path)
+    module = sj_import(read, dt=1.0)  # SpikingJelly needs r == 1 / dt and ignores NIR's dt: pass it
+    state, total = None, 0
+    with torch.no_grad():
+        for _ in range(TIMESTEPS):
+            out, state = module(x, state)
+            total = total + out
+    expected, _ = runtime(graph, x)
+    logits = total / TIMESTEPS
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
+
+
+def norse_logits(read, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = norse.from_nir(read, dt=1.0)
+    logits = []
+    with torch.no_grad():
+        for sample in x:  # Norse maps Flatten(start_dim=0) literally: feed one sample at a time
+            state, total = None, 0
+            for _ in range(TIMESTEPS):
+                out, state = module(sample, state)
+                total = total + out
+            logits.append(total / TIMESTEPS)
+    return torch.stack(logits)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "vgg11"])
+def test_norse_imports_the_portable_profile_and_agrees(arch, tmp_path):
+    graph, x, read = portable(arch, "channel", tmp_path)
+    expected, _ = runtime(graph, x)
+    logits = norse_logits(read, x)
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
+
+
+def test_known_bug_norse_runs_a_residual_nir_graph_out_of_order(tmp_path):
+    """Norse 1.1 / nirtorch 2.6: on resnet20 the module's output is not the logits but an inner
+    layer's (8, 32, 32) map, at every step: use the Norse backend (export --format norse)."""
+    _, x, read = portable("resnet20", "channel", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = norse.from_nir(read, dt=1.0)
+    first, state = module(x[0], None)
+    second, _ = module(x[0], state)
+    assert tuple(first.shape) == tuple(second.shape) == (8, 32, 32)
+
+
+def test_known_bug_snntorch_imports_nir_if_as_a_leaky_neuron(tmp_path):
+    """snnTorch 1.0: nir.IF becomes Leaky(beta=0.9) with reset by subtraction: not an IF neuron
+    (and nir.I is refused): use the snnTorch backend (export --format snntorch)."""
+    _, _, read = portable("lenet", "layer", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = snntorch_import(read)
+    leaky = [m for m in module.modules() if isinstance(m, snntorch.Leaky)]
+    assert leaky and all(abs(float(m.beta) - 0.9) < 1e-6 for m in leaky)
+    assert all(m.reset_mechanism == "subtract" for m in leaky)
+
+
+def test_known_bug_sinabs_imports_nir_if_as_a_multi_spike_subtracting_neuron(tmp_path):
+    """Sinabs 3.1.3: nir.IF becomes IAFSqueeze with MultiSpike, reset by subtraction and a membrane
+    floor at -threshold, whatever v_reset says: use the Sinabs backend (export --format sinabs)."""
+    _, _, read = portable("lenet", "layer", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = sinabs.from_nir(read, batch_size=4)
+    neurons = [m for m in module.modules() if type(m).__name__ == "IAFSqueeze"]
+    assert neurons
+    for m in neurons:
+        assert m.spike_fn is MultiSpike and isinstance(m.reset_fn, MembraneSubtract)
+        assert torch.equal(m.min_v_mem, -m.spike_threshold)
+
+
+def test_known_bug_importers_refuse_the_exact_profiles_integrator(tmp_path):
+    """The exact profile's I readout: SpikingJelly and snnTorch stop at it (the portable profile
+    has none)."""
+    graph, _ = zoo_snn("lenet", "zero")
+    exact = to_nir(graph)
+    with pytest.raises(Exception, match="nir.I|I'>|<class 'nir.ir.neuron.I'>"):
+        sj_import(exact, dt=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception, match="I"):
+            snntorch_import(exact)
+
+
+@pytest.mark.parametrize("reset,v_init,message", [
+    ("subtract", 0.0, "resets by subtraction, which NIR importers load wrongly"),
+    ("subtract", 0.5, "resets by subtraction"),
+])
+def test_portable_profile_refuses_what_it_cannot_express_in_one_line(reset, v_init, message):
+    graph, _ = zoo_snn("lenet", reset, "layer", v_init)
+    with pytest.raises(UnsupportedOpError, match=message) as err:
+        to_nir(graph, "portable")
+    assert "\n" not in str(err.value) and "--nir-profile exact" in str(err.value)
+
+
+def test_an_unknown_profile_is_refused():
+    graph, _ = zoo_snn("lenet", "zero")
+    with pytest.raises(ConfigError, match="unknown NIR profile 'loose'; choose one of exact"):
+        to_nir(graph, "loose")
