@@ -43,6 +43,20 @@ FORMATS: dict[str, tuple[str, Any]] = {
        for name in FRAMEWORKS},
 }
 PORTABLE_NIR_FILE = "snn.portable.nir"  # the default name of the portable profile's export
+# Formats users ask for that cannot be written here, and why (measured; README, "SNN frameworks").
+UNAVAILABLE: dict[str, str] = {
+    "speck": "a Speck chip configuration needs SynSense's samna, and samna 0.48.6 from PyPI only "
+    "downloads the real package from gitlab.com when imported (sinabs.backend.dynapcnn imports it "
+    "first); export --format sinabs for the Sinabs module, --target speck to check the limits",
+}
+
+
+def _unknown_formats(unknown: list[str]) -> ConfigError:
+    known = [f"{f}: {UNAVAILABLE[f]}" for f in unknown if f in UNAVAILABLE]
+    if known:
+        return ConfigError("; ".join(known))
+    return ConfigError(f"unknown export format(s) {', '.join(unknown) or '(none)'}; "
+                       f"choose from {', '.join(FORMATS)}")
 # The order repairs run in: quantisation last, so that it sees the final weights.
 REPAIR_ORDER = ("set_encoding", "set_reset_mode", "set_initial_potential", "drop_biases",
                 "fold_scales", "quantize_weights")
@@ -80,10 +94,7 @@ def parse_formats(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     formats = [s.strip() for s in items if s.strip()]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ConfigError(
-            f"unknown export format(s) {', '.join(unknown) or '(none)'}; "
-            f"choose from {', '.join(FORMATS)}"
-        )
+        raise _unknown_formats(unknown)
     return formats
 
 
@@ -156,9 +167,7 @@ def export_graph(
     returns those descriptions."""
     unknown = [f for f in files if f not in FORMATS]
     if unknown:
-        raise ConfigError(
-            f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
-        )
+        raise _unknown_formats(unknown)
     adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
     spec = adapted.run_spec()
     steps = resolve_timesteps(timesteps, spec.timesteps)
@@ -217,7 +226,7 @@ def export_source(
     from spikeshield.compiler.driver.data import load_data
 
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise _unknown_formats([fmt])
     if samples <= 0:
         raise ConfigError(f"--n must be positive, got {samples}")
     if nir_profile not in NIR_PROFILES:

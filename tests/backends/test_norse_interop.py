@@ -57,5 +57,5 @@ def test_norse_runs_a_conv_if_affine_export_identically():
 def test_norse_cannot_load_scale_or_subtractive_reset(kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(KeyError):  # README, "Norse interoperability": no Scale, I, Threshold
+        with pytest.raises(KeyError):  # README, "SNN frameworks": no Scale, I, Threshold
             norse.from_nir(to_nir(conv_if_linear(**kwargs)), dt=1.0)

@@ -133,3 +133,16 @@ def test_portable_nir_export_refuses_todays_defaults_and_runs_like_the_runtime(
     assert np.abs(ir["logits"] - portable["logits"]).max() < 1e-5
     bad = runner.invoke(app, ["export", str(out), "--format", "onnx", "--nir-profile", "portable"])
     assert bad.exit_code == 2 and "--nir-profile applies to --format nir" in bad.output
+
+
+def test_a_speck_chip_configuration_is_refused_with_the_measured_reason(compiled):
+    """Sinabs' DYNAP-CNN backend (which makes the Speck configuration) imports samna, and PyPI's
+    samna only bootstraps the real package from gitlab.com at import: neither runs here. If this
+    import ever succeeds, samna became installable: build the Speck export."""
+    with pytest.raises(ModuleNotFoundError, match="samna"):
+        import sinabs.backend.dynapcnn  # noqa: F401
+    result = runner.invoke(app, ["export", str(compiled), "--format", "speck", "--target",
+                                 "speck"])
+    assert result.exit_code == 2
+    assert "a Speck chip configuration needs SynSense's samna" in result.output
+    assert "export --format sinabs" in result.output
