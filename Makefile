@@ -56,6 +56,8 @@ wheel-smoke: install
 	cd $(WHEEL_VENV) && bin/spikeshield train --epochs 1 --max-train 256 --attack-steps 1 --out m.pt2 \
 	  && bin/spikeshield compile m.pt2 --out snn --finetune none --robustness none --n 100 \
 	  && bin/spikeshield inspect snn | head -3 && bin/spikeshield verify snn \
-	  && bin/spikeshield export snn --format nir && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null
+	  && bin/spikeshield export snn --format nir && bin/spikeshield export snn --format norse \
+	  && bin/python -c "from spikeshield.backends.frameworks import load_module; load_module('snn/snn.norse.safetensors')" \
+	  && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null
 	rm -rf $(WHEEL_SRC) dist
 	@echo "wheel-smoke: the wheel installs and runs outside the checkout"

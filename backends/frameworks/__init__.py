@@ -8,7 +8,8 @@ Sinabs, built from the IR (not through NIR), computing what ``spikeshield.runtim
 ``to_module(graph, framework)`` returns the module for an IR graph; ``write_module`` writes the
 file ``spikeshield export --format <framework>`` makes: the graph in spikeshield's safetensors IR
 format (tensors and a JSON structure, nothing pickled) tagged with the framework. The frameworks
-are optional: ``pip install 'spikeshield[frameworks]'`` (``make frameworks``) installs them.
+are optional (README, "SNN frameworks"): ``pip install 'spikeshield[frameworks]'``, then
+``pip install --no-deps norse==1.1.0 spikingjelly==2.0.0 sinabs==3.1.3``; ``make install`` does both.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from spikeshield.compiler.ir.serialize import load_graph, save_graph
 __all__ = ["COVERAGE", "FRAMEWORKS", "SpikingGraphModule", "load_module", "to_module",
            "unsupported_nodes", "write_module"]
 
-# framework -> (module of its adapter, adapter class, the pip package that provides it)
+# framework -> (module of its adapter, adapter class, how to install the framework)
+_AFTER_EXTRA = "pip install 'spikeshield[frameworks]' && pip install --no-deps "
 FRAMEWORKS: dict[str, tuple[str, str, str]] = {
-    "norse": ("norse_backend", "NorseNeurons", "norse"),
-    "snntorch": ("snntorch_backend", "SnnTorchNeurons", "snntorch"),
-    "spikingjelly": ("spikingjelly_backend", "SpikingJellyNeurons", "spikingjelly"),
-    "sinabs": ("sinabs_backend", "SinabsNeurons", "sinabs"),
+    "norse": ("norse_backend", "NorseNeurons", _AFTER_EXTRA + "norse==1.1.0"),
+    "snntorch": ("snntorch_backend", "SnnTorchNeurons", "pip install 'spikeshield[frameworks]'"),
+    "spikingjelly": ("spikingjelly_backend", "SpikingJellyNeurons",
+                     _AFTER_EXTRA + "spikingjelly==2.0.0"),
+    "sinabs": ("sinabs_backend", "SinabsNeurons", _AFTER_EXTRA + "sinabs==3.1.3"),
 }
 FILE_SUFFIX = ".safetensors"
 
@@ -45,13 +48,12 @@ def adapter(framework: str) -> NeuronAdapter:
     if framework not in FRAMEWORKS:
         raise ConfigError(f"unknown framework {framework!r}; choose one of "
                           f"{', '.join(FRAMEWORKS)}")
-    module, cls, package = FRAMEWORKS[framework]
+    module, cls, install = FRAMEWORKS[framework]
     try:
         loaded = importlib.import_module(f"{__name__}.{module}")
     except ImportError as err:
-        raise ConfigError(f"the {framework} backend needs {package}, which does not import "
-                          f"({err}); install it: pip install 'spikeshield[frameworks]' "
-                          "(see the README, 'SNN frameworks')") from None
+        raise ConfigError(f"the {framework} backend cannot import {framework} ({err}); install it: "
+                          f"{install}") from None
     return getattr(loaded, cls)()
 
 

@@ -74,3 +74,17 @@ def test_a_membrane_exactly_at_threshold_does_not_spike_in_any_framework(
     module(x, steps)
     assert counts["if"].item() == spikes  # the runtime spikes only above the threshold
     assert torch.equal(module.neuron_spike_counts["if"], counts["if"])
+
+
+def test_a_framework_that_does_not_import_is_one_line_with_the_install_command(monkeypatch):
+    import sys
+
+    from spikeshield.compiler.ir.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "sinabs", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "spikeshield.backends.frameworks.sinabs_backend",
+                        raising=False)
+    graph, _ = zoo_snn("lenet", "zero")
+    with pytest.raises(ConfigError, match=r"cannot import sinabs .*pip install --no-deps "
+                                          r"sinabs==3\.1\.3$"):
+        to_module(graph, "sinabs")
