@@ -15,6 +15,11 @@ from typing import Any
 
 import torch
 from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.driver.energy_conventions import (
+    compare_profiles,
+    load_profile,
+    render_comparison,
+)
 from spikeshield.compiler.driver.manifest import record_files
 from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.errors import ConfigError
@@ -178,6 +183,10 @@ def _nj(pj: float) -> str:
     return f"{pj / 1000:,.2f}"
 
 
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def render_markdown(profile: dict[str, Any]) -> str:
     t, s = profile["totals"], profile["storage"]
     e = profile["energy_model"]
@@ -190,6 +199,17 @@ def render_markdown(profile: dict[str, Any]) -> str:
         "**Estimated energy** (an estimate of a neuromorphic chip's arithmetic, not a measurement):",
         "",
         f"    {e['formula']}",
+        "",
+        f"**Which convention the headline uses.** The headline counts the analog first layer's MACs "
+        f"at every one of the T steps, as the runtime feeds the input: SNN "
+        f"{_nj(t['snn_energy_pj'])} nJ, ANN / SNN {_x(t['ratios']['ann_over_snn_energy'])}. "
+        f"Counted once per sample (a chip that holds the first layer's constant current), the SNN "
+        f"needs {_nj(t['snn_energy_pj_first_layer_once'])} nJ, ANN / SNN "
+        f"{_x(t['ratios']['ann_over_snn_energy_first_layer_once'])}: this choice alone can decide "
+        "whether the SNN beats the ANN. Paper B's convention (Schmolli et al. 2025) leaves the "
+        f"analog first layer out and counts the SynOps of spike-fed layers only ("
+        f"{t['synops']:,.0f} per sample here); it compares a sparse SNN with its dense twin, "
+        "never with an ANN (`spikeshield profile DIR --baseline DENSE_DIR` adds that ratio).",
         "",
         "SynOps count one spike over one existing synapse (pruned synapses and zero-padding taps "
         "excluded); MACs are those of layers fed by analog values, counted every time step for the "
@@ -212,10 +232,7 @@ def render_markdown(profile: dict[str, Any]) -> str:
             f"{st['bytes']['int8'][best8]:,} {best8} |"
         )
     ratios = t["ratios"]
-
-    def x(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.2f}x"
-
+    x = _x
     lines += [
         f"| **total** | | {s['weights']:,} | {s['nonzeros']:,} | | | {t['synops']:,.0f} "
         f"| {t['macs_analog_per_step_total']:,} | {_nj(t['snn_energy_pj'])} | {t['ann_macs']:,} "
@@ -252,6 +269,8 @@ def render_markdown(profile: dict[str, Any]) -> str:
     lines += ["", "CSR indices use the narrowest unsigned integer that fits: column indices "
               "8/16/32 bits by the row length, row pointers by the nonzero count (per layer in "
               "profile.json). A bitmap costs one bit per weight position plus the values."]
+    if profile.get("against_dense"):
+        lines += ["", render_comparison(profile["against_dense"])]
     gpu = profile["gpu_energy"]
     lines += ["", "## Measured GPU energy", ""]
     if gpu.get("measured"):
@@ -328,9 +347,12 @@ def profile_directory(
     device: str = "auto",
     seed: int = 0,
     skip_verify: bool = False,
+    baseline: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """``spikeshield profile``: profile a compile directory's ``snn.ir`` on its test data; the
-    directory must match its manifest (unless ``skip_verify``) and is locked meanwhile."""
+    directory must match its manifest (unless ``skip_verify``) and is locked meanwhile. With
+    ``baseline`` (the dense SNN's compile directory or profile.json, profiled on the same images),
+    the profile also gives E_dense / E_sparse in both conventions (``energy_conventions``)."""
 
     from spikeshield.compiler.driver.manifest import require_verified
     from spikeshield.compiler.driver.outputs import output_lock
@@ -341,13 +363,16 @@ def profile_directory(
                           f"MODEL --out {directory}` first")
     if samples <= 0:
         raise ConfigError(f"--n must be positive, got {samples}")
+    dense = load_profile(baseline) if baseline is not None else None
     with output_lock(directory):
         require_verified(directory, skip_verify, PROFILE_FILES)
-        return _profile_directory(directory, data, samples, energy, timesteps, device, seed)
+        return _profile_directory(directory, data, samples, energy, timesteps, device, seed,
+                                  dense)
 
 
 def _profile_directory(directory: Path, data: str | None, samples: int, energy: EnergyModel,
-                       timesteps: int | None, device: str, seed: int) -> dict[str, Any]:
+                       timesteps: int | None, device: str, seed: int,
+                       dense: dict[str, Any] | None) -> dict[str, Any]:
     from spikeshield.compiler.driver.robustness import recorded_data_spec
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.compiler.driver.data import load_data
@@ -360,5 +385,7 @@ def _profile_directory(directory: Path, data: str | None, samples: int, energy: 
     profile = profile_graph(graph, splits.test.head(samples), steps, energy,
                             device=resolve_device(device))
     profile["data"] = spec
+    if dense is not None:
+        profile["against_dense"] = compare_profiles(profile, dense)
     write_profile(profile, directory)
     return profile

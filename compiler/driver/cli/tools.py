@@ -28,6 +28,7 @@ def profile_cmd(
     mac_pj: Annotated[Optional[float], typer.Option("--mac-pj", help="Override: picojoules per multiply-accumulate.")] = None,
     ac_pj: Annotated[Optional[float], typer.Option("--ac-pj", help="Override: picojoules per accumulate (SynOp).")] = None,
     memory_pj: Annotated[Optional[float], typer.Option("--memory-pj", help="Add this many picojoules per synaptic event for the weight fetch.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="The dense SNN's compile directory (or its profile.json), profiled on the same --n and -T: adds E_dense / E_sparse in Paper B's convention and in spikeshield's.")] = None,
     skip_verify: SkipVerifyOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -40,8 +41,15 @@ def profile_cmd(
         from spikeshield.runtime.energy import energy_model
 
         model = energy_model(energy, mac_pj, ac_pj, memory_pj)
-        p = profile_directory(directory, data, n, model, timesteps, device, seed, skip_verify)
+        p = profile_directory(directory, data, n, model, timesteps, device, seed, skip_verify,
+                              baseline)
         typer.echo(_profile_line(profile_summary(p)))
+        if p.get("against_dense"):
+            c = p["against_dense"]
+            paper, ours = (c["paper_b_dense_over_sparse_energy"], c["dense_over_sparse_energy"])
+            typer.echo("against the dense SNN: E_dense / E_sparse "
+                       f"{'n/a' if paper is None else f'{paper:.2f}x'} (Paper B's convention), "
+                       f"{'n/a' if ours is None else f'{ours:.2f}x'} (spikeshield's headline)")
         gpu = p["gpu_energy"]
         if gpu.get("measured"):
             typer.echo(f"measured GPU energy (NVML, {gpu['device']}): {gpu['joules_per_sample']:.4g} J "

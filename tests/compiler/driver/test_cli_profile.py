@@ -140,3 +140,39 @@ def test_sparse_snn_exports_to_onnx_and_its_nir_reads_back_with_its_masks(sparse
     assert len(originals) == len(recovered) == 5
     for a, b in zip(originals, recovered):
         assert torch.equal(a, b)
+
+
+def test_profile_against_the_dense_snn_in_both_conventions(sparse_dir, trained_lenet, tmp_path):
+    out, _ = sparse_dir
+    _, model = trained_lenet
+    dense = tmp_path / "dense"
+    result = runner.invoke(app, ["compile", str(model), "--data", "mnist5k", "-T", "4", "--n", "60",
+                                 "--finetune", "none", "--robustness", "none", "--no-profile",
+                                 "--out", str(dense)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["profile", str(dense), "--n", "40"]).exit_code == 0
+    result = runner.invoke(app, ["profile", str(out), "--n", "40", "--baseline", str(dense)])
+    assert result.exit_code == 0, result.output
+    sparse_p = json.loads((out / "profile.json").read_text())
+    dense_p = json.loads((dense / "profile.json").read_text())
+    c = sparse_p["against_dense"]
+    # Paper B: spike-fed SynOps only (the analog first layer's MACs are not SynOps), each network
+    # with its own spikes
+    assert c["paper_b_dense_over_sparse_energy"] == pytest.approx(
+        dense_p["totals"]["synops"] / sparse_p["totals"]["synops"])
+    assert c["dense_over_sparse_energy"] == pytest.approx(
+        dense_p["totals"]["snn_energy_pj"] / sparse_p["totals"]["snn_energy_pj"])
+    assert c["weight_reduction"] == pytest.approx(
+        dense_p["storage"]["nonzeros"] / sparse_p["storage"]["nonzeros"])
+    assert c["weight_reduction"] > 9  # 90% sparse: every layer but the dense ones pruned
+
+    def spikes(p):  # LeNet: each IF layer is driven by exactly one weighted layer
+        return sum(p["spike_rates"][r["neurons_driven"]] * r["neurons"] * 4
+                   for r in p["layers"] if r["neurons_driven"])
+
+    assert c["spikes_sparse_over_dense"] == pytest.approx(spikes(sparse_p) / spikes(dense_p))
+    md = (out / "profile.md").read_text()
+    assert "## Against the dense SNN" in md and "Which convention the headline uses" in md
+    assert "(Paper B's convention)" in result.output
+    other = runner.invoke(app, ["profile", str(out), "--n", "30", "--baseline", str(dense)])
+    assert other.exit_code == 2 and "profile both with the same --n and -T" in other.output
