@@ -14,6 +14,11 @@ because it is. Four symptoms are checked (after Athalye et al., 2018, and Carlin
 4. *Black-box beats white-box*: Square (queries only) breaking more than ``BLACK_BOX_LIMIT`` of the
    samples that every white-box member missed means the gradients are masked. Flagged.
 
+5. *A sparse SNN above its own ANN*: a pruned SNN whose worst case beats its ANN's under the same
+   ensemble (Paper B's high-sparsity regime, where a collapsed network can look robust) is flagged
+   until the strongest preset (``strong``) confirms it; then it is a warning
+   (:func:`check_sparse_above_ann`).
+
 A warning (not a masking flag, since the ensemble already includes it) is raised when the ANN proxy
 breaks more than ``PROXY_MARGIN`` of the samples that survived every BPTT surrogate: the surrogate
 gradients are weak on this network and only the ensemble's worst case should be quoted.
@@ -85,6 +90,20 @@ class Diagnostics:
             "trustworthy": self.trustworthy,
             "verdict": self.verdict,
         }
+
+
+def check_sparse_above_ann(diag: Diagnostics, snn_robust: float, ann_robust: float,
+                           sparse: bool, confirmed: bool) -> None:
+    """Symptom 5: flag (or, once ``confirmed`` by the strongest preset, warn about) a sparse SNN
+    whose robust accuracy exceeds its own ANN's under the same attacks."""
+    if not sparse or not snn_robust > ann_robust:
+        return
+    text = (f"the sparse SNN's worst case ({100 * snn_robust:.1f}%) is above its own ANN's "
+            f"({100 * ann_robust:.1f}%) under the same ensemble")
+    if confirmed:
+        diag.warnings.append(text + "; the strong preset confirms it")
+    else:
+        diag.masking.append(text + ": confirm it with --preset strong before quoting it")
 
 
 def zero_gradient_fraction(

@@ -33,7 +33,12 @@ from spikeshield.runtime.attacks import (
     preset_members,
 )
 from spikeshield.runtime.device import resolve_device
-from spikeshield.runtime.diagnostics import CURVE_STEPS, QUICK_CURVE_STEPS, diagnose
+from spikeshield.runtime.diagnostics import (
+    CURVE_STEPS,
+    QUICK_CURVE_STEPS,
+    check_sparse_above_ann,
+    diagnose,
+)
 from spikeshield.runtime.distributed import World
 from spikeshield.runtime.ensemble import check_eps, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
@@ -166,12 +171,24 @@ def evaluate_robustness(
         )
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
+        check_sparse_above_ann(diagnostics, result.robust_accuracy, ann_result.robust_accuracy,
+                               sparse=is_pruned(snn), confirmed=cfg.preset == "strong")
+        report["snn"]["diagnostics"] = diagnostics.to_json()
         # The SNN's worst case as a fraction of the ANN's PGD robust accuracy (the issue's yardstick).
         ann_pgd = report["ann"]["pgd_robust_accuracy"]
         report["retention"] = result.robust_accuracy / ann_pgd if ann_pgd else None
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["peak_memory"] = peak_memory(device)
     return report
+
+
+def is_pruned(graph: Graph) -> bool:
+    """Whether any weighted layer of ``graph`` has pruned synapses (a mask with a zero)."""
+    for name in graph.synaptic_nodes():
+        mask = getattr(graph.op(name), "mask", None)
+        if mask is not None and bool((mask == 0).any()):
+            return True
+    return False
 
 
 def peak_memory(device: torch.device) -> dict[str, float | None]:
