@@ -11,10 +11,14 @@ forward pass sees ``weight * mask`` and needs no change.
 - ``hydra``: freeze the weights, learn one importance score per weight under the robust objective
   (forward through the top-k scores, straight-through gradient to all scores; scores start at
   ``sqrt(6 / fan_in) * w / max|w|``), keep the top-k scores, then finetune the weights.
+- ``harp``: as ``hydra``, and each layer's share of the budget is learned with the scores
+  (:mod:`spikeshield.runtime.learned_budgets`): non-uniform per-layer sparsity, the global total
+  exact (Paper B's best 99% result, after HARP, Zhao & Wressnegger 2023).
 
 Budgets: ``sparsity`` is the fraction of *all* weights of the slots that is removed, so 0.99 always
 stores at most 1/100 of the weights. ``global`` ranks every prunable weight together; ``layer`` gives
-every prunable layer the same share. Layers named in ``dense_layers`` (``first``, ``last`` or layer
+every prunable layer the same share (Paper B's "uniform"); ``learned`` is ``harp``'s (``auto``, the
+default, means ``learned`` for ``harp`` and ``global`` otherwise). Layers named in ``dense_layers`` (``first``, ``last`` or layer
 names) are kept whole and their weights count against the budget. Every pruned layer keeps at least
 one weight.
 """
@@ -37,12 +41,13 @@ from spikeshield.runtime.objectives import (
     robust_epoch,
 )
 from spikeshield.runtime.data import DataSplits
+from spikeshield.runtime.learned_budgets import LearnedBudget
 from torch import nn
 from torch.nn.utils import parametrize
 from spikeshield.runtime.progress import progress_bar
 
-PRUNE_METHODS = ("hydra", "magnitude")
-BUDGETS = ("global", "layer")
+PRUNE_METHODS = ("hydra", "harp", "magnitude")
+BUDGETS = ("auto", "global", "layer", "learned")
 
 Slots = dict[str, tuple[nn.Module, str]]
 
@@ -53,7 +58,7 @@ class PruneConfig:
 
     sparsity: float = 0.9
     method: str = "hydra"
-    budget: str = "global"
+    budget: str = "auto"
     dense_layers: tuple[str, ...] = ()  # "first", "last" or layer names, kept unpruned
     score_epochs: int = 3  # hydra only
     finetune_epochs: int = 3
@@ -83,14 +88,28 @@ class PruneConfig:
                 raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
         if self.score_epochs < 0 or self.finetune_epochs < 0:
             raise ConfigError("prune score and finetune epochs must be >= 0")
-        if self.method == "hydra" and self.score_epochs == 0 and self.sparsity > 0:
-            raise ConfigError("hydra needs --prune-epochs >= 1 to learn its scores")
+        if self.method in ("hydra", "harp") and self.score_epochs == 0 and self.sparsity > 0:
+            raise ConfigError(f"{self.method} needs --prune-epochs >= 1 to learn its scores")
+        if self.method == "harp" and self.budget not in ("auto", "learned"):
+            raise ConfigError(f"harp learns each layer's budget; --prune-budget {self.budget} is "
+                              "hydra's: use --prune-method hydra, or --prune-budget learned")
+        if self.method != "harp" and self.budget == "learned":
+            raise ConfigError("a learned per-layer budget is what --prune-method harp does; "
+                              f"{self.method} takes --prune-budget global or layer")
         for what, value in {"learning rate": self.lr, "score learning rate": self.score_lr,
                             "batch size": self.batch_size, "attack steps": self.attack_steps}.items():
             if not value > 0:
                 raise ConfigError(f"prune {what} must be positive, got {value}")
         if not 0 <= self.eps <= 1:
             raise ConfigError(f"prune eps must be in [0, 1] (pixels), got {self.eps}")
+
+
+    @property
+    def effective_budget(self) -> str:
+        """``auto`` resolved: ``learned`` for harp, ``global`` otherwise."""
+        if self.budget == "auto":
+            return "learned" if self.method == "harp" else "global"
+        return self.budget
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -201,21 +220,27 @@ class _ScoreBudget:
         key = tuple(s._version for s in self.scores.values())
         if key != self._key:
             detached = {n: s.detach() for n, s in self.scores.items()}
-            self._masks = allocate_masks(detached, self.cfg.sparsity, self.cfg.budget, self.dense)
+            self._masks = allocate_masks(detached, self.cfg.sparsity, self.cfg.effective_budget,
+                                         self.dense)
             self._key = key
         return self._masks[name]
 
 
 class _ScoredMask(nn.Module):
-    """Parametrization ``w -> w * topk(scores)`` with a straight-through gradient to the scores."""
+    """Parametrization ``w -> w * topk(scores)`` with a straight-through gradient to the scores;
+    a learned budget also watches the gradient reaching the mask."""
 
-    def __init__(self, name: str, scores: nn.Parameter, budget: _ScoreBudget) -> None:
+    def __init__(self, name: str, scores: nn.Parameter, budget: _ScoreBudget | LearnedBudget
+                 ) -> None:
         super().__init__()
         self.name, self.scores, self.budget = name, scores, budget
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         hard = self.budget.mask(self.name)
-        return weight * (hard + self.scores - self.scores.detach())
+        mask = hard + self.scores - self.scores.detach()
+        if isinstance(self.budget, LearnedBudget):
+            mask = self.budget.observe(self.name, mask)
+        return weight * mask
 
 
 def _fan_in(weight: torch.Tensor) -> int:
@@ -227,6 +252,7 @@ class PruneOutcome:
     masks: dict[str, torch.Tensor]
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
+    densities: dict[str, float] = field(default_factory=dict)  # kept share per layer
 
 
 def prune_module(
@@ -260,7 +286,8 @@ def prune_module(
         attack = inner_attack(forward, cfg.objective, cfg.eps, cfg.inner_attack, cfg.attack_steps)
     history: list[dict[str, Any]] = []
 
-    def epochs(count: int, params: list[nn.Parameter], lr: float, phase: str, pick: bool) -> int:
+    def epochs(count: int, params: list[nn.Parameter], lr: float, phase: str, pick: bool,
+               step: Callable[[], None] | None = after_step) -> int:
         if count == 0:
             return 0
         optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
@@ -274,7 +301,7 @@ def prune_module(
                        total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
                        leave=False, disable=None)
             loss = robust_epoch(forward, bar, attack, optimizer, scheduler, cfg.objective, beta,
-                                after_step=after_step, what=f"pruning ({phase}, epoch {epoch})")
+                                after_step=step, what=f"pruning ({phase}, epoch {epoch})")
             owner.eval()
             value = score()
             history.append({"phase": phase, "epoch": epoch, "loss": loss, "val_score": value})
@@ -284,18 +311,28 @@ def prune_module(
             owner.load_state_dict(best_state)
         return best_epoch
 
-    if cfg.method == "hydra" and cfg.sparsity > 0:
+    score_step = after_step
+    if cfg.method in ("hydra", "harp") and cfg.sparsity > 0:
         scores = {}
         for n, w in weights.items():
             scale = math.sqrt(6.0 / _fan_in(w)) / float(w.detach().abs().max().clamp_min(1e-12))
             scores[n] = nn.Parameter(w.detach() * scale)
-        budget = _ScoreBudget(scores, cfg, dense)
+        if cfg.effective_budget == "learned":
+            budget = LearnedBudget(scores, _kept(weights, cfg.sparsity), dense)
+
+            def score_step() -> None:
+                budget.step()
+                if after_step is not None:
+                    after_step()
+        else:
+            budget = _ScoreBudget(scores, cfg, dense)
         frozen_flags = [(p, p.requires_grad) for p in owner.parameters()]
         for p, _ in frozen_flags:
             p.requires_grad_(False)
         for n, (module, attr) in slots.items():
             parametrize.register_parametrization(module, attr, _ScoredMask(n, scores[n], budget))
-        epochs(cfg.score_epochs, list(scores.values()), cfg.score_lr, "scores", pick=False)
+        epochs(cfg.score_epochs, list(scores.values()), cfg.score_lr, "scores", pick=False,
+               step=score_step)
         masks = {n: budget.mask(n).clone() for n in names}
         for n, (module, attr) in slots.items():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
@@ -303,7 +340,7 @@ def prune_module(
             p.requires_grad_(flag)
     else:
         masks = allocate_masks({n: w.detach() for n, w in weights.items()}, cfg.sparsity,
-                               cfg.budget, dense)
+                               cfg.effective_budget, dense)
     for n, (module, attr) in slots.items():
         with torch.no_grad():
             getattr(module, attr).mul_(masks[n])
@@ -312,7 +349,15 @@ def prune_module(
     best_epoch = epochs(cfg.finetune_epochs, trainable, cfg.lr, "finetune", pick=True)
     for module, attr in slots.values():
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-    return PruneOutcome({n: m.detach().cpu() for n, m in masks.items()}, history, best_epoch)
+    densities = {n: float(m.mean()) for n, m in masks.items()}
+    return PruneOutcome({n: m.detach().cpu() for n, m in masks.items()}, history, best_epoch,
+                        densities)
+
+
+def _kept(weights: dict[str, torch.Tensor], sparsity: float) -> int:
+    """How many weights a sparsity keeps in all (as :func:`allocate_masks` counts them)."""
+    total = sum(w.numel() for w in weights.values())
+    return total - math.ceil(round(sparsity * total, 6))
 
 
 def model_slots(model: nn.Module) -> Slots:

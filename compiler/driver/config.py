@@ -81,9 +81,12 @@ class CompileConfig:
     # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
     prune_sparsity: float = option(
         0.0, "Robustly prune this fraction of all weights, in [0, 1) (0.99 keeps 1 in 100).")
-    prune_method: str = option("hydra", "hydra (learned importance scores) or magnitude.")
+    prune_method: str = option(
+        "hydra", "hydra (learned importance scores), harp (scores and each layer's share of the "
+        "budget learned together) or magnitude.")
     prune_budget: str = option(
-        "global", "global (rank all weights together) or layer (same share per layer).")
+        "auto", "auto (learned for harp, else global), global (rank all weights together), layer "
+        "(same share per layer) or learned (harp's).")
     prune_dense: str = option(
         "", "Layers kept unpruned: comma-separated first, last or layer names.")
     prune_epochs: int = option(

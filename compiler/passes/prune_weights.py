@@ -74,14 +74,15 @@ def prune_weights(
         out.set_op(name, op.replace(weight=op.weight * mask, mask=mask))
         kept += int(mask.sum())
     total = sum(out.op(n).weight.numel() for n in layers)
-    out.meta["pruning"] = {"method": cfg.method, "sparsity": cfg.sparsity, "budget": cfg.budget,
+    out.meta["pruning"] = {"method": cfg.method, "sparsity": cfg.sparsity,
+                           "budget": cfg.effective_budget,
                            "dense_layers": list(cfg.dense_layers), "stage": "snn" if spiking else "ann",
                            "eps": cfg.eps, "objective": cfg.objective}
     info = {
         "kept_weights": kept,
         "total_weights": total,
         "achieved_sparsity": 1 - kept / total,
-        "per_layer_density": {n: float(outcome.masks[n].mean()) for n in layers},
+        "per_layer_density": outcome.densities,
         "best_epoch": outcome.best_epoch,
         "history": outcome.history,
     }

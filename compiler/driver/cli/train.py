@@ -48,7 +48,7 @@ def train(
     max_train: Annotated[Optional[int], typer.Option(help="Train on the first N samples only.")] = None,
     prune_sparsity: PruneSparsityOpt = 0.0,
     prune_method: PruneMethodOpt = "hydra",
-    prune_budget: PruneBudgetOpt = "global",
+    prune_budget: PruneBudgetOpt = "auto",
     prune_dense: PruneDenseOpt = "",
     prune_epochs: PruneEpochsOpt = 3,
     nproc: NprocOpt = 1,

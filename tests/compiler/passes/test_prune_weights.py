@@ -165,3 +165,25 @@ def test_zero_sparsity_changes_nothing(mnist5k):
     graph = tiny_conv_graph()
     out = prune_weights(graph, mnist5k, PruneConfig(sparsity=0.0))
     assert out.changed is False and out.graph is graph
+
+
+def test_harp_prunes_the_lenet_graph_to_the_exact_budget_with_its_own_layer_shares(
+        trained_lenet, mnist5k):
+    from spikeshield.frontends.torch_module import from_module
+
+    model, _ = trained_lenet
+    ann = from_module(model, mnist5k.input_shape)
+    cfg = PruneConfig(sparsity=0.99, method="harp", score_epochs=1, finetune_epochs=0,
+                      max_train=256, eps=0.1, attack_steps=2)
+    manager = PassManager()
+    pruned = manager.run_one(ann, "prune_weights", data=mnist5k, config=cfg)
+    layers = pruned.nodes_of(Conv2d, Linear)
+    total = sum(pruned.op(n).weight.numel() for n in layers)
+    kept = {n: int(pruned.op(n).mask.sum()) for n in layers}
+    assert sum(kept.values()) == total - int(round(0.99 * total)) and min(kept.values()) >= 1
+    assert pruned.meta["pruning"]["method"] == "harp"
+    assert pruned.meta["pruning"]["budget"] == "learned"
+    densities = manager.records[-1].info["per_layer_density"]
+    assert densities == pytest.approx({n: kept[n] / pruned.op(n).weight.numel() for n in layers})
+    uniform = allocate_masks({n: ann.op(n).weight for n in layers}, 0.99, "layer", set())
+    assert any(abs(kept[n] - int(uniform[n].sum())) > 2 for n in layers)  # not the uniform share
