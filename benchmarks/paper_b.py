@@ -1,0 +1,158 @@
+"""Paper B in its regime: a robust ANN with millions of weights, pruned to 90 and 99% by HARP-style
+learned budgets, HYDRA with uniform per-layer budgets and layer-wise magnitude pruning, converted,
+robustly finetuned as an SNN, attacked with the paper ensemble and profiled against the dense SNN.
+
+Every stage runs through the ``spikeshield`` CLI, so the numbers are what a user gets. Resumable: a
+run whose ``robustness.json`` and ``profile.json`` exist in WORK/<run>/ is skipped, and the trained
+ANN (WORK/dense.pt2) is reused, so the sweep can be run in parts (for example one run per call with
+``--runs``). Prints the table of BENCHMARKS.md, "Paper B in its regime".
+
+    python benchmarks/paper_b.py --work /tmp/paperb                    # the whole sweep (hours)
+    python benchmarks/paper_b.py --work /tmp/paperb --runs dense,harp-0.99
+    python benchmarks/paper_b.py --work /tmp/paperb --table            # only print what is done
+
+The defaults are the cheapest robust setting that fits a 2-core machine, stated in the table's
+caption: vgg11 at width 0.5 on 28x28 inputs (2,372,384 prunable weights), TRADES with a 3-step PGD
+inner attack for the ANN, the first 20,000 training images for the ANN and 10,000 for pruning and
+SNN finetuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BUDGETS = {"harp": "learned", "hydra": "layer", "magnitude": "layer"}  # Paper B's three methods
+LABELS = {"harp": "HARP-style learned (non-uniform)", "hydra": "HYDRA, uniform per layer",
+          "magnitude": "layer-wise magnitude"}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a CLI command, its output appended to ``log``; the wall seconds it took."""
+    started = time.perf_counter()
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--arch", default="vgg11")
+    p.add_argument("--width", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=3, help="ANN training epochs")
+    p.add_argument("--max-train", type=int, default=20000, help="ANN training images")
+    p.add_argument("--attack-steps", type=int, default=3, help="PGD steps inside ANN training")
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("-T", "--timesteps", type=int, default=8)
+    p.add_argument("--sparsities", default="0.9,0.99")
+    p.add_argument("--methods", default="harp,hydra,magnitude")
+    p.add_argument("--prune-epochs", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-max-train", type=int, default=10000)
+    p.add_argument("--n-robust", type=int, default=500)
+    p.add_argument("--n", type=int, default=1000, help="test images for clean accuracy, profile")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--runs", default="", help="only these runs (comma-separated names)")
+    p.add_argument("--table", action="store_true", help="print the table of the finished runs")
+    args = p.parse_args()
+    bin_ = str(Path(sys.executable).with_name("spikeshield"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = args.work / "run.log"
+    names = ["dense"] + [f"{m}-{s}" for s in args.sparsities.split(",")
+                         for m in args.methods.split(",")]
+    wanted = [n for n in names if not args.runs or n in args.runs.split(",")]
+    if not args.table:
+        timings_path = args.work / "timings.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        ann = args.work / "dense.pt2"
+        if not ann.is_file():
+            timings["ann_training"] = run(
+                [bin_, "train", "--arch", args.arch, "--width", str(args.width), "--data",
+                 args.data, "--objective", "trades", "--eps", str(args.eps), "--epochs",
+                 str(args.epochs), "--max-train", str(args.max_train), "--attack-steps",
+                 str(args.attack_steps), "--out", str(ann)], log)
+            timings_path.write_text(json.dumps(timings, indent=2))
+        for name in wanted:
+            out = args.work / name
+            if (out / "robustness.json").is_file() and (out / "profile.json").is_file():
+                continue
+            prune = [] if name == "dense" else [
+                "--prune-sparsity", name.split("-")[1], "--prune-method", name.split("-")[0],
+                "--prune-budget", BUDGETS[name.split("-")[0]], "--prune-epochs",
+                str(args.prune_epochs)]
+            seconds = {}
+            if not (out / "snn.ir").is_file():
+                seconds["compile"] = run(
+                    [bin_, "compile", str(ann), "--data", args.data, "-T", str(args.timesteps),
+                     "--finetune-epochs", str(args.finetune_epochs), "--finetune-max-train",
+                     str(args.finetune_max_train), "--robustness", "none", "--n", str(args.n),
+                     "--no-profile", "--out", str(out), *prune], log)
+            seconds["eval"] = run([bin_, "eval", str(out), "--preset", args.preset, "--eps",
+                                   str(args.eps), "--n", str(args.n_robust)], log)
+            baseline = [] if name == "dense" else ["--baseline", str(args.work / "dense")]
+            seconds["profile"] = run([bin_, "profile", str(out), "--n", str(args.n),
+                                      *baseline], log)
+            timings[name] = seconds
+            timings_path.write_text(json.dumps(timings, indent=2))
+    table(args.work, names)
+
+
+def _load(run_dir: Path) -> dict:
+    return {f: json.loads((run_dir / f"{f}.json").read_text())
+            for f in ("report", "profile", "robustness") if (run_dir / f"{f}.json").is_file()}
+
+
+def _phase_seconds(report: dict, name: str) -> float | None:
+    for record in report.get("passes", []):
+        if record.get("name") == name:
+            return record.get("seconds")
+    return None
+
+
+def table(work: Path, names: list[str]) -> None:
+    runs = {n: _load(work / n) for n in names if (work / n / "profile.json").is_file()
+            and (work / n / "robustness.json").is_file()}
+    if "dense" not in runs:
+        print("the dense run is not finished yet")
+        return
+    dense = runs["dense"]
+    d_rob = dense["robustness"]["snn"]["robust_accuracy"]
+    print("| run | kept weights | weight reduction | SNN clean | paper worst case | vs dense | "
+          "trustworthy | SynOps/sample | E_dense/E_sparse (Paper B) | E_dense/E_sparse "
+          "(spikeshield) | best-format int8 bytes | SNN finetuning s | attack ensemble s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        prof, rob, rep = r["profile"], r["robustness"], r["report"]
+        s, t = prof["storage"], prof["totals"]
+        against = prof.get("against_dense") or {}
+        robust = rob["snn"]["robust_accuracy"]
+
+        def x(v):
+            return "—" if v is None else f"{v:.2f}x"
+
+        method = name.split("-")[0]
+        label = "dense" if name == "dense" else f"{LABELS[method]}, {name.split('-')[1]}"
+        print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
+              f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
+              f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "
+              f"| {t['synops']:,.0f} | {x(against.get('paper_b_dense_over_sparse_energy'))} "
+              f"| {x(against.get('dense_over_sparse_energy'))} "
+              f"| {s['bytes']['int8']['best_per_layer']:,} "
+              f"| {_phase_seconds(rep, 'finetune_robust') or 0:.0f} | {rob.get('seconds', 0):.0f} |")
+    print(f"\nclean accuracy and profile: first {dense['profile']['samples']} test images; "
+          f"robust accuracy: {dense['robustness']['preset']} preset on the first "
+          f"{dense['robustness']['samples']} at eps {dense['robustness']['eps']}")
+
+
+if __name__ == "__main__":
+    main()
