@@ -58,6 +58,7 @@ wheel-smoke: install
 	  && bin/spikeshield inspect snn | head -3 && bin/spikeshield verify snn \
 	  && bin/spikeshield export snn --format nir && bin/spikeshield export snn --format norse \
 	  && bin/python -c "from spikeshield.backends.frameworks import load_module; load_module('snn/snn.norse.safetensors')" \
+	  && bin/python -c "from spikeshield.runtime.sparse_conv import available; ok, why = available(); assert ok, why" \
 	  && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null
 	rm -rf $(WHEEL_SRC) dist
 	@echo "wheel-smoke: the wheel installs and runs outside the checkout"

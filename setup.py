@@ -9,4 +9,6 @@ setup(
     packages=[f"spikeshield.{name}" for name in find_packages(
         include=[pattern for top in TOP_LEVEL for pattern in (top, f"{top}.*")])],
     package_dir={f"spikeshield.{top}": top for top in TOP_LEVEL},
+    # The weight-sparse convolution kernel, compiled on first use (runtime/sparse_conv.py).
+    package_data={"spikeshield.runtime": ["csrc/*.cpp"]},
 )

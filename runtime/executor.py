@@ -23,10 +23,11 @@ from torch import nn
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
-from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, Input, Output, Sum
+from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, Conv2d, Input, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
+from spikeshield.runtime.sparse_conv import SparseConvs
 from spikeshield.runtime.surrogates import Surrogate
 
 # Ops the executor steps through time itself (inputs, outputs, fan-in sums, neurons); every other
@@ -39,6 +40,8 @@ COVERAGE = OpCoverage("graph executor (runtime.executor, runtime.kernels)",
 # block. A whole (T*N, C, H, W) tensor per layer falls out of cache at large batches: ResNet-20 at
 # batch 256, T = 8 ran 1.8x slower folded than step by step (benchmarks/runtime_speed.py).
 FOLD_BUDGET = 1 << 21
+# "auto": a pruned conv runs the weight-sparse kernel where it measured faster; "off": always dense.
+SPARSE_MODES = ("auto", "off")
 # Called with (node name, value, temporal) for every node's output during a forward pass.
 Observer = Callable[[str, torch.Tensor, bool], None]
 
@@ -68,6 +71,7 @@ class GraphExecutor(nn.Module):
         surrogate: Surrogate | None = None,
         encoding: str = "direct",
         gradient_mode: GradientMode | None = None,
+        sparse: str = "auto",
     ) -> None:
         super().__init__()
         graph.validate()
@@ -96,6 +100,10 @@ class GraphExecutor(nn.Module):
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
+        if sparse not in SPARSE_MODES:
+            raise ConfigError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
+        self.sparse = sparse  # "auto": pruned convs take the sparse kernel where it measured faster
+        self.sparse_convs = SparseConvs()
         self.neuron_spike_counts: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
@@ -298,6 +306,8 @@ class GraphExecutor(nn.Module):
     def _run_stateless(self, name: str, op, value: _Value) -> _Value:
         kernel = KERNELS[type(op)]
         tensors = self.tensors_of(name)
+        if self.sparse != "off" and isinstance(op, Conv2d) and "mask" in tensors:
+            kernel = self.sparse_convs.kernel(name, op, tensors, kernel)
         if not value.temporal:
             return _Value(kernel(op, tensors, value.data), temporal=False)
         steps, batch = value.data.shape[:2]
