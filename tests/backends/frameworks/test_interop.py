@@ -81,7 +81,8 @@ def test_a_framework_that_does_not_import_is_one_line_with_the_install_command(m
 
     from spikeshield.compiler.ir.errors import ConfigError
 
-    monkeypatch.setitem(sys.modules, "sinabs", None)  # as if it were not installed
+    for name in [n for n in sys.modules if n == "sinabs" or n.startswith("sinabs.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
     monkeypatch.delitem(sys.modules, "spikeshield.backends.frameworks.sinabs_backend",
                         raising=False)
     graph, _ = zoo_snn("lenet", "zero")
