@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def median(run, rounds: int) -> float:
-    run()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -48,6 +37,7 @@ def main() -> None:
     from spikeshield.frontends.zoo import build_model
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.sparse_conv import SparsePlan, available, sparse_conv2d
+    from spikeshield.runtime.sparse_conv import median_seconds as median
 
     ok, why = available()
     if not ok:

@@ -132,7 +132,8 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                                tuple(dilation))
 
 
-def _median_seconds(run, rounds: int = PROBE_ROUNDS) -> float:
+def median_seconds(run, rounds: int = PROBE_ROUNDS) -> float:
+    """The median wall time of ``rounds`` calls of ``run`` after one warm-up call."""
     run()
     times = []
     for _ in range(rounds):
@@ -160,7 +161,7 @@ def faster_than_dense(weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tens
         if backward:
             out.sum().backward()
 
-    dense_s, sparse_s = _median_seconds(dense), _median_seconds(sparse)
+    dense_s, sparse_s = median_seconds(dense), median_seconds(sparse)
     return sparse_s < dense_s, dense_s, sparse_s
 
 
