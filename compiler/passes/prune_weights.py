@@ -8,7 +8,10 @@ robust finetuning. See :mod:`spikeshield.runtime.pruning` for the methods and bu
 Precondition: a valid graph with at least one conv/linear layer. Postcondition: the same structure;
 every conv/linear layer carries a ``mask`` (all ones for dense layers), its weight is zero where the
 mask is 0, and at most ``(1 - sparsity)`` of all weights are nonzero; ``meta['pruning']`` records
-the method and budget. Masks already present are kept: a synapse pruned once stays pruned.
+the method and budget. Masks already present are kept: a synapse pruned once stays pruned. The
+BatchNorm statistics of an ANN graph are re-estimated on training images as the masks and weights
+change (:mod:`spikeshield.runtime.batchnorm_statistics`; without it a 99%-pruned network's output
+is its stored means and finetuning cannot recover).
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from __future__ import annotations
 import torch
 from spikeshield.compiler.ir.errors import PassError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, Scale
+from spikeshield.compiler.ir.ops import IF, BatchNorm, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+from spikeshield.runtime.batchnorm_statistics import recalibrate_batchnorm
 from spikeshield.runtime.pruning import PruneConfig, prune_module
 from spikeshield.runtime.data import DataSplits
 from spikeshield.runtime.attacks import AttackedModel
 from spikeshield.runtime.evaluate import accuracy_of
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
+
+REFRESH_IMAGES = 512  # training images over which BatchNorm statistics are re-estimated
 
 
 @register_pass("prune_weights")
@@ -62,8 +68,16 @@ def prune_weights(
     def score() -> float:
         return accuracy_of(forward, val, device=device, desc="validation") if len(val) else 0.0
 
+    refresh = None
+    if graph.nodes_of(BatchNorm) and not spiking:
+        # The IR normalises with stored statistics; pruning changes the network they describe.
+        images = [x for x, _ in data.train.head(REFRESH_IMAGES).batches(256, device=device)]
+
+        def refresh() -> None:
+            recalibrate_batchnorm(executor, images)
+
     outcome = prune_module(executor, slots, forward, data, cfg, device, score=score,
-                           after_step=clamp_thresholds if spiking else None)
+                           after_step=clamp_thresholds if spiking else None, refresh=refresh)
     out = executor.to_graph()
     kept = 0
     for name in layers:
