@@ -23,7 +23,7 @@ from torch import nn
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
-from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, Conv2d, Input, Output, Sum
+from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, BatchNorm, Conv2d, Input, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
@@ -42,6 +42,13 @@ COVERAGE = OpCoverage("graph executor (runtime.executor, runtime.kernels)",
 FOLD_BUDGET = 1 << 21
 # "auto": a pruned conv runs the weight-sparse kernel where it measured faster; "off": always dense.
 SPARSE_MODES = ("auto", "off")
+BATCHNORM_MOMENTUM = 0.1  # PyTorch's default
+
+
+def _batchnorm_tracking(op: BatchNorm, t: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm on the batch's statistics, folding them into the stored ones (training mode)."""
+    return torch.nn.functional.batch_norm(x, t["running_mean"], t["running_var"], t.get("weight"),
+                                          t.get("bias"), True, BATCHNORM_MOMENTUM, op.eps)
 # Called with (node name, value, temporal) for every node's output during a forward pass.
 Observer = Callable[[str, torch.Tensor, bool], None]
 
@@ -63,6 +70,10 @@ class GraphExecutor(nn.Module):
     ``forward(x, timesteps)`` returns logits: for an SNN, the output layer's value averaged over
     ``timesteps`` steps. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
     ``surrogate`` is a shorthand for ``gradient_mode=GradientMode("bptt", surrogate)``.
+    BatchNorm nodes normalise with their stored statistics, except with ``batch_statistics`` in
+    training mode: then each batch's own, tracked into the stored ones (momentum
+    ``BATCHNORM_MOMENTUM``), as PyTorch's BatchNorm trains (pruning needs it: the network changes
+    under the statistics at every step).
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class GraphExecutor(nn.Module):
         encoding: str = "direct",
         gradient_mode: GradientMode | None = None,
         sparse: str = "auto",
+        batch_statistics: bool = False,
     ) -> None:
         super().__init__()
         graph.validate()
@@ -104,6 +116,7 @@ class GraphExecutor(nn.Module):
             raise ConfigError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
         self.sparse = sparse  # "auto": pruned convs take the sparse kernel where it measured faster
         self.sparse_convs = SparseConvs()
+        self.batch_statistics = batch_statistics
         self.neuron_spike_counts: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
@@ -306,6 +319,8 @@ class GraphExecutor(nn.Module):
     def _run_stateless(self, name: str, op, value: _Value) -> _Value:
         kernel = KERNELS[type(op)]
         tensors = self.tensors_of(name)
+        if self.batch_statistics and self.training and isinstance(op, BatchNorm):
+            kernel = _batchnorm_tracking
         if self.sparse != "off" and isinstance(op, Conv2d) and "mask" in tensors:
             kernel = self.sparse_convs.kernel(name, op, tensors, kernel)
         if not value.temporal:

@@ -47,7 +47,6 @@ from torch.nn.utils import parametrize
 from spikeshield.runtime.progress import progress_bar
 
 PRUNE_METHODS = ("hydra", "harp", "magnitude")
-REFRESH_EVERY = 20  # optimizer steps between two calls of prune_module's ``refresh``
 BUDGETS = ("auto", "global", "layer", "learned")
 
 Slots = dict[str, tuple[nn.Module, str]]
@@ -272,10 +271,10 @@ def prune_module(
 
     ``owner`` holds every trainable parameter, ``forward`` maps pixels to logits (it may be ``owner``)
     and ``score()`` is the validation score that picks the finetuning epoch kept. ``refresh()``
-    brings state that depends on the weights up to date (a graph's BatchNorm statistics,
-    :mod:`spikeshield.runtime.batchnorm_statistics`): it runs whenever the masks are first set,
-    every ``REFRESH_EVERY`` optimizer steps, before each validation score and once at the end. On
-    return each slot holds a plain parameter equal to ``weight * mask``.
+    brings state that depends on the weights up to date for evaluation (a graph's BatchNorm
+    statistics, :mod:`spikeshield.runtime.batchnorm_statistics`): it runs before each validation
+    score and once at the end. On return each slot holds a plain parameter equal to
+    ``weight * mask``.
     """
     cfg.validate()
     train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
@@ -290,28 +289,11 @@ def prune_module(
     if cfg.objective != "standard" and cfg.eps > 0:
         attack = inner_attack(forward, cfg.objective, cfg.eps, cfg.inner_attack, cfg.attack_steps)
     history: list[dict[str, Any]] = []
-    steps_done = 0
-
-    def refreshed(step: Callable[[], None] | None) -> Callable[[], None] | None:
-        if refresh is None:
-            return step
-
-        def run() -> None:
-            nonlocal steps_done
-            if step is not None:
-                step()
-            steps_done += 1
-            if steps_done % REFRESH_EVERY == 0:
-                refresh()
-
-        return run
 
     def epochs(count: int, params: list[nn.Parameter], lr: float, phase: str, pick: bool,
                step: Callable[[], None] | None = after_step) -> int:
         if count == 0:
             return 0
-        if refresh is not None:
-            refresh()  # the masks were just (re)set
         optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay if phase == "finetune" else 0.0)
         steps = train.num_batches(cfg.batch_size)
@@ -323,7 +305,7 @@ def prune_module(
                        total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
                        leave=False, disable=None)
             loss = robust_epoch(forward, bar, attack, optimizer, scheduler, cfg.objective, beta,
-                                after_step=refreshed(step), what=f"pruning ({phase}, epoch {epoch})")
+                                after_step=step, what=f"pruning ({phase}, epoch {epoch})")
             owner.eval()
             if refresh is not None:
                 refresh()

@@ -9,9 +9,10 @@ Precondition: a valid graph with at least one conv/linear layer. Postcondition: 
 every conv/linear layer carries a ``mask`` (all ones for dense layers), its weight is zero where the
 mask is 0, and at most ``(1 - sparsity)`` of all weights are nonzero; ``meta['pruning']`` records
 the method and budget. Masks already present are kept: a synapse pruned once stays pruned. The
-BatchNorm statistics of an ANN graph are re-estimated on training images as the masks and weights
-change (:mod:`spikeshield.runtime.batchnorm_statistics`; without it a 99%-pruned network's output
-is its stored means and finetuning cannot recover).
+BatchNorm nodes of an ANN graph train on batch statistics, and their stored statistics are
+re-estimated on training images before each validation score and at the end
+(:mod:`spikeshield.runtime.batchnorm_statistics`; with the trained statistics a 99%-pruned network's
+output is its stored means and finetuning cannot recover).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def prune_weights(
         raise PassError("pruning a spiking graph needs timesteps (the T it will run at)")
     if cfg.sparsity == 0:
         return PassResult(graph, False, {"reason": "sparsity 0: nothing to prune"})
-    executor = GraphExecutor(graph, gradient_mode=GradientMode.parse("triangle:1")).to(device)
+    # An ANN's BatchNorm trains on batch statistics, as in PyTorch: the network changes under them.
+    executor = GraphExecutor(graph, gradient_mode=GradientMode.parse("triangle:1"),
+                             batch_statistics=not spiking).to(device)
     # Input normalisation and spike amplitudes stay fixed, as in robust finetuning.
     for name in graph.nodes_of(Scale):
         for tensor in executor.tensors_of(name).values():
@@ -70,7 +73,7 @@ def prune_weights(
 
     refresh = None
     if graph.nodes_of(BatchNorm) and not spiking:
-        # The IR normalises with stored statistics; pruning changes the network they describe.
+        # Scores and the chosen epoch see statistics of the pruned network, not moving averages.
         images = [x for x, _ in data.train.head(REFRESH_IMAGES).batches(256, device=device)]
 
         def refresh() -> None:
