@@ -68,6 +68,24 @@ def test_matches_pytorch_batchnorm_tracking_the_same_images():
         torch.testing.assert_close(t["running_var"], m.running_var, rtol=2e-3, atol=2e-3)
 
 
+def test_batch_statistics_train_as_pytorch_batchnorm_and_evaluate_on_the_stored_ones():
+    model = bn_net()
+    executor = GraphExecutor(from_module(model, (1, 8, 8)), batch_statistics=True)
+    model.train()
+    for x in images(64).split(16):  # four steps of tracking, outputs compared at each
+        torch.testing.assert_close(executor.train()(x), model(x), rtol=1e-4, atol=1e-5)
+    ours = [executor.tensors_of(n) for n in executor.graph.nodes_of(BatchNorm)]
+    theirs = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for t, m in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(t["running_mean"], m.running_mean, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(t["running_var"], m.running_var, rtol=1e-4, atol=1e-6)
+    x = images(8)
+    torch.testing.assert_close(executor.eval()(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    # Without the flag, training mode still normalises with the stored statistics.
+    plain = GraphExecutor(from_module(bn_net(), (1, 8, 8))).train()
+    torch.testing.assert_close(plain(x), bn_net()(x), rtol=1e-4, atol=1e-5)
+
+
 def test_a_spiking_graph_is_refused():
     graph = from_module(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(),
                                       nn.Flatten(), nn.Linear(72, 3)).eval(), (1, 8, 8))
@@ -103,3 +121,26 @@ def test_pruning_leaves_the_statistics_of_the_pruned_network(mnist5k):
                                    rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stored["running_var"], entering.var((0, 2, 3)),
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_pruning_does_not_depend_on_the_statistics_the_dense_network_stored(mnist5k):
+    """Training on batch statistics and re-estimating before use: two copies of a network that
+    differ only in their stored statistics prune to the same weights and statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(4),
+        nn.Flatten(), nn.Linear(4 * 7 * 7, 10),
+    ).eval()
+    first = from_module(model, mnist5k.input_shape)
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-2, 2)
+        model[1].running_var.uniform_(0.1, 5)
+    second = from_module(model, mnist5k.input_shape)
+    cfg = PruneConfig(sparsity=0.5, method="magnitude", finetune_epochs=1, max_train=128,
+                      objective="standard", eps=0.0)
+    a, b = (PassManager().run_one(g, "prune_weights", data=mnist5k, config=cfg)
+            for g in (first, second))
+    for name in a.nodes():
+        for field, value in a.op(name).tensors().items():
+            torch.testing.assert_close(b.op(name).tensors()[field], value, rtol=1e-4, atol=1e-5,
+                                       msg=f"{name}.{field}")
