@@ -93,6 +93,9 @@ class CompileConfig:
         3, "Epochs of score learning (hydra) and, again, of finetuning the kept weights.")
     prune_stage: str = option(
         "ann", "Prune the ann (before conversion) or the calibrated snn (through the spikes).")
+    prune_eps: float | None = option(  # None: the finetuning budget
+        None, "Perturbation budget of pruning (default: --eps-train). At 99% pruning relearns the "
+        "network: give the eps the ANN was trained at.")
     # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
     robustness: str = option(
         "adaptive", "Attack preset for the ANN vs SNN robustness report: adaptive (the default: "
@@ -183,8 +186,8 @@ class CompileConfig:
                               val_samples=self.finetune_val_samples, seed=self.seed)
 
     def prune_config(self, eval_eps: float) -> PruneConfig:
-        """Pruning under the finetuning objective and budget (``eps_train``, default eps / 4);
-        on the SNN with the one-step R-FGSM inner attack of finetuning."""
+        """Pruning under the finetuning objective and budget (``prune_eps``, default ``eps_train``,
+        itself eps / 4 by default); on the SNN with the one-step R-FGSM inner attack of finetuning."""
         from spikeshield.runtime.pruning import PruneConfig, parse_layers
 
         snn = self.prune_stage == "snn"
@@ -192,7 +195,8 @@ class CompileConfig:
                            budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
                            score_epochs=self.prune_epochs, finetune_epochs=self.prune_epochs,
                            objective=self.finetune if self.finetune != "none" else "trades",
-                           eps=self.training_eps(eval_eps), inner_attack=self.finetune_attack if snn else "pgd",
+                           eps=self.training_eps(eval_eps) if self.prune_eps is None
+                           else self.prune_eps, inner_attack=self.finetune_attack if snn else "pgd",
                            lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
                            max_train=self.finetune_max_train, seed=self.seed)
 
