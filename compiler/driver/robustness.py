@@ -172,7 +172,7 @@ def evaluate_robustness(
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
         check_sparse_above_ann(diagnostics, result.robust_accuracy, ann_result.robust_accuracy,
-                               sparse=is_pruned(snn), confirmed=cfg.preset == "strong")
+                               sparse=is_pruned(snn), confirmed=confirms(cfg.preset, result))
         report["snn"]["diagnostics"] = diagnostics.to_json()
         # The SNN's worst case as a fraction of the ANN's PGD robust accuracy (the issue's yardstick).
         ann_pgd = report["ann"]["pgd_robust_accuracy"]
@@ -180,6 +180,12 @@ def evaluate_robustness(
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["peak_memory"] = peak_memory(device)
     return report
+
+
+def confirms(preset: str, result) -> bool:
+    """Whether an ensemble result may confirm a suspected robustness: the strong preset with
+    every member run (members a ``--budget`` skipped confirm nothing)."""
+    return preset == "strong" and not any(m.skipped for m in result.members)
 
 
 def is_pruned(graph: Graph) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spikeshield.compiler.driver.robustness import is_pruned
+from spikeshield.compiler.driver.robustness import confirms, is_pruned
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Input, Linear, Output
 from spikeshield.runtime.diagnostics import Diagnostics, check_sparse_above_ann
@@ -44,3 +44,15 @@ def test_a_graph_is_pruned_when_a_mask_removes_a_synapse():
 
     assert not is_pruned(graph(None)) and not is_pruned(graph(torch.ones(2, 2)))
     assert is_pruned(graph(torch.tensor([[1.0, 0.0], [1.0, 1.0]])))
+
+
+@pytest.mark.parametrize("preset,skipped,confirmed", [
+    ("strong", [False, False], True),
+    ("strong", [False, True], False),  # --budget left a member out: nothing is confirmed
+    ("adaptive", [False, False], False),
+])
+def test_only_the_whole_strong_preset_confirms(preset, skipped, confirmed):
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(members=[SimpleNamespace(skipped=s) for s in skipped])
+    assert confirms(preset, result) == confirmed
