@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -191,8 +191,16 @@ def run_ensemble(
         for position, (lo, hi) in enumerate(chunks):
             if position < state["chunks_done"]:
                 continue
+            def member_done(index: int, robust: torch.Tensor, lo=lo) -> None:
+                # One chunk can take minutes under a strong preset: say which member it is at
+                # (a log file gets this line at most once per progress interval).
+                kept = members[: state["kept"]]
+                bar.set_postfix(member=f"{index + 1}/{len(kept)} {kept[index].label}",
+                                robust=f"{int(_robust_mask(state)[:lo].sum()) + int(robust.sum())}"
+                                       f"/{lo + len(robust)}")
+
             _attack_chunk(state, members[: state["kept"]], target, source, data, lo, hi, eps,
-                          timesteps, num_classes, batch_size, exhaustive, seed)
+                          timesteps, num_classes, batch_size, exhaustive, seed, member_done)
             if position == 0 and budget is not None:
                 _apply_budget(state, budget, len(chunks))
             state["chunks_done"] = position + 1
@@ -256,8 +264,10 @@ def _attack_chunk(
     batch_size: int,
     exhaustive: bool,
     seed: int,
+    member_done: Callable[[int, torch.Tensor], None] | None = None,
 ) -> None:
-    """Clean predictions and every member's attack on samples ``lo:hi``, recorded into ``state``."""
+    """Clean predictions and every member's attack on samples ``lo:hi``, recorded into ``state``;
+    ``member_done(index, robust)`` after each member, with the chunk's samples still robust."""
     device = next(target.parameters()).device
     x, y = as_tensors(data.slice(lo, hi), device)
     clean = (predictions(target, x, timesteps, batch_size) == y).cpu()
@@ -276,6 +286,8 @@ def _attack_chunk(
             state["broken"][index, lo + pending[~survived]] = True
             robust[pending[~survived]] = False
         state["seconds"][index] += time.perf_counter() - started
+        if member_done is not None:
+            member_done(index, robust)
 
 
 def _robust_mask(state: dict) -> torch.Tensor:

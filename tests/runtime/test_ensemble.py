@@ -163,3 +163,16 @@ def test_the_convergence_curve_runs_the_strongest_member_itself(snn, samples):
     assert [s for s, _ in diag.steps_curve] == [2, 4]
     alone = run_ensemble(snn, samples.head(32), [apgd], EPS, 8, 10)  # the curve's 4-step point
     assert diag.steps_curve[-1][1] == pytest.approx(float(alone.robust_mask.float().mean()))
+
+
+def test_a_log_shows_which_member_a_long_chunk_is_at(snn, samples, capsys, monkeypatch):
+    from spikeshield.runtime.progress import INTERVAL_VARIABLE
+
+    monkeypatch.setenv(INTERVAL_VARIABLE, "0")  # every refresh becomes a line
+    result = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, desc="ensemble")
+    lines = capsys.readouterr().err.splitlines()
+    for i, member in enumerate(DETERMINISTIC, 1):
+        assert any(f"member={i}/3 {member.label}" in line for line in lines), lines
+    # One chunk: the robust count after the last member is the ensemble's worst case.
+    last = [line for line in lines if "member=3/3" in line][-1]
+    assert f"robust={result.robust}/{len(samples)}" in last
