@@ -24,7 +24,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -34,16 +33,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_speed import build  # same networks, same calibration
 from spikeshield.compiler.ir.ops import IF, Conv2d
+from spikeshield.runtime.sparse_conv import median_seconds
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Milliseconds, the median of ``repeats`` calls after a warm-up."""
+    return median_seconds(fn, repeats) * 1e3
 
 
 def conv_inputs(snn, images, batch: int, steps: int):

@@ -9,20 +9,14 @@ no sparse path yet: this measures whether one would pay, and where.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
+from spikeshield.runtime.sparse_conv import median_seconds
 
 
 def per_call_ms(fn, calls: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return 1000 * sorted(times)[len(times) // 2]
+    """Milliseconds, the median of ``calls`` calls after a warm-up."""
+    return 1000 * median_seconds(fn, calls)
 
 
 def main() -> None:
