@@ -25,7 +25,7 @@ from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
 from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, BatchNorm, Conv2d, Input, Output, Sum
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
-from spikeshield.runtime.kernels import KERNELS, channel_view, masked_weight
+from spikeshield.runtime.kernels import KERNELS, batchnorm_tracking, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
 from spikeshield.runtime.sparse_conv import SparseConvs
 from spikeshield.runtime.surrogates import Surrogate
@@ -42,13 +42,6 @@ COVERAGE = OpCoverage("graph executor (runtime.executor, runtime.kernels)",
 FOLD_BUDGET = 1 << 21
 # "auto": a pruned conv runs the weight-sparse kernel where it measured faster; "off": always dense.
 SPARSE_MODES = ("auto", "off")
-BATCHNORM_MOMENTUM = 0.1  # PyTorch's default
-
-
-def _batchnorm_tracking(op: BatchNorm, t: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """BatchNorm on the batch's statistics, folding them into the stored ones (training mode)."""
-    return torch.nn.functional.batch_norm(x, t["running_mean"], t["running_var"], t.get("weight"),
-                                          t.get("bias"), True, BATCHNORM_MOMENTUM, op.eps)
 # Called with (node name, value, temporal) for every node's output during a forward pass.
 Observer = Callable[[str, torch.Tensor, bool], None]
 
@@ -71,9 +64,9 @@ class GraphExecutor(nn.Module):
     ``timesteps`` steps. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
     ``surrogate`` is a shorthand for ``gradient_mode=GradientMode("bptt", surrogate)``.
     BatchNorm nodes normalise with their stored statistics, except with ``batch_statistics`` in
-    training mode: then each batch's own, tracked into the stored ones (momentum
-    ``BATCHNORM_MOMENTUM``), as PyTorch's BatchNorm trains (pruning needs it: the network changes
-    under the statistics at every step).
+    training mode: then with each batch's own, tracked into the stored ones
+    (``kernels.batchnorm_tracking``), as PyTorch's BatchNorm trains. Pruning needs it: the
+    network changes under the statistics at every step.
     """
 
     def __init__(
@@ -320,7 +313,7 @@ class GraphExecutor(nn.Module):
         kernel = KERNELS[type(op)]
         tensors = self.tensors_of(name)
         if self.batch_statistics and self.training and isinstance(op, BatchNorm):
-            kernel = _batchnorm_tracking
+            kernel = batchnorm_tracking
         if self.sparse != "off" and isinstance(op, Conv2d) and "mask" in tensors:
             kernel = self.sparse_convs.kernel(name, op, tensors, kernel)
         if not value.temporal:

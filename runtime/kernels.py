@@ -50,6 +50,16 @@ def _batchnorm(op: BatchNorm, t: Tensors, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+BATCHNORM_MOMENTUM = 0.1  # PyTorch's default
+
+
+def batchnorm_tracking(op: BatchNorm, t: Tensors, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm on the batch's own statistics, folded into the stored ones with
+    ``BATCHNORM_MOMENTUM``: PyTorch's training mode (the executor's ``batch_statistics``)."""
+    return F.batch_norm(x, t["running_mean"], t["running_var"], t.get("weight"), t.get("bias"),
+                        True, BATCHNORM_MOMENTUM, op.eps)
+
+
 def _scale(op: Scale, t: Tensors, x: torch.Tensor) -> torch.Tensor:
     y = x * channel_view(t["scale"], x.dim())
     if "bias" in t:
