@@ -143,6 +143,7 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     import torch.nn.functional as F
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
+    from spikeshield.runtime.ensemble import frozen
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.gradient_modes import GradientMode
     from spikeshield.runtime.sparse_conv import median_seconds
@@ -155,20 +156,15 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     for mode in ("off", "auto"):
         executor = GraphExecutor(snn, encoding=spec.encoding, sparse=mode,
                                  gradient_mode=GradientMode.parse("triangle:1"))
-        params = list(executor.parameters())
-        trainable = [p.requires_grad for p in params]
 
         def forward():
             with torch.no_grad():
                 executor(x, spec.timesteps)
 
         def attack_step():
-            for p in params:
-                p.requires_grad_(False)
-            inputs = x.clone().requires_grad_()
-            F.cross_entropy(executor(inputs, spec.timesteps), y).backward()
-            for p, flag in zip(params, trainable):
-                p.requires_grad_(flag)
+            with frozen(executor):  # as the ensemble attacks: eval mode, input gradient only
+                inputs = x.clone().requires_grad_()
+                F.cross_entropy(executor(inputs, spec.timesteps), y).backward()
 
         def training_step():
             inputs = x.clone().requires_grad_()
