@@ -140,13 +140,10 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     """Median seconds of a forward pass, an attack step and a training step of the run's SNN with
     the weight-sparse path off and on, and which (layer, input, backward) cases chose it."""
     import torch
-    import torch.nn.functional as F
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
-    from spikeshield.runtime.ensemble import frozen
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.gradient_modes import GradientMode
-    from spikeshield.runtime.sparse_conv import median_seconds
 
     snn = load_graph(run_dir / "snn.ir")
     spec = snn.run_spec()
@@ -156,33 +153,42 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     for mode in ("off", "auto"):
         executor = GraphExecutor(snn, encoding=spec.encoding, sparse=mode,
                                  gradient_mode=GradientMode.parse("triangle:1"))
-
-        def forward():
-            with torch.no_grad():
-                executor(x, spec.timesteps)
-
-        def attack_step():
-            with frozen(executor):  # as the ensemble attacks: eval mode, input gradient only
-                inputs = x.clone().requires_grad_()
-                F.cross_entropy(executor(inputs, spec.timesteps), y).backward()
-
-        def training_step():
-            inputs = x.clone().requires_grad_()
-            F.cross_entropy(executor(inputs, spec.timesteps), y).backward()
-            executor.zero_grad(set_to_none=True)
-
-        executor.eval()
-        seconds = {"forward": median_seconds(forward, rounds),
-                   "attack_step": median_seconds(attack_step, rounds)}
-        executor.train()
-        seconds["training_step"] = median_seconds(training_step, rounds)
-        choices = executor.sparse_convs.choices
-        seconds["sparse_chosen"] = sum(choices.values())
-        seconds["cases_measured"] = len(choices)
-        result[mode] = seconds
+        result[mode] = _time_steps(executor, x, y, spec.timesteps, rounds)
     result["dense_over_sparse"] = {k: result["off"][k] / result["auto"][k]
                                    for k in ("forward", "attack_step", "training_step")}
     return result
+
+
+def _time_steps(executor, x, y, timesteps: int, rounds: int) -> dict:
+    """One executor's median seconds per step kind, and its sparse kernel choices."""
+    import torch
+    import torch.nn.functional as F
+    from spikeshield.runtime.ensemble import frozen
+    from spikeshield.runtime.sparse_conv import median_seconds
+
+    def forward():
+        with torch.no_grad():
+            executor(x, timesteps)
+
+    def attack_step():
+        with frozen(executor):  # as the ensemble attacks: eval mode, input gradient only
+            inputs = x.clone().requires_grad_()
+            F.cross_entropy(executor(inputs, timesteps), y).backward()
+
+    def training_step():
+        inputs = x.clone().requires_grad_()
+        F.cross_entropy(executor(inputs, timesteps), y).backward()
+        executor.zero_grad(set_to_none=True)
+
+    executor.eval()
+    seconds = {"forward": median_seconds(forward, rounds),
+               "attack_step": median_seconds(attack_step, rounds)}
+    executor.train()
+    seconds["training_step"] = median_seconds(training_step, rounds)
+    choices = executor.sparse_convs.choices
+    seconds["sparse_chosen"] = sum(choices.values())
+    seconds["cases_measured"] = len(choices)
+    return seconds
 
 
 def _load(run_dir: Path) -> dict:
