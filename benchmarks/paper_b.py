@@ -22,8 +22,9 @@ The defaults are the cheapest robust setting that fits a 2-core machine, stated 
 caption: vgg11 at width 0.5 on 28x28 inputs (2,372,384 prunable weights), TRADES with a 3-step PGD
 inner attack for the ANN, the first 20,000 training images for the ANN and 10,000 for pruning and
 SNN finetuning. Pruning runs under the eps the ANN was trained at (``--prune-eps``, default
-``--eps``): at 99% it relearns the network, and under the finetuning eps (eps / 4, the compile
-default) the 99% HARP SNN kept 35.6% against the dense SNN's 56.2% (BENCHMARKS.md). SNN finetuning
+``--eps``, passed explicitly; compile's own default now follows the eps the .pt2 records): at 99%
+it relearns the network, and under the finetuning eps (eps / 4, compile's default until then) the
+99% HARP SNN kept 35.6% against the dense SNN's 56.2% (BENCHMARKS.md). SNN finetuning
 stays at eps / 4 for every run, dense included. The first conv layer (1 input channel, 288
 weights, 0.01% of the network) is kept dense for every method (``--prune-dense first``): at 1% it
 would keep 2 or 3 weights, one or two of its 32 channels, and no method can route the input

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -41,11 +42,12 @@ def run_demo(
     torch.manual_seed(seed)
     model = build_model("lenet", splits.input_shape, splits.num_classes, mean, std)
     echo(f"[1/3] training LeNet with TRADES (eps={eps}) on mnist5k for {epochs} epochs ...")
-    train_robust(model, splits, TrainConfig(objective="trades", eps=eps, epochs=epochs, seed=seed,
-                                                 max_train=max_train), dev)
+    trained = TrainConfig(objective="trades", eps=eps, epochs=epochs, seed=seed, max_train=max_train)
+    train_robust(model, splits, trained, dev)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "lenet-trades.pt2"
-    export_pt2(model, splits.input_shape, model_path)
+    export_pt2(model, splits.input_shape, model_path,
+               training={"arch": "lenet", "data": "mnist5k", **asdict(trained)})
     echo(f"[2/3] converting {model_path} at T = {', '.join(map(str, timesteps))} (calibration only) ...")
     rows = []
     for t in timesteps:

@@ -62,9 +62,14 @@ def _lower(
         raise ModelLoadError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".pt2":
+        from spikeshield.compiler.driver.pt2 import training_record
         from spikeshield.frontends.torch_module import from_pt2
 
-        return from_pt2(path), False
+        graph = from_pt2(path)
+        training = training_record(path)
+        if training is not None:  # written by spikeshield train: how the ANN was trained
+            graph.meta["ann_training"] = training
+        return graph, False
     if suffix == ".onnx":
         from spikeshield.frontends.onnx_frontend import from_onnx
 

@@ -137,7 +137,10 @@ def _compile(
     calibration = [x for x, _ in itertools.islice(batches, cfg.calibration_batches)]
     manager = PassManager()
     eval_eps = cfg.evaluation_eps(splits.input_shape)
-    pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps),
+    ann_eps = ann.meta.get("ann_training", {}).get("eps")  # recorded by spikeshield train
+    if isinstance(ann_eps, bool) or not isinstance(ann_eps, (int, float)):
+        ann_eps = None  # no record, or an unreadable one: pruning falls back to --eps
+    pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps, ann_eps),
                                  "timesteps": cfg.timesteps, "device": device})
     if cfg.prune_sparsity > 0 and cfg.prune_stage == "ann":
         ann = manager.run(ann, [pruning])

@@ -1,5 +1,6 @@
-"""Writing a trained ``nn.Module`` as a ``torch.export`` ``.pt2``, and recognising the ones
-spikeshield wrote (``train --force`` replaces only those)."""
+"""Writing a trained ``nn.Module`` as a ``torch.export`` ``.pt2``, recognising the ones spikeshield
+wrote (``train --force`` replaces only those), and reading the training settings they record (so
+that ``compile`` prunes under the eps the ANN was trained at)."""
 
 from __future__ import annotations
 
@@ -15,26 +16,47 @@ from spikeshield.compiler.ir.atomic import atomic_file
 MARKER = "spikeshield.json"  # an extra file in every .pt2 spikeshield train writes
 
 
-def is_spikeshield_pt2(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a .pt2 that spikeshield wrote (so ``train --force`` may replace it)."""
+def _marker(path: str | os.PathLike) -> dict | None:
+    """The marker spikeshield wrote into the ``.pt2`` at ``path`` ({} if unreadable), or None."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(n.endswith(f"/extra/{MARKER}") for n in archive.namelist())
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{MARKER}")), None)
+            if name is None:
+                return None
+            record = json.loads(archive.read(name))
     except (OSError, zipfile.BadZipFile):
-        return False
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
-def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path) -> None:
-    """Write ``model`` (eval mode, dynamic batch) as a self-contained ``torch.export`` ``.pt2``."""
+def is_spikeshield_pt2(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a .pt2 that spikeshield wrote (so ``train --force`` may replace it)."""
+    return _marker(path) is not None
+
+
+def training_record(path: str | os.PathLike) -> dict | None:
+    """The training settings (objective, eps, epochs, ...) ``spikeshield train`` stored in the
+    ``.pt2`` at ``path``; None for a file without them (another tool's, or an older spikeshield's)."""
+    training = (_marker(path) or {}).get("training")
+    return training if isinstance(training, dict) else None
+
+
+def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path,
+               training: dict | None = None) -> None:
+    """Write ``model`` (eval mode, dynamic batch) as a self-contained ``torch.export`` ``.pt2``;
+    ``training`` (JSON-serialisable settings, ``eps`` among them) is stored beside it."""
     model = model.eval().cpu()
     # A fresh tensor, never a view of a data set: torch.export.save stores the example's whole storage.
     example = torch.zeros(2, *input_shape)
     program = torch.export.export(
         model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},)
     )
+    marker = {"written_by": "spikeshield", **({"training": training} if training else {})}
     buffer = io.BytesIO()  # the archive's inner folder is named after a file; a buffer's is fixed
-    torch.export.save(program, buffer, extra_files={MARKER: json.dumps({"written_by": "spikeshield"})})
+    torch.export.save(program, buffer, extra_files={MARKER: json.dumps(marker)})
     with atomic_file(path) as tmp:  # an interrupted write never leaves a half .pt2
         tmp.write_bytes(buffer.getvalue())

@@ -133,7 +133,7 @@ def train(
         if not current.is_main:
             return
         test_acc = accuracy_of(model, splits.test, device=dev)
-        export_pt2(model, splits.input_shape, out)
+        export_pt2(model, splits.input_shape, out, training=settings)
         checkpoint.discard()
         pruned = ""
         if result.pruning is not None:

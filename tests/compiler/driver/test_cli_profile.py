@@ -8,6 +8,7 @@ import pytest
 import torch
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.driver.model_io import load_model
+from spikeshield.compiler.driver.pt2 import export_pt2, training_record
 from spikeshield.compiler.ir.ops import Conv2d, Linear
 from spikeshield.compiler.ir.serialize import load_graph, save_graph
 from typer.testing import CliRunner
@@ -16,10 +17,16 @@ runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+ANN_EPS = 0.05  # the eps the fixture's .pt2 says its ANN was trained at
+
+
 @pytest.fixture(scope="module")
 def sparse_dir(trained_lenet, tmp_path_factory):
-    """A 90%-sparse (magnitude) compile of the small trained LeNet, finetuned for one short epoch."""
-    _, model = trained_lenet
+    """A 90%-sparse (magnitude) compile of the small trained LeNet, finetuned for one short epoch;
+    its .pt2 records a training eps, as ``spikeshield train`` writes it."""
+    module, _ = trained_lenet
+    model = tmp_path_factory.mktemp("recorded") / "lenet.pt2"
+    export_pt2(module, (1, 28, 28), model, training={"objective": "trades", "eps": ANN_EPS})
     out = tmp_path_factory.mktemp("sparse") / "snn"
     result = runner.invoke(app, ["compile", str(model), "--data", "mnist5k", "-T", "4", "--n", "60",
                                  "--prune-sparsity", "0.9", "--prune-method", "magnitude",
@@ -41,6 +48,8 @@ def test_compile_prunes_and_profiles(sparse_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["profile"]["nonzeros"] == nonzero
     assert [p["name"] for p in report["passes"]][0] == "prune_weights"
+    # Pruned under the eps the .pt2 says the ANN was trained at, not eps / 4 nor --eps (0.1).
+    assert snn.meta["pruning"]["eps"] == ANN_EPS
     assert "## Energy and memory" in (out / "report.md").read_text()
     for name in ("profile_energy.png", "profile_rates.png"):
         assert (out / name).read_bytes().startswith(PNG)
@@ -113,6 +122,9 @@ def test_train_prunes_and_the_zeros_come_back_as_masks(tmp_path):
                                  "--prune-dense", "first", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "pruned (hydra)" in result.output and "20.0x fewer" in result.output
+    recorded = training_record(out)  # what compile's pruning eps defaults to
+    assert recorded["eps"] == 0.1 and recorded["objective"] == "standard"
+    assert recorded["arch"] == "lenet" and recorded["prune"]["sparsity"] == 0.95
     graph = load_model(out)
     layers = graph.nodes_of(Conv2d, Linear)
     assert graph.op(layers[0]).mask is None  # kept dense
