@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ COVERAGE = OpCoverage("graph executor (runtime.executor, runtime.kernels)",
 FOLD_BUDGET = 1 << 21
 # "auto": a pruned conv runs the weight-sparse kernel where it measured faster; "off": always dense.
 SPARSE_MODES = ("auto", "off")
+# The mode of executors not given one, so that a whole command can run dense for comparison:
+# SPIKESHIELD_SPARSE=off spikeshield eval DIR (default "auto").
+SPARSE_ENV = "SPIKESHIELD_SPARSE"
 # Called with (node name, value, temporal) for every node's output during a forward pass.
 Observer = Callable[[str, torch.Tensor, bool], None]
 
@@ -75,7 +79,7 @@ class GraphExecutor(nn.Module):
         surrogate: Surrogate | None = None,
         encoding: str = "direct",
         gradient_mode: GradientMode | None = None,
-        sparse: str = "auto",
+        sparse: str | None = None,
         batch_statistics: bool = False,
     ) -> None:
         super().__init__()
@@ -105,6 +109,11 @@ class GraphExecutor(nn.Module):
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
+        if sparse is None:
+            sparse = os.environ.get(SPARSE_ENV, "auto")
+            if sparse not in SPARSE_MODES:
+                raise ConfigError(f"{SPARSE_ENV} must be one of {', '.join(SPARSE_MODES)}, got "
+                                  f"{sparse!r}; unset it or set it to auto")
         if sparse not in SPARSE_MODES:
             raise ConfigError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
         self.sparse = sparse  # "auto": pruned convs take the sparse kernel where it measured faster

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
 from spikeshield.runtime import sparse_conv
-from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.executor import SPARSE_ENV, GraphExecutor
 from spikeshield.runtime.sparse_conv import SparsePlan, sparse_conv2d
 
 from tests.backends.conftest import TIMESTEPS, zoo_snn
@@ -112,3 +112,25 @@ def test_sparse_off_and_a_bad_mode():
     assert GraphExecutor(snn, sparse="off").sparse == "off"
     with pytest.raises(Exception, match="sparse must be one of auto, off"):
         GraphExecutor(snn, sparse="always")
+
+
+@needs_kernel
+def test_the_environment_turns_the_sparse_path_off_for_executors_not_given_a_mode(monkeypatch):
+    """SPIKESHIELD_SPARSE=off makes every executor a command builds run dense (benchmarks time a
+    whole stage both ways with it); an explicit mode still wins, and a bad value is named."""
+    monkeypatch.setattr(sparse_conv, "faster_than_dense", lambda *a, **k: (True, 1.0, 1.0))
+    snn, x = pruned_vgg(0.02)
+
+    def chosen(executor: GraphExecutor) -> int:
+        with torch.no_grad():
+            executor(x, TIMESTEPS)
+        return len(executor.sparse_convs.choices)
+
+    monkeypatch.delenv(SPARSE_ENV, raising=False)
+    assert GraphExecutor(snn).sparse == "auto" and chosen(GraphExecutor(snn)) > 0
+    monkeypatch.setenv(SPARSE_ENV, "off")
+    assert chosen(GraphExecutor(snn)) == 0
+    assert GraphExecutor(snn, sparse="auto").sparse == "auto"
+    monkeypatch.setenv(SPARSE_ENV, "fast")
+    with pytest.raises(Exception, match="SPIKESHIELD_SPARSE must be one of auto, off, got 'fast'"):
+        GraphExecutor(snn)
