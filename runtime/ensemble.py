@@ -90,6 +90,9 @@ class EnsembleResult:
             "budget_seconds": self.budget,
             "members_run": sum(not m.skipped for m in self.members),
             "members": [m.to_json(self.samples) for m in self.members],
+            # Which of the first `samples` test images survived every member, so that two presets
+            # or two networks can be compared image by image.
+            "robust_samples": torch.nonzero(self.robust_mask).flatten().tolist(),
         }
 
 

@@ -145,6 +145,9 @@ def test_a_time_budget_keeps_a_prefix_of_members_for_every_sample(snn, samples):
     assert torch.equal(tight.robust_mask, first_alone.robust_mask)
     report = tight.to_json()
     assert report["budget_seconds"] == 1e-9 and report["members_run"] == 1
+    robust = report["robust_samples"]  # test-set positions of the survivors, for paired comparisons
+    assert len(robust) == tight.robust and all(tight.robust_mask[i] for i in robust)
+    assert robust == sorted(robust) and 0 < len(robust) < len(samples)
     ample = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, batch_size=16, budget=1e9)
     everyone = run_ensemble(snn, samples, DETERMINISTIC, EPS, 8, 10, batch_size=16)
     assert not any(m.skipped for m in ample.members)
