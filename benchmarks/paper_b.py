@@ -139,13 +139,15 @@ def main() -> None:
             if not (out / "profile.json").is_file():
                 continue
             timed = json.loads(timing.read_text()) if timing.is_file() else None
+            if timed is not None and "stages" in timed:
+                continue
             if timed is None:
                 timed = time_sparse_path(out, args.data, args.timing_batch, args.timing_rounds)
                 timing.write_text(json.dumps(timed, indent=2))
-            if "stages" not in timed:  # timed before the stage slices existed: add them
-                timed["stages"] = time_stage_slices(out, args.data, args.eps, args.slice_train,
-                                                    args.slice_test)
-                timing.write_text(json.dumps(timed, indent=2))
+            # Stage slices last (a file timed before they existed gets them added).
+            timed["stages"] = time_stage_slices(out, args.data, args.eps, args.slice_train,
+                                                args.slice_test)
+            timing.write_text(json.dumps(timed, indent=2))
             with open(log, "a") as f:
                 f.write(f"sparse path timing of {name}: {json.dumps(timed)}\n")
     table(args.work, names)

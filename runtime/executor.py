@@ -109,13 +109,11 @@ class GraphExecutor(nn.Module):
                 params[field] = nn.Parameter(value.detach().clone().float(), requires_grad=not frozen)
             self.node_params[self._keys[name]] = params
         self.spike_counts: dict[str, torch.Tensor] = {}
-        if sparse is None:
-            sparse = os.environ.get(SPARSE_ENV, "auto")
-            if sparse not in SPARSE_MODES:
-                raise ConfigError(f"{SPARSE_ENV} must be one of {', '.join(SPARSE_MODES)}, got "
-                                  f"{sparse!r}; unset it or set it to auto")
+        where = "sparse" if sparse is not None else SPARSE_ENV  # the one to name if it is bad
+        sparse = os.environ.get(SPARSE_ENV, "auto") if sparse is None else sparse
         if sparse not in SPARSE_MODES:
-            raise ConfigError(f"sparse must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}")
+            raise ConfigError(f"{where} must be one of {', '.join(SPARSE_MODES)}, got {sparse!r}; "
+                              "give auto or off")
         self.sparse = sparse  # "auto": pruned convs take the sparse kernel where it measured faster
         self.sparse_convs = SparseConvs()
         self.batch_statistics = batch_statistics
