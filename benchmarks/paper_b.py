@@ -74,7 +74,13 @@ def main() -> None:
     p.add_argument("-T", "--timesteps", type=int, default=8)
     p.add_argument("--sparsities", default="0.9,0.99")
     p.add_argument("--methods", default="harp,hydra,magnitude")
-    p.add_argument("--prune-epochs", type=int, default=2)
+    p.add_argument("--prune-epochs", type=int, default=2, help="epochs of score learning")
+    p.add_argument("--prune-finetune-epochs", type=int, default=None,
+                   help="epochs of finetuning the weights kept (default: --prune-epochs)")
+    p.add_argument("--prune-attack-steps", type=int, default=10,
+                   help="PGD steps inside pruning")
+    p.add_argument("--prune-max-train", type=int, default=None,
+                   help="pruning's training images (default: --finetune-max-train)")
     p.add_argument("--prune-dense", default="first", help="layers kept dense (every method)")
     p.add_argument("--prune-eps", type=float, default=None,
                    help="eps of pruning (default: --eps, the ANN's training eps)")
@@ -117,7 +123,12 @@ def main() -> None:
                 "--prune-sparsity", name.split("-")[1], "--prune-method", name.split("-")[0],
                 "--prune-budget", BUDGETS[name.split("-")[0]], "--prune-epochs",
                 str(args.prune_epochs), "--prune-dense", args.prune_dense, "--prune-eps",
-                str(args.eps if args.prune_eps is None else args.prune_eps)]
+                str(args.eps if args.prune_eps is None else args.prune_eps),
+                "--prune-attack-steps", str(args.prune_attack_steps)]
+            if args.prune_finetune_epochs is not None:
+                prune += ["--prune-finetune-epochs", str(args.prune_finetune_epochs)]
+            if args.prune_max_train is not None:
+                prune += ["--prune-max-train", str(args.prune_max_train)]
             seconds = {}
             if not (out / "snn.ir").is_file():
                 if out.exists():  # a compile interrupted by an earlier, stopped part of the sweep
@@ -277,6 +288,15 @@ def _speedups(timed: dict | None) -> str:
     return ratios
 
 
+def _prune_recipe(config: dict) -> str:
+    """How a run was pruned, from its compile config (runs older than the options that set the
+    finetuning epochs, attack steps and images apart get those options' defaults)."""
+    finetune = config.get("prune_finetune_epochs") or config["prune_epochs"]
+    images = config.get("prune_max_train") or config.get("finetune_max_train")
+    return (f"{config['prune_epochs']}+{finetune} epochs, PGD-{config.get('prune_attack_steps', 10)}"
+            f", {'all' if images is None else f'{images:,}'} images")
+
+
 def _phase_seconds(report: dict, name: str) -> float | None:
     for record in report.get("passes", []):
         if record.get("name") == name:
@@ -308,7 +328,8 @@ def table(work: Path, names: list[str]) -> None:
             return "—" if v is None else f"{v:.2f}x"
 
         method = name.split("-")[0]
-        label = "dense" if name == "dense" else f"{LABELS[method]}, {name.split('-')[1]}"
+        label = ("dense" if name == "dense" else
+                 f"{LABELS[method]}, {name.split('-')[1]} ({_prune_recipe(rep['config'])})")
         print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
               f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
               f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "

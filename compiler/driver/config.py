@@ -90,7 +90,16 @@ class CompileConfig:
     prune_dense: str = option(
         "", "Layers kept unpruned: comma-separated first, last or layer names.")
     prune_epochs: int = option(
-        3, "Epochs of score learning (hydra) and, again, of finetuning the kept weights.")
+        3, "Epochs of score learning (hydra, harp) and, unless --prune-finetune-epochs, of "
+        "finetuning the kept weights.")
+    prune_finetune_epochs: int | None = option(  # None: --prune-epochs
+        None, "Epochs of robust finetuning of the weights kept (default: --prune-epochs; Paper B "
+        "learns scores for 20 epochs, then finetunes for 30).")
+    prune_attack_steps: int = option(
+        10, "PGD steps of the inner attack when pruning the ANN (pruning the SNN uses "
+        "--finetune-attack).")
+    prune_max_train: int | None = option(  # None: --finetune-max-train
+        None, "Prune on the first N training images only (default: --finetune-max-train).")
     prune_stage: str = option(
         "ann", "Prune the ann (before conversion) or the calibrated snn (through the spikes).")
     prune_eps: float | None = option(  # None: see prune_config
@@ -193,12 +202,22 @@ class CompileConfig:
         snn = self.prune_stage == "snn"
         return PruneConfig(sparsity=self.prune_sparsity, method=self.prune_method,
                            budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
-                           score_epochs=self.prune_epochs, finetune_epochs=self.prune_epochs,
+                           score_epochs=self.prune_epochs,
+                           finetune_epochs=self.pruning_finetune_epochs,
                            objective=self.finetune if self.finetune != "none" else "trades",
                            eps=self.pruning_eps(eval_eps, ann_eps),
                            inner_attack=self.finetune_attack if snn else "pgd",
+                           attack_steps=self.prune_attack_steps,
                            lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
-                           max_train=self.finetune_max_train, seed=self.seed)
+                           max_train=self.finetune_max_train if self.prune_max_train is None
+                           else self.prune_max_train, seed=self.seed)
+
+    @property
+    def pruning_finetune_epochs(self) -> int:
+        """``--prune-finetune-epochs``, or ``--prune-epochs`` when it is not given."""
+        if self.prune_finetune_epochs is None:
+            return self.prune_epochs
+        return self.prune_finetune_epochs
 
     def pruning_eps(self, eval_eps: float, ann_eps: float | None = None) -> float:
         """``--prune-eps``; else, pruning the ANN, the eps it was trained at (``ann_eps``, which

@@ -61,6 +61,7 @@ PruneMethodOpt = config_option("prune_method")
 PruneBudgetOpt = config_option("prune_budget")
 PruneDenseOpt = config_option("prune_dense")
 PruneEpochsOpt = config_option("prune_epochs")
+PruneFinetuneEpochsOpt = config_option("prune_finetune_epochs")
 EnergyOpt = config_option("energy")
 NprocOpt = Annotated[int, typer.Option(
     "--nproc", help="Processes to share the work (launches torchrun --standalone; gloo on CPU, "

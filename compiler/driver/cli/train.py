@@ -15,6 +15,7 @@ from spikeshield.compiler.driver.cli.common import (
     PruneBudgetOpt,
     PruneDenseOpt,
     PruneEpochsOpt,
+    PruneFinetuneEpochsOpt,
     PruneMethodOpt,
     PruneSparsityOpt,
     ResumeOpt,
@@ -51,6 +52,7 @@ def train(
     prune_budget: PruneBudgetOpt = "auto",
     prune_dense: PruneDenseOpt = "",
     prune_epochs: PruneEpochsOpt = 3,
+    prune_finetune_epochs: PruneFinetuneEpochsOpt = None,
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
@@ -101,7 +103,8 @@ def train(
         if prune_sparsity != 0:
             prune = PruneConfig(sparsity=prune_sparsity, method=prune_method, budget=prune_budget,
                                 dense_layers=parse_layers(prune_dense), score_epochs=prune_epochs,
-                                finetune_epochs=prune_epochs, objective=objective, eps=eps,
+                                finetune_epochs=prune_epochs if prune_finetune_epochs is None
+                                else prune_finetune_epochs, objective=objective, eps=eps,
                                 attack_steps=attack_steps, batch_size=batch_size,
                                 max_train=max_train, seed=seed)
         cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,

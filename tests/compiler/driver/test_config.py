@@ -19,3 +19,27 @@ def test_pruning_and_finetuning_eps(eps_train, prune_eps, stage, ann_eps, finetu
                         prune_stage=stage)
     assert cfg.finetune_config(0.1).eps_train == pytest.approx(finetune)
     assert cfg.prune_config(0.1, ann_eps).eps == pytest.approx(pruning)
+
+
+@pytest.mark.parametrize("prune_epochs, finetune_epochs, scores, finetune", [
+    (3, None, 3, 3),  # one number for both phases, as before
+    (2, 6, 2, 6),  # Paper B's shape: fewer score epochs than finetuning ones
+    (4, 0, 4, 0),  # scores only: the weights kept are not retrained
+])
+def test_prune_finetune_epochs(prune_epochs, finetune_epochs, scores, finetune):
+    cfg = CompileConfig(prune_sparsity=0.9, prune_epochs=prune_epochs,
+                        prune_finetune_epochs=finetune_epochs)
+    prune = cfg.prune_config(0.1)
+    assert (prune.score_epochs, prune.finetune_epochs) == (scores, finetune)
+
+
+@pytest.mark.parametrize("steps, prune_max, finetune_max, want_steps, want_max", [
+    (10, None, 10000, 10, 10000),  # pruning sees the finetuning images by default
+    (3, 20000, 10000, 3, 20000),  # the ANN's own recipe: PGD-3 on its 20,000 images
+    (5, None, None, 5, None),  # every training image
+])
+def test_prune_attack_steps_and_images(steps, prune_max, finetune_max, want_steps, want_max):
+    cfg = CompileConfig(prune_sparsity=0.99, prune_attack_steps=steps, prune_max_train=prune_max,
+                        finetune_max_train=finetune_max)
+    prune = cfg.prune_config(0.1)
+    assert (prune.attack_steps, prune.max_train) == (want_steps, want_max)
