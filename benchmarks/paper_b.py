@@ -291,8 +291,10 @@ def _speedups(timed: dict | None) -> str:
 def _prune_recipe(config: dict) -> str:
     """How a run was pruned, from its compile config (runs older than the options that set the
     finetuning epochs, attack steps and images apart get those options' defaults)."""
-    finetune = config.get("prune_finetune_epochs") or config["prune_epochs"]
-    images = config.get("prune_max_train") or config.get("finetune_max_train")
+    finetune = config.get("prune_finetune_epochs")
+    finetune = config["prune_epochs"] if finetune is None else finetune
+    images = config.get("prune_max_train")
+    images = config.get("finetune_max_train") if images is None else images
     return (f"{config['prune_epochs']}+{finetune} epochs, PGD-{config.get('prune_attack_steps', 10)}"
             f", {'all' if images is None else f'{images:,}'} images")
 
