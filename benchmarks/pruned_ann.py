@@ -5,8 +5,9 @@ Prunes a trained robust ANN (a ``.pt2`` from ``spikeshield train``) with one rec
 ANN: clean accuracy on the first 1,000 test images, and robust accuracy on the first ``--n`` under
 PGD-20 (the ANN side of the ``paper`` preset, which is also what the masking check compares a
 sparse SNN against) and under APGD-CE-200 (the first member of ``adaptive``, stronger: a pruned
-ANN can look closer to the dense one under PGD-20 than it is). A whole ``paper_b.py`` run also finetunes the SNN and attacks it for about an hour on
-2 cores; this takes the pruning time plus a minute, so recipes can be compared first.
+ANN can look closer to the dense one under PGD-20 than it is). A whole ``paper_b.py`` run also
+finetunes the SNN and attacks it for about an hour on 2 cores; this takes the pruning time plus a
+few minutes, so recipes can be compared first.
 
     python benchmarks/pruned_ann.py --ann WORK/dense.pt2 --out WORK/recipes/dense
     python benchmarks/pruned_ann.py --ann WORK/dense.pt2 --out WORK/recipes/harp-3+9 \\
@@ -61,7 +62,8 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Prune (unless ``--sparsity 0``), then the clean and PGD-20 accuracies of the ANN."""
+    """Prune (unless ``--sparsity 0``); then the ANN's stored weights (as profiles count them),
+    clean accuracy and robust accuracy under PGD-20 and APGD-CE-200."""
     import torch
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.model_io import load_model
@@ -72,6 +74,7 @@ def measure(args: argparse.Namespace) -> dict:
     from spikeshield.runtime.evaluate import evaluate_graph
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.pruning import PruneConfig, parse_layers
+    from spikeshield.runtime.storage import graph_storage
 
     torch.manual_seed(0)
     splits = load_data(args.data, seed=0)
@@ -85,14 +88,10 @@ def measure(args: argparse.Namespace) -> dict:
                           attack_steps=args.attack_steps, max_train=args.max_train)
         pruned = prune_weights(ann, splits, cfg)
         ann = pruned.graph
-        result.update({k: pruned.info[k] for k in ("kept_weights", "total_weights",
-                                                     "per_layer_density", "best_epoch", "history")})
-    else:
-        ops = [ann.op(n) for n in ann.synaptic_nodes()]  # an .ir may be pruned already
-        result.update(kept_weights=sum(int(op.weight.numel() if op.mask is None else op.mask.sum())
-                                       for op in ops),
-                      total_weights=sum(op.weight.numel() for op in ops))
+        result.update({k: pruned.info[k] for k in ("per_layer_density", "best_epoch", "history")})
     result["prune_seconds"] = time.perf_counter() - started
+    stored = graph_storage(ann)["totals"]  # an .ir given as --ann may be pruned already
+    result.update(kept_weights=stored["nonzeros"], total_weights=stored["weights"])
     save_graph(ann, args.out / "ann.ir")
     clean = splits.test.head(1000)
     result.update(clean=evaluate_graph(GraphExecutor(ann), clean, None).accuracy,

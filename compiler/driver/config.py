@@ -22,6 +22,12 @@ PRUNE_STAGES = ("ann", "snn")
 CORRECTIONS = ("bias", "none")
 
 
+def pruning_finetune_epochs(prune_epochs: int, prune_finetune_epochs: int | None) -> int:
+    """Epochs of finetuning the weights kept: ``--prune-finetune-epochs``, or ``--prune-epochs``
+    when it is not given (``compile`` and ``train`` alike)."""
+    return prune_epochs if prune_finetune_epochs is None else prune_finetune_epochs
+
+
 def option(default: Any, help: str, *flags: str) -> Any:
     """A ``CompileConfig`` field that is also a ``spikeshield compile`` option: the CLI builds its
     options from these (flag names default to ``--field-name``), so the two never drift apart."""
@@ -203,7 +209,8 @@ class CompileConfig:
         return PruneConfig(sparsity=self.prune_sparsity, method=self.prune_method,
                            budget=self.prune_budget, dense_layers=parse_layers(self.prune_dense),
                            score_epochs=self.prune_epochs,
-                           finetune_epochs=self.pruning_finetune_epochs,
+                           finetune_epochs=pruning_finetune_epochs(self.prune_epochs,
+                                                                   self.prune_finetune_epochs),
                            objective=self.finetune if self.finetune != "none" else "trades",
                            eps=self.pruning_eps(eval_eps, ann_eps),
                            inner_attack=self.finetune_attack if snn else "pgd",
@@ -211,13 +218,6 @@ class CompileConfig:
                            lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
                            max_train=self.finetune_max_train if self.prune_max_train is None
                            else self.prune_max_train, seed=self.seed)
-
-    @property
-    def pruning_finetune_epochs(self) -> int:
-        """``--prune-finetune-epochs``, or ``--prune-epochs`` when it is not given."""
-        if self.prune_finetune_epochs is None:
-            return self.prune_epochs
-        return self.prune_finetune_epochs
 
     def pruning_eps(self, eval_eps: float, ann_eps: float | None = None) -> float:
         """``--prune-eps``; else, pruning the ANN, the eps it was trained at (``ann_eps``, which

@@ -97,14 +97,16 @@ def train(
         if arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {arch!r}; choose one of "
                               f"{', '.join(ARCHITECTURES)}")
+        from spikeshield.compiler.driver.config import pruning_finetune_epochs
         from spikeshield.runtime.pruning import PruneConfig, parse_layers
 
         prune = None
         if prune_sparsity != 0:
             prune = PruneConfig(sparsity=prune_sparsity, method=prune_method, budget=prune_budget,
                                 dense_layers=parse_layers(prune_dense), score_epochs=prune_epochs,
-                                finetune_epochs=prune_epochs if prune_finetune_epochs is None
-                                else prune_finetune_epochs, objective=objective, eps=eps,
+                                finetune_epochs=pruning_finetune_epochs(prune_epochs,
+                                                                        prune_finetune_epochs),
+                                objective=objective, eps=eps,
                                 attack_steps=attack_steps, batch_size=batch_size,
                                 max_train=max_train, seed=seed)
         cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
