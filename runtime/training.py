@@ -68,6 +68,9 @@ class TrainConfig:
             raise ConfigError("epochs, batch size and attack steps must be positive")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.max_train is not None and self.max_train <= 0:
+            raise ConfigError(f"--max-train (the first N training images) must be positive, got "
+                              f"{self.max_train}")
         if self.prune is not None:
             self.prune.validate()
 

@@ -80,6 +80,9 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        if self.max_train is not None and self.max_train <= 0:
+            raise ConfigError(f"--finetune-max-train (the first N training images) must be "
+                              f"positive, got {self.max_train}")
         if self.val_samples is not None and self.val_samples <= 0:
             raise ConfigError(f"finetuning validation samples must be positive, got "
                               f"{self.val_samples}")

@@ -1,9 +1,11 @@
-"""CompileConfig: which eps each robust stage trains under."""
+"""CompileConfig: which eps each robust stage trains under, and what it refuses."""
 
 from __future__ import annotations
 
 import pytest
 from spikeshield.compiler.driver.config import CompileConfig
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.runtime.training import TrainConfig
 
 
 @pytest.mark.parametrize("eps_train, prune_eps, stage, ann_eps, finetune, pruning", [
@@ -43,3 +45,20 @@ def test_prune_attack_steps_and_images(steps, prune_max, finetune_max, want_step
                         finetune_max_train=finetune_max)
     prune = cfg.prune_config(0.1)
     assert (prune.attack_steps, prune.max_train) == (want_steps, want_max)
+
+
+@pytest.mark.parametrize("options, flag", [
+    ({"finetune_max_train": -100}, "--finetune-max-train"),  # head(-100) would drop 100 images
+    ({"finetune_max_train": 0}, "--finetune-max-train"),
+    ({"prune_max_train": -5}, "--prune-max-train"),
+    ({"finetune": "none", "finetune_max_train": -5}, "--prune-max-train"),  # its default
+])
+def test_training_images_must_be_positive(options, flag):
+    with pytest.raises(ConfigError, match=f"{flag} .*must be positive"):
+        CompileConfig(prune_sparsity=0.9, **options).validate()
+
+
+@pytest.mark.parametrize("max_train", [-1, 0])
+def test_train_images_must_be_positive(max_train):
+    with pytest.raises(ConfigError, match="--max-train .*must be positive"):
+        TrainConfig(max_train=max_train).validate()
