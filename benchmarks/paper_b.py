@@ -49,6 +49,29 @@ LABELS = {"harp": "HARP-style learned (non-uniform)", "hydra": "HYDRA, uniform p
           "magnitude": "layer-wise magnitude"}
 
 
+def parse_pruned_anns(specs: list[str], names: list[str]) -> dict[str, Path]:
+    """``RUN=DIR`` options: each a pruned run and a ``pruned_ann.py`` output that pruned it."""
+    pruned = {}
+    for spec in specs:
+        name, _, directory = spec.partition("=")
+        if name not in names or name == "dense":
+            sys.exit(f"--pruned-ann {spec}: {name!r} is not a pruned run of this sweep; "
+                     f"use one of {', '.join(n for n in names if n != 'dense')}")
+        result = Path(directory) / "result.json"
+        if not (Path(directory) / "ann.ir").is_file() or not result.is_file():
+            sys.exit(f"--pruned-ann {spec}: {directory} lacks ann.ir or result.json; "
+                     f"write it with benchmarks/pruned_ann.py --out {directory}")
+        recipe = json.loads(result.read_text()).get("recipe", {})
+        if recipe.get("sparsity") != float(name.split("-")[1]) or \
+                recipe.get("method") != name.split("-")[0]:
+            sys.exit(f"--pruned-ann {spec}: {directory} was pruned with method "
+                     f"{recipe.get('method')!r} at sparsity {recipe.get('sparsity')}, not as "
+                     f"{name!r}; prune it with pruned_ann.py --method {name.split('-')[0]} "
+                     f"--sparsity {name.split('-')[1]}")
+        pruned[name] = Path(directory)
+    return pruned
+
+
 def run(cmd: list[str], log: Path) -> float:
     """Run a CLI command, its output appended to ``log``; the wall seconds it took."""
     started = time.perf_counter()
@@ -84,6 +107,9 @@ def main() -> None:
     p.add_argument("--prune-dense", default="first", help="layers kept dense (every method)")
     p.add_argument("--prune-eps", type=float, default=None,
                    help="eps of pruning (default: --eps, the ANN's training eps)")
+    p.add_argument("--pruned-ann", action="append", default=[], metavar="RUN=DIR",
+                   help="run RUN compiles DIR/ann.ir, pruned by benchmarks/pruned_ann.py, instead "
+                        "of pruning in the compile (repeatable)")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-max-train", type=int, default=10000)
     p.add_argument("--n-robust", type=int, default=500)
@@ -104,6 +130,7 @@ def main() -> None:
     names = ["dense"] + [f"{m}-{s}" for s in args.sparsities.split(",")
                          for m in args.methods.split(",")]
     wanted = [n for n in names if not args.runs or n in args.runs.split(",")]
+    pruned_anns = parse_pruned_anns(args.pruned_ann, names)
     if not args.table:
         timings_path = args.work / "timings.json"
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
@@ -129,12 +156,15 @@ def main() -> None:
                 prune += ["--prune-finetune-epochs", str(args.prune_finetune_epochs)]
             if args.prune_max_train is not None:
                 prune += ["--prune-max-train", str(args.prune_max_train)]
+            source = ann
+            if name in pruned_anns:
+                source, prune = pruned_anns[name] / "ann.ir", []
             seconds = {}
             if not (out / "snn.ir").is_file():
                 if out.exists():  # a compile interrupted by an earlier, stopped part of the sweep
                     shutil.rmtree(out)
                 seconds["compile"] = run(
-                    [bin_, "compile", str(ann), "--data", args.data, "-T", str(args.timesteps),
+                    [bin_, "compile", str(source), "--data", args.data, "-T", str(args.timesteps),
                      "--finetune-epochs", str(args.finetune_epochs), "--finetune-max-train",
                      str(args.finetune_max_train), "--robustness", "none", "--n", str(args.n),
                      "--no-profile", "--out", str(out), *prune], log)
@@ -145,6 +175,9 @@ def main() -> None:
                                       *baseline], log)
             timings[name] = seconds
             timings_path.write_text(json.dumps(timings, indent=2))
+        for name, directory in pruned_anns.items():  # the recipe the table labels the run with
+            if (args.work / name).is_dir():
+                shutil.copyfile(directory / "result.json", args.work / name / "pruned_ann.json")
         for name in wanted:
             out, timing = args.work / name, args.work / name / "sparse_timing.json"
             if not (out / "profile.json").is_file():
@@ -268,7 +301,7 @@ def _time_steps(executor, x, y, timesteps: int, rounds: int) -> dict:
 
 def _load(run_dir: Path) -> dict:
     return {f: json.loads((run_dir / f"{f}.json").read_text())
-            for f in ("report", "profile", "robustness", "sparse_timing")
+            for f in ("report", "profile", "robustness", "sparse_timing", "pruned_ann")
             if (run_dir / f"{f}.json").is_file()}
 
 
@@ -288,9 +321,14 @@ def _speedups(timed: dict | None) -> str:
     return ratios
 
 
-def _prune_recipe(config: dict) -> str:
+def _prune_recipe(config: dict, pruned_ann: dict | None = None) -> str:
     """How a run was pruned, from its compile config (runs older than the options that set the
-    finetuning epochs, attack steps and images apart get those options' defaults)."""
+    finetuning epochs, attack steps and images apart get those options' defaults), or from the
+    ``pruned_ann.py`` recipe of a run compiled from a pruned ANN."""
+    if pruned_ann is not None:
+        r = pruned_ann["recipe"]
+        return (f"{r['score_epochs']}+{r['finetune_epochs']} epochs, PGD-{r['attack_steps']}, "
+                f"{r['max_train']:,} images, pruned by pruned_ann.py")
     finetune = config.get("prune_finetune_epochs")
     finetune = config["prune_epochs"] if finetune is None else finetune
     images = config.get("prune_max_train")
@@ -331,7 +369,8 @@ def table(work: Path, names: list[str]) -> None:
 
         method = name.split("-")[0]
         label = ("dense" if name == "dense" else
-                 f"{LABELS[method]}, {name.split('-')[1]} ({_prune_recipe(rep['config'])})")
+                 f"{LABELS[method]}, {name.split('-')[1]} "
+                 f"({_prune_recipe(rep['config'], r.get('pruned_ann'))})")
         print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
               f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
               f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "
