@@ -10,6 +10,13 @@ ANN (WORK/dense.pt2) is reused, so the sweep can be run in parts (for example on
     python benchmarks/paper_b.py --work /tmp/paperb                    # the whole sweep (hours)
     python benchmarks/paper_b.py --work /tmp/paperb --runs dense,harp-0.99
     python benchmarks/paper_b.py --work /tmp/paperb --table            # only print what is done
+    python benchmarks/paper_b.py --work /tmp/paperb --runs harp-0.99 \
+        --pruned-ann harp-0.99=/tmp/recipes/harp-0.99    # a recipe pruned by pruned_ann.py
+
+``--pruned-ann RUN=DIR`` carries a pruning recipe judged on the ANN first
+(``benchmarks/pruned_ann.py --out DIR``) into the sweep: run RUN compiles DIR/ann.ir, whose masks
+are kept, instead of pruning in the compile, and the table labels it with the recipe in
+DIR/result.json.
 
 Each finished run is then timed with the weight-sparse path on (``sparse="auto"``, the default: each
 pruned conv takes the kernel that measured faster) and off (every conv dense, the mask multiplied
