@@ -336,6 +336,8 @@ def _prune_recipe(config: dict, pruned_ann: dict | None = None) -> str:
         r = pruned_ann["recipe"]
         return (f"{r['score_epochs']}+{r['finetune_epochs']} epochs, PGD-{r['attack_steps']}, "
                 f"{r['max_train']:,} images, pruned by pruned_ann.py")
+    if not config.get("prune_sparsity"):  # compiled from an ANN pruned before, by an unknown recipe
+        return "pruned before the compile, recipe not recorded: see --pruned-ann"
     finetune = config.get("prune_finetune_epochs")
     finetune = config["prune_epochs"] if finetune is None else finetune
     images = config.get("prune_max_train")
