@@ -338,10 +338,10 @@ def _prune_recipe(config: dict, pruned_ann: dict | None = None) -> str:
                 f"{r['max_train']:,} images, pruned by pruned_ann.py")
     if not config.get("prune_sparsity"):  # compiled from an ANN pruned before, by an unknown recipe
         return "pruned before the compile, recipe not recorded: see --pruned-ann"
-    finetune = config.get("prune_finetune_epochs")
-    finetune = config["prune_epochs"] if finetune is None else finetune
-    images = config.get("prune_max_train")
-    images = config.get("finetune_max_train") if images is None else images
+    from spikeshield.compiler.driver.config import pruning_finetune_epochs, pruning_max_train
+
+    finetune = pruning_finetune_epochs(config["prune_epochs"], config.get("prune_finetune_epochs"))
+    images = pruning_max_train(config.get("prune_max_train"), config.get("finetune_max_train"))
     return (f"{config['prune_epochs']}+{finetune} epochs, PGD-{config.get('prune_attack_steps', 10)}"
             f", {'all' if images is None else f'{images:,}'} images")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from spikeshield.compiler.ir.errors import DataError
+from spikeshield.compiler.ir.errors import ConfigError, DataError
 
 
 @dataclass
@@ -89,6 +89,14 @@ class DataSplits:
         x = self.train.images[:10000].float() / 255.0
         dims = [0] + list(range(2, x.dim()))
         return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
+
+
+def check_max_train(max_train: int | None, option: str) -> None:
+    """A "first N training images" setting (``option`` names it in the error): ``None`` or
+    positive. ``Dataset.head(-N)`` would silently drop the last N images instead."""
+    if max_train is not None and max_train <= 0:
+        raise ConfigError(f"{option} must be positive (the first N training images are used), "
+                          f"got {max_train}")
 
 
 def make_splits(name: str, train: tuple[torch.Tensor, torch.Tensor],

@@ -40,7 +40,7 @@ from spikeshield.runtime.objectives import (
     inner_attack,
     robust_epoch,
 )
-from spikeshield.runtime.data import DataSplits
+from spikeshield.runtime.data import DataSplits, check_max_train
 from spikeshield.runtime.learned_budgets import LearnedBudget
 from torch import nn
 from torch.nn.utils import parametrize
@@ -86,9 +86,7 @@ class PruneConfig:
         for what, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.max_train is not None and self.max_train <= 0:
-            raise ConfigError(f"--prune-max-train (the first N training images; default "
-                              f"--finetune-max-train) must be positive, got {self.max_train}")
+        check_max_train(self.max_train, "--prune-max-train (default --finetune-max-train)")
         if self.score_epochs < 0 or self.finetune_epochs < 0:
             raise ConfigError("prune score and finetune epochs must be >= 0")
         if self.method in ("hydra", "harp") and self.score_epochs == 0 and self.sparsity > 0:

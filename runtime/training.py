@@ -33,7 +33,7 @@ from spikeshield.runtime.objectives import (
     inner_attack,
     robust_epoch,
 )
-from spikeshield.runtime.data import DataSplits
+from spikeshield.runtime.data import DataSplits, check_max_train
 from spikeshield.runtime.distributed import (
     broadcast_buffers,
     data_parallel,
@@ -68,9 +68,7 @@ class TrainConfig:
             raise ConfigError("epochs, batch size and attack steps must be positive")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.max_train is not None and self.max_train <= 0:
-            raise ConfigError(f"--max-train (the first N training images) must be positive, got "
-                              f"{self.max_train}")
+        check_max_train(self.max_train, "--max-train")
         if self.prune is not None:
             self.prune.validate()
 

@@ -28,6 +28,12 @@ def pruning_finetune_epochs(prune_epochs: int, prune_finetune_epochs: int | None
     return prune_epochs if prune_finetune_epochs is None else prune_finetune_epochs
 
 
+def pruning_max_train(prune_max_train: int | None, finetune_max_train: int | None) -> int | None:
+    """Training images of pruning: ``--prune-max-train``, or ``--finetune-max-train`` when it is
+    not given (``None``: all)."""
+    return finetune_max_train if prune_max_train is None else prune_max_train
+
+
 def option(default: Any, help: str, *flags: str) -> Any:
     """A ``CompileConfig`` field that is also a ``spikeshield compile`` option: the CLI builds its
     options from these (flag names default to ``--field-name``), so the two never drift apart."""
@@ -216,8 +222,8 @@ class CompileConfig:
                            inner_attack=self.finetune_attack if snn else "pgd",
                            attack_steps=self.prune_attack_steps,
                            lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
-                           max_train=self.finetune_max_train if self.prune_max_train is None
-                           else self.prune_max_train, seed=self.seed)
+                           max_train=pruning_max_train(self.prune_max_train,
+                                                       self.finetune_max_train), seed=self.seed)
 
     def pruning_eps(self, eval_eps: float, ann_eps: float | None = None) -> float:
         """``--prune-eps``; else, pruning the ANN, the eps it was trained at (``ann_eps``, which

@@ -46,7 +46,7 @@ from spikeshield.runtime.objectives import (
     inner_attack,
     robust_epoch,
 )
-from spikeshield.runtime.data import DataSplits, Dataset
+from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
 from spikeshield.runtime.distributed import data_parallel, per_process_batch, world
@@ -80,9 +80,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.max_train is not None and self.max_train <= 0:
-            raise ConfigError(f"--finetune-max-train (the first N training images) must be "
-                              f"positive, got {self.max_train}")
+        check_max_train(self.max_train, "--finetune-max-train")
         if self.val_samples is not None and self.val_samples <= 0:
             raise ConfigError(f"finetuning validation samples must be positive, got "
                               f"{self.val_samples}")
