@@ -34,8 +34,9 @@ inner attack for the ANN, the first 20,000 training images for the ANN and 10,00
 SNN finetuning. Pruning runs under the eps the ANN was trained at (``--prune-eps``, default
 ``--eps``, passed explicitly; compile's own default now follows the eps the .pt2 records): at 99%
 it relearns the network, and under the finetuning eps (eps / 4, compile's default until then) the
-99% HARP SNN kept 35.6% against the dense SNN's 56.2% (BENCHMARKS.md). SNN finetuning
-stays at eps / 4 for every run, dense included. The first conv layer (1 input channel, 288
+99% HARP SNN kept 35.6% against the dense SNN's 56.2% (BENCHMARKS.md). SNN finetuning runs at
+compile's default, eps / 4, for every run, dense included, unless ``--eps-train`` sets it (a run
+finetuned at another eps says so in the table). The first conv layer (1 input channel, 288
 weights, 0.01% of the network) is kept dense for every method (``--prune-dense first``): at 1% it
 would keep 2 or 3 weights, one or two of its 32 channels, and no method can route the input
 through that.
@@ -119,6 +120,8 @@ def main() -> None:
                         "of pruning in the compile (repeatable)")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-max-train", type=int, default=10000)
+    p.add_argument("--eps-train", type=float, default=None,
+                   help="eps of SNN finetuning (default: compile's, --eps / 4)")
     p.add_argument("--n-robust", type=int, default=500)
     p.add_argument("--n", type=int, default=1000, help="test images for clean accuracy, profile")
     p.add_argument("--preset", default="paper")
@@ -166,15 +169,18 @@ def main() -> None:
             source = ann
             if name in pruned_anns:
                 source, prune = pruned_anns[name] / "ann.ir", []
+            finetune = ["--finetune-epochs", str(args.finetune_epochs), "--finetune-max-train",
+                        str(args.finetune_max_train)]
+            if args.eps_train is not None:
+                finetune += ["--eps-train", str(args.eps_train)]
             seconds = {}
             if not (out / "snn.ir").is_file():
                 if out.exists():  # a compile interrupted by an earlier, stopped part of the sweep
                     shutil.rmtree(out)
                 seconds["compile"] = run(
                     [bin_, "compile", str(source), "--data", args.data, "-T", str(args.timesteps),
-                     "--finetune-epochs", str(args.finetune_epochs), "--finetune-max-train",
-                     str(args.finetune_max_train), "--robustness", "none", "--n", str(args.n),
-                     "--no-profile", "--out", str(out), *prune], log)
+                     *finetune, "--robustness", "none", "--n", str(args.n), "--no-profile",
+                     "--out", str(out), *prune], log)
             seconds["eval"] = run([bin_, "eval", str(out), "--preset", args.preset, "--eps",
                                    str(args.eps), "--n", str(args.n_robust)], log)
             baseline = [] if name == "dense" else ["--baseline", str(args.work / "dense")]
@@ -206,7 +212,10 @@ def main() -> None:
 
 def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     """Median seconds of a forward pass, an attack step and a training step of the run's SNN with
-    the weight-sparse path off and on, and which (layer, input, backward) cases chose it."""
+    the weight-sparse path off and on, and which (layer, input, backward) cases chose it. The two
+    paths are timed round by round, alternating which goes first: timed one after the other (all
+    rounds of one path, then the other), the same all-dense forward of the 99% HARP SNN, timed at
+    the start and again after 14 other timings in one process, came out 1.35x apart."""
     import torch
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
@@ -217,11 +226,11 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     spec = snn.run_spec()
     x, y = next(load_data(data).test.batches(batch))
     result: dict = {"batch": batch, "timesteps": spec.timesteps, "rounds": rounds,
-                    "threads": torch.get_num_threads()}
-    for mode in ("off", "auto"):
-        executor = GraphExecutor(snn, encoding=spec.encoding, sparse=mode,
-                                 gradient_mode=GradientMode.parse("triangle:1"))
-        result[mode] = _time_steps(executor, x, y, spec.timesteps, rounds)
+                    "threads": torch.get_num_threads(), "order": "interleaved"}
+    executors = {mode: GraphExecutor(snn, encoding=spec.encoding, sparse=mode,
+                                     gradient_mode=GradientMode.parse("triangle:1"))
+                 for mode in ("off", "auto")}
+    result.update(_time_steps(executors, x, y, spec.timesteps, rounds))
     result["dense_over_sparse"] = {k: result["off"][k] / result["auto"][k]
                                    for k in ("forward", "attack_step", "training_step")}
     return result
@@ -230,8 +239,8 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
 def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
                       test_images: int) -> dict:
     """Wall seconds of a slice of each whole stage with the sparse path off and on, the second
-    after the first in one process: one finetuning epoch as compile runs it (TRADES, R-FGSM at
-    eps / 4, validation on 64 images before and after) on the first ``train_images`` training
+    after the first in one process: one finetuning epoch as compile ran it (TRADES, R-FGSM at the
+    run's eps_train, eps / 4 by default, validation on 64 images before and after) on the first ``train_images`` training
     images, and the paper ensemble (the run's ANN for its transfer member) on the first
     ``test_images`` test images. Every executor the stages build reads SPIKESHIELD_SPARSE."""
     import os
@@ -246,8 +255,9 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
 
     snn, ann = load_graph(run_dir / "snn.ir"), load_graph(run_dir / "ann.ir")
     spec, splits = snn.run_spec(), load_data(data)
-    finetune = FinetuneConfig(epochs=1, eps_train=eps / 4, timesteps=spec.timesteps,
-                              max_train=train_images, val_samples=64)
+    eps_train = json.loads((run_dir / "report.json").read_text())["config"].get("eps_train")
+    finetune = FinetuneConfig(epochs=1, eps_train=eps / 4 if eps_train is None else eps_train,
+                              timesteps=spec.timesteps, max_train=train_images, val_samples=64)
     members = preset_members("paper", base_attack("pgd"))
     test = splits.test.head(test_images)
     result: dict = {"train_images": train_images, "test_images": test_images}
@@ -274,35 +284,50 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     return result
 
 
-def _time_steps(executor, x, y, timesteps: int, rounds: int) -> dict:
-    """One executor's median seconds per step kind, and its sparse kernel choices."""
+def _time_steps(executors: dict, x, y, timesteps: int, rounds: int) -> dict:
+    """Per executor (by path), the median seconds of each step kind over ``rounds`` rounds in
+    which the paths take turns going first, after one warm-up call each (where the sparse path
+    measures its choices); and its sparse kernel choices."""
+    import time
+
     import torch
     import torch.nn.functional as F
     from spikeshield.runtime.ensemble import frozen
-    from spikeshield.runtime.sparse_conv import median_seconds
 
-    def forward():
+    def forward(executor):
         with torch.no_grad():
             executor(x, timesteps)
 
-    def attack_step():
+    def attack_step(executor):
         with frozen(executor):  # as the ensemble attacks: eval mode, input gradient only
             inputs = x.clone().requires_grad_()
             F.cross_entropy(executor(inputs, timesteps), y).backward()
 
-    def training_step():
+    def training_step(executor):
         inputs = x.clone().requires_grad_()
         F.cross_entropy(executor(inputs, timesteps), y).backward()
         executor.zero_grad(set_to_none=True)
 
-    executor.eval()
-    seconds = {"forward": median_seconds(forward, rounds),
-               "attack_step": median_seconds(attack_step, rounds)}
-    executor.train()
-    seconds["training_step"] = median_seconds(training_step, rounds)
-    choices = executor.sparse_convs.choices
-    seconds["sparse_chosen"] = sum(choices.values())
-    seconds["cases_measured"] = len(choices)
+    seconds: dict = {mode: {} for mode in executors}
+    for kind, step, train in (("forward", forward, False), ("attack_step", attack_step, False),
+                              ("training_step", training_step, True)):
+        times: dict = {mode: [] for mode in executors}
+        for executor in executors.values():
+            executor.train(train)
+            step(executor)  # warm-up
+        order = list(executors)
+        for _ in range(rounds):
+            for mode in order:
+                started = time.perf_counter()
+                step(executors[mode])
+                times[mode].append(time.perf_counter() - started)
+            order.reverse()
+        for mode, values in times.items():
+            seconds[mode][kind] = sorted(values)[len(values) // 2]
+    for mode, executor in executors.items():
+        choices = executor.sparse_convs.choices
+        seconds[mode]["sparse_chosen"] = sum(choices.values())
+        seconds[mode]["cases_measured"] = len(choices)
     return seconds
 
 
@@ -380,6 +405,8 @@ def table(work: Path, names: list[str]) -> None:
         label = ("dense" if name == "dense" else
                  f"{LABELS[method]}, {name.split('-')[1]} "
                  f"({_prune_recipe(rep['config'], r.get('pruned_ann'))})")
+        if rep["config"].get("eps_train") is not None:  # not compile's default, eps / 4
+            label += f", SNN finetuned at eps {rep['config']['eps_train']:g}"
         print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
               f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
               f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "
@@ -391,11 +418,18 @@ def table(work: Path, names: list[str]) -> None:
     print(f"\nclean accuracy and profile: first {dense['profile']['samples']} test images; "
           f"robust accuracy: {dense['robustness']['preset']} preset on the first "
           f"{dense['robustness']['samples']} at eps {dense['robustness']['eps']}")
-    timed = next((r["sparse_timing"] for r in runs.values() if "sparse_timing" in r), None)
+    timings = {n: r["sparse_timing"] for n, r in runs.items() if "sparse_timing" in r}
+    timed = next(iter(timings.values()), None)
     if timed is not None:
+        interleaved = [n for n, t in timings.items() if t.get("order") == "interleaved"]
+        after = [n for n in timings if n not in interleaved]
+        orders = "; ".join(
+            f"{text} ({', '.join(which)})" for text, which in (
+                ("round by round, taking turns going first", interleaved),
+                ("all rounds of one path, then the other", after)) if which)
         print(f"sparse path speed-up: dense-path over sparse-path seconds, medians of "
               f"{timed['rounds']} rounds, batch {timed['batch']}, T = {timed['timesteps']}, "
-              f"{timed['threads']} threads, both paths timed side by side in one process")
+              f"{timed['threads']} threads, both paths in one process: {orders}")
         stages = timed.get("stages")
         if stages is not None:
             print(f"stage slices, each once per path: a finetuning epoch on the first "
