@@ -215,7 +215,8 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     the weight-sparse path off and on, and which (layer, input, backward) cases chose it. The two
     paths are timed round by round, alternating which goes first: timed one after the other (all
     rounds of one path, then the other), the same all-dense forward of the 99% HARP SNN, timed at
-    the start and again after 14 other timings in one process, came out 1.35x apart."""
+    the start and again after 8 other settings in one process, came out 1.35x apart
+    (BENCHMARKS.md, "SNN finetuning at the ANN's eps")."""
     import torch
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
