@@ -243,7 +243,8 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     after the first in one process: one finetuning epoch as compile ran it (TRADES, R-FGSM at the
     run's eps_train, eps / 4 by default, validation on 64 images before and after) on the first
     ``train_images`` training images, and the paper ensemble (the run's ANN for its transfer
-    member) on the first ``test_images`` test images. Every executor the stages build reads SPIKESHIELD_SPARSE."""
+    member) on the first ``test_images`` test images. Every executor the stages build reads
+    SPIKESHIELD_SPARSE."""
     import os
     import time
 
