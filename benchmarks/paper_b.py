@@ -248,6 +248,7 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     import os
     import time
 
+    from spikeshield.compiler.driver.config import CompileConfig
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, finetune_robust
@@ -257,8 +258,9 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
 
     snn, ann = load_graph(run_dir / "snn.ir"), load_graph(run_dir / "ann.ir")
     spec, splits = snn.run_spec(), load_data(data)
-    eps_train = json.loads((run_dir / "report.json").read_text())["config"].get("eps_train")
-    finetune = FinetuneConfig(epochs=1, eps_train=eps / 4 if eps_train is None else eps_train,
+    run_config = CompileConfig(eps_train=json.loads((run_dir / "report.json").read_text())
+                               ["config"].get("eps_train"))
+    finetune = FinetuneConfig(epochs=1, eps_train=run_config.training_eps(eps),
                               timesteps=spec.timesteps, max_train=train_images, val_samples=64)
     members = preset_members("paper", base_attack("pgd"))
     test = splits.test.head(test_images)
@@ -286,12 +288,10 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     return result
 
 
-def _time_steps(executors: dict, x, y, timesteps: int, rounds: int) -> dict:
-    """Per executor (by path), the median seconds of each step kind over ``rounds`` rounds in
-    which the paths take turns going first, after one warm-up call each (where the sparse path
-    measures its choices); and its sparse kernel choices."""
-    import time
-
+def step_kinds(x, y, timesteps: int) -> dict:
+    """The steps the sparse path is timed on, each a function of an executor: a forward pass, an
+    attack step (as the ensemble runs it: eval mode, the input gradient only) and a training step
+    (BPTT to every weight and the input); with whether the executor trains."""
     import torch
     import torch.nn.functional as F
     from spikeshield.runtime.ensemble import frozen
@@ -301,7 +301,7 @@ def _time_steps(executors: dict, x, y, timesteps: int, rounds: int) -> dict:
             executor(x, timesteps)
 
     def attack_step(executor):
-        with frozen(executor):  # as the ensemble attacks: eval mode, input gradient only
+        with frozen(executor):
             inputs = x.clone().requires_grad_()
             F.cross_entropy(executor(inputs, timesteps), y).backward()
 
@@ -310,9 +310,18 @@ def _time_steps(executors: dict, x, y, timesteps: int, rounds: int) -> dict:
         F.cross_entropy(executor(inputs, timesteps), y).backward()
         executor.zero_grad(set_to_none=True)
 
+    return {"forward": (forward, False), "attack_step": (attack_step, False),
+            "training_step": (training_step, True)}
+
+
+def _time_steps(executors: dict, x, y, timesteps: int, rounds: int) -> dict:
+    """Per executor (by path), the median seconds of each step kind over ``rounds`` rounds in
+    which the paths take turns going first, after one warm-up call each (where the sparse path
+    measures its choices); and its sparse kernel choices."""
+    import time
+
     seconds: dict = {mode: {} for mode in executors}
-    for kind, step, train in (("forward", forward, False), ("attack_step", attack_step, False),
-                              ("training_step", training_step, True)):
+    for kind, (step, train) in step_kinds(x, y, timesteps).items():
         times: dict = {mode: [] for mode in executors}
         for executor in executors.values():
             executor.train(train)

@@ -12,17 +12,19 @@ Prints, per step kind, each setting's speed-up over the first all-dense timing (
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from spikeshield.compiler.driver.data import load_data
 from spikeshield.compiler.ir.serialize import load_graph
-from spikeshield.runtime.ensemble import frozen
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.sparse_conv import median_seconds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_b import step_kinds  # the same steps paper_b times
 
 
 def main() -> None:
@@ -37,24 +39,16 @@ def main() -> None:
     executor = GraphExecutor(snn, encoding=spec.encoding, sparse="auto",
                              gradient_mode=GradientMode.parse("triangle:1"))
     executor.eval()
-
-    def forward():
-        with torch.no_grad():
-            executor(x, spec.timesteps)
-
-    def attack_step():
-        with frozen(executor):
-            inputs = x.clone().requires_grad_()
-            F.cross_entropy(executor(inputs, spec.timesteps), y).backward()
-
-    forward()
-    attack_step()  # the probe measures each (layer, input shape, backward) case once
+    steps = {kind: step for kind, (step, _) in step_kinds(x, y, spec.timesteps).items()}
+    steps["forward"](executor)
+    steps["attack_step"](executor)  # the probe measures each (layer, input shape, backward) case
     probe = dict(executor.sparse_convs.choices)
     print("probe's choices:", {f"{k[0]} {'backward' if k[2] else 'forward'}": v
                                for k, v in probe.items()})
     out = {}
-    for kind, step, backward in (("forward", forward, False), ("attack_step", attack_step, True)):
+    for kind, backward in (("forward", False), ("attack_step", True)):
         cases = [k for k in probe if k[2] == backward]
+        step = functools.partial(steps[kind], executor)
 
         def sparse_only(layers):
             for case in cases:
