@@ -35,8 +35,9 @@ SNN finetuning. Pruning runs under the eps the ANN was trained at (``--prune-eps
 ``--eps``, passed explicitly; compile's own default now follows the eps the .pt2 records): at 99%
 it relearns the network, and under the finetuning eps (eps / 4, compile's default until then) the
 99% HARP SNN kept 35.6% against the dense SNN's 56.2% (BENCHMARKS.md). SNN finetuning runs at
-compile's default, eps / 4, for every run, dense included, unless ``--eps-train`` sets it (a run
-finetuned at another eps says so in the table). The first conv layer (1 input channel, 288
+compile's default for every run, dense included (the eps the .pt2 records, else eps / 4; runs
+compiled before 2026-12-03 used eps / 4 whatever the record), unless ``--eps-train`` sets it; the
+table names each run's finetuning eps. The first conv layer (1 input channel, 288
 weights, 0.01% of the network) is kept dense for every method (``--prune-dense first``): at 1% it
 would keep 2 or 3 weights, one or two of its 32 channels, and no method can route the input
 through that.
@@ -121,7 +122,7 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-max-train", type=int, default=10000)
     p.add_argument("--eps-train", type=float, default=None,
-                   help="eps of SNN finetuning (default: compile's, --eps / 4)")
+                   help="eps of SNN finetuning (default: compile's, the ANN's recorded eps)")
     p.add_argument("--n-robust", type=int, default=500)
     p.add_argument("--n", type=int, default=1000, help="test images for clean accuracy, profile")
     p.add_argument("--preset", default="paper")
@@ -241,14 +242,13 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
                       test_images: int) -> dict:
     """Wall seconds of a slice of each whole stage with the sparse path off and on, the second
     after the first in one process: one finetuning epoch as compile ran it (TRADES, R-FGSM at the
-    run's eps_train, eps / 4 by default, validation on 64 images before and after) on the first
+    eps the run was finetuned at, validation on 64 images before and after) on the first
     ``train_images`` training images, and the paper ensemble (the run's ANN for its transfer
     member) on the first ``test_images`` test images. Every executor the stages build reads
     SPIKESHIELD_SPARSE."""
     import os
     import time
 
-    from spikeshield.compiler.driver.config import CompileConfig
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, finetune_robust
@@ -258,9 +258,8 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
 
     snn, ann = load_graph(run_dir / "snn.ir"), load_graph(run_dir / "ann.ir")
     spec, splits = snn.run_spec(), load_data(data)
-    run_config = CompileConfig(eps_train=json.loads((run_dir / "report.json").read_text())
-                               ["config"].get("eps_train"))
-    finetune = FinetuneConfig(epochs=1, eps_train=run_config.training_eps(eps),
+    eps_train = _finetune_eps(json.loads((run_dir / "report.json").read_text()))
+    finetune = FinetuneConfig(epochs=1, eps_train=eps / 4 if eps_train is None else eps_train,
                               timesteps=spec.timesteps, max_train=train_images, val_samples=64)
     members = preset_members("paper", base_attack("pgd"))
     test = splits.test.head(test_images)
@@ -382,11 +381,18 @@ def _prune_recipe(config: dict, pruned_ann: dict | None = None) -> str:
             f", {'all' if images is None else f'{images:,}'} images")
 
 
+def _pass_record(report: dict, name: str) -> dict:
+    return next((r for r in report.get("passes", []) if r.get("name") == name), {})
+
+
 def _phase_seconds(report: dict, name: str) -> float | None:
-    for record in report.get("passes", []):
-        if record.get("name") == name:
-            return record.get("seconds")
-    return None
+    return _pass_record(report, name).get("seconds")
+
+
+def _finetune_eps(report: dict) -> float | None:
+    """The eps a compile finetuned its SNN at, as its finetune_robust pass recorded it."""
+    return _pass_record(report, "finetune_robust").get("params", {}).get("config", {}).get(
+        "eps_train")
 
 
 def table(work: Path, names: list[str]) -> None:
@@ -416,8 +422,8 @@ def table(work: Path, names: list[str]) -> None:
         label = ("dense" if name == "dense" else
                  f"{LABELS[method]}, {name.split('-')[1]} "
                  f"({_prune_recipe(rep['config'], r.get('pruned_ann'))})")
-        if rep["config"].get("eps_train") is not None:  # not compile's default, eps / 4
-            label += f", SNN finetuned at eps {rep['config']['eps_train']:g}"
+        if _finetune_eps(rep) is not None:
+            label += f", SNN finetuned at eps {_finetune_eps(rep):g}"
         print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
               f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
               f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "

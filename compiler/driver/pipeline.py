@@ -139,7 +139,7 @@ def _compile(
     eval_eps = cfg.evaluation_eps(splits.input_shape)
     ann_eps = ann.meta.get("ann_training", {}).get("eps")  # recorded by spikeshield train
     if isinstance(ann_eps, bool) or not isinstance(ann_eps, (int, float)):
-        ann_eps = None  # no record, or an unreadable one: pruning falls back to --eps
+        ann_eps = None  # no record, or an unreadable one: pruning and finetuning fall back to --eps
     pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps, ann_eps),
                                  "timesteps": cfg.timesteps, "device": device})
     if cfg.prune_sparsity > 0 and cfg.prune_stage == "ann":
@@ -156,7 +156,7 @@ def _compile(
         converted = evaluate_graph(GraphExecutor(snn, encoding=cfg.encoding), test, cfg.timesteps,
                                    device=device).accuracy
         snn = manager.run_one(snn, "finetune_robust", data=splits,
-                              config=cfg.finetune_config(eval_eps), device=device,
+                              config=cfg.finetune_config(eval_eps, ann_eps), device=device,
                               checkpoint=checkpoint)
     if not world().is_main:
         return None  # finetuning was the shared work; rank 0 evaluates and writes alone

@@ -48,8 +48,10 @@ def test_compile_prunes_and_profiles(sparse_dir):
     report = json.loads((out / "report.json").read_text())
     assert report["profile"]["nonzeros"] == nonzero
     assert [p["name"] for p in report["passes"]][0] == "prune_weights"
-    # Pruned under the eps the .pt2 says the ANN was trained at, not eps / 4 nor --eps (0.1).
+    # Pruned and finetuned under the eps the .pt2 says the ANN was trained at, not eps / 4 nor
+    # --eps (0.1).
     assert snn.meta["pruning"]["eps"] == ANN_EPS
+    assert snn.meta["finetuned"]["eps_train"] == ANN_EPS
     assert "## Energy and memory" in (out / "report.md").read_text()
     for name in ("profile_energy.png", "profile_rates.png"):
         assert (out / name).read_bytes().startswith(PNG)
