@@ -86,6 +86,10 @@ class CompileConfig:
         "spikeshield train records in its .pt2; unrecorded, --eps / 4).")
     finetune_attack: str = option(
         "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")
+    finetune_attack_surrogate: str = option(
+        "same", "Gradient modes the inner attack crafts through, one per batch in turn: same (the "
+        "training surrogate, triangle:1), paper (the reference ensemble's 19), or modes joined by "
+        "',' (triangle:1,bptr).")
     finetune_lr: float = option(1e-3, "Finetuning SGD learning rate (cosine schedule).")
     finetune_max_train: int | None = option(None, "Finetune on the first N training images only.")
     finetune_val_samples: int = option(
@@ -208,6 +212,7 @@ class CompileConfig:
         eps_train = self.training_eps(eval_eps, ann_eps)
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
+                              attack_surrogate=self.finetune_attack_surrogate,
                               lr=self.finetune_lr, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
                               val_samples=self.finetune_val_samples, seed=self.seed)

@@ -9,8 +9,11 @@ normalisation) stay fixed.
 Loss: TRADES (default; ``CE(f(x), y) + beta * KL(f(x) || f(x_adv))``, beta=2 whatever objective the
 ANN used), AT or MART (:mod:`spikeshield.runtime.objectives`). ``x_adv`` is crafted through
 the spiking dynamics with the same surrogate: single-step R-FGSM (``eps_train``, ``alpha =
-eps_train/2``) by default, k-step PGD as an option. SGD (lr 1e-3, momentum 0.9, weight decay 1e-3)
-with a cosine schedule, as in the reference code.
+eps_train/2``) by default, k-step PGD as an option. ``attack_surrogate="paper"`` crafts each
+batch's ``x_adv`` through the next of the reference ensemble's 19 gradient modes (the weights still
+learn through ``surrogate``), so that robustness is not learnt against one surrogate's gradients
+only. SGD (lr 1e-3, momentum 0.9, weight decay 1e-3) with a cosine schedule, as in the reference
+code.
 
 The checkpoint kept is the one with the best validation score, the unfinetuned network (epoch 0)
 included, so finetuning never returns a network that is worse on validation than its input. The score
@@ -66,6 +69,9 @@ class FinetuneConfig:
     eps_train: float = 2 / 255
     inner_attack: str = "rfgsm"
     inner_steps: int = 10  # PGD only
+    # The gradient modes x_adv is crafted through, one per batch in turn: "same" (``surrogate``),
+    # "paper" (the reference ensemble's 19), or mode specs joined by "," ("triangle:1,bptr").
+    attack_surrogate: str = "same"
     beta: float = 2.0
     surrogate: str = "triangle:1"
     lr: float = 1e-3
@@ -114,6 +120,21 @@ class FinetuneConfig:
         if self.beta < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError("finetune beta and weight decay must be >= 0 and momentum in [0, 1)")
         GradientMode.parse(self.surrogate)
+        self.attack_modes()
+
+    def attack_modes(self) -> list[GradientMode]:
+        """The gradient modes of the inner attack, in the order the batches take them."""
+        from spikeshield.runtime.attacks import paper_modes
+
+        if self.attack_surrogate == "same":
+            return [GradientMode.parse(self.surrogate)]
+        if self.attack_surrogate == "paper":
+            return paper_modes()
+        specs = [s for s in self.attack_surrogate.split(",") if s.strip()]
+        if not specs:
+            raise ConfigError("finetune attack surrogate: give same, paper or gradient modes "
+                              "joined by ',' (triangle:1,bptr)")
+        return [GradientMode.parse(spec) for spec in specs]
 
     @property
     def description(self) -> dict:
@@ -154,6 +175,23 @@ def _score(
         scores["val_robust"] = result.robust_accuracy
     scores["score"] = clean + (scores["val_robust"] or 0.0)
     return scores
+
+
+def _crafting(model: AttackedModel, cfg: FinetuneConfig, scheduler):
+    """The inner attack ``(x, y) -> x_adv``. With several attack modes, batch k crafts through
+    mode k mod n, k counted by the scheduler's steps, so a resumed run takes the same turns; the
+    modes run on their own view of the executor, leaving ``model``'s (training's) mode alone."""
+    modes = cfg.attack_modes()
+    if modes == [model.mode]:
+        return inner_attack(model, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
+    through = AttackedModel(model.executor, model.timesteps, modes[0])
+    attack = inner_attack(through, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
+
+    def craft(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        through.mode = modes[scheduler.last_epoch % len(modes)]
+        return attack(x, y)
+
+    return craft
 
 
 @register_pass("finetune_robust")
@@ -206,7 +244,7 @@ def finetune_robust(
     trained = data_parallel(model, torch.device(device), current)
     steps_per_epoch = train.num_batches(batch, current.size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
-    attack = inner_attack(model, cfg.objective, cfg.eps_train, cfg.inner_attack, cfg.inner_steps)
+    attack = _crafting(model, cfg, scheduler)
 
     stateful = {"executor": executor, "optimizer": optimizer, "scheduler": scheduler}
     saved = checkpoint.load("finetune", device) if checkpoint is not None else None

@@ -92,3 +92,48 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
     assert CompileConfig(finetune_val_samples=200).finetune_config(0.1).val_samples == 200
     with pytest.raises(ConfigError, match="validation samples must be positive"):
         CompileConfig(finetune_val_samples=0).validate()
+    paper = CompileConfig(finetune_attack_surrogate="paper").finetune_config(0.1)
+    assert paper.attack_surrogate == "paper"
+    with pytest.raises(ConfigError, match="unknown gradient mode"):
+        CompileConfig(finetune_attack_surrogate="sawtooth").validate()
+
+
+def test_inner_attack_takes_the_attack_modes_in_turn_and_leaves_training_s_alone(converted_lenet,
+                                                                                   mnist5k):
+    from types import SimpleNamespace
+
+    from spikeshield.compiler.passes.finetune_robust import _crafting
+    from spikeshield.runtime.attacks import AttackedModel
+    from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.gradient_modes import GradientMode
+
+    training = GradientMode.parse("triangle:1")
+    executor = GraphExecutor(converted_lenet.snn, gradient_mode=training)
+    seen = []
+    forward = executor.forward
+
+    def recording(*args, **kwargs):
+        seen.append(executor.gradient_mode.spec)
+        return forward(*args, **kwargs)
+
+    executor.forward = recording
+    model = AttackedModel(executor, 4, training)
+    cfg = FinetuneConfig(eps_train=0.1, attack_surrogate="rectangular:0.5, bptr")
+    cfg.validate()
+    scheduler = SimpleNamespace(last_epoch=0)
+    craft = _crafting(model, cfg, scheduler)
+    x, y = mnist5k.train.images[:4].float() / 255.0, mnist5k.train.labels[:4]
+    turns = []
+    for step in (0, 1, 2, 7):  # a resumed run: the turn follows the scheduler's step count
+        scheduler.last_epoch = step
+        seen.clear()
+        x_adv = craft(x, y)
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(x_adv, x)
+        turns.append(set(seen))
+    assert turns == [{"rectangular:0.5"}, {"bptr"}, {"rectangular:0.5"}, {"bptr"}]
+    assert model.mode == training and executor.gradient_mode == training
+    assert [m.spec for m in FinetuneConfig().attack_modes()] == ["triangle:1"]
+    assert len(FinetuneConfig(attack_surrogate="paper").attack_modes()) == 19
+    for bad, message in [("sawtooth", "unknown gradient mode"), (",", "same, paper or")]:
+        with pytest.raises(ConfigError, match=message):
+            FinetuneConfig(attack_surrogate=bad).validate()
