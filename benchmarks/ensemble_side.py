@@ -3,8 +3,14 @@ diagnostics: the SNN ensemble (the source ANN for transfer members) or, with ``-
 For a quick comparison of two compiled networks on the same first N test images.
 
     .venv/bin/python benchmarks/ensemble_side.py RUN_DIR --preset paper --n 256 [--ann]
+        [--members K] [--split test|val]
 
-Prints clean and robust counts and each member's breaks; writes RUN_DIR/<snn|ann>_<preset>_<n>.json.
+``--members K`` runs the preset's first K members only (``--members 1``: the paper preset's
+PGD-20 through triangle γ=1 alone); ``--split val`` attacks the first N validation images (carved
+from the training data, as finetuning's epoch selection scores them) instead of test images.
+
+Prints clean and robust counts and each member's breaks; writes
+RUN_DIR/<snn|ann>_<preset>_<n>.json (``_<K>members`` and ``_val`` added when set).
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--ann", action="store_true", help="attack the ANN (ann.ir) instead")
+    p.add_argument("--members", type=int, default=None, help="the preset's first K members only")
+    p.add_argument("--split", choices=("test", "val"), default="test")
     args = p.parse_args()
     splits = load_data(args.data, seed=0)
     snn, ann = load_graph(args.run / "snn.ir"), load_graph(args.run / "ann.ir")
-    members = preset_members(args.preset, base_attack("pgd"))
-    test = splits.test.head(args.n)
+    members = preset_members(args.preset, base_attack("pgd"))[:args.members]
+    test = (splits.val if args.split == "val" else splits.test).head(args.n)
     started = time.perf_counter()
     if args.ann:
         ann_members = members_for_ann(members, base_attack("pgd"))
@@ -47,9 +55,11 @@ def main() -> None:
     out = result.to_json()
     out["seconds"] = time.perf_counter() - started
     side = "ann" if args.ann else "snn"
-    (args.run / f"{side}_{args.preset}_{args.n}.json").write_text(json.dumps(out, indent=1))
-    print(side, args.preset, args.n, "clean", result.clean_correct, "robust", result.robust,
-          f"{out['seconds']:.0f}s")
+    tag = f"{side}_{args.preset}_{args.n}" + (
+        f"_{args.members}members" if args.members else "") + (
+        "_val" if args.split == "val" else "")
+    (args.run / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    print(tag, "clean", result.clean_correct, "robust", result.robust, f"{out['seconds']:.0f}s")
     for member in out["members"]:
         print(member)
 
