@@ -27,6 +27,7 @@ from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.driver.manifest import write_manifest
 from spikeshield.compiler.driver.model_io import check_model_data, load_model
+from spikeshield.compiler.driver.pt2 import robust_training_eps
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.passes.calibrate_thresholds import (
     default_threshold_scale,
@@ -137,9 +138,8 @@ def _compile(
     calibration = [x for x, _ in itertools.islice(batches, cfg.calibration_batches)]
     manager = PassManager()
     eval_eps = cfg.evaluation_eps(splits.input_shape)
-    ann_eps = ann.meta.get("ann_training", {}).get("eps")  # recorded by spikeshield train
-    if isinstance(ann_eps, bool) or not isinstance(ann_eps, (int, float)):
-        ann_eps = None  # no record, or an unreadable one: pruning and finetuning fall back to --eps
+    # Recorded by spikeshield train; without it, pruning and finetuning fall back to --eps.
+    ann_eps = robust_training_eps(ann.meta.get("ann_training"))
     pruning = ("prune_weights", {"data": splits, "config": cfg.prune_config(eval_eps, ann_eps),
                                  "timesteps": cfg.timesteps, "device": device})
     if cfg.prune_sparsity > 0 and cfg.prune_stage == "ann":

@@ -1,6 +1,6 @@
 """Writing a trained ``nn.Module`` as a ``torch.export`` ``.pt2``, recognising the ones spikeshield
 wrote (``train --force`` replaces only those), and reading the training settings they record (so
-that ``compile`` prunes under the eps the ANN was trained at)."""
+that ``compile`` prunes and finetunes under the eps the ANN was trained at)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,18 @@ def training_record(path: str | os.PathLike) -> dict | None:
     ``.pt2`` at ``path``; None for a file without them (another tool's, or an older spikeshield's)."""
     training = (_marker(path) or {}).get("training")
     return training if isinstance(training, dict) else None
+
+
+def robust_training_eps(record: dict | None) -> float | None:
+    """The eps a training record says the ANN was adversarially trained at; None without a record,
+    for a non-robust objective (``standard``, whose record still carries the unused default eps),
+    or for an eps that is not a positive number."""
+    if not isinstance(record, dict) or record.get("objective") == "standard":
+        return None
+    eps = record.get("eps")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        return None
+    return float(eps)
 
 
 def export_pt2(model: nn.Module, input_shape: tuple[int, ...], path,

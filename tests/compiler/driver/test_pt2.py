@@ -8,7 +8,13 @@ import zipfile
 import pytest
 import torch
 from spikeshield.compiler.driver.model_io import load_model
-from spikeshield.compiler.driver.pt2 import MARKER, export_pt2, is_spikeshield_pt2, training_record
+from spikeshield.compiler.driver.pt2 import (
+    MARKER,
+    export_pt2,
+    is_spikeshield_pt2,
+    robust_training_eps,
+    training_record,
+)
 from torch import nn
 
 
@@ -30,6 +36,20 @@ def test_a_pt2_without_a_record_is_still_ours_but_records_nothing(tmp_path):
     export_pt2(_tiny(), (1, 2, 2), path)
     assert is_spikeshield_pt2(path) and training_record(path) is None
     assert "ann_training" not in load_model(path).meta
+
+
+@pytest.mark.parametrize("record, eps", [
+    ({"objective": "trades", "eps": 0.07}, 0.07),  # what pruning and finetuning default to
+    ({"eps": 0.05}, 0.05),  # a record without its objective: trust the eps
+    ({"objective": "standard", "eps": 0.1}, None),  # not trained against attacks: eps unused
+    ({"objective": "at", "eps": 0}, None),
+    ({"objective": "trades", "eps": True}, None),
+    ({"objective": "trades", "eps": "0.1"}, None),
+    ({"objective": "trades"}, None),
+    (None, None),
+])
+def test_robust_training_eps_is_read_only_from_a_robust_record(record, eps):
+    assert robust_training_eps(record) == eps
 
 
 def _foreign_pt2(path, extra: dict[str, str]) -> None:
