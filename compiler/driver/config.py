@@ -82,8 +82,8 @@ class CompileConfig:
     finetune: str = option("trades", "Robust finetuning of the SNN: trades, at, mart or none.")
     finetune_epochs: int = option(10, "Finetuning epochs (the reference uses 60).")
     eps_train: float | None = option(  # None: the ANN's training eps, else a quarter of --eps
-        None, "Finetuning perturbation budget (default: the eps the ANN was trained at, which "
-        "spikeshield train records in its .pt2; unrecorded, --eps / 4).")
+        None, "Finetuning perturbation budget (default: the eps the ANN was adversarially trained "
+        "at, which spikeshield train records in its .pt2; else --eps / 4).")
     finetune_attack: str = option(
         "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")
     finetune_attack_surrogate: str = option(
