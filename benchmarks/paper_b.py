@@ -249,6 +249,7 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     import os
     import time
 
+    from spikeshield.compiler.driver.config import CompileConfig
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, finetune_robust
@@ -259,7 +260,9 @@ def time_stage_slices(run_dir: Path, data: str, eps: float, train_images: int,
     snn, ann = load_graph(run_dir / "snn.ir"), load_graph(run_dir / "ann.ir")
     spec, splits = snn.run_spec(), load_data(data)
     eps_train = _finetune_eps(json.loads((run_dir / "report.json").read_text()))
-    finetune = FinetuneConfig(epochs=1, eps_train=eps / 4 if eps_train is None else eps_train,
+    if eps_train is None:  # compiled without finetuning: compile's default for an unrecorded ANN
+        eps_train = CompileConfig().training_eps(eps)
+    finetune = FinetuneConfig(epochs=1, eps_train=eps_train,
                               timesteps=spec.timesteps, max_train=train_images, val_samples=64)
     members = preset_members("paper", base_attack("pgd"))
     test = splits.test.head(test_images)
@@ -422,8 +425,9 @@ def table(work: Path, names: list[str]) -> None:
         label = ("dense" if name == "dense" else
                  f"{LABELS[method]}, {name.split('-')[1]} "
                  f"({_prune_recipe(rep['config'], r.get('pruned_ann'))})")
-        if _finetune_eps(rep) is not None:
-            label += f", SNN finetuned at eps {_finetune_eps(rep):g}"
+        finetuned_at = _finetune_eps(rep)
+        if finetuned_at is not None:
+            label += f", SNN finetuned at eps {finetuned_at:g}"
         print(f"| {label} | {s['nonzeros']:,} / {s['weights']:,} | {s['weight_reduction']:.1f}x "
               f"| {100 * rep['snn']['accuracy']:.1f}% | {100 * robust:.1f}% "
               f"| {100 * (robust - d_rob):+.1f} pp | {rob['snn']['diagnostics']['trustworthy']} "

@@ -50,7 +50,7 @@ from spikeshield.runtime.objectives import (
     robust_epoch,
 )
 from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
-from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member
+from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member, paper_modes
 from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
 from spikeshield.runtime.distributed import data_parallel, per_process_batch, world
 from spikeshield.runtime.executor import GraphExecutor
@@ -124,8 +124,6 @@ class FinetuneConfig:
 
     def attack_modes(self) -> list[GradientMode]:
         """The gradient modes of the inner attack, in the order the batches take them."""
-        from spikeshield.runtime.attacks import paper_modes
-
         if self.attack_surrogate == "same":
             return [GradientMode.parse(self.surrogate)]
         if self.attack_surrogate == "paper":
