@@ -91,6 +91,12 @@ class CompileConfig:
         "training surrogate, triangle:1), paper (the reference ensemble's 19), or modes joined by "
         "',' (triangle:1,bptr).")
     finetune_lr: float = option(1e-3, "Finetuning SGD learning rate (cosine schedule).")
+    finetune_beta: float = option(
+        2.0, "Weight of the adversarial term of TRADES and MART finetuning (the reference uses 2; "
+        "larger trades clean accuracy for robustness).")
+    finetune_selection: str = option(
+        "clean+robust", "Epoch kept by finetuning: the best validation clean+robust, robust "
+        "(PGD-10 alone) or clean accuracy.")
     finetune_max_train: int | None = option(None, "Finetune on the first N training images only.")
     finetune_val_samples: int = option(
         1000, "Validation images scored (clean and PGD-10) after each finetuning epoch to pick "
@@ -213,7 +219,8 @@ class CompileConfig:
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               attack_surrogate=self.finetune_attack_surrogate,
-                              lr=self.finetune_lr, batch_size=self.batch_size,
+                              lr=self.finetune_lr, beta=self.finetune_beta,
+                              selection=self.finetune_selection, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
                               val_samples=self.finetune_val_samples, seed=self.seed)
 

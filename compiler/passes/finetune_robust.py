@@ -17,8 +17,9 @@ code.
 
 The checkpoint kept is the one with the best validation score, the unfinetuned network (epoch 0)
 included, so finetuning never returns a network that is worse on validation than its input. The score
-is clean accuracy plus PGD-10 robust accuracy at ``eps_train`` (``selection="clean+robust"``) or clean
-accuracy alone; validation is carved from the training data, and the test split is never read.
+is clean accuracy plus PGD-10 robust accuracy at ``eps_train`` (``selection="clean+robust"``), the
+robust accuracy alone (``"robust"``, ties to the cleaner epoch) or the clean accuracy alone;
+validation is carved from the training data, and the test split is never read.
 
 Precondition: a calibrated spiking graph. Postcondition: the same graph structure with trained
 tensors, every conv/linear has a bias, every threshold >= ``threshold_floor``; ``meta['finetuned']``.
@@ -57,7 +58,7 @@ from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
 FINETUNE_OBJECTIVES = ("trades", "at", "mart")
-SELECTIONS = ("clean+robust", "clean")
+SELECTIONS = ("clean+robust", "robust", "clean")
 
 
 @dataclass
@@ -151,13 +152,21 @@ def add_zero_biases(graph: Graph) -> tuple[Graph, list[str]]:
     return out, added
 
 
+def selection_score(clean: float, robust: float, selection: str) -> float:
+    """The validation score finetuning keeps its best epoch by. ``"robust"`` breaks ties on clean
+    accuracy: the 1e-6 weight cannot outvote one robust image in 100,000."""
+    if selection == "robust":
+        return robust + 1e-6 * clean
+    return clean + robust if selection == "clean+robust" else clean
+
+
 def _score(
     executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, mode: GradientMode, device
 ) -> dict[str, float]:
     x, y = as_tensors(val, device)
     clean = float((predictions(executor, x, cfg.timesteps, 256) == y).float().mean())
     scores = {"val_clean": clean, "val_robust": None}
-    if cfg.selection == "clean+robust" and cfg.eps_train > 0:
+    if cfg.selection != "clean" and cfg.eps_train > 0:
         member = Member(AttackSpec("pgd", steps=10), mode)
         result = run_ensemble(
             executor,
@@ -171,7 +180,7 @@ def _score(
             desc="validation PGD-10",
         )
         scores["val_robust"] = result.robust_accuracy
-    scores["score"] = clean + (scores["val_robust"] or 0.0)
+    scores["score"] = selection_score(clean, scores["val_robust"] or 0.0, cfg.selection)
     return scores
 
 

@@ -92,6 +92,10 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
     assert CompileConfig(finetune_val_samples=200).finetune_config(0.1).val_samples == 200
     with pytest.raises(ConfigError, match="validation samples must be positive"):
         CompileConfig(finetune_val_samples=0).validate()
+    chosen = CompileConfig(finetune_beta=6, finetune_selection="robust").finetune_config(0.1)
+    assert (chosen.beta, chosen.selection) == (6, "robust")
+    with pytest.raises(ConfigError, match="selection must be one of"):
+        CompileConfig(finetune_selection="loss").validate()
     paper = CompileConfig(finetune_attack_surrogate="paper").finetune_config(0.1)
     assert paper.attack_surrogate == "paper"
     with pytest.raises(ConfigError, match="unknown gradient mode"):
@@ -137,3 +141,18 @@ def test_inner_attack_takes_the_attack_modes_in_turn_and_leaves_training_s_alone
     for bad, message in [("sawtooth", "unknown gradient mode"), (",", "same, paper or")]:
         with pytest.raises(ConfigError, match=message):
             FinetuneConfig(attack_surrogate=bad).validate()
+
+
+
+@pytest.mark.parametrize("selection, kept", [("clean+robust", "cleaner"), ("robust", "robuster"),
+                                             ("clean", "cleaner")])
+def test_epoch_selection_keeps_the_best_epoch_by_the_chosen_score(selection, kept):
+    from spikeshield.compiler.passes.finetune_robust import selection_score
+
+    epochs = {"cleaner": (0.80, 0.50), "robuster": (0.70, 0.55)}  # (clean, PGD-10) on validation
+    score = {name: selection_score(clean, robust, selection)
+             for name, (clean, robust) in epochs.items()}
+    assert max(score, key=score.get) == kept
+    # "robust" ties go to the cleaner epoch, and an image of robustness outweighs any clean gain
+    assert selection_score(0.8, 0.5, "robust") > selection_score(0.7, 0.5, "robust")
+    assert selection_score(0.0, 0.50001, "robust") > selection_score(1.0, 0.5, "robust")
