@@ -3,14 +3,16 @@ diagnostics: the SNN ensemble (the source ANN for transfer members) or, with ``-
 For a quick comparison of two compiled networks on the same first N test images.
 
     .venv/bin/python benchmarks/ensemble_side.py RUN_DIR --preset paper --n 256 [--ann]
-        [--members K] [--split test|val]
+        [--members K] [--split test|val] [--start S]
 
 ``--members K`` runs the preset's first K members only (``--members 1``: the paper preset's
 PGD-20 through triangle γ=1 alone); ``--split val`` attacks the first N validation images (carved
-from the training data, as finetuning's epoch selection scores them) instead of test images.
+from the training data, as finetuning's epoch selection scores them) instead of test images;
+``--start S`` takes images S to S+N-1 instead (``--split val --start 1000``: validation images that
+finetuning's epoch selection, which scores the first 1,000, never saw).
 
 Prints clean and robust counts and each member's breaks; writes
-RUN_DIR/<snn|ann>_<preset>_<n>.json (``_<K>members`` and ``_val`` added when set).
+RUN_DIR/<snn|ann>_<preset>_<n>.json (``_<K>members``, ``_val`` and ``_from<S>`` added when set).
 """
 
 from __future__ import annotations
@@ -37,11 +39,15 @@ def main() -> None:
     p.add_argument("--ann", action="store_true", help="attack the ANN (ann.ir) instead")
     p.add_argument("--members", type=int, default=None, help="the preset's first K members only")
     p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--start", type=int, default=0, help="the first image attacked")
     args = p.parse_args()
     splits = load_data(args.data, seed=0)
     snn, ann = load_graph(args.run / "snn.ir"), load_graph(args.run / "ann.ir")
     members = preset_members(args.preset, base_attack("pgd"))[:args.members]
-    test = (splits.val if args.split == "val" else splits.test).head(args.n)
+    split = splits.val if args.split == "val" else splits.test
+    if not 0 <= args.start < len(split):
+        p.error(f"--start {args.start} is outside the {args.split} split's {len(split)} images")
+    test = split.slice(args.start, args.start + args.n)
     started = time.perf_counter()
     if args.ann:
         ann_members = members_for_ann(members, base_attack("pgd"))
@@ -57,7 +63,7 @@ def main() -> None:
     side = "ann" if args.ann else "snn"
     tag = f"{side}_{args.preset}_{args.n}" + (
         f"_{args.members}members" if args.members else "") + (
-        "_val" if args.split == "val" else "")
+        "_val" if args.split == "val" else "") + (f"_from{args.start}" if args.start else "")
     (args.run / f"{tag}.json").write_text(json.dumps(out, indent=1))
     print(tag, "clean", result.clean_correct, "robust", result.robust, f"{out['seconds']:.0f}s")
     for member in out["members"]:
