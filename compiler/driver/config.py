@@ -94,6 +94,10 @@ class CompileConfig:
     finetune_beta: float = option(
         2.0, "Weight of the adversarial term of TRADES and MART finetuning (the reference uses 2; "
         "larger trades clean accuracy for robustness).")
+    finetune_val_surrogate: str = option(
+        "same", "Gradient modes validation's PGD-10 attacks through, the worst case over them: "
+        "same, paper or modes joined by ',' (a network robust to one surrogate only scores "
+        "low).")
     finetune_selection: str = option(
         "clean+robust", "Epoch kept by finetuning: the best validation clean+robust, robust "
         "(PGD-10 alone) or clean accuracy.")
@@ -219,7 +223,7 @@ class CompileConfig:
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               attack_surrogate=self.finetune_attack_surrogate,
-                              lr=self.finetune_lr, beta=self.finetune_beta,
+                              val_surrogate=self.finetune_val_surrogate, lr=self.finetune_lr, beta=self.finetune_beta,
                               selection=self.finetune_selection, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
                               val_samples=self.finetune_val_samples, seed=self.seed)

@@ -18,8 +18,11 @@ code.
 The checkpoint kept is the one with the best validation score, the unfinetuned network (epoch 0)
 included, so finetuning never returns a network that is worse on validation than its input. The score
 is clean accuracy plus PGD-10 robust accuracy at ``eps_train`` (``selection="clean+robust"``), the
-robust accuracy alone (``"robust"``, ties to the cleaner epoch) or the clean accuracy alone;
-validation is carved from the training data, and the test split is never read.
+robust accuracy alone (``"robust"``, ties to the cleaner epoch) or the clean accuracy alone. PGD-10
+attacks through ``val_surrogate``'s gradient modes one after the other (the training surrogate by
+default): through one surrogate only, a network that learnt to resist that surrogate's gradients
+scores higher than it is robust. Validation is carved from the training data, and the test split
+is never read.
 
 Precondition: a calibrated spiking graph. Postcondition: the same graph structure with trained
 tensors, every conv/linear has a bias, every threshold >= ``threshold_floor``; ``meta['finetuned']``.
@@ -73,6 +76,9 @@ class FinetuneConfig:
     # The gradient modes x_adv is crafted through, one per batch in turn: "same" (``surrogate``),
     # "paper" (the reference ensemble's 19), or mode specs joined by "," ("triangle:1,bptr").
     attack_surrogate: str = "same"
+    # The gradient modes validation's PGD-10 attacks through, one after the other on the images the
+    # previous ones left (the worst case over them): same spelling as ``attack_surrogate``.
+    val_surrogate: str = "same"
     beta: float = 2.0
     surrogate: str = "triangle:1"
     lr: float = 1e-3
@@ -122,18 +128,26 @@ class FinetuneConfig:
             raise ConfigError("finetune beta and weight decay must be >= 0 and momentum in [0, 1)")
         GradientMode.parse(self.surrogate)
         self.attack_modes()
+        self.val_modes()
 
     def attack_modes(self) -> list[GradientMode]:
         """The gradient modes of the inner attack, in the order the batches take them."""
-        if self.attack_surrogate == "same":
+        return self._modes(self.attack_surrogate, "attack surrogate")
+
+    def val_modes(self) -> list[GradientMode]:
+        """The gradient modes validation's PGD-10 attacks through, in order."""
+        return self._modes(self.val_surrogate, "validation surrogate")
+
+    def _modes(self, spec: str, what: str) -> list[GradientMode]:
+        if spec == "same":
             return [GradientMode.parse(self.surrogate)]
-        if self.attack_surrogate == "paper":
+        if spec == "paper":
             return paper_modes()
-        specs = [s for s in self.attack_surrogate.split(",") if s.strip()]
+        specs = [s for s in spec.split(",") if s.strip()]
         if not specs:
-            raise ConfigError("finetune attack surrogate: give same, paper or gradient modes "
+            raise ConfigError(f"finetune {what}: give same, paper or gradient modes "
                               "joined by ',' (triangle:1,bptr)")
-        return [GradientMode.parse(spec) for spec in specs]
+        return [GradientMode.parse(s) for s in specs]
 
     @property
     def description(self) -> dict:
@@ -160,18 +174,16 @@ def selection_score(clean: float, robust: float, selection: str) -> float:
     return clean + robust if selection == "clean+robust" else clean
 
 
-def _score(
-    executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, mode: GradientMode, device
-) -> dict[str, float]:
+def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, device) -> dict[str, float]:
     x, y = as_tensors(val, device)
     clean = float((predictions(executor, x, cfg.timesteps, 256) == y).float().mean())
     scores = {"val_clean": clean, "val_robust": None}
     if cfg.selection != "clean" and cfg.eps_train > 0:
-        member = Member(AttackSpec("pgd", steps=10), mode)
+        members = [Member(AttackSpec("pgd", steps=10), mode) for mode in cfg.val_modes()]
         result = run_ensemble(
             executor,
             val,
-            [member],
+            members,
             cfg.eps_train,
             cfg.timesteps,
             num_classes=int(y.max()) + 1,
@@ -256,7 +268,7 @@ def finetune_robust(
     stateful = {"executor": executor, "optimizer": optimizer, "scheduler": scheduler}
     saved = checkpoint.load("finetune", device) if checkpoint is not None else None
     if saved is None:
-        best = _score(executor, val, cfg, mode, device)
+        best = _score(executor, val, cfg, device)
         history = [{"epoch": 0, "loss": None, **best, "seconds": 0.0}]
         best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
         done_epochs, progress = 0, EpochProgress()
@@ -305,7 +317,7 @@ def finetune_robust(
             )
             progress = EpochProgress()
             executor.eval()
-            scores = _score(executor, val, cfg, mode, device)
+            scores = _score(executor, val, cfg, device)
             history.append(
                 {
                     "epoch": epoch,

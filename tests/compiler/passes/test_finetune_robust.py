@@ -92,8 +92,12 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
     assert CompileConfig(finetune_val_samples=200).finetune_config(0.1).val_samples == 200
     with pytest.raises(ConfigError, match="validation samples must be positive"):
         CompileConfig(finetune_val_samples=0).validate()
-    chosen = CompileConfig(finetune_beta=6, finetune_selection="robust").finetune_config(0.1)
+    chosen = CompileConfig(finetune_beta=6, finetune_selection="robust",
+                           finetune_val_surrogate="triangle:2,bptr").finetune_config(0.1)
     assert (chosen.beta, chosen.selection) == (6, "robust")
+    assert [m.spec for m in chosen.val_modes()] == ["triangle:2", "bptr"]
+    with pytest.raises(ConfigError, match="unknown gradient mode"):
+        CompileConfig(finetune_val_surrogate="sawtooth").validate()
     with pytest.raises(ConfigError, match="selection must be one of"):
         CompileConfig(finetune_selection="loss").validate()
     paper = CompileConfig(finetune_attack_surrogate="paper").finetune_config(0.1)
@@ -156,3 +160,20 @@ def test_epoch_selection_keeps_the_best_epoch_by_the_chosen_score(selection, kep
     # "robust" ties go to the cleaner epoch, and an image of robustness outweighs any clean gain
     assert selection_score(0.8, 0.5, "robust") > selection_score(0.7, 0.5, "robust")
     assert selection_score(0.0, 0.50001, "robust") > selection_score(1.0, 0.5, "robust")
+
+
+def test_validation_attacks_through_every_validation_surrogate_and_keeps_the_worst_case(
+        converted_lenet, mnist5k):
+    from spikeshield.compiler.passes.finetune_robust import _score
+    from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.gradient_modes import GradientMode
+
+    executor = GraphExecutor(converted_lenet.snn, gradient_mode=GradientMode.parse("triangle:1"))
+    val = mnist5k.val.head(48)
+    single = _score(executor, val, FinetuneConfig(**SMALL, eps_train=0.1), "cpu")
+    both = _score(executor, val, FinetuneConfig(**SMALL, eps_train=0.1,
+                                                val_surrogate="triangle:1,exponential:2"), "cpu")
+    assert both["val_clean"] == single["val_clean"]
+    # the second surrogate attacks only what the first left, and breaks some of it
+    assert both["val_robust"] < single["val_robust"]
+    assert executor.gradient_mode.spec == "triangle:1"  # training's mode is left as it was
