@@ -223,8 +223,9 @@ class CompileConfig:
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               attack_surrogate=self.finetune_attack_surrogate,
-                              val_surrogate=self.finetune_val_surrogate, lr=self.finetune_lr, beta=self.finetune_beta,
-                              selection=self.finetune_selection, batch_size=self.batch_size,
+                              val_surrogate=self.finetune_val_surrogate,
+                              selection=self.finetune_selection, lr=self.finetune_lr,
+                              beta=self.finetune_beta, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
                               val_samples=self.finetune_val_samples, seed=self.seed)
 
