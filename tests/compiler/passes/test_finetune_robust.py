@@ -147,7 +147,6 @@ def test_inner_attack_takes_the_attack_modes_in_turn_and_leaves_training_s_alone
             FinetuneConfig(attack_surrogate=bad).validate()
 
 
-
 @pytest.mark.parametrize("selection, kept", [("clean+robust", "cleaner"), ("robust", "robuster"),
                                              ("clean", "cleaner")])
 def test_epoch_selection_keeps_the_best_epoch_by_the_chosen_score(selection, kept):
