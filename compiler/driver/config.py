@@ -34,6 +34,17 @@ def pruning_max_train(prune_max_train: int | None, finetune_max_train: int | Non
     return finetune_max_train if prune_max_train is None else prune_max_train
 
 
+def finetune_attack_steps(attack: str, steps: int | None) -> int:
+    """PGD steps of finetuning's inner attack: ``--finetune-attack-steps``, 10 when not given.
+    Given with the one-step R-FGSM it would change nothing, so it is refused."""
+    if steps is None:
+        return 10
+    if attack != "pgd":
+        raise ConfigError(f"--finetune-attack-steps {steps} applies to the PGD inner attack only; "
+                          f"add --finetune-attack pgd")
+    return steps
+
+
 def option(default: Any, help: str, *flags: str) -> Any:
     """A ``CompileConfig`` field that is also a ``spikeshield compile`` option: the CLI builds its
     options from these (flag names default to ``--field-name``), so the two never drift apart."""
@@ -85,7 +96,10 @@ class CompileConfig:
         None, "Finetuning perturbation budget (default: the eps the ANN was adversarially trained "
         "at, which spikeshield train records in its .pt2; else --eps / 4).")
     finetune_attack: str = option(
-        "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (10 steps).")
+        "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (--finetune-attack-steps).")
+    finetune_attack_steps: int | None = option(  # None: 10
+        None, "PGD steps of finetuning's inner attack, with --finetune-attack pgd (default 10; "
+        "each step is one more pass through the SNN and back).")
     finetune_attack_surrogate: str = option(
         "same", "Gradient modes the inner attack crafts through, one per batch in turn: same (the "
         "training surrogate, triangle:1), paper (the reference ensemble's 19), or modes joined by "
@@ -222,6 +236,8 @@ class CompileConfig:
         eps_train = self.training_eps(eval_eps, ann_eps)
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
+                              inner_steps=finetune_attack_steps(self.finetune_attack,
+                                                                self.finetune_attack_steps),
                               attack_surrogate=self.finetune_attack_surrogate,
                               val_surrogate=self.finetune_val_surrogate,
                               selection=self.finetune_selection, lr=self.finetune_lr,

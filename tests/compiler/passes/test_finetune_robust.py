@@ -100,6 +100,13 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
         CompileConfig(finetune_val_surrogate="sawtooth").validate()
     with pytest.raises(ConfigError, match="selection must be one of"):
         CompileConfig(finetune_selection="loss").validate()
+    assert CompileConfig(finetune_attack="pgd").finetune_config(0.1).inner_steps == 10
+    pgd3 = CompileConfig(finetune_attack="pgd", finetune_attack_steps=3).finetune_config(0.1)
+    assert (pgd3.inner_attack, pgd3.inner_steps) == ("pgd", 3)
+    with pytest.raises(ConfigError, match="add --finetune-attack pgd"):
+        CompileConfig(finetune_attack_steps=3).validate()
+    with pytest.raises(ConfigError, match="inner steps must be positive"):
+        CompileConfig(finetune_attack="pgd", finetune_attack_steps=0).validate()
     paper = CompileConfig(finetune_attack_surrogate="paper").finetune_config(0.1)
     assert paper.attack_surrogate == "paper"
     with pytest.raises(ConfigError, match="unknown gradient mode"):
