@@ -42,6 +42,8 @@ def finetune_attack_steps(attack: str, steps: int | None) -> int:
     if attack != "pgd":
         raise ConfigError(f"--finetune-attack-steps {steps} applies to the PGD inner attack only; "
                           f"add --finetune-attack pgd")
+    if steps <= 0:
+        raise ConfigError(f"--finetune-attack-steps must be at least 1, got {steps}")
     return steps
 
 

@@ -105,7 +105,7 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
     assert (pgd3.inner_attack, pgd3.inner_steps) == ("pgd", 3)
     with pytest.raises(ConfigError, match="add --finetune-attack pgd"):
         CompileConfig(finetune_attack_steps=3).validate()
-    with pytest.raises(ConfigError, match="inner steps must be positive"):
+    with pytest.raises(ConfigError, match="--finetune-attack-steps must be at least 1"):
         CompileConfig(finetune_attack="pgd", finetune_attack_steps=0).validate()
     paper = CompileConfig(finetune_attack_surrogate="paper").finetune_config(0.1)
     assert paper.attack_surrogate == "paper"
