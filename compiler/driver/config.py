@@ -34,11 +34,11 @@ def pruning_max_train(prune_max_train: int | None, finetune_max_train: int | Non
     return finetune_max_train if prune_max_train is None else prune_max_train
 
 
-def finetune_attack_steps(attack: str, steps: int | None) -> int:
-    """PGD steps of finetuning's inner attack: ``--finetune-attack-steps``, 10 when not given.
-    Given with the one-step R-FGSM it would change nothing, so it is refused."""
+def finetune_attack_steps(attack: str, steps: int | None, default: int) -> int:
+    """PGD steps of finetuning's inner attack: ``--finetune-attack-steps``, else the pass's
+    ``default``. Given with the one-step R-FGSM it would change nothing, so it is refused."""
     if steps is None:
-        return 10
+        return default
     if attack != "pgd":
         raise ConfigError(f"--finetune-attack-steps {steps} applies to the PGD inner attack only; "
                           f"add --finetune-attack pgd")
@@ -99,7 +99,7 @@ class CompileConfig:
         "at, which spikeshield train records in its .pt2; else --eps / 4).")
     finetune_attack: str = option(
         "rfgsm", "Inner attack of finetuning: rfgsm (one step) or pgd (--finetune-attack-steps).")
-    finetune_attack_steps: int | None = option(  # None: 10
+    finetune_attack_steps: int | None = option(  # None: FinetuneConfig.inner_steps
         None, "PGD steps of finetuning's inner attack, with --finetune-attack pgd (default 10; "
         "each step is one more pass through the SNN and back).")
     finetune_attack_surrogate: str = option(
@@ -239,7 +239,8 @@ class CompileConfig:
         return FinetuneConfig(objective=self.finetune, epochs=self.finetune_epochs,
                               eps_train=eps_train, inner_attack=self.finetune_attack,
                               inner_steps=finetune_attack_steps(self.finetune_attack,
-                                                                self.finetune_attack_steps),
+                                                                self.finetune_attack_steps,
+                                                                FinetuneConfig.inner_steps),
                               attack_surrogate=self.finetune_attack_surrogate,
                               val_surrogate=self.finetune_val_surrogate,
                               selection=self.finetune_selection, lr=self.finetune_lr,
