@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps inside pruning")
     p.add_argument("--max-train", type=int, default=10000, help="pruning's training images")
     p.add_argument("--eps", type=float, default=0.1, help="pruning and evaluation eps")
+    p.add_argument("--selection", default="clean",
+                   help="finetuning epoch kept by validation clean, clean+robust or robust")
     p.add_argument("--n", type=int, default=500, help="test images attacked")
     args = p.parse_args()
     result_path = args.out / "result.json"
@@ -54,11 +56,19 @@ def main() -> None:
           f"kept {result['kept_weights']:,} of {result['total_weights']:,}, "
           f"pruning {result['prune_seconds']:.0f} s")
     if result.get("history"):
-        print("epochs (phase, loss, validation accuracy):", ", ".join(
-            f"{h['phase']} {h['epoch']}: {h['loss']:.3f} / {100 * h['val_score']:.1f}%"
-            for h in result["history"]))
+        print("epochs (phase, loss, validation clean / PGD-10):", ", ".join(
+            f"{h['phase']} {h['epoch']}: {h['loss']:.3f} / {validation(h)}"
+            for h in result["history"]), f"(kept: finetune {result['best_epoch']})")
         print("kept per layer:", ", ".join(f"{k} {100 * v:.2f}%"
                                            for k, v in result["per_layer_density"].items()))
+
+
+def validation(epoch: dict) -> str:
+    """An epoch's validation figures as printed; results written before PGD-10 validation existed
+    hold the clean accuracy as ``val_score``."""
+    clean = epoch.get("val_clean", epoch.get("val_score"))
+    robust = epoch.get("val_robust")
+    return f"{100 * clean:.1f}%" + ("" if robust is None else f" / {100 * robust:.1f}%")
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -85,7 +95,8 @@ def measure(args: argparse.Namespace) -> dict:
         cfg = PruneConfig(sparsity=args.sparsity, method=args.method, budget=args.budget,
                           dense_layers=parse_layers(args.dense), score_epochs=args.score_epochs,
                           finetune_epochs=args.finetune_epochs, eps=args.eps,
-                          attack_steps=args.attack_steps, max_train=args.max_train)
+                          attack_steps=args.attack_steps, max_train=args.max_train,
+                          selection=args.selection)
         pruned = prune_weights(ann, splits, cfg)
         ann = pruned.graph
         result.update({k: pruned.info[k] for k in ("per_layer_density", "best_epoch", "history")})

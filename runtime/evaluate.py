@@ -33,11 +33,16 @@ def accuracy_of(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     desc: str = "evaluating",
+    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
+    """Top-1 accuracy of ``predict`` on ``data``; on ``attack(x, y)``'s images when it is given."""
     correct = 0
-    with torch.no_grad():
-        for x, y in progress_bar(data.batches(batch_size, device=device), total=data.num_batches(batch_size),
-                         desc=desc, leave=False, disable=None):
+    batches = data.batches(batch_size, device=device)
+    for x, y in progress_bar(batches, total=data.num_batches(batch_size), desc=desc, leave=False,
+                             disable=None):
+        if attack is not None:
+            x = attack(x, y)
+        with torch.no_grad():
             correct += int((predict(x).argmax(dim=1) == y).sum())
     return correct / max(1, len(data))
 

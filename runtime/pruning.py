@@ -37,10 +37,13 @@ from spikeshield.runtime.objectives import (
     DEFAULT_BETA,
     INNER_ATTACKS,
     OBJECTIVES,
+    check_selection,
     inner_attack,
     robust_epoch,
+    selection_score,
 )
-from spikeshield.runtime.data import DataSplits, check_max_train
+from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
+from spikeshield.runtime.evaluate import accuracy_of
 from spikeshield.runtime.learned_budgets import LearnedBudget
 from torch import nn
 from torch.nn.utils import parametrize
@@ -73,10 +76,14 @@ class PruneConfig:
     beta: float | None = None  # TRADES / MART lambda; default 6 / 4
     batch_size: int = 64
     max_train: int | None = None
+    # The finetuning epoch kept: by validation clean accuracy, or with PGD-10 at ``eps`` through
+    # the network (``SELECTIONS``); longer PGD-3 training can trade strong-attack robustness for it.
+    selection: str = "clean"
     seed: int = 0
 
     def validate(self) -> None:
         check_sparsity(self.sparsity)
+        check_selection(self.selection, "--prune-selection")
         choices = {
             "prune method": (self.method, PRUNE_METHODS),
             "prune budget": (self.budget, BUDGETS),
@@ -256,6 +263,23 @@ class PruneOutcome:
     densities: dict[str, float] = field(default_factory=dict)  # kept share per layer
 
 
+def validation_figures(forward: nn.Module, val: Dataset, cfg: PruneConfig,
+                       device: torch.device | str = "cpu") -> dict[str, float | None]:
+    """One epoch's validation figures: clean accuracy, PGD-10 accuracy at ``cfg.eps`` when
+    ``cfg.selection`` counts it (else None), and the ``score`` the epoch is kept by."""
+    if not len(val):
+        return {"score": 0.0, "val_clean": 0.0, "val_robust": None}
+    clean = accuracy_of(forward, val, device=device, desc="validation")
+    robust = None
+    if cfg.selection != "clean" and cfg.eps > 0:
+        from spikeshield.runtime.attacks import AttackSpec
+
+        attack = AttackSpec("pgd", steps=10, random_start=True).build(forward, cfg.eps)
+        robust = accuracy_of(forward, val, device=device, desc="validation PGD-10", attack=attack)
+    return {"score": selection_score(clean, robust or 0.0, cfg.selection), "val_clean": clean,
+            "val_robust": robust}
+
+
 def prune_module(
     owner: nn.Module,
     slots: Slots,
@@ -264,14 +288,15 @@ def prune_module(
     cfg: PruneConfig,
     device: torch.device | str = "cpu",
     *,
-    score: Callable[[], float],
+    score: Callable[[], dict[str, float | None]],
     after_step: Callable[[], None] | None = None,
     refresh: Callable[[], None] | None = None,
 ) -> PruneOutcome:
     """Prune the weights named by ``slots`` in place; return their masks.
 
     ``owner`` holds every trainable parameter, ``forward`` maps pixels to logits (it may be ``owner``)
-    and ``score()`` is the validation score that picks the finetuning epoch kept. ``refresh()``
+    and ``score()`` returns an epoch's validation figures: its ``"score"`` entry picks the
+    finetuning epoch kept, and every entry goes to the history. ``refresh()``
     brings state that depends on the weights up to date for evaluation (a graph's BatchNorm
     statistics, :mod:`spikeshield.runtime.batchnorm_statistics`): it runs before each validation
     score and once at the end. On return each slot holds a plain parameter equal to
@@ -310,8 +335,9 @@ def prune_module(
             owner.eval()
             if refresh is not None:
                 refresh()
-            value = score()
-            history.append({"phase": phase, "epoch": epoch, "loss": loss, "val_score": value})
+            figures = score()
+            value = figures["score"]
+            history.append({"phase": phase, "epoch": epoch, "loss": loss, **figures})
             if pick and value > best:
                 best, best_epoch, best_state = value, epoch, copy.deepcopy(owner.state_dict())
         if best_state is not None:

@@ -25,7 +25,7 @@ from spikeshield.runtime.checkpoint import (
     training_state,
 )
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module
+from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
 from spikeshield.runtime.objectives import (
     DEFAULT_BETA,
     OBJECTIVES,
@@ -174,13 +174,14 @@ def prune_trained(
     if not slots:
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
 
-    def score() -> float:
-        return accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
+    def score() -> dict[str, float | None]:
+        return validation_figures(model, data.val, cfg, device)
 
     outcome = prune_module(model, slots, model, data, cfg, device, score=score)
     model.eval()
     kept = sum(int(m.sum()) for m in outcome.masks.values())
     total = sum(m.numel() for m in outcome.masks.values())
     return {"method": cfg.method, "sparsity": cfg.sparsity, "kept_weights": kept,
-            "total_weights": total, "best_epoch": outcome.best_epoch, "val_accuracy": score(),
+            "total_weights": total, "best_epoch": outcome.best_epoch,
+            "val_accuracy": accuracy_of(model, data.val, device=device) if len(data.val) else 0.0,
             "history": outcome.history}

@@ -143,6 +143,10 @@ class CompileConfig:
         "--finetune-attack).")
     prune_max_train: int | None = option(  # None: --finetune-max-train
         None, "Prune on the first N training images only (default: --finetune-max-train).")
+    prune_selection: str = option(
+        "clean", "Finetuning epoch kept by pruning: the best validation clean accuracy, "
+        "clean+robust or robust (PGD-10 at the pruning eps; longer PGD-3 training can lose "
+        "strong-attack robustness that clean accuracy does not show).")
     prune_stage: str = option(
         "ann", "Prune the ann (before conversion) or the calibrated snn (through the spikes).")
     prune_eps: float | None = option(  # None: see prune_config
@@ -265,7 +269,8 @@ class CompileConfig:
                            attack_steps=self.prune_attack_steps,
                            lr=self.finetune_lr if snn else 0.01, batch_size=self.batch_size,
                            max_train=pruning_max_train(self.prune_max_train,
-                                                       self.finetune_max_train), seed=self.seed)
+                                                       self.finetune_max_train),
+                           selection=self.prune_selection, seed=self.seed)
 
     def pruning_eps(self, eval_eps: float, ann_eps: float | None = None) -> float:
         """``--prune-eps``; else, pruning the ANN, the eps it was trained at (``ann_eps``, which

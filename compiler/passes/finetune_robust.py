@@ -50,8 +50,10 @@ from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.runtime.objectives import (
     INNER_ATTACKS,
     EpochProgress,
+    check_selection,
     inner_attack,
     robust_epoch,
+    selection_score,
 )
 from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member, paper_modes
@@ -61,7 +63,6 @@ from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
 FINETUNE_OBJECTIVES = ("trades", "at", "mart")
-SELECTIONS = ("clean+robust", "robust", "clean")
 
 
 @dataclass
@@ -107,10 +108,7 @@ class FinetuneConfig:
                 f"finetune attack must be one of {', '.join(INNER_ATTACKS)}, "
                 f"got {self.inner_attack!r}"
             )
-        if self.selection not in SELECTIONS:
-            raise ConfigError(
-                f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}"
-            )
+        check_selection(self.selection, "--finetune-selection")
         if not 0 <= self.eps_train <= 1:
             raise ConfigError(f"eps_train must be in [0, 1] (pixels), got {self.eps_train}")
         positive = {
@@ -164,14 +162,6 @@ def add_zero_biases(graph: Graph) -> tuple[Graph, list[str]]:
             out.set_op(name, op.replace(bias=torch.zeros(op.weight.shape[0])))
             added.append(name)
     return out, added
-
-
-def selection_score(clean: float, robust: float, selection: str) -> float:
-    """The validation score finetuning keeps its best epoch by. ``"robust"`` breaks ties on clean
-    accuracy: the 1e-6 weight cannot outvote one robust image in 100,000."""
-    if selection == "robust":
-        return robust + 1e-6 * clean
-    return clean + robust if selection == "clean+robust" else clean
 
 
 def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, device) -> dict[str, float]:

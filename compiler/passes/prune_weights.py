@@ -24,10 +24,9 @@ from spikeshield.compiler.ir.ops import IF, BatchNorm, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.runtime.batchnorm_statistics import recalibrate_batchnorm
-from spikeshield.runtime.pruning import PruneConfig, prune_module
+from spikeshield.runtime.pruning import PruneConfig, prune_module, validation_figures
 from spikeshield.runtime.data import DataSplits
 from spikeshield.runtime.attacks import AttackedModel
-from spikeshield.runtime.evaluate import accuracy_of
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
@@ -68,8 +67,8 @@ def prune_weights(
 
     val = data.val.head(1000)
 
-    def score() -> float:
-        return accuracy_of(forward, val, device=device, desc="validation") if len(val) else 0.0
+    def score() -> dict[str, float | None]:
+        return validation_figures(forward, val, cfg, device)
 
     refresh = None
     if graph.nodes_of(BatchNorm) and not spiking:

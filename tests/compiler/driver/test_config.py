@@ -48,6 +48,14 @@ def test_prune_attack_steps_and_images(steps, prune_max, finetune_max, want_step
     assert (prune.attack_steps, prune.max_train) == (want_steps, want_max)
 
 
+def test_prune_selection_reaches_pruning_and_an_unknown_one_is_refused_by_name():
+    assert CompileConfig(prune_sparsity=0.9).prune_config(0.1).selection == "clean"
+    cfg = CompileConfig(prune_sparsity=0.9, prune_selection="clean+robust")
+    assert cfg.prune_config(0.1).selection == "clean+robust"
+    with pytest.raises(ConfigError, match="--prune-selection must be one of"):
+        CompileConfig(prune_sparsity=0.9, prune_selection="best").validate()
+
+
 @pytest.mark.parametrize("options, flag", [
     ({"finetune_max_train": -100}, "--finetune-max-train"),  # head(-100) would drop 100 images
     ({"finetune_max_train": 0}, "--finetune-max-train"),

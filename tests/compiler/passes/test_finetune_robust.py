@@ -154,20 +154,6 @@ def test_inner_attack_takes_the_attack_modes_in_turn_and_leaves_training_s_alone
             FinetuneConfig(attack_surrogate=bad).validate()
 
 
-@pytest.mark.parametrize("selection, kept", [("clean+robust", "cleaner"), ("robust", "robuster"),
-                                             ("clean", "cleaner")])
-def test_epoch_selection_keeps_the_best_epoch_by_the_chosen_score(selection, kept):
-    from spikeshield.compiler.passes.finetune_robust import selection_score
-
-    epochs = {"cleaner": (0.80, 0.50), "robuster": (0.70, 0.55)}  # (clean, PGD-10) on validation
-    score = {name: selection_score(clean, robust, selection)
-             for name, (clean, robust) in epochs.items()}
-    assert max(score, key=score.get) == kept
-    # "robust" ties go to the cleaner epoch, and an image of robustness outweighs any clean gain
-    assert selection_score(0.8, 0.5, "robust") > selection_score(0.7, 0.5, "robust")
-    assert selection_score(0.0, 0.50001, "robust") > selection_score(1.0, 0.5, "robust")
-
-
 def test_validation_attacks_through_every_validation_surrogate_and_keeps_the_worst_case(
         converted_lenet, mnist5k):
     from spikeshield.compiler.passes.finetune_robust import _score
