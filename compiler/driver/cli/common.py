@@ -62,6 +62,7 @@ PruneBudgetOpt = config_option("prune_budget")
 PruneDenseOpt = config_option("prune_dense")
 PruneEpochsOpt = config_option("prune_epochs")
 PruneFinetuneEpochsOpt = config_option("prune_finetune_epochs")
+PruneSelectionOpt = config_option("prune_selection")
 EnergyOpt = config_option("energy")
 NprocOpt = Annotated[int, typer.Option(
     "--nproc", help="Processes to share the work (launches torchrun --standalone; gloo on CPU, "

@@ -17,6 +17,7 @@ from spikeshield.compiler.driver.cli.common import (
     PruneEpochsOpt,
     PruneFinetuneEpochsOpt,
     PruneMethodOpt,
+    PruneSelectionOpt,
     PruneSparsityOpt,
     ResumeOpt,
     SeedOpt,
@@ -53,6 +54,7 @@ def train(
     prune_dense: PruneDenseOpt = "",
     prune_epochs: PruneEpochsOpt = 3,
     prune_finetune_epochs: PruneFinetuneEpochsOpt = None,
+    prune_selection: PruneSelectionOpt = "clean",
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
@@ -108,7 +110,7 @@ def train(
                                                                         prune_finetune_epochs),
                                 objective=objective, eps=eps,
                                 attack_steps=attack_steps, batch_size=batch_size,
-                                max_train=max_train, seed=seed)
+                                max_train=max_train, selection=prune_selection, seed=seed)
         cfg = TrainConfig(objective=objective, eps=eps, epochs=epochs, batch_size=batch_size, lr=lr,
                           attack_steps=attack_steps, seed=seed, max_train=max_train, prune=prune)
         cfg.validate()

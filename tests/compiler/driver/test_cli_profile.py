@@ -121,12 +121,14 @@ def test_train_prunes_and_the_zeros_come_back_as_masks(tmp_path):
     result = runner.invoke(app, ["train", "--arch", "lenet", "--objective", "standard",
                                  "--epochs", "1", "--max-train", "256", "--prune-sparsity", "0.95",
                                  "--prune-method", "hydra", "--prune-epochs", "1",
-                                 "--prune-dense", "first", "--out", str(out)])
+                                 "--prune-dense", "first", "--prune-selection", "clean+robust",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "pruned (hydra)" in result.output and "20.0x fewer" in result.output
     recorded = training_record(out)  # what compile's pruning eps defaults to
     assert recorded["eps"] == 0.1 and recorded["objective"] == "standard"
     assert recorded["arch"] == "lenet" and recorded["prune"]["sparsity"] == 0.95
+    assert recorded["prune"]["selection"] == "clean+robust"
     graph = load_model(out)
     layers = graph.nodes_of(Conv2d, Linear)
     assert graph.op(layers[0]).mask is None  # kept dense
