@@ -14,8 +14,9 @@ graph deserializer passes every symbolic shape expression of the JSON to ``sympy
   payload that torch itself pickles must load with ``torch.load(weights_only=True)`` and be a tensor;
   pickled Python objects (custom and opaque constants) are refused;
 - sample inputs through ``torch.load(weights_only=True)`` only;
-- a graph whose node targets are ATen operators or Python's symbolic-size arithmetic, and whose
-  symbolic expressions are made of sympy constructors, numbers and symbol names only.
+- a program JSON that :mod:`.pt2_program` has rebuilt: symbolic expressions parsed by our own
+  grammar and printed again, guards and node metadata dropped, node targets ATen operators or
+  symbolic-size arithmetic, every other string a plain name.
 
 Only then is the program handed to torch's deserializer, with the tensors already built (so it
 unpickles nothing). ``MEMBERS_TORCH_READS`` is the set of member kinds torch's own loader reads in
@@ -28,7 +29,6 @@ import io
 import json
 import os
 import re
-import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from spikeshield.compiler.ir.limits import (
     check_tensor_shapes,
     numel,
 )
+from spikeshield.frontends.pt2_program import rebuild_program
 
 MODEL = "model"
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -60,28 +61,6 @@ MEMBERS_TORCH_READS = {"archive_format", "archive_version", MODEL_JSON, WEIGHTS_
 LEGACY = ("version", "serialized_exported_program.json", "serialized_state_dict.pt",
           "serialized_state_dict.json", "serialized_constants.pt", "serialized_constants.json",
           "serialized_example_inputs.pt", "data/weights/model.pt", "data/constants/model.pt")
-
-_ATEN_TARGET = re.compile(r"torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
-_SYMBOLIC_TARGETS = {f"_operator.{name}" for name in (
-    "getitem", "eq", "ne", "le", "ge", "lt", "gt", "neg", "pos", "mul", "add", "sub", "floordiv",
-    "mod", "pow", "truediv", "and_", "or_")} | {"math.trunc"} | {f"torch.sym_{name}" for name in (
-    "not", "int", "float", "ite", "max", "min", "sqrt")}
-# Names a symbolic expression may use: sympy constructors and assumptions, the functions torch's
-# deserializer provides, and symbol names (s0, u3, ...). No attribute access, no subscripts.
-_EXPRESSION_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs",
-    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "true", "false", "True", "False",
-    "oo", "zoo", "nan", "positive", "negative", "nonnegative", "nonpositive", "integer", "real",
-    "finite", "infinite", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv",
-    "CeilToInt", "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow",
-    "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat",
-    "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "sqrt", "floor", "ceiling",
-}
-_SYMBOL_NAME = re.compile(r"[a-z]{1,8}[0-9]{0,12}")
-_EXPRESSION_OPS = {"+", "-", "*", "/", "//", "%", "**", "(", ")", ",", "=", "<", ">", "<=", ">=",
-                   "==", "!=", "&", "|", "~"}
-_MAX_EXPRESSION = 4096
-
 
 def _refuse(path: Path, what: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: {what}; spikeshield reads .pt2 files that torch.export.save "
@@ -331,48 +310,6 @@ def _build_tensors(archive: _Archive, payloads: list[_Payload],
     return tensors
 
 
-def _check_expression(text: Any, path: Path) -> None:
-    """A symbolic-size expression that sympy may evaluate: constructors, numbers, symbol names
-    and arithmetic only (``sympify`` evaluates it as Python)."""
-    if not isinstance(text, str) or len(text) > _MAX_EXPRESSION:
-        raise _refuse(path, "a symbolic shape expression is not a short string")
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        raise _refuse(path, f"symbolic shape expression {text[:60]!r} does not parse") from None
-    for token in tokens:
-        kind, value = token.type, token.string
-        if kind in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
-            continue
-        ok = (kind == tokenize.NUMBER and re.fullmatch(r"[0-9.eE+\-]+", value)) or (
-            kind == tokenize.OP and value in _EXPRESSION_OPS) or (
-            kind == tokenize.NAME and (value in _EXPRESSION_NAMES or _SYMBOL_NAME.fullmatch(value)))
-        if kind == tokenize.STRING:
-            ok = re.fullmatch(r"'[A-Za-z0-9_]{1,32}'|\"[A-Za-z0-9_]{1,32}\"", value) is not None
-        if not ok:
-            raise _refuse(path, f"symbolic shape expression {text[:60]!r} contains {value!r}, "
-                          "which is not sympy arithmetic (torch would evaluate it as Python)")
-
-
-def _check_program(program: Any, path: Path) -> None:
-    """Every node target an ATen op or symbolic-size arithmetic; every expression plain."""
-    stack = [program]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "expr_str":
-                    _check_expression(value, path)
-                elif key == "target" and isinstance(value, str) and "inputs" in item:
-                    if not (_ATEN_TARGET.fullmatch(value) or value in _SYMBOLIC_TARGETS):
-                        raise _refuse(path, f"graph node calls {value[:80]!r}, which is not an "
-                                      "ATen operator (only ATen graphs are compiled)")
-                else:
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
 def _read_parts(archive: _Archive) -> tuple[Any, dict, dict, Any]:
     """The checked program JSON, weights, constants and sample inputs of an open archive."""
     path = archive.path
@@ -385,8 +322,7 @@ def _read_parts(archive: _Archive) -> tuple[Any, dict, dict, Any]:
                    if n not in known and n not in declared and not n.startswith("extra/"))
     if stray:
         raise _refuse(path, f"member {stray[0]} is not part of an exported program")
-    program_json = archive.read_json(MODEL_JSON)
-    _check_program(program_json, path)
+    program_json = rebuild_program(archive.read_json(MODEL_JSON), path)
     budget = _Budget(path)
     state_dict = _build_tensors(archive, weights, budget)
     constant_tensors = _build_tensors(archive, constants, budget)
