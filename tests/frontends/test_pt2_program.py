@@ -159,9 +159,9 @@ SYMBOLS = frozenset({"s77", "s0", "u3"})
 GENUINE = [
     "Symbol('s77', positive=True, integer=True)",
     "Mul(Integer(32), Symbol('s77', positive=True, integer=True))",
-    "Add(FloorDiv(Symbol('s77', positive=True, integer=True), Integer(3)), "
+    ("Add(FloorDiv(Symbol('s77', positive=True, integer=True), Integer(3)), "
     "Mod(Symbol('s77', positive=True, integer=True), Integer(5)), "
-    "Max(Integer(7), Symbol('s77', positive=True, integer=True)))",
+    "Max(Integer(7), Symbol('s77', positive=True, integer=True)))"),
     "Add(Symbol('s77', positive=True, integer=True), Integer(-1))",
     "Eq(Mod(s0, 2), 0)",
     "s0 + 2*u3 - 1",
