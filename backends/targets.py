@@ -13,15 +13,16 @@ toolchain will map it. A JSON file with the same fields is accepted wherever a t
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.compiler.ir.ops import IF, Input, OpCoverage, Output, Scale
 
 # Ops that no target runs, and what to do instead (a target profile lists the kinds it runs).
@@ -73,8 +74,19 @@ class TargetProfile:
                 f"target profile has unknown field(s) {', '.join(unknown)}; "
                 f"known fields: {', '.join(sorted(known))}"
             )
+        if not isinstance(data, dict):
+            raise ConfigError(f"a target profile is a JSON object of fields, not a "
+                              f"{type(data).__name__}")
         if not isinstance(data.get("name"), str) or not isinstance(data.get("description", ""), str):
             raise ConfigError("target profile needs a string 'name' (and 'description')")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", data["name"]):
+            raise ConfigError(f"target profile name {data['name'][:40]!r} must be 1-64 letters, "
+                              "digits, '.', '_' or '-' (it names the adapted IR file)")
+        bits = data.get("weight_bits")
+        if bits is not None and not (isinstance(bits, int) and not isinstance(bits, bool)
+                                     and 2 <= bits <= 32):
+            raise ConfigError(f"target profile field 'weight_bits' must be a whole number from 2 "
+                              f"to 32 (signed weights) or null, got {bits!r}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         for f in fields(cls):
             value, default = values.get(f.name), f.default
@@ -158,8 +170,8 @@ def load_target(target: str | os.PathLike | TargetProfile) -> TargetProfile:
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
         try:
-            return TargetProfile.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
+            return TargetProfile.from_dict(read_json_file(path))
+        except (ModelLoadError, TypeError) as err:
             raise ConfigError(f"target profile {path} is not a valid profile: {err}") from None
     raise ConfigError(
         f"unknown target {name!r}; choose one of {', '.join(TARGETS)} or give a profile .json file"

@@ -19,8 +19,10 @@ the job at once; the last checkpoint written stays valid.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -33,6 +35,7 @@ import torch
 
 from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.runtime.distributed import world
 
 FORMAT = "spikeshield-checkpoint"
@@ -116,13 +119,23 @@ class Checkpoint:
         self.resumed = resume
         self.job_id = uuid.uuid4().hex  # replaced by the recorded one when resuming
         self._last_save = time.monotonic()
+        # What this checkpoint wrote, by file name: SHA-256 of the bytes. Only files whose bytes
+        # still match are ever deleted (discard), so a folder of the same name is never lost.
+        self._written: dict[str, str] = {}
+        self._created = not self.directory.exists()
         if resume:
             self._check_matches()
-        elif world().is_main and (self.directory / "job.json").is_file():
-            raise ConfigError(
-                f"{self.directory} holds the checkpoint of an interrupted run; add --resume "
-                f"{self.directory} to continue it, or delete it to start afresh"
-            )
+        elif world().is_main and self.directory.exists():
+            if (self.directory / "job.json").is_file():
+                raise ConfigError(
+                    f"{self.directory} holds the checkpoint of an interrupted run; add --resume "
+                    f"{self.directory} to continue it, or delete it to start afresh"
+                )
+            if not self.directory.is_dir() or any(self.directory.iterdir()):
+                raise ConfigError(
+                    f"{self.directory} exists and is not a spikeshield checkpoint, and this run "
+                    "keeps its checkpoint there; move it away or choose another output"
+                )
 
     @property
     def command_hint(self) -> str:
@@ -136,11 +149,9 @@ class Checkpoint:
                 "interrupted run named, or drop --resume to start afresh"
             )
         try:
-            recorded = json.loads(info.read_text())
-        except (ValueError, OSError, RecursionError) as err:
-            raise ModelLoadError(
-                f"{info} is not a readable checkpoint description ({type(err).__name__})"
-            ) from None
+            recorded = read_json_file(info)
+        except ModelLoadError as err:
+            raise ModelLoadError(f"{err}; it is not a readable checkpoint description") from None
         if not isinstance(recorded, dict) or recorded.get("format") != FORMAT or \
                 recorded.get("version") != FORMAT_VERSION:
             raise ModelLoadError(
@@ -151,6 +162,10 @@ class Checkpoint:
             raise ModelLoadError(f"{info} is damaged (no settings or job id); drop --resume to "
                                  "start afresh")
         self.job_id = recorded["job_id"]
+        written = recorded.get("written", {})
+        if isinstance(written, dict):
+            self._written = {str(k): v for k, v in written.items()
+                             if isinstance(v, str) and _PART_NAME.fullmatch(str(k))}
         if recorded.get("job") != self.job:
             raise ConfigError(
                 f"{self.directory} is a checkpoint of `spikeshield {recorded.get('job')}`, not of "
@@ -191,17 +206,24 @@ class Checkpoint:
         return state
 
     def save(self, part: str, state: dict[str, Any]) -> None:
-        """Write ``state`` as ``part`` atomically (a crash mid-write keeps the previous file)."""
+        """Write ``state`` as ``part`` atomically (a crash mid-write keeps the previous file), and
+        record its digest in ``job.json`` (what :meth:`discard` may delete)."""
+        if not _PART_NAME.fullmatch(f"{part}.pt"):
+            raise ValueError(f"checkpoint part {part!r} is not a plain file name")
         self.directory.mkdir(parents=True, exist_ok=True)
-        info = self.directory / "job.json"
-        if not info.is_file():
-            description = {"format": FORMAT, "version": FORMAT_VERSION, "job": self.job,
-                           "job_id": self.job_id, "settings": self.settings}
-            with atomic_file(info) as tmp:
-                tmp.write_text(json.dumps(description, indent=2))
         with atomic_file(self._path(part)) as tmp:
             torch.save({**state, "job_id": self.job_id}, tmp)
+            digest = _digest(tmp)
+        self._written[self._path(part).name] = digest
+        self._write_description()
         self._last_save = time.monotonic()
+
+    def _write_description(self) -> None:
+        description = {"format": FORMAT, "version": FORMAT_VERSION, "job": self.job,
+                       "job_id": self.job_id, "settings": self.settings,
+                       "written": dict(sorted(self._written.items()))}
+        with atomic_file(self.directory / "job.json") as tmp:
+            tmp.write_text(json.dumps(description, indent=2))
 
     def step(self, part: str, state: Callable[[], dict[str, Any]], where: str) -> None:
         """At a step boundary: save when due; on a requested stop, save and raise Interrupted."""
@@ -231,11 +253,42 @@ class Checkpoint:
             raise Interrupted(f"stopped by {signal.Signals(signum).name} after the last step",
                               signum)
 
-    def discard(self) -> None:
-        """Remove the directory once the job's output is written: nothing is left to resume."""
-        import shutil
+    def discard(self) -> list[str]:
+        """Once the job's output is written, delete the files this checkpoint wrote (those whose
+        bytes still match the recorded digests), ``job.json``, and the directory if nothing else is
+        left in it. Returns the names it kept (files spikeshield did not write), and says so."""
+        if not self.directory.is_dir():
+            return []
+        kept = []
+        for path in sorted(self.directory.iterdir()):
+            ours = path.name in self._written and path.is_file() and not path.is_symlink() \
+                and _digest(path) == self._written[path.name]
+            if ours:
+                path.unlink()
+            elif path.name != "job.json":
+                kept.append(path.name)
+        if kept:
+            print(f"note: kept {self.directory}: it holds files this run did not write "
+                  f"({', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''})", file=sys.stderr)
+            return kept
+        description = self.directory / "job.json"
+        ours = self._created or description.is_file()
+        description.unlink(missing_ok=True)
+        if ours:  # a folder this run or the interrupted one made, now empty
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
+        return kept
 
-        shutil.rmtree(self.directory, ignore_errors=True)
+
+_PART_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.pt")
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

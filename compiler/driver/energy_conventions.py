@@ -19,11 +19,11 @@ that pruning causes, unlike the profile's *same spikes* counterfactual.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+from spikeshield.compiler.ir.limits import read_json_file
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -37,10 +37,10 @@ def load_profile(source: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"no profile at {path}; run `spikeshield profile {source}` first")
     try:
-        profile = json.loads(path.read_text())
+        profile = read_json_file(path)
         if not isinstance(profile["totals"]["synops"], (int, float)):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ModelLoadError, ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a spikeshield profile.json") from None
     return profile
 

@@ -25,8 +25,8 @@ from spikeshield.backends.targets import Violation, check_target, load_target
 from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.driver.manifest import MANIFEST, record_files
 from spikeshield.compiler.driver.outputs import claim_output, output_lock
-from spikeshield.compiler.ir.limits import resolve_timesteps
-from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError, UnsupportedOpError
+from spikeshield.compiler.ir.limits import read_json_file, resolve_timesteps
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.ir.serialize import save_graph
@@ -260,13 +260,14 @@ def _is_export(path: Path, fmt: str) -> bool:
     """A file that ``export`` wrote in ``fmt`` (its JSON sidecar says so)."""
     sidecar = path.with_name(path.name + ".json")
     try:
-        return json.loads(sidecar.read_text()).get("format") == fmt
-    except (OSError, ValueError, AttributeError):
+        return read_json_file(sidecar).get("format") == fmt
+    except (ModelLoadError, AttributeError):
         return False
 
 
 def _recorded_data_spec(source: Path) -> str | None:
     report = source / "report.json" if source.is_dir() else source.parent / "report.json"
     if report.is_file():
-        return json.loads(report.read_text()).get("data_spec")
+        recorded = read_json_file(report)
+        return recorded.get("data_spec") if isinstance(recorded, dict) else None
     return None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.ir.limits import read_json_file
 
 MANIFEST = "manifest.json"
 FORMAT = "spikeshield-manifest"
@@ -95,15 +96,23 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
             "carry one"
         )
     try:
-        content = json.loads(path.read_text())
+        content = read_json_file(path)
         files = content["files"]
         if content.get("format") != FORMAT or not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
         ):
             raise ValueError("not a spikeshield manifest")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise ModelLoadError(f"{path} is malformed ({err}); it cannot vouch for anything") from None
+        bad = next((name for name in files if not _ENTRY.fullmatch(name) or ".." in
+                    name.split("/")), None)
+        if bad is not None:
+            raise ValueError(f"entry {bad[:40]!r} is not a relative file name")
+    except (ModelLoadError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ModelLoadError(f"{path} is malformed ({str(err)[:160]}); it cannot vouch for "
+                             "anything") from None
     return files
+
+
+_ENTRY = re.compile(r"[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,255}")
 
 
 # Files spikeshield commands write into a compile directory (and read back): present but not in
@@ -173,6 +182,33 @@ def verify_directory(directory: str | os.PathLike) -> Verification:
     result.temporaries = sorted(p.relative_to(directory).as_posix() for p in directory.rglob(".*")
                                 if re.search(r"\.(tmp|old|probe)-[0-9A-Za-z_]+", p.name))
     return result
+
+
+_TEMPORARY = re.compile(r"\.[^/]*\.(tmp|old|probe)-[0-9A-Za-z_]+[^/]*")
+
+
+def foreign_files(directory: str | os.PathLike) -> list[str]:
+    """What in ``directory`` spikeshield cannot vouch for, so that replacing the directory would
+    lose it: with no valid manifest (its format marker), everything; otherwise every file that is
+    not the manifest, not listed with matching bytes, and not a temporary of an interrupted write,
+    and every link or special file. Empty: the directory is wholly spikeshield's."""
+    directory = Path(directory)
+    everything = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                        if not p.is_dir() or p.is_symlink())
+    try:
+        files = read_manifest(directory)
+    except ModelLoadError:
+        return everything
+    foreign = []
+    for name in everything:
+        path = directory / name
+        if path.is_symlink() or not path.is_file():
+            foreign.append(name)
+        elif name == MANIFEST or _TEMPORARY.fullmatch(path.name):
+            continue
+        elif name not in files or file_digest(path) != files[name]["sha256"]:
+            foreign.append(name)
+    return foreign
 
 
 def require_verified(directory: str | os.PathLike, skip: bool = False,

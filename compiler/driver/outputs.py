@@ -24,11 +24,14 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from spikeshield.compiler.driver.manifest import MANIFEST
+from spikeshield.compiler.driver.manifest import MANIFEST, foreign_files
+from spikeshield.compiler.ir.atomic import restore_interrupted
 from spikeshield.compiler.ir.errors import ConfigError
 
 
@@ -58,7 +61,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_path(path)
     while True:
-        handle = open(lock, "a+")  # noqa: SIM115  (held open for the whole block)
+        handle = _open_lock(lock)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -89,6 +92,22 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         handle.close()
 
 
+def _open_lock(lock: Path):
+    """The lock file, opened without following a link (a link planted at its name would have its
+    target truncated) and created private to its owner."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OutputError(f"{lock} is a symbolic link, not a spikeshield lock; remove it "
+                              "(someone else may have planted it)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{lock} is not a plain file; remove it and run again")
+    return os.fdopen(fd, "r+")
+
+
 def _same_or_inside(path: Path, other: Path) -> bool:
     """Whether ``path`` is ``other`` or lies inside it."""
     return path == other or other in path.parents
@@ -99,12 +118,15 @@ def check_writable(path: Path) -> None:
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{path.name}.probe-{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
+        # A fresh name opened exclusively (mkstemp): a planted link is never followed.
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(probe)
     except OSError as err:
         raise OutputError(f"cannot write {err.filename or folder}: {err.strerror or err}; "
                           "choose an output on a writable file system with free space") from None
@@ -125,12 +147,19 @@ def leftovers(path: Path) -> list[Path]:
 
 
 def _remove_leftovers(path: Path) -> None:
+    restored = restore_interrupted(path)
+    if restored is not None:
+        print(f"note: {path} was missing after an interrupted publish; its previous output "
+              f"({restored.name}) is back in place", file=sys.stderr)
     found = leftovers(path)
     if found:
         print(f"note: removing what an interrupted run left beside {path}: "
               f"{', '.join(p.name for p in found)}", file=sys.stderr)
     for p in found:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def check_output(
@@ -140,11 +169,13 @@ def check_output(
     directory: bool = False,
     spikeshield_file: Callable[[Path], bool] | None = None,
 ) -> Path:
-    """Refuse ``out`` unless spikeshield may write it (see the module docstring); returns it."""
+    """Refuse ``out`` unless spikeshield may write it (see the module docstring); returns it.
+    Paths are compared after resolving links and ``..``, so no spelling of an input passes."""
     out = Path(out).absolute()
+    real_out = Path(os.path.realpath(out))
     for source in inputs:
-        source = Path(source).absolute()
-        if source == out or (directory and _same_or_inside(source, out)):
+        real = Path(os.path.realpath(source))
+        if real == real_out or (directory and _same_or_inside(real, real_out)):
             raise OutputError(f"--out {out} would overwrite the input {source}; choose another "
                               "output path")
     if out.is_symlink() or (out.exists() and not (out.is_dir() or out.is_file())):
@@ -153,9 +184,12 @@ def check_output(
         if out.is_file():
             raise OutputError(f"--out {out} is a file, not an output folder; choose another path")
         if any(out.iterdir()):
-            if not (out / MANIFEST).is_file():
-                raise OutputError(f"--out {out} holds files spikeshield did not write (no "
-                                  f"{MANIFEST}); choose an empty or new folder")
+            foreign = foreign_files(out)
+            if foreign:
+                raise OutputError(
+                    f"--out {out} holds files spikeshield did not write or that changed since "
+                    f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}; its "
+                    f"{MANIFEST} does not vouch for them); choose an empty or new folder")
             if not force:
                 raise OutputError(f"--out {out} holds an earlier spikeshield output; add --force "
                                   "to replace it")

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.ir.limits import SIDECAR_JSON_BYTES, read_json_bytes
 
 MARKER = "spikeshield.json"  # an extra file in every .pt2 spikeshield train writes
 
@@ -19,16 +21,25 @@ MARKER = "spikeshield.json"  # an extra file in every .pt2 spikeshield train wri
 def _marker(path: str | os.PathLike) -> dict | None:
     """The marker spikeshield wrote into the ``.pt2`` at ``path`` ({} if unreadable), or None."""
     import zipfile
+    import zlib
 
+    limit = SIDECAR_JSON_BYTES.value
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{MARKER}")), None)
-            if name is None:
+            info = next((i for i in archive.infolist() if i.filename.endswith(f"/extra/{MARKER}")),
+                        None)
+            if info is None:
                 return None
-            record = json.loads(archive.read(name))
-    except (OSError, zipfile.BadZipFile):
+            if info.file_size > limit:  # the header's size; the read below is bounded as well
+                return {}
+            with archive.open(info) as member:
+                data = member.read(limit + 1)
+            if len(data) > limit:
+                return {}
+            record = read_json_bytes(data, path, MARKER)
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError):
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ModelLoadError:
         return {}
     return record if isinstance(record, dict) else {}
 

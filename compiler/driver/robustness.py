@@ -19,6 +19,8 @@ import torch
 
 from spikeshield.runtime.checkpoint import Checkpoint
 from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.compiler.ir.atomic import atomic_files
+from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.driver.model_io import check_model_data
 from spikeshield.compiler.driver.manifest import record_files, require_verified
@@ -246,37 +248,19 @@ def write_robustness(report: dict[str, Any], directory: str | os.PathLike,
         md_name: render_markdown(report).encode(),
         png_name: render_plot(report),
     }
-    written = _replace_files(directory, files)
+    written = atomic_files(directory, files)
     record_files(directory, written)
     return written
 
 
-def _replace_files(directory: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write every file to a temporary name first, then rename them all: an interrupted run leaves
-    the previous report (or none), never a half-written one."""
-    from spikeshield.compiler.ir.atomic import public_file_mode
-
-    temps = []
-    try:
-        for name, content in files.items():
-            tmp = directory / f".{name}.tmp-{os.getpid()}"
-            tmp.write_bytes(content)
-            public_file_mode(tmp)
-            temps.append((tmp, directory / name))
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-    return [final for _, final in temps]
 
 
 def recorded_data_spec(directory: Path) -> str:
     """The data spec a compile directory was made with (its report.json), or a ConfigError."""
     recorded = {}
     if (directory / "report.json").is_file():
-        recorded = json.loads((directory / "report.json").read_text())
-    if not recorded.get("data_spec"):
+        recorded = read_json_file(directory / "report.json")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("data_spec"), str):
         raise ConfigError(f"{directory}/report.json records no data spec; pass --data")
     return recorded["data_spec"]
 

@@ -9,6 +9,7 @@ the environment variable the error message names.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -48,6 +49,33 @@ TOTAL_BYTES = Limit("bytes in all", "SPIKESHIELD_MAX_TOTAL_BYTES", 4 << 30)  # a
 JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_JSON_BYTES", 256 << 20)  # one JSON member
 DATA_BYTES = Limit("bytes", "SPIKESHIELD_MAX_DATA_BYTES", 32 << 30)  # one data file, unpacked
 ARCHIVE_MEMBERS = Limit("members", "SPIKESHIELD_MAX_ARCHIVE_MEMBERS", 100_000)
+
+
+SIDECAR_JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_SIDECAR_BYTES", 16 << 20)  # manifests, reports
+
+
+def read_json_bytes(data: bytes, source: str | os.PathLike, what: str = "it") -> object:
+    """Parsed JSON, or one line (``ModelLoadError``) for bytes that are not UTF-8 JSON or nest
+    too deeply to parse."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ModelLoadError(f"{source}: {what} nests too deeply to be a spikeshield JSON "
+                             "file") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{source}: {what} is not valid JSON ({str(err)[:80]})") from None
+
+
+def read_json_file(path: str | os.PathLike, limit: Limit = SIDECAR_JSON_BYTES) -> object:
+    """A JSON file read with its size bounded before anything is read (``limit``)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit.value + 1)
+    except OSError as err:
+        raise ModelLoadError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > limit.value:
+        limit.check(max(os.path.getsize(path), len(data)), path, "the file")
+    return read_json_bytes(data, path)
 
 
 def numel(shape) -> int:
