@@ -28,7 +28,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +65,19 @@ def _open_maybe_gz(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+def _read_at_most(f, limit: int, chunk: int = 16 << 20) -> bytes:
+    """Up to ``limit`` bytes, read in chunks: memory grows with the bytes that are there, not with
+    what a header claims (a 30-byte file declaring 30 GiB allocates nothing)."""
+    parts, total = [], 0
+    while total < limit:
+        part = f.read(min(chunk, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into a numpy array."""
     path = Path(path)
@@ -87,7 +100,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                     f"{path}: the header declares shape {dims} ({expected:,} bytes, limit "
                     f"{DATA_BYTES.value:,}); if the file is right, raise {DATA_BYTES.env}"
                 )
-            data = f.read(expected + 1)
+            data = _read_at_most(f, expected + 1)
     except (OSError, EOFError, struct.error, zlib.error) as err:
         raise DataError(f"cannot read IDX file {path}: {err}") from None
     if len(data) != expected:
@@ -108,6 +121,10 @@ def _find(directory: Path, stem: str) -> Path:
 def _idx_dataset(directory: Path, prefix: str) -> LabelledImages:
     images = read_idx(_find(directory, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(directory, f"{prefix}-labels-idx1-ubyte"))
+    if images.dtype != np.uint8 or labels.dtype.kind not in "ui":
+        raise DataError(f"IDX files in {directory} ({prefix}) hold {images.dtype} images and "
+                        f"{labels.dtype} labels; images must be unsigned bytes (type 0x08) and "
+                        "labels integers, as in MNIST")
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"IDX files in {directory} ({prefix}) have inconsistent shapes")
     return LabelledImages(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
@@ -140,32 +157,117 @@ def _unpickle(path: Path) -> dict:
             # CIFAR's own format is a pickle of plain dicts, lists and numpy arrays; a restricted
             # unpickler refuses anything else, so a hostile file cannot run code.
             batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001  (malformed pickles raise anything; nothing ran)
         raise DataError(f"{path} is not a CIFAR python batch ({type(err).__name__}: {err})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR python batch (it holds a {type(batch).__name__})")
-    return batch
+    return _plain(batch)
+
+
+class _ArrayFromBytes:
+    """Stands in for ``numpy.ndarray`` while a CIFAR pickle loads: the pickle's constructor call
+    records nothing, and the array is made in ``__setstate__`` only from the byte string the file
+    holds, after its declared shape and dtype agree with that string's length. So a pickle can
+    neither call numpy's constructors nor ask for memory its bytes do not fill."""
+
+    def __init__(self, *_: object) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise DataError("a CIFAR array's state is not (version, shape, dtype, order, bytes)")
+        _, shape, dtype, fortran, raw = state
+        if not (isinstance(shape, tuple) and all(isinstance(s, int) and 0 <= s for s in shape)
+                and isinstance(dtype, _DtypeCode) and isinstance(raw, bytes)
+                and isinstance(fortran, bool)):
+            raise DataError("a CIFAR array is not plain bytes of a known shape and dtype")
+        np_dtype = dtype.resolve()
+        if numel(shape) * np_dtype.itemsize != len(raw):
+            raise DataError(f"a CIFAR array declares shape {shape[:4]} of {np_dtype} but holds "
+                            f"{len(raw):,} bytes")
+        flat = np.frombuffer(raw, dtype=np_dtype)
+        self.array = flat.reshape(shape, order="F" if fortran else "C")
+
+
+class _DtypeCode:
+    """Stands in for ``numpy.dtype``: only the plain integer and float codes CIFAR files use."""
+
+    CODES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8")
+
+    def __init__(self, code: object = None, *_: object) -> None:
+        if code not in self.CODES:
+            raise DataError(f"a CIFAR array has dtype {str(code)[:20]!r}, not a plain number type")
+        self.code, self.order = str(code), "|"
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "="):
+            self.order = state[1]
+        else:
+            raise DataError("a CIFAR array's dtype state is malformed")
+
+    def resolve(self) -> np.dtype:
+        return np.dtype(self.code).newbyteorder("<" if self.order in ("|", "=") else self.order)
+
+
+def _scalar_from_bytes(dtype: object, raw: object = b"") -> object:
+    """Stands in for ``numpy.core.multiarray.scalar``: one number from exactly its bytes."""
+    if not isinstance(dtype, _DtypeCode) or not isinstance(raw, bytes) or \
+            len(raw) != dtype.resolve().itemsize:
+        raise DataError("a CIFAR number is not the bytes of one plain number")
+    return np.frombuffer(raw, dtype=dtype.resolve())[0]
+
+
+def _array_from_buffer(raw: object, dtype: object, shape: object, order: object = "C") -> object:
+    """Stands in for numpy's protocol-5 ``_frombuffer``: an array only from exactly its bytes."""
+    stub = _ArrayFromBytes()
+    stub.__setstate__((1, shape, dtype, order == "F", raw if isinstance(raw, bytes) else None))
+    return stub
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"),
+    """CIFAR's own format is a pickle of dicts, lists, byte strings and numpy arrays; every global
+    a pickle names is refused except numpy's array and dtype reconstructors, which are replaced by
+    the inert stand-ins above."""
+
+    _STAND_INS: ClassVar[dict[tuple[str, str], object]] = {
+        ("numpy.core.multiarray", "_reconstruct"): _ArrayFromBytes,
+        ("numpy._core.multiarray", "_reconstruct"): _ArrayFromBytes,
+        ("numpy", "ndarray"): _ArrayFromBytes,
+        ("numpy", "dtype"): _DtypeCode,
+        ("numpy.core.numeric", "_frombuffer"): _array_from_buffer,
+        ("numpy._core.numeric", "_frombuffer"): _array_from_buffer,
+        ("numpy.core.multiarray", "scalar"): _scalar_from_bytes,
+        ("numpy._core.multiarray", "scalar"): _scalar_from_bytes,
     }
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        stand_in = self._STAND_INS.get((module, name))
+        if stand_in is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return stand_in
+
+
+def _plain(value: object) -> object:
+    """A loaded CIFAR value with the array stand-ins replaced by their arrays."""
+    if isinstance(value, _ArrayFromBytes):
+        if value.array is None:
+            raise DataError("a CIFAR array has no data")
+        return value.array
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cifar_arrays(batch: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (KeyError, ValueError, TypeError) as err:
-        raise DataError(f"CIFAR batch lacks or mangles {err}") from None
+    except (KeyError, ValueError, TypeError, OverflowError) as err:
+        raise DataError(f"CIFAR batch lacks or mangles {str(err)[:80]}") from None
     if len(data) != len(labels):
         raise DataError(f"CIFAR batch has {len(data)} images but {len(labels)} labels")
     return torch.from_numpy(data.copy()), torch.from_numpy(labels)

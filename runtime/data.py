@@ -99,6 +99,24 @@ def check_max_train(max_train: int | None, option: str) -> None:
                           f"got {max_train}")
 
 
+def check_labelled(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   what: str) -> None:
+    """Images held as uint8 pixels (0..255) and one integer label in ``[0, num_classes)`` per
+    image; anything else is refused in one line rather than counted wrongly (a label of -1 or
+    ``num_classes`` would be scored as an error by every metric, a float image divided again)."""
+    if images.dtype != torch.uint8:
+        raise DataError(f"{what} images are {images.dtype}; spikeshield holds images as uint8 "
+                        "pixels in 0..255 (scale [0, 1] floats by 255 and round)")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1 or \
+            len(labels) != len(images):
+        raise DataError(f"{what} labels must be one integer per image, got {labels.dtype} of "
+                        f"shape {tuple(labels.shape)} for {len(images)} images")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(f"{what} labels run from {int(labels.min())} to {int(labels.max())}, "
+                        f"outside 0..{num_classes - 1} for {num_classes} classes; fix the label "
+                        "file or the class count")
+
+
 def make_splits(name: str, train: tuple[torch.Tensor, torch.Tensor],
                 test: tuple[torch.Tensor, torch.Tensor], num_classes: int,
                 val_fraction: float = 0.1, seed: int = 0) -> DataSplits:
@@ -106,6 +124,8 @@ def make_splits(name: str, train: tuple[torch.Tensor, torch.Tensor],
     training images; the test set is left as it is."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    check_labelled(*train, num_classes, f"{name} training")
+    check_labelled(*test, num_classes, f"{name} test")
     full = Dataset(*train)
     n_val = int(round(len(full) * val_fraction))
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
