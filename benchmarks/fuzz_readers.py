@@ -208,6 +208,10 @@ def check(harness: Harness, reader: str, data: bytes) -> None:
 
 
 def _test_one_input(harness: Harness, findings: Path):
+    """libFuzzer's entry point. A finding is recorded (its input and message, once per kind) and
+    the campaign goes on; crashes, hangs and memory blow-ups stop the child process, and the
+    parent (:func:`main`) records them and starts another on the grown corpus."""
+
     def test_one_input(raw: bytes) -> None:
         if not raw:
             return
@@ -215,22 +219,16 @@ def _test_one_input(harness: Harness, findings: Path):
         try:
             harness.run(reader, raw[1:])
         except Finding as finding:
-            key = re.sub(r"[^A-Za-z0-9]+", "-", str(finding)[:60])
-            (findings / f"{key}.bin").write_bytes(raw)
-            (findings / f"{key}.txt").write_text(str(finding) + "\n")
-            raise
+            key = re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"/tmp/\S+", "PATH", str(finding))[:70])
+            if not (findings / f"{key}.txt").exists():
+                (findings / f"{key}.bin").write_bytes(raw)
+                (findings / f"{key}.txt").write_text(str(finding) + "\n")
+                print(f"FINDING {finding}", flush=True)
 
     return test_one_input
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=3600, help="campaign length")
-    parser.add_argument("--corpus", type=Path, default=Path("runs/fuzz/corpus"))
-    parser.add_argument("--findings", type=Path, default=Path("runs/fuzz/findings"))
-    parser.add_argument("--runs", type=int, default=-1, help="stop after this many executions")
-    args, rest = parser.parse_known_args()
-
+def _child(args: argparse.Namespace, rest: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["spikeshield"]):
@@ -242,16 +240,54 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="spikeshield-fuzz-"))
     harness = Harness(scratch)
-    args.corpus.mkdir(parents=True, exist_ok=True)
-    args.findings.mkdir(parents=True, exist_ok=True)
-    for reader, inputs in seeds(scratch).items():
-        for i, data in enumerate(inputs):
-            (args.corpus / f"seed-{reader}-{i}").write_bytes(bytes([READERS.index(reader)]) + data)
     options = [sys.argv[0], str(args.corpus), f"-max_total_time={args.seconds}", "-timeout=30",
                "-rss_limit_mb=6144", "-max_len=1048576", f"-runs={args.runs}",
                f"-artifact_prefix={args.findings}/", "-print_final_stats=1", *rest]
     atheris.Setup(options, _test_one_input(harness, args.findings))
     atheris.Fuzz()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=3600, help="campaign length")
+    parser.add_argument("--corpus", type=Path, default=Path("runs/fuzz/corpus"))
+    parser.add_argument("--findings", type=Path, default=Path("runs/fuzz/findings"))
+    parser.add_argument("--runs", type=int, default=-1, help="stop after this many executions")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.child:
+        _child(args, rest)
+        return
+
+    import subprocess
+    import time
+
+    args.corpus.mkdir(parents=True, exist_ok=True)
+    args.findings.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="spikeshield-fuzz-seeds-"))
+    for reader, inputs in seeds(scratch).items():
+        for i, data in enumerate(inputs):
+            (args.corpus / f"seed-{reader}-{i}").write_bytes(bytes([READERS.index(reader)]) + data)
+    end, executions, restarts = time.monotonic() + args.seconds, 0, 0
+    while (left := int(end - time.monotonic())) > 5:
+        command = [sys.executable, __file__, "--child", "--seconds", str(left), "--corpus",
+                   str(args.corpus), "--findings", str(args.findings), "--runs", str(args.runs),
+                   *rest]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        for line in done.stdout.splitlines() + done.stderr.splitlines():
+            if line.startswith(("FINDING", "#", "==", "stat::", "INFO: fuzzed", "SUMMARY")) \
+                    and "Instrumenting" not in line:
+                print(line, flush=True)
+        counted = re.findall(r"stat::number_of_executed_units: *([0-9]+)", done.stderr)
+        executions += int(counted[-1]) if counted else 0
+        if done.returncode == 0 or args.runs > 0:
+            break
+        restarts += 1  # a crash, hang or memory blow-up: its input is under --findings
+        print(f"child stopped (exit {done.returncode}); restarting on the corpus", flush=True)
+    found = sorted(p.name for p in args.findings.iterdir() if p.suffix == ".txt" or
+                   p.name.startswith(("crash-", "timeout-", "oom-", "leak-")))
+    print(f"campaign: {args.seconds} s, {executions:,} executions, {restarts} restarts, "
+          f"{len(found)} findings{': ' + ', '.join(found) if found else ''}")
 
 
 if __name__ == "__main__":
