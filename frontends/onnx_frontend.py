@@ -145,9 +145,29 @@ def _constant_elements(node: onnx.NodeProto, args: list[Any]) -> int:
         start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in args)
         return int(abs((limit - start) / delta)) + 1 if delta else TENSOR_ELEMENTS.value + 1
     if node.op_type in ("MatMul", "Gemm"):
-        shapes = [np.shape(a) for a in args[:2]]
-        return int(np.prod(shapes[0][:-1] or (1,))) * int(shapes[1][-1] if shapes[1] else 1)
-    return sum(size(a) for a in args)  # elementwise, shape and gather ops: no larger than inputs
+        a, b = (tuple(np.shape(x)) or (1,) for x in args[:2])
+        rows, cols = (a[-2] if len(a) > 1 else 1), (b[-1] if len(b) > 1 else 1)
+        return _broadcast_elements([a[:-2], b[:-2]]) * rows * cols
+    if node.op_type in _BROADCASTING:
+        return _broadcast_elements([np.shape(a) for a in args if a is not None])
+    if node.op_type == "Gather":  # each index picks a slice of the data: at most all of it
+        return max(1, size(args[1])) * size(args[0])
+    return sum(size(a) for a in args)  # shape, slicing, unary ops: no larger than their inputs
+
+
+# Elementwise ops whose output takes the broadcast shape of all inputs: (32768, 1) + (1, 32768)
+# is 2^30 elements from 2^16 of input.
+_BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Min", "Max", "Equal", "Where", "Sum"}
+
+
+def _broadcast_elements(shapes: list[tuple[int, ...]]) -> int:
+    """Elements of the broadcast of ``shapes`` (numpy rules); incompatible shapes are bounded by
+    their largest size (the evaluation then fails on its own)."""
+    rank = max((len(s) for s in shapes), default=0)
+    total = 1
+    for axis in range(1, rank + 1):
+        total *= max((int(s[-axis]) for s in shapes if len(s) >= axis), default=1)
+    return total
 
 
 def _evaluate_constant(node: onnx.NodeProto, args: list[Any], source: str | os.PathLike) -> Any:

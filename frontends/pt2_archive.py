@@ -246,8 +246,28 @@ def _load_pickled_tensor(archive: _Archive, payload: _Payload, budget: _Budget) 
     return value
 
 
+def _check_stored_zip(archive: _Archive, name: str, data: bytes) -> None:
+    """A ``torch.save`` payload is itself a zip whose records torch stores uncompressed; a
+    compressed one could inflate far past the bytes the outer archive was checked for."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as inner:
+            infos = inner.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        return  # not a zip: torch.load refuses it below
+    ARCHIVE_MEMBERS.check(len(infos), archive.path, f"payload {name}")
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise _refuse(archive.path, f"payload {name} holds the compressed record {packed[0]} "
+                      "(torch.save stores its records uncompressed)")
+    unpacked = sum(i.file_size for i in infos)
+    if unpacked > len(data):
+        raise _refuse(archive.path, f"payload {name} declares {unpacked:,} bytes of records in "
+                      f"{len(data):,} bytes")
+
+
 def _safe_torch_load(archive: _Archive, name: str, limit: int) -> Any:
     data = archive.read(name, limit)
+    _check_stored_zip(archive, name, data)
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001  (not weights-only, or corrupt: refused)

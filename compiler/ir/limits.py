@@ -44,6 +44,7 @@ TENSOR_ELEMENTS = Limit("elements", "SPIKESHIELD_MAX_TENSOR_ELEMENTS", 1 << 28) 
 TOTAL_ELEMENTS = Limit("elements in all", "SPIKESHIELD_MAX_TOTAL_ELEMENTS", 1 << 30)
 INPUT_ELEMENTS = Limit("input elements per sample", "SPIKESHIELD_MAX_INPUT_ELEMENTS", 1 << 24)
 NODES = Limit("nodes", "SPIKESHIELD_MAX_NODES", 10_000)
+ACTIVATION_ELEMENTS = Limit("elements per sample", "SPIKESHIELD_MAX_ACTIVATION_ELEMENTS", 1 << 26)
 TENSOR_BYTES = Limit("bytes", "SPIKESHIELD_MAX_TENSOR_BYTES", 1 << 30)  # one tensor record
 TOTAL_BYTES = Limit("bytes in all", "SPIKESHIELD_MAX_TOTAL_BYTES", 4 << 30)  # all of a model's
 JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_JSON_BYTES", 256 << 20)  # one JSON member
@@ -108,6 +109,10 @@ def check_graph(graph, source: str | os.PathLike) -> None:
     check_tensor_shapes(shapes, source)
     for name in graph.input_names:
         INPUT_ELEMENTS.check(numel(graph.op(name).shape), source, f"input {name!r}")
+    # Shapes of the whole graph, inferred before anything runs: a small file can still ask for a
+    # huge intermediate (a pad of 10^5 pixels), which a batch would multiply.
+    for name in graph.nodes():
+        ACTIVATION_ELEMENTS.check(numel(graph.shape(name)), source, f"the output of {name!r}")
 
 
 TIMESTEPS = Limit("time steps", "SPIKESHIELD_MAX_TIMESTEPS", 4096)

@@ -99,3 +99,21 @@ def test_a_constant_of_gigantic_shape_is_refused_before_it_is_allocated(tmp_path
     with pytest.raises(ModelLoadError, match="the constant computed by ConstantOfShape node "
                        "'big' has 1,073,741,824 elements"):
         from_onnx(path)
+
+
+@pytest.mark.parametrize("op, shapes, elements", [
+    ("Add", ([1 << 15, 1], [1, 1 << 15]), "1,073,741,824"),
+    ("MatMul", ([1 << 15, 1, 1, 1], [1, 1 << 15, 1, 1]), "1,073,741,824"),
+])
+def test_a_broadcast_of_small_constants_is_bounded_by_its_output(tmp_path, op, shapes, elements):
+    """Old code bounded elementwise ops by the sum of their input sizes: a 364 KB file built a
+    4 GiB constant (checked by hand on 4b42d6f)."""
+    nodes = [
+        helper.make_node("ConstantOfShape", [f"s{i}"], [f"c{i}"]) for i in range(2)
+    ] + [helper.make_node(op, ["c0", "c1"], ["big"]),
+         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0)]
+    shape_nodes = [helper.make_node("Constant", [], [f"s{i}"], value=helper.make_tensor(
+        f"v{i}", onnx.TensorProto.INT64, [len(s)], s)) for i, s in enumerate(shapes)]
+    path = _constant_model(shape_nodes + nodes, "total", tmp_path, "broadcast")
+    with pytest.raises(ModelLoadError, match=f"computed by {op} node 'big' has {elements}"):
+        from_onnx(path)

@@ -300,3 +300,25 @@ def test_a_corrupt_archive_is_one_line(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really")
     result = runner.invoke(app, ["inspect", str(bad)])
     assert result.exit_code == 2 and "not a readable torch.export archive" in result.output
+
+
+def test_a_pickled_payload_that_is_a_compressed_zip_is_refused_before_it_inflates(pt2, tmp_path):
+    """Old code: torch.load inflated a DEFLATE-compressed torch.save record (3.4 MB into 3.5 GB)
+    past every bound the outer archive was checked against."""
+    plain = io.BytesIO()
+    torch.save(torch.zeros(4 << 20), plain)  # 16 MiB of zeros
+    packed = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as inner, \
+            zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in inner.infolist():
+            out.writestr(item.filename, inner.read(item.filename), zipfile.ZIP_DEFLATED)
+    assert len(packed.getvalue()) < 1 << 20
+
+    def pickled(config):
+        next(iter(config["config"].values()))["use_pickle"] = True
+
+    hostile = tmp_path / "inflating.pt2"
+    rewrite(pt2, hostile, lambda n, d: packed.getvalue() if n == "data/weights/weight_0"
+            else edit_json(pt2_archive.WEIGHTS_CONFIG, pickled)(n, d))
+    with pytest.raises(ModelLoadError, match="holds the compressed record"):
+        load_exported(hostile)

@@ -56,3 +56,21 @@ def test_onnx_external_data_may_not_leave_the_model_folder(tmp_path):
         assert result.exit_code == 2 and "outside the model's folder" in result.output, location
     (inside / "m.data").write_bytes(bytes(16))  # beside the model: read as usual
     assert load_model(_onnx_with_external_weight(inside, "m.data")).nodes()
+
+
+def test_a_huge_intermediate_is_refused_from_inferred_shapes_before_running(tmp_path):
+    """Old code: a 250 KB IR whose pad2d asks for 2 GB per sample loaded, and the runtime
+    allocated it per batch (checked by hand on 4b42d6f)."""
+    from spikeshield.compiler.ir.graph import Graph
+    from spikeshield.compiler.ir.ops import Input, Output
+    from spikeshield.compiler.ir.ops.structure import Pad2d
+
+    graph = Graph("padded")
+    graph.add("input", Input((1, 4, 4)))
+    graph.add("pad", Pad2d((0, 20000, 0, 20000)), ["input"])  # 4e8 elements per sample
+    graph.add("output", Output(), ["pad"])
+    path = save_graph(graph.validate(), tmp_path / "padded.ir")
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "the output of 'pad' has 400,160,016 elements per sample" in result.output
+    assert "SPIKESHIELD_MAX_ACTIVATION_ELEMENTS" in result.output
