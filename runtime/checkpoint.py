@@ -122,6 +122,7 @@ class Checkpoint:
         # What this checkpoint wrote, by file name: SHA-256 of the bytes. Only files whose bytes
         # still match are ever deleted (discard), so a folder of the same name is never lost.
         self._written: dict[str, str] = {}
+        self._recorded_data: str | None = None
         self._created = not self.directory.exists()
         if resume:
             self._check_matches()
@@ -136,6 +137,19 @@ class Checkpoint:
                     f"{self.directory} exists and is not a spikeshield checkpoint, and this run "
                     "keeps its checkpoint there; move it away or choose another output"
                 )
+
+    def bind_data(self, digest: str) -> None:
+        """Record the digest of the samples the job uses (e.g. :meth:`DataSplits.digest`); when
+        resuming, refuse samples other than the interrupted run's, so that counts made on two data
+        sets are never mixed under one spec."""
+        recorded = self._recorded_data
+        if self.resumed and recorded is not None and recorded != digest:
+            raise ConfigError(
+                f"checkpoint {self.directory} was made on other data: the samples behind the data "
+                "spec changed since the interrupted run (SHA-256 differs); restore them, or drop "
+                "--resume to start afresh"
+            )
+        self.settings["data_sha256"] = digest
 
     @property
     def command_hint(self) -> str:
@@ -171,7 +185,8 @@ class Checkpoint:
                 f"{self.directory} is a checkpoint of `spikeshield {recorded.get('job')}`, not of "
                 f"`spikeshield {self.job}`"
             )
-        old = recorded.get("settings", {})
+        old = dict(recorded.get("settings", {}))
+        self._recorded_data = old.pop("data_sha256", None)
         keys = set(old) | set(self.settings)
         differing = sorted(k for k in keys if old.get(k) != self.settings.get(k))
         if differing:

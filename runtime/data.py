@@ -52,6 +52,17 @@ class Dataset:
             x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
             yield x, self.labels[idx].to(device)
 
+    def digest(self) -> str:
+        """SHA-256 of the images and labels, in order: what a resumed job checks it is given the
+        same samples (a data spec names files whose content can change)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for tensor in (self.images, self.labels):
+            digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def num_batches(self, batch_size: int, processes: int = 1) -> int:
         """Batches that :meth:`batches` yields (to each process, if ``processes`` > 1)."""
         per_process = -(-len(self) // processes)
@@ -79,6 +90,13 @@ class DataSplits:
     val: Dataset
     test: Dataset
     num_classes: int
+
+    def digest(self) -> str:
+        """SHA-256 over the three splits and the class count (see :meth:`Dataset.digest`)."""
+        import hashlib
+
+        parts = [self.train.digest(), self.val.digest(), self.test.digest(), str(self.num_classes)]
+        return hashlib.sha256("/".join(parts).encode()).hexdigest()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

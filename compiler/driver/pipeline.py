@@ -132,6 +132,8 @@ def _compile(
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     splits = load_data(data, seed=cfg.seed) if isinstance(data, str) else data
+    if checkpoint is not None:
+        checkpoint.bind_data(splits.digest())
     ann = load_model(model, splits.input_shape)
     check_model_data(ann, splits)
     batches = splits.train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed)

@@ -324,6 +324,8 @@ def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig
         data = recorded_data_spec(directory)
     splits = load_data(data, seed=cfg.seed)
     check_model_data(snn, splits)
+    if checkpoint is not None:
+        checkpoint.bind_data(splits.digest())
     current = distributed.world()
     report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
     report["data"] = data

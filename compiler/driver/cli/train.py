@@ -133,6 +133,7 @@ def train(
 
         checkpoint = _checkpoint("train", out.with_name(out.name + ".checkpoint"), settings,
                                  checkpoint_every, resume)
+        checkpoint.bind_data(splits.digest())
         torch.manual_seed(seed)
         model = build_model(arch, splits.input_shape, splits.num_classes, mean, std, width,
                             activation, levels)

@@ -163,3 +163,26 @@ def test_a_fresh_checkpoint_refuses_a_file_in_its_place(tmp_path):
     (tmp_path / "ck").write_text("not a folder")
     with pytest.raises(ConfigError, match="is not a spikeshield checkpoint"):
         Checkpoint(tmp_path / "ck", "train", {})
+
+
+def test_a_resume_on_other_samples_under_the_same_spec_is_refused(tmp_path):
+    """Old code keyed an eval checkpoint on the --data string: after the files behind mnist:DIR
+    changed, --resume mixed both sets and reported 22.75% 'looks trustworthy'."""
+    import torch
+
+    from spikeshield.runtime.data import make_splits
+
+    def splits(shift: int):
+        images = (torch.arange(40 * 4, dtype=torch.int64).reshape(40, 1, 2, 2) + shift) % 256
+        labels = torch.arange(40) % 10
+        return make_splits("mnist", (images.to(torch.uint8), labels),
+                           (images[:10].to(torch.uint8), labels[:10]), 10)
+
+    first = Checkpoint(tmp_path / "ck", "eval", {"data": "mnist:DIR"})
+    first.bind_data(splits(0).digest())
+    first.save("snn_ensemble", {"count": 1})
+    again = Checkpoint(tmp_path / "ck", "eval", {"data": "mnist:DIR"}, resume=True)
+    again.bind_data(splits(0).digest())  # the same samples: fine
+    changed = Checkpoint(tmp_path / "ck", "eval", {"data": "mnist:DIR"}, resume=True)
+    with pytest.raises(ConfigError, match="was made on other data"):
+        changed.bind_data(splits(1).digest())
