@@ -3,9 +3,10 @@ synapses, forward and backward (the input gradient, and the weight gradient on e
 only), by a small C++ kernel (``runtime/csrc/sparse_conv2d.cpp``).
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension`` (a C++ compiler and ninja:
-``make install`` puts ninja in the environment; the build is cached under
-``~/.cache/torch_extensions``). Where it cannot be built the dense path runs, with the same
-numbers: :func:`available` says which, and why.
+``make install`` puts ninja in the environment) into a private, versioned cache whose library is
+checked against its recorded SHA-256 before it is loaded (:mod:`.kernel_cache`). Where it cannot
+be built or loaded the dense path runs, with the same numbers: :func:`available` says which, and
+why.
 
 Whether a layer is worth it is measured, never guessed: :func:`faster_than_dense` times the dense
 convolution against the sparse one on the layer's own shapes (forward and backward, a few rounds,
@@ -16,6 +17,7 @@ order from the dense kernel's, so values agree to float32 rounding (tested), not
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from spikeshield.compiler.ir.ops import Conv2d
+from spikeshield.runtime.kernel_cache import load_kernel
 
 SOURCE = Path(__file__).with_name("csrc") / "sparse_conv2d.cpp"
 PROBE_ROUNDS = 3  # timed rounds of each path in faster_than_dense (after one warm-up)
@@ -33,14 +36,12 @@ CANDIDATE_DENSITY = 0.1
 
 @functools.cache
 def _extension():
-    """The compiled kernel module, or the reason it is unavailable (a string)."""
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(name="spikeshield_sparse_conv2d", sources=[str(SOURCE)],
-                    extra_cflags=["-O3"], verbose=False)
-    except Exception as err:  # no compiler, no ninja, a read-only cache: the dense path runs
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    """The compiled kernel module, or the reason it is unavailable (a string; said once)."""
+    ext = load_kernel("spikeshield_sparse_conv2d", SOURCE, ["-O3"])
+    if isinstance(ext, str):
+        print(f"note: the weight-sparse convolution kernel is unavailable ({ext}); pruned layers "
+              "run on the dense path, with the same numbers", file=sys.stderr)
+    return ext
 
 
 def available() -> tuple[bool, str]:
