@@ -283,6 +283,7 @@ def to_nir(graph: Graph, profile: str = "exact") -> nir.NIRGraph:
     if profile not in PROFILES:
         raise ConfigError(f"unknown NIR profile {profile!r}; choose one of {', '.join(PROFILES)}")
     graph.validate()
+    graph.require_feed_forward("the NIR exporter")
     problems = unsupported_nodes(graph)
     if profile == "portable":
         problems += portable_problems(graph)

@@ -270,6 +270,7 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
     if form not in FORMS:
         raise ConfigError(f"ONNX form must be one of {', '.join(FORMS)}, got {form!r}")
     graph.validate()
+    graph.require_feed_forward("the ONNX exporter")
     raise_unsupported("ONNX", unsupported_nodes(graph))
     spiking = bool(graph.nodes_of(IF))
     if form == "step" and not spiking:

@@ -75,8 +75,8 @@ class TargetProfile:
                 f"known fields: {', '.join(sorted(known))}"
             )
         if not isinstance(data, dict):
-            raise ConfigError(f"a target profile is a JSON object of fields, not a "
-                              f"{type(data).__name__}")
+            raise ConfigError(f"target profile is not a valid profile: a JSON object of fields "
+                              f"is expected, not a {type(data).__name__}")
         if not isinstance(data.get("name"), str) or not isinstance(data.get("description", ""), str):
             raise ConfigError("target profile needs a string 'name' (and 'description')")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", data["name"]):

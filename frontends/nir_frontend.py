@@ -261,6 +261,12 @@ class NirLowering(Lowering):
         dg = nx.DiGraph()
         dg.add_nodes_from(self.nir.nodes)
         dg.add_edges_from(self.nir.edges)
+        outputs = sorted(n for n, node in self.nir.nodes.items() if isinstance(node, nir.Output))
+        if len(outputs) != 1:
+            raise UnsupportedOpError(
+                f"NIR graph has {len(outputs)} Output nodes ({', '.join(outputs[:3]) or 'none'}); "
+                "spikeshield compiles graphs with exactly one output: keep one"
+            )
         back_edges = self.find_subtract_resets(dg)
         ff = dg.copy()
         ff.remove_edges_from(back_edges)

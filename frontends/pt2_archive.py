@@ -243,6 +243,12 @@ def _load_pickled_tensor(archive: _Archive, payload: _Payload, budget: _Budget) 
     if not isinstance(value, torch.Tensor):
         raise _refuse(archive.path, f"payload {payload.member} is a {type(value).__name__}, not a "
                       "tensor")
+    if value.layout != torch.strided or value.is_meta or value.is_quantized or \
+            value.dtype.is_complex or value.device.type != "cpu":
+        kind = "quantised" if value.is_quantized else "meta" if value.is_meta else \
+            str(value.layout).replace("torch.", "")
+        raise _refuse(archive.path, f"payload {payload.member} is a {kind} tensor, not plain "
+                      "weights")
     return value
 
 

@@ -332,8 +332,23 @@ def training_state(stateful: dict[str, Any], **progress: Any) -> dict[str, Any]:
     return {"state": states, "rng": rng_state(), **progress}
 
 
-def restore_training(saved: dict[str, Any], stateful: dict[str, Any]) -> None:
-    """Load what :func:`training_state` saved back into ``stateful`` and the RNGs."""
-    for key, value in stateful.items():
-        value.load_state_dict(saved["state"][key])
-    restore_rng(saved["rng"])
+def restore_training(saved: dict[str, Any], stateful: dict[str, Any], epochs: int,
+                     steps_per_epoch: int) -> None:
+    """Load what :func:`training_state` saved back into ``stateful`` and the RNGs, after checking
+    that its position lies inside this run (``epochs`` of ``steps_per_epoch`` batches): a
+    tampered position would silently skip the rest of training, a weight of another shape would
+    fail deep inside torch."""
+    try:
+        epoch, batches = saved["epoch"], saved["progress"]["batches"]
+        for key, value in stateful.items():
+            value.load_state_dict(saved["state"][key])
+        restore_rng(saved["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"the checkpoint does not fit this run ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:160] if str(err) else ''}); drop "
+                             "--resume to start afresh") from None
+    whole = isinstance(epoch, int) and isinstance(batches, int) and not isinstance(epoch, bool)
+    if not whole or not 0 <= epoch <= epochs or not 0 <= batches <= steps_per_epoch:
+        raise ModelLoadError(f"the checkpoint's position (epoch {epoch!r}, batch {batches!r}) lies "
+                             f"outside this run's {epochs} epochs of {steps_per_epoch} batches; "
+                             "drop --resume to start afresh")

@@ -84,6 +84,7 @@ class GraphExecutor(nn.Module):
     ) -> None:
         super().__init__()
         graph.validate()
+        graph.require_feed_forward("the runtime")
         self.graph = graph
         self.order = graph.nodes()
         if gradient_mode is not None and surrogate is not None:

@@ -115,7 +115,7 @@ def train_robust(
     start_epoch, progress = 0, EpochProgress()
     saved = checkpoint.load("train", device) if checkpoint is not None else None
     if saved is not None:
-        restore_training(saved, stateful)
+        restore_training(saved, stateful, cfg.epochs, steps_per_epoch)
         start_epoch, progress = saved["epoch"], EpochProgress(**saved["progress"])
         best_state, best_acc = saved["best_state"], saved["best_acc"]
         result.history, result.best_epoch = saved["history"], saved["best_epoch"]

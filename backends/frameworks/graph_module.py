@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
@@ -160,6 +161,8 @@ def unsupported_nodes(graph: Graph, framework: str) -> list[str]:
             problems.append(f"node {name!r} ({op.kind}): not supported by the {framework} backend")
     if any(recurrent for _, _, recurrent in graph.edges()):
         problems.append("recurrent edges: the framework backends build feed-forward SNNs only")
+    if len(graph.output_names) > 1:
+        problems.append(f"{len(graph.output_names)} outputs: the framework backends build one")
     if not graph.nodes_of(IF):
         problems.append(f"graph {graph.name!r} has no IF neurons: convert the ANN first")
     if graph.run_spec().encoding != "direct":
@@ -189,7 +192,7 @@ class SpikingGraphModule(nn.Module):
                                      "part(s) of the graph: " + "; ".join(problems))
         self.adapter = adapter
         self.framework = adapter.name
-        self.timesteps = graph.run_spec().timesteps
+        self.timesteps = resolve_timesteps(None, graph.run_spec().timesteps)
         self.input_shape = tuple(graph.op(graph.input_names[0]).shape)
         self.layers = nn.ModuleDict()
         self._plan: list[tuple[str, str, Op, list[str]]] = []  # (node, module key, op, inputs)
@@ -248,9 +251,9 @@ class SpikingGraphModule(nn.Module):
         return values[self._output]
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
-        steps = timesteps if timesteps is not None else self.timesteps
-        if not steps or steps < 1:
+        if timesteps is None and not self.timesteps:
             raise ConfigError("this SNN records no number of time steps; pass timesteps=T")
+        steps = resolve_timesteps(timesteps, self.timesteps)  # within SPIKESHIELD_MAX_TIMESTEPS
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"input of shape {tuple(x.shape)}; the SNN takes (N, "
                               f"{', '.join(map(str, self.input_shape))})")

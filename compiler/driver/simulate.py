@@ -35,9 +35,10 @@ def load_inputs(path: str | os.PathLike, input_shape: tuple[int, ...]) -> torch.
         raise DataError(
             f"{path.name} must hold one numeric array, not {getattr(array, 'dtype', type(array))}"
         )
-    if array.nbytes > MAX_INPUT_BYTES:
+    if array.size * 4 > MAX_INPUT_BYTES:  # the float32 batch it becomes, not its own bytes
         raise DataError(
-            f"{path.name} holds {array.nbytes / 1e9:.1f} GB; split it into files under 2 GB"
+            f"{path.name} holds {array.size:,} values ({array.size * 4 / 1e9:.1f} GB as float32); "
+            "split it into files under 2 GB of float32"
         )
     if tuple(array.shape) == tuple(input_shape):
         array = array[None]

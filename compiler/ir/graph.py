@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from spikeshield.compiler.ir.run_spec import RunSpec
-from spikeshield.compiler.ir.errors import IRValidationError
+from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.ops import OPS, Input, Op, Output, Shape
 
 
@@ -204,6 +204,22 @@ class Graph:
                         f"recurrent edge {p!r} -> {name!r}: shape {self._g.nodes[p]['shape']} "
                         f"!= {in_shape}"
                     )
+
+    def require_feed_forward(self, consumer: str) -> None:
+        """Refuse what ``consumer`` (the runtime, an exporter) cannot honour, instead of dropping
+        it: recurrent edges, and more than one output."""
+        recurrent = [(u, v) for u, v, r in self.edges() if r]
+        if recurrent:
+            u, v = recurrent[0]
+            raise UnsupportedOpError(
+                f"graph {self.name!r} has {len(recurrent)} recurrent edge(s) (first {u!r} -> {v!r}); "
+                f"{consumer} computes feed-forward graphs only, so it would drop them: remove them"
+            )
+        if len(self.output_names) > 1:
+            raise UnsupportedOpError(
+                f"graph {self.name!r} has {len(self.output_names)} outputs "
+                f"({', '.join(self.output_names[:3])}); {consumer} computes one: keep one"
+            )
 
     def validate(self) -> Graph:
         """Check the whole graph (known ops, shapes, acyclic feed-forward part, one input, outputs)."""

@@ -101,6 +101,7 @@ def check_tensor_shapes(shapes: dict[str, tuple[int, ...]], source: str | os.Pat
 def check_graph(graph, source: str | os.PathLike) -> None:
     """A lowered graph within bounds: node count, tensor sizes, one sample's input size."""
     NODES.check(len(graph), source, "the graph")
+    graph.require_feed_forward("spikeshield")
     shapes = {
         f"{name}/{field}": tuple(t.shape)
         for name in graph.nodes()

@@ -263,7 +263,7 @@ def finetune_robust(
         best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
         done_epochs, progress = 0, EpochProgress()
     else:
-        restore_training(saved, stateful)
+        restore_training(saved, stateful, cfg.epochs, steps_per_epoch)
         best, history = saved["best"], saved["history"]
         best_epoch, best_state = saved["best_epoch"], saved["best_state"]
         done_epochs, progress = saved["epoch"], EpochProgress(**saved["progress"])

@@ -322,3 +322,21 @@ def test_a_pickled_payload_that_is_a_compressed_zip_is_refused_before_it_inflate
             else edit_json(pt2_archive.WEIGHTS_CONFIG, pickled)(n, d))
     with pytest.raises(ModelLoadError, match="holds the compressed record"):
         load_exported(hostile)
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda: torch.empty(3, 4, device="meta"), "meta"),
+    (lambda: torch.quantize_per_tensor(torch.rand(3, 4), 0.1, 0, torch.qint8), "quantised"),
+    (lambda: torch.eye(3).to_sparse(), "sparse_coo"),
+])
+def test_pickled_weights_of_other_kinds_are_one_line(pt2, tmp_path, make, kind):
+    """Old code: meta, quantised or sparse pickled weights passed weights_only and failed later
+    with an internal error (exit 1)."""
+    def pickled(config):
+        next(iter(config["config"].values()))["use_pickle"] = True
+
+    hostile = tmp_path / "kind.pt2"
+    rewrite(pt2, hostile, lambda n, d: saved(make()) if n == "data/weights/weight_0"
+            else edit_json(pt2_archive.WEIGHTS_CONFIG, pickled)(n, d))
+    result = runner.invoke(app, ["inspect", str(hostile)])
+    assert result.exit_code == 2 and f"is a {kind} tensor, not plain weights" in result.output

@@ -229,3 +229,30 @@ def test_a_signal_while_loading_a_nir_file_is_a_stop_not_a_bad_file(tmp_path, mo
     assert result.exit_code == 143, result.output
     assert "stopped by SIGTERM" in result.output and "nothing to resume" in result.output
     assert "not a valid NIR graph" not in result.output
+
+
+def _stateful():
+    import torch
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 10)
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+
+
+def test_a_tampered_position_or_a_weight_of_another_shape_is_refused_on_resume():
+    """Old code: a position of 10^9 silently skipped the rest of training; a weight of another
+    shape failed inside load_state_dict with an internal error (exit 1)."""
+    import torch
+    from spikeshield.runtime.checkpoint import restore_training, training_state
+
+    good = training_state(_stateful(), epoch=1, progress={"batches": 2})
+    restore_training(good, _stateful(), epochs=3, steps_per_epoch=5)
+    far = {**good, "epoch": 10 ** 9}
+    with pytest.raises(ModelLoadError, match=r"position \(epoch 1000000000, batch 2\) lies "
+                       "outside this run's 3 epochs of 5 batches"):
+        restore_training(far, _stateful(), epochs=3, steps_per_epoch=5)
+    wrong = training_state(_stateful(), epoch=1, progress={"batches": 2})
+    wrong["state"]["model"]["weight"] = torch.zeros(7, 7)
+    with pytest.raises(ModelLoadError, match="does not fit this run"):
+        restore_training(wrong, _stateful(), epochs=3, steps_per_epoch=5)

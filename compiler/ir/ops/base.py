@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -93,6 +94,11 @@ class Op:
                     f"{self.kind}.{name} holds non-finite values (NaN or inf); retrain or repair "
                     "the source model before compiling"
                 )
+        for name in self.attribute_names():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise IRValidationError(f"{self.kind}.{name} is {value}, not a finite number; "
+                                        "repair the source model before compiling")
 
     # ---- fields -------------------------------------------------------------------------
     @classmethod

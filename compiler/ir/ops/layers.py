@@ -164,6 +164,8 @@ class BatchNorm(Op):
         channels = self.running_mean.shape[0]
         require(in_shape[0] == channels, f"normalises {channels} channels, input has {in_shape[0]}")
         require(bool((self.running_var >= 0).all()), "running_var has negative entries")
+        require(isinstance(self.eps, (int, float)) and self.eps >= 0,
+                f"eps must be a number >= 0 (it is added to the variance), got {self.eps!r}")
 
 
 @register_op("scale")
