@@ -90,6 +90,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             if header[2] not in dtypes:
                 raise DataError(f"{path}: unknown IDX element type 0x{header[2]:02x}")
             ndim = header[3]
+            if not 1 <= ndim <= 4:
+                raise DataError(f"{path}: the IDX header declares {ndim} dimensions; image and "
+                                "label files have 1 to 4")
             dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
             dtype = np.dtype(dtypes[header[2]])
             expected = numel(dims) * dtype.itemsize

@@ -66,6 +66,17 @@ class OnnxLowering(Lowering):
         return self.node.name or self.node.output[0]
 
     def run(self) -> Graph:
+        """The IR of the model; a node whose inputs or attributes do not have the form its op
+        takes (a hostile or corrupt file that passed onnx.checker) is one line naming it."""
+        try:
+            return self._run()
+        except (IndexError, KeyError, ValueError, TypeError, AttributeError) as err:
+            where = f"node {self.label()!r} ({self.node.op_type})" if self.node is not None \
+                else "an initializer"
+            raise ModelLoadError(f"{self.source}: {where} is malformed ({type(err).__name__}: "
+                                 f"{str(err)[:120]}); export the model again") from None
+
+    def _run(self) -> Graph:
         g = self.model.graph
         for init in g.initializer:
             self.env[init.name] = numpy_helper.to_array(init)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from spikeshield.compiler.ir.errors import UnsupportedOpError
+from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import Shape
 from spikeshield.frontends.fx_lowering import lower_fx
@@ -95,6 +95,13 @@ def from_exported(program: torch.export.ExportedProgram, name: str = "model") ->
 def from_pt2(path: str | os.PathLike) -> Graph:
     """Read a ``.pt2`` file written by ``torch.export.save`` and lower it into the IR."""
     path = Path(path)
-    graph = from_exported(load_exported(path), name=path.stem)
+    program = load_exported(path)
+    try:
+        graph = from_exported(program, name=path.stem)
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RuntimeError) as err:
+        # A program torch deserialised but whose nodes do not take the arguments they hold
+        # (a hand-edited or corrupt file): say so in one line instead of an internal error.
+        raise ModelLoadError(f"{path}: the program's graph is malformed ({type(err).__name__}: "
+                             f"{str(err)[:120]}); write it again with torch.export.save") from None
     graph.meta.setdefault("source", f"torch.export {path.name}")
     return graph

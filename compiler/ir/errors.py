@@ -8,7 +8,14 @@ from __future__ import annotations
 
 
 class SpikeshieldError(Exception):
-    """Base class for errors caused by the user's input (model, data, options)."""
+    """Base class for errors caused by the user's input (model, data, options). Its message is one
+    line whatever it quotes (a field name or a library's message from a hostile file may hold
+    newlines)."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (" ".join(args[0].splitlines()), *args[1:])
+        super().__init__(*args)
 
 
 class IRValidationError(SpikeshieldError):
