@@ -273,17 +273,20 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", "--seconds", str(left), "--corpus",
                    str(args.corpus), "--findings", str(args.findings), "--runs", str(args.runs),
                    *rest]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        for line in done.stdout.splitlines() + done.stderr.splitlines():
-            if line.startswith(("FINDING", "#", "==", "stat::", "INFO: fuzzed", "SUMMARY")) \
-                    and "Instrumenting" not in line:
-                print(line, flush=True)
-        counted = re.findall(r"stat::number_of_executed_units: *([0-9]+)", done.stderr)
-        executions += int(counted[-1]) if counted else 0
-        if done.returncode == 0 or args.runs > 0:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        counted = 0
+        for line in child.stdout:  # libFuzzer's progress lines, as they come (a log stays live)
+            if line.startswith(("FINDING", "#", "==", "stat::", "INFO: fuzzed", "SUMMARY")):
+                print(line.rstrip(), flush=True)
+            match = re.match(r"stat::number_of_executed_units: *([0-9]+)", line)
+            counted = int(match.group(1)) if match else counted
+        returncode = child.wait()
+        executions += counted
+        if returncode == 0 or args.runs > 0:
             break
         restarts += 1  # a crash, hang or memory blow-up: its input is under --findings
-        print(f"child stopped (exit {done.returncode}); restarting on the corpus", flush=True)
+        print(f"child stopped (exit {returncode}); restarting on the corpus", flush=True)
     found = sorted(p.name for p in args.findings.iterdir() if p.suffix == ".txt" or
                    p.name.startswith(("crash-", "timeout-", "oom-", "leak-")))
     print(f"campaign: {args.seconds} s, {executions:,} executions, {restarts} restarts, "
