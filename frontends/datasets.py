@@ -337,6 +337,17 @@ def _stack_images(paths: list[Path], labels: list[int]) -> LabelledImages:
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
+def _inside(root: Path, path: Path) -> Path:
+    """``path`` once its real location (links and ``..`` resolved) is inside the data folder
+    ``root``: an annotation line or a linked class folder may not make spikeshield read files from
+    elsewhere on the machine."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != top and top not in real.parents:
+        raise DataError(f"{path} lies outside the data folder {root} (through a link or a path "
+                        "in an annotation file); keep the data set's files inside its folder")
+    return path
+
+
 def load_image_folder(directory: Path) -> tuple[LabelledImages, LabelledImages, int]:
     train_dir = directory / "train"
     test_dir = next((directory / d for d in ("test", "val") if (directory / d).is_dir()), None)
@@ -350,7 +361,7 @@ def load_image_folder(directory: Path) -> tuple[LabelledImages, LabelledImages, 
         for c in classes:
             for p in sorted((root / c).rglob("*")) if (root / c).is_dir() else []:
                 if p.suffix.lower() in _IMAGE_SUFFIXES:
-                    paths.append(p)
+                    paths.append(_inside(directory, p))
                     labels.append(index[c])
         return _stack_images(paths, labels)
 
@@ -370,14 +381,14 @@ def load_tiny_imagenet(directory: Path) -> tuple[LabelledImages, LabelledImages,
     for c in classes:
         for p in sorted((train_dir / c / "images").glob("*")):
             if p.suffix.lower() in _IMAGE_SUFFIXES:
-                paths.append(p)
+                paths.append(_inside(directory, p))
                 labels.append(index[c])
     train = _stack_images(paths, labels)
     vpaths, vlabels = [], []
     for line in annotations.read_text().splitlines():
         fields = line.split("\t")
         if len(fields) >= 2 and fields[1] in index:
-            vpaths.append(val_dir / "images" / fields[0])
+            vpaths.append(_inside(directory, val_dir / "images" / fields[0]))
             vlabels.append(index[fields[1]])
     return train, _stack_images(vpaths, vlabels), len(classes)
 

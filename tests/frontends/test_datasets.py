@@ -139,3 +139,27 @@ def test_mnist5k_splits_are_deterministic_and_disjoint(mnist5k):
 def test_bad_specs(spec, match):
     with pytest.raises(DataError, match=match):
         load_data(spec)
+
+
+@pytest.mark.parametrize("escape", ["absolute", "dotdot", "linked class"])
+def test_annotations_and_links_may_not_reach_outside_the_data_folder(tmp_path, escape):
+    """Old code read images from anywhere: an absolute or ../ path in val_annotations.txt, or a
+    class folder linked elsewhere (checked by hand on 4b42d6f)."""
+    secret = tmp_path / "elsewhere" / "secret.png"
+    _png(secret, 77)
+    root = tmp_path / "tiny"
+    for wnid, v in (("n01", 5), ("n02", 250)):
+        _png(root / "train" / wnid / "images" / f"{wnid}_0.png", v)
+    _png(root / "val" / "images" / "val_0.png", 250)
+    line = "val_0.png"
+    if escape == "absolute":
+        line = str(secret)
+    elif escape == "dotdot":
+        line = "../../../elsewhere/secret.png"
+    else:
+        (root / "train" / "n03").symlink_to(secret.parent.parent / "elsewhere-class",
+                                            target_is_directory=True)
+        _png(secret.parent.parent / "elsewhere-class" / "images" / "x.png", 9)
+    (root / "val" / "val_annotations.txt").write_text(f"{line}\tn02\t0\t0\t8\t8\n")
+    with pytest.raises(DataError, match="lies outside the data folder"):
+        load_data(f"tiny-imagenet:{root}", val_fraction=0.0)
