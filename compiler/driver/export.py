@@ -245,6 +245,7 @@ def export_source(
     in_compile_dir = (out.parent / MANIFEST).is_file()
     with output_lock(out.parent) if in_compile_dir else contextlib.nullcontext(), \
             claim_output(out, inputs, force, spikeshield_file=lambda p: _is_export(p, fmt)):
+        _check_companions(out, fmt, load_target(target).name)
         graph = load_model(source, verify=not skip_verify)
         test = None
         if check_target(graph, load_target(target)):
@@ -254,6 +255,24 @@ def export_source(
         [description] = export_graph(graph, {fmt: out}, target, test, timesteps,
                                      nir_profile=nir_profile)
     return Path(out), description
+
+
+def _check_companions(out: Path, fmt: str, target: str) -> None:
+    """The files an export writes beside ``out`` (its sidecar ``OUT.json``, the adapted
+    ``snn_<target>.ir``) replace only files spikeshield wrote: another tool's file of that name is
+    refused, never overwritten."""
+    from spikeshield.compiler.ir.serialize import is_spikeshield_ir
+
+    sidecar = out.with_name(out.name + ".json")
+    if sidecar.exists() and not (sidecar.is_file() and not sidecar.is_symlink()
+                                 and _is_export(out, fmt)):
+        raise ConfigError(f"{sidecar} exists and is not the sidecar of a spikeshield {fmt} "
+                          "export; move it away or choose another --out")
+    adapted = out.with_name(f"snn_{target}.ir")
+    if adapted.exists() and not (adapted.is_file() and not adapted.is_symlink()
+                                 and is_spikeshield_ir(adapted)):
+        raise ConfigError(f"{adapted} exists and is not a spikeshield IR file; move it away or "
+                          "choose another --out folder")
 
 
 def _is_export(path: Path, fmt: str) -> bool:

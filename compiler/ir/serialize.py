@@ -85,6 +85,16 @@ def save_graph(graph: Graph, path: str | os.PathLike) -> Path:
     return path
 
 
+def is_spikeshield_ir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file carrying spikeshield's graph structure (only its
+    header is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "spikeshield" in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load_graph(path: str | os.PathLike) -> Graph:
     """Read a graph written by :func:`save_graph`; typed errors for missing or corrupt files."""
     path = Path(path)

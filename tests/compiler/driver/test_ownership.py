@@ -186,3 +186,26 @@ def test_a_resume_on_other_samples_under_the_same_spec_is_refused(tmp_path):
     changed = Checkpoint(tmp_path / "ck", "eval", {"data": "mnist:DIR"}, resume=True)
     with pytest.raises(ConfigError, match="was made on other data"):
         changed.bind_data(splits(1).digest())
+
+
+def test_export_never_overwrites_companion_files_it_did_not_write(tmp_path):
+    """Old code replaced OUT.json and snn_<target>.ir whatever they held."""
+    from spikeshield.compiler.ir.serialize import save_graph
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+
+    from tests.conftest import tiny_conv_graph
+
+    graph = convert_relu_to_if(tiny_conv_graph()).graph
+    graph.meta.update({"timesteps": 4, "encoding": "direct", "input_range": [0.0, 1.0]})
+    source = save_graph(graph, tmp_path / "snn.ir")
+    out = tmp_path / "deploy" / "snn.nir"
+    out.parent.mkdir()
+    (out.parent / "snn.nir.json").write_text('{"my": "notes"}')
+    result = runner.invoke(app, ["export", str(source), "--out", str(out)])
+    _refused(result, "is not the sidecar of a spikeshield nir export")
+    assert (out.parent / "snn.nir.json").read_text() == '{"my": "notes"}'
+    (out.parent / "snn.nir.json").unlink()
+    (out.parent / "snn_loihi2.ir").write_text("my own file")
+    result = runner.invoke(app, ["export", str(source), "--target", "loihi2", "--out", str(out)])
+    _refused(result, "is not a spikeshield IR file")
+    assert (out.parent / "snn_loihi2.ir").read_text() == "my own file"
