@@ -92,6 +92,28 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         handle.close()
 
 
+@contextlib.contextmanager
+def reading_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold a shared lock on ``path`` while reading it: any number of readers at once, but a job
+    that writes ``path`` (which takes the exclusive lock of :func:`output_lock`) is refused while
+    one reads, and a reader is refused while a job writes it."""
+    path = Path(path).absolute()
+    if path in _HELD or not path.parent.is_dir():
+        yield
+        return
+    handle = _open_lock(_lock_path(path))
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = handle.read().strip() or "unknown"
+            raise OutputError(f"{path} is being written by another spikeshield job (pid {owner}); "
+                              "wait for it to finish") from None
+        yield
+    finally:
+        handle.close()
+
+
 def _open_lock(lock: Path):
     """The lock file, opened without following a link (a link planted at its name would have its
     target truncated) and created private to its owner."""

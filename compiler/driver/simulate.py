@@ -13,7 +13,7 @@ from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.errors import ConfigError, DataError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.driver.model_io import load_model
-from spikeshield.compiler.driver.outputs import claim_output
+from spikeshield.compiler.driver.outputs import claim_output, reading_lock
 from spikeshield.compiler.ir.ops import IF
 
 MAX_INPUT_BYTES = 2 * 1024**3
@@ -148,7 +148,8 @@ def run_on_inputs(
     if out.suffix != ".npz":
         raise ConfigError(f"--out must end in .npz, got {out.name}")
     with claim_output(out, [source, inputs_path], force, spikeshield_file=_is_run_output):
-        graph = load_model(source, verify=not skip_verify)
+        with reading_lock(source):  # a compile --force may not rewrite it while it is read
+            graph = load_model(source, verify=not skip_verify)
         input_shape = graph.op(graph.input_names[0]).shape
         inputs = load_inputs(inputs_path, input_shape)
         inputs = check_input_range(inputs, graph, Path(inputs_path).name, input_scale)

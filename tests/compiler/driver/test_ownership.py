@@ -209,3 +209,26 @@ def test_export_never_overwrites_companion_files_it_did_not_write(tmp_path):
     result = runner.invoke(app, ["export", str(source), "--target", "loihi2", "--out", str(out)])
     _refused(result, "is not a spikeshield IR file")
     assert (out.parent / "snn_loihi2.ir").read_text() == "my own file"
+
+
+def test_run_and_a_rewrite_of_its_source_exclude_each_other(tmp_path):
+    """Old code: `run DIR` took no lock while `compile --force` rewrote DIR."""
+    from spikeshield.compiler.driver.outputs import reading_lock
+
+    source = tmp_path / "snn"
+    source.mkdir()
+    with reading_lock(source), reading_lock(source):  # readers share
+        with pytest.raises(OutputError, match="in use by another spikeshield job"), \
+                output_lock(source):
+            pass
+    with output_lock(source):
+        # the writer's lock is this process's: a reader in another process is refused
+        import subprocess
+        import sys
+
+        code = ("from spikeshield.compiler.driver.outputs import reading_lock\n"
+                f"with reading_lock({str(source)!r}): pass\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode != 0 and "is being written by another spikeshield job" in \
+            done.stderr
