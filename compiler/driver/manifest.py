@@ -77,18 +77,38 @@ def record_files(directory: str | os.PathLike, paths: list[Path]) -> None:
     _write(directory, files)
 
 
-def _write(directory: Path, files: dict[str, dict]) -> Path:
+def publish_files(directory: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+    """Write ``files`` (name -> bytes) into ``directory`` and record them, so that a kill at any
+    instant leaves a directory that verifies: the manifest first lists the new digests as
+    pending, the files are then renamed in together, and the manifest last takes them as its
+    own. Before the renames the old files match, after them the pending digests do."""
+    from spikeshield.compiler.ir.atomic import atomic_files
+
+    directory = Path(directory)
+    if (directory / MANIFEST).is_file():
+        pending = {name: {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+                   for name, blob in files.items()}
+        _write(directory, read_manifest(directory), pending)
+    written = atomic_files(directory, files)
+    record_files(directory, written)
+    return written
+
+
+def _write(directory: Path, files: dict[str, dict], pending: dict[str, dict] | None = None
+           ) -> Path:
     from spikeshield.compiler.ir.atomic import atomic_file
 
     target = directory / MANIFEST
-    content = {"format": FORMAT, "version": FORMAT_VERSION, "algorithm": "sha256", "files": files}
+    content = {"format": FORMAT, "version": FORMAT_VERSION, "algorithm": "sha256", "files": files,
+               **({"pending": pending} if pending else {})}
     with atomic_file(target) as tmp:
         tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     return target
 
 
-def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
-    """The manifest's file entries; ModelLoadError when it is missing or malformed."""
+def read_manifest(directory: str | os.PathLike, pending: bool = False) -> dict[str, dict]:
+    """The manifest's file entries (``pending``: the entries a publish in progress will take
+    instead, see :func:`publish_files`); ModelLoadError when it is missing or malformed."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ModelLoadError(
@@ -97,7 +117,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict]:
         )
     try:
         content = read_json_file(path)
-        files = content["files"]
+        files = content.get("pending", {}) if pending else content["files"]
         if content.get("format") != FORMAT or not isinstance(files, dict) or not all(
             isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()
         ):
@@ -165,20 +185,23 @@ def verify_directory(directory: str | os.PathLike) -> Verification:
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelLoadError(f"{directory} is not a directory; pass a `spikeshield compile` output")
-    files = read_manifest(directory)
+    files, pending = read_manifest(directory), read_manifest(directory, pending=True)
     result = Verification(directory)
     root = directory.resolve()
-    for name, entry in sorted(files.items()):
+    for name in sorted(set(files) | set(pending)):
         path = (directory / name).resolve()
         if root not in path.parents:  # a manifest may not point outside its own directory
             raise ModelLoadError(f"{directory / MANIFEST} lists {name!r}, outside the directory")
+        digests = {entry["sha256"] for entry in (files.get(name), pending.get(name)) if entry}
         if not path.is_file():
-            result.missing.append(name)
-        elif file_digest(path) != entry["sha256"]:
+            if name in files:
+                result.missing.append(name)
+        elif file_digest(path) not in digests:
             result.altered.append(name)
         else:
             result.ok.append(name)
-    result.unlisted = [name for name in _artifacts(directory) if name not in files]
+    result.unlisted = [name for name in _artifacts(directory)
+                       if name not in files and name not in pending]
     result.temporaries = sorted(p.relative_to(directory).as_posix() for p in directory.rglob(".*")
                                 if re.search(r"\.(tmp|old|probe)-[0-9A-Za-z_]+", p.name))
     return result
@@ -197,6 +220,7 @@ def foreign_files(directory: str | os.PathLike) -> list[str]:
                         if not p.is_dir() or p.is_symlink())
     try:
         files = read_manifest(directory)
+        pending = read_manifest(directory, pending=True)
     except ModelLoadError:
         return everything
     foreign = []
@@ -206,7 +230,8 @@ def foreign_files(directory: str | os.PathLike) -> list[str]:
             foreign.append(name)
         elif name == MANIFEST or _TEMPORARY.fullmatch(path.name):
             continue
-        elif name not in files or file_digest(path) != files[name]["sha256"]:
+        elif file_digest(path) not in {entry["sha256"] for entry in
+                                       (files.get(name), pending.get(name)) if entry}:
             foreign.append(name)
     return foreign
 

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.driver.energy_conventions import (
     compare_profiles,
     load_profile,
     render_comparison,
 )
-from spikeshield.compiler.driver.manifest import record_files
+from spikeshield.compiler.driver.manifest import publish_files
 from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
@@ -329,13 +328,7 @@ def write_profile(profile: dict[str, Any], directory: str | os.PathLike) -> list
         "profile.md": render_markdown(profile).encode(),
         **render_plots(profile),
     }
-    written = []
-    for name, blob in contents.items():
-        with atomic_file(directory / name) as tmp:
-            tmp.write_bytes(blob)
-        written.append(directory / name)
-    record_files(directory, written)
-    return written
+    return publish_files(directory, contents)
 
 
 def profile_directory(

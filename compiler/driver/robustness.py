@@ -19,11 +19,10 @@ import torch
 
 from spikeshield.runtime.checkpoint import Checkpoint
 from spikeshield.compiler.ir.errors import ConfigError, DataError
-from spikeshield.compiler.ir.atomic import atomic_files
 from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.driver.model_io import check_model_data
-from spikeshield.compiler.driver.manifest import record_files, require_verified
+from spikeshield.compiler.driver.manifest import publish_files, require_verified
 from spikeshield.compiler.driver.outputs import output_lock
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime import distributed
@@ -248,9 +247,7 @@ def write_robustness(report: dict[str, Any], directory: str | os.PathLike,
         md_name: render_markdown(report).encode(),
         png_name: render_plot(report),
     }
-    written = atomic_files(directory, files)
-    record_files(directory, written)
-    return written
+    return publish_files(directory, files)
 
 
 

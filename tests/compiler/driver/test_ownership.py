@@ -232,3 +232,35 @@ def test_run_and_a_rewrite_of_its_source_exclude_each_other(tmp_path):
                               check=False)
         assert done.returncode != 0 and "is being written by another spikeshield job" in \
             done.stderr
+
+
+@pytest.mark.parametrize("killed", ["before the renames", "before the manifest update"])
+def test_a_kill_while_reports_are_published_leaves_a_directory_that_verifies(tmp_path,
+                                                                            monkeypatch, killed):
+    """Old code: a SIGKILL between eval's report renames and the manifest update left DIR
+    refused by every command (its new reports did not match the manifest)."""
+    from spikeshield.compiler.driver import manifest
+    from spikeshield.compiler.driver.manifest import publish_files, verify_directory
+    from spikeshield.compiler.ir import atomic
+
+    out = tmp_path / "snn"
+    out.mkdir()
+    (out / "snn.ir").write_bytes(b"ir")
+    (out / "robustness.json").write_bytes(b"old report")
+    write_manifest(out)
+
+    def kill(*args, **kwargs):
+        raise KeyboardInterrupt  # what a SIGKILL leaves, minus the process
+
+    if killed == "before the renames":
+        monkeypatch.setattr(atomic, "atomic_files", kill)
+    else:
+        monkeypatch.setattr(manifest, "record_files", kill)
+    with pytest.raises(KeyboardInterrupt):
+        publish_files(out, {"robustness.json": b"new report", "robustness.md": b"# new"})
+    result = verify_directory(out)
+    assert result.intact, result.summary()
+    monkeypatch.undo()
+    publish_files(out, {"robustness.json": b"new report", "robustness.md": b"# new"})
+    assert verify_directory(out).intact and foreign_files(out) == []
+    assert "pending" not in json.loads((out / "manifest.json").read_text())
