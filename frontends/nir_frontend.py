@@ -308,7 +308,7 @@ class NirLowering(Lowering):
         ir_name = self.graph.unique_name(clean_name(name))
         self.graph.add(ir_name, op, inputs)
         try:
-            self.graph.infer_shapes()
+            self.graph.infer_node(ir_name)
         except IRValidationError as err:
             raise IRValidationError(f"NIR node {name!r}: {err}") from None
         return ir_name

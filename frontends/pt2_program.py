@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.ir.limits import NODES
 from spikeshield.frontends.pt2_expressions import SYMBOL_NAME, ExpressionError, reprint_expression
 
 _ATEN_TARGET = re.compile(r"torch\.ops\.aten\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+")
@@ -186,4 +187,10 @@ def rebuild_program(program: Any, path: Path) -> dict:
     re-made by spikeshield (see the module docstring), or a one-line :class:`ModelLoadError`."""
     if not isinstance(program, dict):
         raise _refuse(path, "models/model.json is not an object")
+    graph = program.get("graph_module", {}).get("graph", {}) if isinstance(
+        program.get("graph_module"), dict) else {}
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    # Before torch builds anything: deserialising and lowering take time in proportion to the
+    # nodes, dead ones included.
+    NODES.check(len(nodes) if isinstance(nodes, list) else 0, path, "the exported graph")
     return _Rebuilder(path, declared_symbols(program, path)).mapping(program, ())

@@ -174,36 +174,46 @@ class Graph:
     def infer_shapes(self) -> None:
         """Validate every node and compute its output shape, in topological order."""
         for name in self.nodes():
-            op = self.op(name)
-            preds = self.inputs(name)
-            if isinstance(op, Input):
-                if preds:
-                    raise IRValidationError(f"input node {name!r} must not have inputs")
-                in_shape: Shape = op.shape
-            else:
-                if not preds:
-                    raise IRValidationError(
-                        f"node {name!r} ({op.kind}) has no inputs; connect it or remove it"
-                    )
-                shapes = {p: self._g.nodes[p]["shape"] for p in preds}
-                if len(set(shapes.values())) > 1:
-                    raise IRValidationError(
-                        f"node {name!r} ({op.kind}) sums inputs of different shapes: "
-                        + ", ".join(f"{p}{s}" for p, s in shapes.items())
-                    )
-                in_shape = next(iter(shapes.values()))
-            try:
-                op.validate(in_shape)
-                out_shape = tuple(int(s) for s in op.infer_shape(in_shape))
-            except IRValidationError as err:
-                raise IRValidationError(f"node {name!r} ({op.kind}): {err}") from None
-            self._g.nodes[name]["shape"] = out_shape
-            for p in self.inputs(name, recurrent=True):
-                if self._g.nodes[p]["shape"] not in (None, in_shape):
-                    raise IRValidationError(
-                        f"recurrent edge {p!r} -> {name!r}: shape {self._g.nodes[p]['shape']} "
-                        f"!= {in_shape}"
-                    )
+            self.infer_node(name)
+
+    def infer_node(self, name: str) -> Shape:
+        """Validate ``name`` against the shapes of its inputs (inferred already) and record its
+        output shape: what a frontend calls as it adds nodes, so that lowering N nodes checks N
+        nodes, not N times the graph."""
+        op = self.op(name)
+        preds = self.inputs(name)
+        if isinstance(op, Input):
+            if preds:
+                raise IRValidationError(f"input node {name!r} must not have inputs")
+            in_shape: Shape = op.shape
+        else:
+            if not preds:
+                raise IRValidationError(
+                    f"node {name!r} ({op.kind}) has no inputs; connect it or remove it"
+                )
+            shapes = {p: self._g.nodes[p]["shape"] for p in preds}
+            if any(shape is None for shape in shapes.values()):
+                raise IRValidationError(f"node {name!r} ({op.kind}) is fed by a node whose "
+                                        "shape is not inferred yet")
+            if len(set(shapes.values())) > 1:
+                raise IRValidationError(
+                    f"node {name!r} ({op.kind}) sums inputs of different shapes: "
+                    + ", ".join(f"{p}{s}" for p, s in shapes.items())
+                )
+            in_shape = next(iter(shapes.values()))
+        try:
+            op.validate(in_shape)
+            out_shape = tuple(int(s) for s in op.infer_shape(in_shape))
+        except IRValidationError as err:
+            raise IRValidationError(f"node {name!r} ({op.kind}): {err}") from None
+        self._g.nodes[name]["shape"] = out_shape
+        for p in self.inputs(name, recurrent=True):
+            if self._g.nodes[p]["shape"] not in (None, in_shape):
+                raise IRValidationError(
+                    f"recurrent edge {p!r} -> {name!r}: shape {self._g.nodes[p]['shape']} "
+                    f"!= {in_shape}"
+                )
+        return out_shape
 
     def require_feed_forward(self, consumer: str) -> None:
         """Refuse what ``consumer`` (the runtime, an exporter) cannot honour, instead of dropping

@@ -207,3 +207,20 @@ def test_anything_outside_the_grammar_is_refused(text, why):
 ])
 def test_the_printer_names_only_its_own_constructors(text, printed):
     assert print_expression(parse_expression(text, SYMBOLS)) == printed
+
+
+def test_the_node_count_is_bounded_before_torch_deserialises(dynamic_pt2, tmp_path, monkeypatch):
+    """Old code deserialised and lowered 20,000 dead nodes (164 s) before any bound applied."""
+    import copy
+
+    from spikeshield.compiler.ir.limits import NODES
+
+    def pad(content):
+        nodes = content["graph_module"]["graph"]["nodes"]
+        nodes.extend(copy.deepcopy(nodes[-1]) for _ in range(50))
+
+    hostile = tmp_path / "many.pt2"
+    rewrite_program(dynamic_pt2, hostile, pad)
+    monkeypatch.setenv(NODES.env, "40")
+    with pytest.raises(ModelLoadError, match="the exported graph has .* nodes .limit 40."):
+        load_exported(hostile)
