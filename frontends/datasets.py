@@ -111,7 +111,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path} is truncated or corrupt: expected {expected} data bytes for shape {dims}, "
             f"found {len(data)}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(dims)
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(dims)
+    except ValueError as err:  # e.g. a zero dimension beside dimensions numpy cannot index
+        raise DataError(f"{path}: the IDX header declares shape {dims}, which numpy cannot hold "
+                        f"({err})") from None
 
 
 def _find(directory: Path, stem: str) -> Path:

@@ -31,7 +31,13 @@ from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError, Un
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import OpCoverage
 from spikeshield.frontends.lowering import Lowering, clean_name
-from spikeshield.compiler.ir.limits import NODES, TENSOR_BYTES, TOTAL_BYTES, check_tensor_shapes
+from spikeshield.compiler.ir.limits import (
+    HDF5_READ_SECONDS,
+    NODES,
+    TENSOR_BYTES,
+    TOTAL_BYTES,
+    check_tensor_shapes,
+)
 from spikeshield.compiler.ir.ops import (
     IF,
     AvgPool2d,
@@ -78,6 +84,7 @@ def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
     if not path.is_file():
         raise ModelLoadError(f"NIR file {path} does not exist")
     check_hdf5_bounds(path)
+    probe_hdf5_reads(path)
     try:
         return nir.read(path, type_check=True)
     except Exception as err:  # h5py, KeyError, ValueError, AssertionError: all mean "bad file"
@@ -86,6 +93,36 @@ def read_nir_file(path: str | os.PathLike) -> nir.NIRGraph:
             f"{path.name} is not a valid NIR graph (nir.read with type checking failed: {detail}); "
             "re-export it with nir >= 1.0"
         ) from None
+
+
+# Reads every dataset of the file, as nir.read will, and exits 0; run in a fresh interpreter.
+_PROBE = """
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+    f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+"""
+
+
+def probe_hdf5_reads(path: Path) -> None:
+    """Read every dataset once in a separate process with a time bound: a corrupt heap can make
+    HDF5's C library loop inside one read, where no signal reaches it. Only when the probe ends
+    in time does this process read the file (the same bytes, the same library)."""
+    import subprocess
+    import sys
+
+    seconds = HDF5_READ_SECONDS.value
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
+                              timeout=seconds, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(f"{path.name}: reading its HDF5 data did not finish in {seconds} s "
+                             "(a corrupt file can make HDF5 loop); if you trust the file, raise "
+                             f"{HDF5_READ_SECONDS.env}") from None
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        detail = lines[-1][:200] if lines else f"exit {done.returncode}"
+        raise ModelLoadError(f"{path.name} is not a valid NIR graph (its HDF5 data cannot be "
+                             f"read: {detail}); re-export it with nir >= 1.0")
 
 
 def check_hdf5_bounds(path: Path) -> None:

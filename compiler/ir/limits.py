@@ -52,6 +52,8 @@ DATA_BYTES = Limit("bytes", "SPIKESHIELD_MAX_DATA_BYTES", 32 << 30)  # one data 
 ARCHIVE_MEMBERS = Limit("members", "SPIKESHIELD_MAX_ARCHIVE_MEMBERS", 100_000)
 
 
+# A probe process reads a NIR file's HDF5 data first, bounded in time (frontends/nir_frontend.py).
+HDF5_READ_SECONDS = Limit("seconds", "SPIKESHIELD_MAX_HDF5_READ_SECONDS", 20)
 SIDECAR_JSON_BYTES = Limit("bytes", "SPIKESHIELD_MAX_SIDECAR_BYTES", 16 << 20)  # manifests, reports
 
 
