@@ -45,7 +45,7 @@ from spikeshield.compiler.ir.limits import (
     check_tensor_shapes,
     numel,
 )
-from spikeshield.frontends.pt2_program import rebuild_program
+from spikeshield.frontends.pt2_program import DOTTED_NAME, rebuild_program
 
 MODEL = "model"
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -188,6 +188,9 @@ def _payloads(archive: _Archive, config_name: str, folder: str, prefix: str) -> 
         raise _refuse(archive.path, f"{config_name} has no 'config' mapping")
     payloads, declared = [], {}
     for fqn, meta in entries.items():
+        if not DOTTED_NAME.fullmatch(fqn) or not fqn:
+            raise _refuse(archive.path, f"{config_name} names the tensor {fqn[:40]!r}, which is "
+                          "not a dotted module path")
         if not isinstance(meta, dict) or not isinstance(meta.get("path_name"), str):
             raise _refuse(archive.path, f"{config_name} entry {fqn!r} has no path_name")
         name = meta["path_name"]

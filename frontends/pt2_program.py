@@ -51,7 +51,7 @@ _SYMBOLIC_TARGETS = frozenset({f"_operator.{name}" for name in (
     "mod", "pow", "truediv", "and_", "or_")} | {"math.trunc"} | {f"torch.sym_{name}" for name in (
     "not", "int", "float", "ite", "max", "min", "sqrt")})
 _PLAIN = re.compile(r"[A-Za-z0-9_.:+\-,>]{0,256}")
-_DOTTED = re.compile(r"((?!__)[A-Za-z0-9_]{1,128}(\.(?!__)[A-Za-z0-9_]{1,128}){0,32})?")
+DOTTED_NAME = re.compile(r"((?!__)[A-Za-z0-9_]{1,128}(\.(?!__)[A-Za-z0-9_]{1,128}){0,32})?")
 _DOTTED_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name",
                           "custom_obj_name", "fqn"})
 _TREESPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict",
@@ -119,7 +119,7 @@ class _Rebuilder:
                           "spikeshield compiles plain ATen graphs")
         if key == "as_operator" or (key == "target" and "inputs" in parent):
             return self.target(value, trail, symbolic=key == "target")
-        if key in _DOTTED_KEYS and isinstance(value, str) and not _DOTTED.fullmatch(value):
+        if key in _DOTTED_KEYS and isinstance(value, str) and not DOTTED_NAME.fullmatch(value):
             raise _refuse(self.path, f"{_where(trail)} names {value[:40]!r}, which is not a "
                           "dotted module path")
         return self.value(value, trail)

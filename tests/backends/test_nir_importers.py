@@ -4,6 +4,7 @@ the README's consumer table and these tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import nir
@@ -39,24 +40,33 @@ def portable(arch: str, threshold: str, tmp_path):
         return graph, x, nir.read(write_nir(graph, tmp_path / "snn.nir", "portable"))
 
 
-# Measured 2026-12-07 on an AMD EPYC (torch's AVX2 kernels): the random-weight vgg11 with
-# per-channel thresholds differs from the runtime at net_features_13 by spikes whose membranes
-# lay 0.0017-0.04 from the threshold, beyond float32 flips; with ATEN_CPU_CAPABILITY=default it
-# agrees, and it agreed on the CPU of the previous CI runs. The differential tester of issue 39
-# is where the cause gets found; until then this one case is an expected failure there.
+# Measured 2026-12-07 on an AMD EPYC (torch's AVX2 kernels), on 4b42d6f as well: for the
+# random-weight vgg11 with per-channel thresholds, the runtime's logits differ by up to 0.0036
+# from three independent consumers of the portable NIR (the NIR reference simulator, SpikingJelly
+# and Norse), which agree with each other; spikes differ at net_features_13 with membranes
+# 0.0017-0.04 from the threshold, beyond float32 flips. With ATEN_CPU_CAPABILITY=default all agree,
+# as they did on the CPU of the previous CI runs. The runtime side is the suspect; finding the
+# cause is the differential tester's work (issue 39). Until then this one case, under exactly
+# this condition, is an expected failure.
 KNOWN_CPU_DIFFERENCE = ("vgg11", "channel", "AVX2")
+
+
+@contextlib.contextmanager
+def known_cpu_difference(arch: str, threshold: str):
+    try:
+        yield
+    except AssertionError:
+        if (arch, threshold, torch.backends.cpu.get_cpu_capability()) == KNOWN_CPU_DIFFERENCE:
+            pytest.xfail("the runtime differs from three NIR consumers on vgg11 with per-channel "
+                         "thresholds under AVX2 kernels (issue 39)")
+        raise
 
 
 @pytest.mark.parametrize("threshold", ["layer", "channel"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_portable_profile_means_what_the_runtime_computes(arch, threshold, tmp_path):
-    try:
+    with known_cpu_difference(arch, threshold):
         _check_portable_against_runtime(arch, threshold, tmp_path)
-    except AssertionError:
-        if (arch, threshold, torch.backends.cpu.get_cpu_capability()) == KNOWN_CPU_DIFFERENCE:
-            pytest.xfail("vgg11 with per-channel thresholds differs beyond float32 flips on AVX2 "
-                         "kernels (issue 39)")
-        raise
 
 
 def _check_portable_against_runtime(arch, threshold, tmp_path):
@@ -102,8 +112,9 @@ def test_spikingjelly_imports_the_portable_profile_and_agrees(arch, threshold, t
             total = total + out
     expected, _ = runtime(graph, x)
     logits = total / TIMESTEPS
-    assert torch.equal(logits.argmax(1), expected.argmax(1))
-    assert (logits - expected).abs().max() < 1e-5
+    with known_cpu_difference(arch, threshold):
+        assert torch.equal(logits.argmax(1), expected.argmax(1))
+        assert (logits - expected).abs().max() < 1e-5
 
 
 def norse_logits(read, x):
@@ -126,8 +137,9 @@ def test_norse_imports_the_portable_profile_and_agrees(arch, tmp_path):
     graph, x, read = portable(arch, "channel", tmp_path)
     expected, _ = runtime(graph, x)
     logits = norse_logits(read, x)
-    assert torch.equal(logits.argmax(1), expected.argmax(1))
-    assert (logits - expected).abs().max() < 1e-5
+    with known_cpu_difference(arch, "channel"):
+        assert torch.equal(logits.argmax(1), expected.argmax(1))
+        assert (logits - expected).abs().max() < 1e-5
 
 
 def test_known_bug_norse_runs_a_residual_nir_graph_out_of_order(tmp_path):

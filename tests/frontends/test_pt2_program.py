@@ -43,12 +43,12 @@ def dynamic_pt2(tmp_path_factory):
     return path
 
 
-def rewrite_program(source, target, change) -> None:
-    """Copy ``source`` to ``target`` with ``change(program_json_dict)`` applied."""
+def rewrite_program(source, target, change, member=pt2_archive.MODEL_JSON) -> None:
+    """Copy ``source`` to ``target`` with ``change(json_dict)`` applied to ``member``."""
     with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as out:
         for item in original.infolist():
             data = original.read(item.filename)
-            if item.filename.endswith(pt2_archive.MODEL_JSON):
+            if item.filename.endswith(member):
                 content = json.loads(data)
                 change(content)
                 data = json.dumps(content).encode()
@@ -90,25 +90,33 @@ def hostile_strings(marker, symbol: str) -> list[str]:
     ]
 
 
+JSON_MEMBERS = (pt2_archive.MODEL_JSON, pt2_archive.WEIGHTS_CONFIG, pt2_archive.CONSTANTS_CONFIG)
+
+
 def test_every_string_field_of_a_real_program_is_inert(dynamic_pt2, tmp_path):
-    """Each distinct field (by its path with list positions blurred) gets each hostile string."""
+    """Each distinct field of each JSON member (by its path with list positions blurred) gets
+    each hostile string."""
+    fields = []
     with zipfile.ZipFile(dynamic_pt2) as z:
-        name = next(n for n in z.namelist() if n.endswith(pt2_archive.MODEL_JSON))
-        program = json.loads(z.read(name))
-    symbol = next(iter(program["range_constraints"]))
-    seen, fields = set(), []
-    for path, _ in string_paths(program):
-        shape = tuple("[]" if isinstance(step, int) else step for step in path)
-        if shape not in seen:
-            seen.add(shape)
-            fields.append(path)
-    assert len(fields) > 30  # names, targets, specs, expressions, metadata, versions, keys
+        for member in JSON_MEMBERS:
+            name = next(n for n in z.namelist() if n.endswith(member))
+            content = json.loads(z.read(name))
+            if member == pt2_archive.MODEL_JSON:
+                symbol = next(iter(content["range_constraints"]))
+            seen = set()
+            for path, _ in string_paths(content):
+                shape = tuple("[]" if isinstance(step, int) else step for step in path)
+                if shape not in seen:
+                    seen.add(shape)
+                    fields.append((member, path))
+    assert len(fields) > 35  # names, targets, specs, expressions, metadata, versions, keys
     marker = tmp_path / "code-ran"
     loaded = refused = 0
-    for i, path in enumerate(fields):
+    for i, (member, path) in enumerate(fields):
         for j, text in enumerate(hostile_strings(marker, symbol)):
             hostile = tmp_path / f"h{i}-{j}.pt2"
-            rewrite_program(dynamic_pt2, hostile, lambda c, p=path, t=text: set_at(c, p, t))
+            rewrite_program(dynamic_pt2, hostile, lambda c, p=path, t=text: set_at(c, p, t),
+                            member)
             try:
                 graph = from_pt2(hostile)
                 graph.validate()
@@ -116,7 +124,7 @@ def test_every_string_field_of_a_real_program_is_inert(dynamic_pt2, tmp_path):
             except SpikeshieldError as err:
                 assert "\n" not in str(err).strip(), (path, str(err)[:300])
                 refused += 1
-            assert not marker.exists(), f"code ran from field {path} with {text!r}"
+            assert not marker.exists(), f"code ran from {member} field {path} with {text!r}"
             hostile.unlink()
     assert refused > loaded > 0  # metadata fields are dropped (load); the rest is refused
 

@@ -72,7 +72,7 @@ def test_a_manifest_cannot_point_outside_its_directory_or_be_malformed(directory
     content = json.loads((directory / "manifest.json").read_text())
     content["files"]["../secret"] = {"sha256": file_digest(tmp_path / "secret"), "bytes": 1}
     (directory / "manifest.json").write_text(json.dumps(content))
-    with pytest.raises(ModelLoadError, match="outside the directory"):
+    with pytest.raises(ModelLoadError, match=r"entry '\.\./secret' is not a relative file name"):
         verify_directory(directory)
     (directory / "manifest.json").write_text("{not json")
     cli = runner.invoke(app, ["verify", str(directory)])

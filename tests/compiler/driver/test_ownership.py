@@ -18,15 +18,9 @@ from spikeshield.compiler.ir.atomic import atomic_directory, atomic_file
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.checkpoint import Checkpoint
 
+from tests.compiler.driver.test_outputs import QUICK, _refused
+
 runner = CliRunner()
-QUICK = ["--finetune", "none", "--robustness", "none", "--no-profile", "--n", "40",
-         "--calibration-batches", "1"]
-
-
-def _refused(result, phrase: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and phrase in lines[0], result.output
 
 
 def test_a_folder_named_like_the_checkpoint_survives_a_compile(trained_lenet, tmp_path):
