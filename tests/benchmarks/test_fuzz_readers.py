@@ -30,8 +30,9 @@ def test_every_genuine_seed_is_read(harness, tmp_path):
 
 @pytest.mark.parametrize("finding", FINDINGS, ids=[p.stem for p in FINDINGS])
 def test_an_input_the_campaign_found_is_now_one_line(harness, finding, monkeypatch):
-    """Each of these raised another exception, a refusal over several lines, or hung (``nir-
-    timeout-*``: HDF5 looped inside one read) before the fix that came with it."""
+    """Each of these raised another exception, a refusal over several lines, hung (``nir-
+    timeout-*``: HDF5 looped inside one read) or asked for gigabytes (``cifar-oom-*``: a memo
+    index the C unpickler grows its table to) before the fix that came with it."""
     from spikeshield.compiler.ir.limits import HDF5_READ_SECONDS
 
     monkeypatch.setenv(HDF5_READ_SECONDS.env, "4")  # genuine NIR seeds are read in under 1 s
