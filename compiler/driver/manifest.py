@@ -207,14 +207,12 @@ def verify_directory(directory: str | os.PathLike) -> Verification:
     return result
 
 
-_TEMPORARY = re.compile(r"\.[^/]*\.(tmp|old|probe)-[0-9A-Za-z_]+[^/]*")
-
-
 def foreign_files(directory: str | os.PathLike) -> list[str]:
     """What in ``directory`` spikeshield cannot vouch for, so that replacing the directory would
     lose it: with no valid manifest (its format marker), everything; otherwise every file that is
-    not the manifest, not listed with matching bytes, and not a temporary of an interrupted write,
-    and every link or special file. Empty: the directory is wholly spikeshield's."""
+    not the manifest and not listed with matching bytes (a temporary an interrupted write left
+    included: it is named, and the user removes it), and every link or special file. Empty: the
+    directory is wholly spikeshield's."""
     directory = Path(directory)
     everything = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                         if not p.is_dir() or p.is_symlink())
@@ -228,7 +226,7 @@ def foreign_files(directory: str | os.PathLike) -> list[str]:
         path = directory / name
         if path.is_symlink() or not path.is_file():
             foreign.append(name)
-        elif name == MANIFEST or _TEMPORARY.fullmatch(path.name):
+        elif name == MANIFEST:
             continue
         elif file_digest(path) not in {entry["sha256"] for entry in
                                        (files.get(name), pending.get(name)) if entry}:
