@@ -2,19 +2,24 @@
 
 Before a command starts its work it claims each output (:func:`claim_output`):
 
-- the path must not be one of the command's inputs, nor a folder that holds one;
-- an existing folder must be a spikeshield output (it carries ``manifest.json``), an existing file
-  must be one spikeshield writes (``spikeshield_file``); either is replaced only with ``--force``.
-  Anything else (a folder of other files, a file of another kind) is refused;
+- the path must not be one of the command's inputs, nor a folder that holds one (compared after
+  resolving links and ``..``);
+- an existing folder must be wholly a spikeshield output (its ``manifest.json`` vouches by
+  SHA-256 for every file in it: ``manifest.foreign_files``), an existing file must be one
+  spikeshield writes (``spikeshield_file``); either is replaced only with ``--force``. Anything
+  else (a folder of other files, a changed file, a bare manifest, a file of another kind) is
+  refused, naming what it holds;
 - the location must be writable (probed with a small file, so a read-only or full file system
   fails before the work, not after it);
-- an exclusive lock (``flock`` on ``.NAME.lock`` beside the path, holding the owner's pid) is held
-  until the job ends, so a second job on the same output is refused at once instead of mixing its
+- an exclusive lock (``flock`` on ``.NAME.lock`` beside the path, opened with ``O_NOFOLLOW``,
+  holding the owner's pid) is held until the job ends, so a second job on the same output is refused at once instead of mixing its
   files or its checkpoint with the first one's. The lock dies with its process: a killed job never
   leaves a stale lock.
 
 Leftovers of a killed job (the hidden ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings that the atomic
-writers use) are found under the lock, named on stderr and removed.
+writers use) are found under the lock, named on stderr and removed; an output a kill left hidden
+between the two renames of a publish is put back first. A reader (``run``) holds a shared lock
+(:func:`reading_lock`), so a job rewriting what it reads is refused meanwhile.
 """
 
 from __future__ import annotations
