@@ -4,7 +4,10 @@ A :class:`Checkpoint` is a directory beside a job's output (``<out>.checkpoint``
 holds ``job.json`` (which command, and the settings that decide its numbers) and one file per part
 of the job (``train.pt``, ``finetune.pt``, ``snn_ensemble.pt`` ...). Each part file is written
 atomically and holds only tensors, numbers, strings and containers of them, so it is read back with
-``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded.
+``torch.load(weights_only=True)``: a checkpoint cannot run code when loaded. ``job.json`` also
+records the SHA-256 of every part file written and of the samples the job uses
+(:meth:`Checkpoint.bind_data`): :meth:`Checkpoint.discard` deletes only files whose bytes still
+match, and a resume on other samples is refused.
 
 A loop that can resume calls :meth:`Checkpoint.step` at each step boundary with a function that
 returns its state. That writes the state every ``every`` seconds and, once a stop was requested
