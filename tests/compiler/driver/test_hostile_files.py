@@ -143,3 +143,15 @@ def test_an_npy_too_large_as_float32_is_refused_before_conversion(snn_ir, tmp_pa
     result = runner.invoke(app, ["run", str(snn_ir), "--inputs", str(inputs), "--out",
                                  str(tmp_path / "r.npz")])
     _one_line_exit_2(result, "as float32")
+
+
+def test_a_pt2_marker_that_inflates_past_its_bound_is_never_read(tmp_path, monkeypatch):
+    """Old code read extra/spikeshield.json whole: 1.8 MB of deflate became 3.5 GB."""
+    from spikeshield.compiler.ir.limits import SIDECAR_JSON_BYTES
+
+    monkeypatch.setenv(SIDECAR_JSON_BYTES.env, str(1 << 20))
+    path = tmp_path / "m.pt2"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("m/extra/spikeshield.json", b" " * (32 << 20))  # 32 MiB, about 32 KB packed
+    assert path.stat().st_size < 1 << 20
+    assert _marker(path) == {}
