@@ -18,7 +18,7 @@ limits) is a finding. The readers:
 ``target``      the bytes as a hardware target profile (JSON)
 ==============  =================================================================================
 
-Run the campaign (atheris 3.1, ``pip install atheris``)::
+Run the campaign (atheris 3.0, ``pip install atheris``)::
 
     python benchmarks/fuzz_readers.py --seconds 3600 --corpus runs/fuzz/corpus
 
