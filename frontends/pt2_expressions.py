@@ -45,6 +45,9 @@ FUNCTIONS = {
     "Add": (2, 64), "Mul": (2, 64), "Pow": (2, 2), "Max": (2, 64), "Min": (2, 64),
     "FloorDiv": (2, 2), "Mod": (2, 2), "PythonMod": (2, 2), "CeilDiv": (2, 2), "CleanDiv": (2, 2),
     "Eq": (2, 2), "Ne": (2, 2), "Lt": (2, 2), "Le": (2, 2), "Gt": (2, 2), "Ge": (2, 2),
+    # sympy's printed names of the same relations (what srepr writes for runtime assertions)
+    "Equality": (2, 2), "Unequality": (2, 2), "StrictLessThan": (2, 2), "LessThan": (2, 2),
+    "StrictGreaterThan": (2, 2), "GreaterThan": (2, 2),
     "And": (2, 64), "Or": (2, 64), "Not": (1, 1),
 }
 _TOKEN = re.compile(r"\s*(?:(?P<int>[0-9]{1,40})|(?P<name>[A-Za-z_][A-Za-z0-9_]{0,39})"

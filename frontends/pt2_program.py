@@ -25,6 +25,8 @@ node ``target``                   attribute walk from ``torch``/            ATen
 ``treespec_namedtuple_fields``    namedtuple classes made at load time      refused unless empty
 parameter, buffer, constant and   ``setattr`` paths in ``module()``         dotted identifiers, no
 module names (``fqn``)                                                      dunder parts
+string arguments (``as_string``)  values passed to the op; code generation   any text (short),
+                                  prints them with ``repr``                 passed on as a value
 every other string                enum names, node and tensor names        a plain charset (no
                                                                             quotes, brackets,
                                                                             spaces or newlines)
@@ -114,6 +116,8 @@ class _Rebuilder:
                 raise _refuse(self.path, "the program's inputs or outputs are named tuples; "
                               "spikeshield compiles programs over tensors, tuples and dicts")
             return value
+        if key in ("as_string", "as_strings"):
+            return self.string_values(value, trail)
         if key in ("as_graph", "as_custom_obj"):
             raise _refuse(self.path, f"{_where(trail)} is a sub-program or TorchScript object; "
                           "spikeshield compiles plain ATen graphs")
@@ -123,6 +127,15 @@ class _Rebuilder:
             raise _refuse(self.path, f"{_where(trail)} names {value[:40]!r}, which is not a "
                           "dotted module path")
         return self.value(value, trail)
+
+    def string_values(self, value: Any, trail: tuple[str, ...]) -> Any:
+        """String arguments of an op (``gelu``'s ``'tanh'``, a runtime assertion's message):
+        values, which torch passes to the op and its code generator prints with ``repr``, so
+        any text is inert; only their type and length are checked."""
+        texts = value if isinstance(value, list) else [value]
+        if not all(isinstance(t, str) and len(t) <= 4096 for t in texts) or len(texts) > 4096:
+            raise _refuse(self.path, f"{_where(trail)} is not a short string argument")
+        return value
 
     def target(self, value: Any, trail: tuple[str, ...], symbolic: bool) -> str:
         allowed = isinstance(value, str) and (

@@ -172,6 +172,7 @@ GENUINE = [
     "Max(Integer(7), Symbol('s77', positive=True, integer=True)))"),
     "Add(Symbol('s77', positive=True, integer=True), Integer(-1))",
     "Eq(Mod(s0, 2), 0)",
+    "GreaterThan(Symbol('u3', integer=True), Integer(0))",  # a runtime assertion's srepr
     "s0 + 2*u3 - 1",
     "s0**2",
 ]
@@ -232,3 +233,19 @@ def test_the_node_count_is_bounded_before_torch_deserialises(dynamic_pt2, tmp_pa
     monkeypatch.setenv(NODES.env, "40")
     with pytest.raises(ModelLoadError, match="the exported graph has .* nodes .limit 40."):
         load_exported(hostile)
+
+
+def test_a_genuine_program_with_runtime_assertions_loads_as_torch_loads_it(tmp_path):
+    """Runtime assertions carry their message as a string argument with spaces and quotes, and
+    their conditions in sympy's printed names (GreaterThan, ...): both are genuine and must load."""
+    class Checked(torch.nn.Module):
+        def forward(self, x):
+            n = x.sum().long().item()
+            torch._check(n >= 0)
+            torch._check(n <= 100)
+            return torch.nn.functional.gelu(x, approximate="tanh") * 2 + n
+
+    path = tmp_path / "checked.pt2"
+    torch.export.save(torch.export.export(Checked(), (torch.rand(4, 3),)), path)
+    x = torch.rand(4, 3) * 0.1
+    assert torch.equal(load_exported(path).module()(x), torch.export.load(str(path)).module()(x))
