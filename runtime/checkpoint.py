@@ -22,7 +22,6 @@ the job at once; the last checkpoint written stays valid.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -35,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.ir.digests import file_sha256
 from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
 from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.runtime.distributed import world
@@ -231,7 +230,7 @@ class Checkpoint:
         self.directory.mkdir(parents=True, exist_ok=True)
         with atomic_file(self._path(part)) as tmp:
             torch.save({**state, "job_id": self.job_id}, tmp)
-            digest = _digest(tmp)
+            digest = file_sha256(tmp)
         self._written[self._path(part).name] = digest
         self._write_description()
         self._last_save = time.monotonic()
@@ -280,7 +279,7 @@ class Checkpoint:
         kept = []
         for path in sorted(self.directory.iterdir()):
             ours = path.name in self._written and path.is_file() and not path.is_symlink() \
-                and _digest(path) == self._written[path.name]
+                and file_sha256(path) == self._written[path.name]
             if ours:
                 path.unlink()
             elif path.name != "job.json":
@@ -299,14 +298,6 @@ class Checkpoint:
 
 
 _PART_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.pt")
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

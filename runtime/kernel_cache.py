@@ -26,14 +26,11 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from spikeshield.compiler.ir.digests import file_sha256
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("SPIKESHIELD_CACHE") or Path.home() / ".cache" / "spikeshield")
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _private_folder(path: Path) -> None:
@@ -71,7 +68,7 @@ def load_kernel(name: str, source: Path, extra_cflags: list[str]) -> ModuleType 
             _private_folder(part)
         library, recorded = folder / f"{name}.so", folder / f"{name}.so.sha256"
         if library.is_file() and recorded.is_file():
-            if _digest(library) == recorded.read_text().strip():
+            if file_sha256(library) == recorded.read_text().strip():
                 return _import(name, library)
             print(f"note: the cached {name} kernel in {folder} changed since it was built; "
                   "rebuilding it", file=sys.stderr)
@@ -95,5 +92,5 @@ def _build(name: str, source: Path, folder: Path, extra_cflags: list[str]) -> Mo
             leftover.unlink(missing_ok=True)
         module = load(name=name, sources=[str(source)], extra_cflags=extra_cflags,
                       build_directory=str(folder), verbose=False)
-        (folder / f"{name}.so.sha256").write_text(_digest(library) + "\n")
+        (folder / f"{name}.so.sha256").write_text(file_sha256(library) + "\n")
         return module

@@ -16,25 +16,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spikeshield.compiler.ir.digests import file_sha256
 from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.ir.limits import read_json_file
 
 MANIFEST = "manifest.json"
 FORMAT = "spikeshield-manifest"
 FORMAT_VERSION = 1
-_CHUNK = 1 << 20
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, read in chunks (hex); "" when there is no such file."""
-    path = Path(path)
-    if not path.is_file():
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of a file's bytes (hex); "" when there is no such file."""
+    return file_sha256(path) if Path(path).is_file() else ""
 
 
 def _entry(path: Path) -> dict:

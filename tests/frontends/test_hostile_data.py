@@ -34,6 +34,17 @@ def mnist_folder(folder, labels=None, images=None, code=0x08):
     return folder
 
 
+def peak_of_refusal(read, message: str) -> int:
+    """The peak bytes Python and numpy allocate while ``read()`` is refused with ``message``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=message):
+            read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_labels_outside_the_classes_are_refused_not_counted(tmp_path):
     """Old code: compile reported ANN accuracy over labels no logit could match."""
     labels = np.full(40, 3, np.uint8)
@@ -58,14 +69,7 @@ def test_a_header_declaring_a_terabyte_allocates_nothing(tmp_path, monkeypatch, 
     body = header + bytes(100)
     path = tmp_path / ("big.gz" if compressed else "big")
     path.write_bytes(gzip.compress(body) if compressed else body)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match="truncated or corrupt"):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 << 20
+    assert peak_of_refusal(lambda: read_idx(path), "truncated or corrupt") < 64 << 20
 
 
 class _Constructor:
@@ -84,14 +88,7 @@ def test_a_cifar_pickle_cannot_call_numpys_constructors(tmp_path):
     path.write_bytes(pickle.dumps({b"data": _Constructor((4096, 4096 * 3)), b"labels": [0]},
                                   protocol=4))
     assert path.stat().st_size < 300
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match="has no data"):
-            _unpickle(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 << 20
+    assert peak_of_refusal(lambda: _unpickle(path), "has no data") < 8 << 20
 
 
 def test_a_cifar_array_must_be_filled_by_its_own_bytes(tmp_path):
