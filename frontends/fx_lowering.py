@@ -89,20 +89,25 @@ def _is_const(value: Any) -> bool:
 class FxLowering(Lowering):
     """Walks an fx graph once, emitting IR nodes; see :func:`lower_fx`."""
 
-    def __init__(self, gm: fx.GraphModule, input_shape: Shape, name: str) -> None:
+    def __init__(self, gm: fx.GraphModule, input_shape: Shape, name: str,
+                 example_shape: Shape | None = None) -> None:
         super().__init__(name)
+        # The input shape (with a batch dim) on which the graph is traced for in-place writes.
+        self.example_shape = tuple(example_shape or (2, *input_shape))
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.env: dict[fx.Node, Any] = {}
         self.input_shape = tuple(int(s) for s in input_shape)
         self.current: fx.Node | None = None
+        self.constants: dict[str, Any] = {}
 
     def label(self) -> str:
         return self.current.name
 
     # ---- walking --------------------------------------------------------------------------
     def run(self) -> Graph:
-        live = _live_nodes(self.gm.graph)
+        writes = _writes(self.gm, self.example_shape)
+        live = _live_nodes(self.gm.graph, writes)
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder" and n in live]
         if len(placeholders) != 1:
             raise UnsupportedOpError(
@@ -116,18 +121,41 @@ class FxLowering(Lowering):
             if node.op == "placeholder":
                 self.env[node] = self.emit(Input(self.input_shape), [], base="input")
             elif node.op == "get_attr":
-                self.env[node] = _fetch_attr(self.gm, node.target)
+                if node.target not in self.constants:  # a copy: in-place constant folding
+                    self.constants[node.target] = _fetch_attr(self.gm, node.target)  # must not
+                self.env[node] = self.constants[node.target]  # change the user's model
             elif node.op == "output":
                 self._output(node)
             else:
                 self.env[node] = self._call(node)
-                if _mutates_first_argument(node, self.modules) and isinstance(
-                        node.args[0], fx.Node):
-                    # In place: every later use of the argument sees the new value (fx keeps
-                    # referring to the argument's node; torch computed on the mutated tensor).
-                    self.env[node.args[0]] = self.env[node]
+                self._follow_writes(node, writes.get(node, ()))
         self.raise_collected()
         return self.graph.validate()
+
+    def _follow_writes(self, node: fx.Node, written: tuple[fx.Node, ...]) -> None:
+        """After an op that wrote into earlier tensors (``out.add_(res)``, ``relu(x, inplace=True)``,
+        a view's base), every later use of those tensors reads the op's result, as in torch."""
+        result = self.env[node]
+        for target in written:
+            before = self.env.get(target)
+            if isinstance(result, _Unsupported) or isinstance(before, _Unsupported):
+                self.env[target] = UNSUPPORTED
+            elif not isinstance(result, (Data, Padded)) and not isinstance(before, (Data, Padded)):
+                continue  # constants: torch already changed the very tensor the walk holds
+            elif not isinstance(before, (Data, Padded)) and before is not None:
+                self.env[target] = self.unsupported(
+                    f"an in-place op writing input-dependent values into the constant "
+                    f"{target.name!r}", "compute a new tensor instead of writing into a parameter")
+            elif not isinstance(result, (Data, Padded)):
+                self.env[target] = self.unsupported(
+                    f"an in-place op writing a constant into {target.name!r}",
+                    "compute a new tensor instead of overwriting an activation")
+            elif before is not None and _shape_of(self, before) != _shape_of(self, result):
+                self.env[target] = self.unsupported(
+                    f"an in-place op on a reshaped view of {target.name!r}",
+                    "apply the op before reshaping, or to the tensor itself")
+            else:
+                self.env[target] = result
 
     def _output(self, node: fx.Node) -> None:
         result = node.args[0]
@@ -225,23 +253,76 @@ def _target_name(target: Any) -> str:
     return f"torch.{name}" if module.startswith("torch") else name
 
 
-def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
+def _live_nodes(graph: fx.Graph, writes: dict[fx.Node, tuple[fx.Node, ...]]) -> set[fx.Node]:
+    """The nodes the output depends on: through their arguments, and through in-place writes into
+    a tensor that a live node reads afterwards (``out.add_(res)`` as a statement has no users in
+    the fx graph, yet changes what every later use of ``out`` reads)."""
     live: set[fx.Node] = set()
-    stack = [n for n in graph.nodes if n.op == "output"]
-    while stack:
-        node = stack.pop()
-        if node in live:
-            continue
-        live.add(node)
-        stack.extend(node.all_input_nodes)
+    read_later: set[fx.Node] = set()  # nodes whose tensor a live node reads after this point
+    for node in reversed(graph.nodes):
+        if node.op == "output" or node in read_later or any(
+                t in read_later for t in writes.get(node, ())):
+            live.add(node)
+            read_later.update(node.all_input_nodes)
     return live
+
+
+class _WriteProbe(fx.Interpreter):
+    """Runs the graph on fake tensors (shapes only: nothing is computed or allocated) and records,
+    for each node, the earlier tensors whose version counter it bumped: the tensors it wrote into,
+    views and their bases included, whatever the op (a module, a function, a method, ATen)."""
+
+    def __init__(self, gm: fx.GraphModule, mode: Any) -> None:
+        super().__init__(gm)
+        self.mode = mode
+        self.tensors: list[tuple[fx.Node, torch.Tensor, int]] = []
+        self.writes: dict[fx.Node, tuple[fx.Node, ...]] = {}
+
+    def fetch_attr(self, target: str) -> Any:
+        value = super().fetch_attr(target)
+        return self.mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    def run_node(self, node: fx.Node) -> Any:
+        result = super().run_node(node)
+        written = []
+        for index, (earlier, tensor, version) in enumerate(self.tensors):
+            if tensor._version != version:
+                written.append(earlier)
+                self.tensors[index] = (earlier, tensor, tensor._version)
+        if written:
+            self.writes[node] = tuple(written)
+        if isinstance(result, torch.Tensor):
+            self.tensors.append((node, result, result._version))
+        return result
+
+
+def _writes(gm: fx.GraphModule, example_shape: Shape) -> dict[fx.Node, tuple[fx.Node, ...]]:
+    """For each node that writes in place, the earlier nodes whose tensors it changed (see
+    :class:`_WriteProbe`). Where the fake run fails, each op that declares a write (``inplace``,
+    a trailing ``_``, an ATen schema's write annotation) is taken to write its first argument."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            probe = _WriteProbe(gm, mode)
+            probe.run(torch.zeros(example_shape))
+        return probe.writes
+    except Exception:  # noqa: BLE001  (an op fake tensors cannot run: declared writes instead)
+        modules = dict(gm.named_modules())
+        return {node: (node.args[0],) for node in gm.graph.nodes
+                if node.op in ("call_function", "call_method", "call_module")
+                and _mutates_first_argument(node, modules) and isinstance(node.args[0], fx.Node)}
+
+
+def _shape_of(lw: FxLowering, value: Any) -> Shape:
+    return lw.shape(value.data if isinstance(value, Padded) else value)
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)
-    return obj.detach() if isinstance(obj, torch.Tensor) else obj
+    return obj.detach().clone() if isinstance(obj, torch.Tensor) else obj
 
 
 def _per_channel(lw: FxLowering, value: Any, shape: Shape, what: str) -> torch.Tensor | None:
@@ -613,9 +694,12 @@ def _module_converter(module: nn.Module) -> Converter | None:
     return None
 
 
-def lower_fx(gm: fx.GraphModule, input_shape: Shape, name: str = "model") -> Graph:
-    """Lower ``gm`` (one tensor input of batch-less ``input_shape``, one logits output) into the IR."""
-    return FxLowering(gm, input_shape, name).run()
+def lower_fx(gm: fx.GraphModule, input_shape: Shape, name: str = "model",
+             example_shape: Shape | None = None) -> Graph:
+    """Lower ``gm`` (one tensor input of batch-less ``input_shape``, one logits output) into the IR.
+    ``example_shape`` (batch dim included; ``(2, *input_shape)`` by default) is the input on which
+    the graph is traced, on fake tensors, for in-place writes."""
+    return FxLowering(gm, input_shape, name, example_shape).run()
 
 
 def source_ops() -> list[str]:

@@ -35,20 +35,54 @@ def from_module(
         except Exception as fx_err:  # fx raises many types for untraceable Python
             graph = _export_instead(model, input_shape, name, concrete_args, fx_err)
         else:
-            graph = lower_fx(gm, input_shape, name)
+            if _traced_differs(model, gm, input_shape, concrete_args):
+                # Python-level aliasing that symbolic tracing cannot see (``idt = out;
+                # out += x`` traces as ``out = out + x``, leaving ``idt`` unchanged):
+                # torch.export follows the bytecode and gets it right.
+                graph = _export_instead(model, input_shape, name, concrete_args, None)
+            else:
+                graph = lower_fx(gm, input_shape, name)
     finally:
         model.train(was_training)
     graph.meta.setdefault("source", f"nn.Module {type(model).__name__}")
     return graph
 
 
+def _traced_differs(model: nn.Module, gm: fx.GraphModule, input_shape: Shape,
+                    concrete_args: dict[str, Any] | None) -> bool:
+    """Whether fx's trace computes something else than the model on a random input (each run on
+    its own copy, since a model may write into its input)."""
+    example = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(concrete_args or {})
+    try:
+        with torch.no_grad():
+            expected = model(example.clone(), **kwargs)
+            traced = gm(example.clone())
+    except Exception:  # noqa: BLE001  (a model that needs other inputs: lowering will say so)
+        return False
+    pairs = zip(_tensors(expected), _tensors(traced))
+    return any(a.shape != b.shape or not torch.allclose(a.double(), b.double(), rtol=1e-5,
+                                                        atol=1e-6) for a, b in pairs)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    leaves = torch.utils._pytree.tree_leaves(value)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
 def _export_instead(model: nn.Module, input_shape: Shape, name: str,
-                    concrete_args: dict[str, Any] | None, fx_err: Exception) -> Graph:
+                    concrete_args: dict[str, Any] | None, fx_err: Exception | None) -> Graph:
     example = torch.zeros(2, *input_shape)
     try:
         program = torch.export.export(model, (example,), kwargs=dict(concrete_args or {}),
                                       dynamic_shapes=None)
     except Exception as export_err:  # noqa: BLE001  (both tracers failed: say where, briefly)
+        if fx_err is None:
+            raise UnsupportedOpError(
+                f"cannot trace {type(model).__name__}: torch.fx's trace computes other values "
+                "than the model (a tensor aliased before an in-place op, such as `idt = out; "
+                f"out += x`) and torch.export stopped at {_where(export_err)}; write "
+                "`out = out + x` instead") from None
         raise UnsupportedOpError(
             f"cannot trace {type(model).__name__}: torch.fx stopped at {_where(fx_err)} and "
             f"torch.export at {_where(export_err)}; make that code independent of tensor values "
@@ -88,7 +122,9 @@ def from_exported(program: torch.export.ExportedProgram, name: str = "model") ->
     if val is None or val.dim() < 2:
         raise UnsupportedOpError("the exported program's input has no known (batch, ...) shape")
     input_shape = tuple(int(s) for s in val.shape[1:])
-    graph = lower_fx(program.module(), input_shape, name)
+    batch = val.shape[0]
+    example_batch = batch if isinstance(batch, int) else getattr(batch.node, "hint", None) or 2
+    graph = lower_fx(program.module(), input_shape, name, (int(example_batch), *input_shape))
     return graph
 
 

@@ -147,3 +147,91 @@ def test_when_both_tracers_fail_the_error_names_the_line_that_stopped_them():
     message = str(info.value)
     assert message.count("test_torch_module.py:") == 2 and "if x.sum() > 0" in message
     assert len(message) <= 300, len(message)
+
+
+# ---- in-place ops as statements (issue 39): their result is discarded, their write is not ------
+class _InPlaceStatement(nn.Module):
+    """conv -> one in-place statement on ``out`` -> conv -> linear, as published ResNets write
+    ``out.add_(residual)`` or ``F.relu(out, inplace=True)`` without using the result."""
+
+    def __init__(self, statement: str):
+        super().__init__()
+        self.statement = statement
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        res = self.conv2(out)
+        s = self.statement
+        if s == "add_":
+            out.add_(res)
+        elif s == "F.relu(inplace)":
+            torch.nn.functional.relu(out, inplace=True)
+        elif s == "nn.ReLU(inplace)":
+            self.relu(out)
+        elif s == "mul_":
+            out.mul_(0.5)
+        elif s == "clamp_":
+            out.clamp_(0, 1)
+        elif s == "relu_":
+            out.relu_()
+        elif s == "alias +=":
+            idt = out
+            out += res
+            out = self.conv2(torch.relu(out)) + idt  # idt is the tensor ``out`` was written into
+        elif s == "input relu_":
+            x.relu_()
+            out = out + self.conv1(x)
+        return self.fc(out.flatten(1))
+
+
+IN_PLACE_STATEMENTS = ["add_", "F.relu(inplace)", "nn.ReLU(inplace)", "mul_", "clamp_", "relu_",
+                       "alias +=", "input relu_"]
+
+
+@pytest.mark.parametrize("statement", IN_PLACE_STATEMENTS)
+def test_an_in_place_statement_changes_every_later_use(statement):
+    torch.manual_seed(3)
+    model = _InPlaceStatement(statement).eval()
+    x = 4 * torch.rand(4, 3, 6, 6) - 2  # conv outputs on both sides of 0 and of 1
+    with torch.no_grad():
+        expected = model(x.clone())
+    graph = from_module(model, (3, 6, 6))
+    got = GraphExecutor(graph).eval()(x.clone())
+    assert (got - expected).abs().max() <= 1e-5
+    with torch.no_grad():  # lowering changed neither the model's weights nor its outputs
+        assert torch.equal(model(x.clone()), expected)
+
+
+def test_an_in_place_op_on_a_reshaped_view_is_refused_in_one_line():
+    class ViewWrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, x):
+            out = self.conv(x)
+            out.view(out.size(0), -1).relu_()  # writes into ``out`` through a flat view
+            return self.fc(out.flatten(1))
+
+    with pytest.raises(UnsupportedOpError, match="in-place op on a reshaped view") as info:
+        from_module(ViewWrite().eval(), (1, 4, 4))
+    assert "\n" not in str(info.value)
+
+
+def test_writing_into_a_slice_is_refused_not_dropped():
+    class SliceWrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            x[:, 0] = 0.0
+            return self.fc(x)
+
+    with pytest.raises(UnsupportedOpError, match="cannot lower the model: .*(setitem|fill_)"):
+        from_module(SliceWrite().eval(), (4,))
