@@ -11,9 +11,10 @@ portable graph is therefore written from an IR rewritten with the same meaning:
 * the output layer feeds ``Output`` directly: the reader averages the per-step outputs over T
   (the exact profile integrates them in an ``I`` node);
 * ``IF(r=1, v_reset=0)`` only: reset by subtraction and an initial potential are refused;
-* one threshold per layer: a per-channel threshold ``theta_c`` becomes 1, and channel ``c``'s input
-  current is divided by ``theta_c`` (in the feeding conv/linear's weights and bias, or in a
-  diagonal layer when the neuron sums several branches) -- the same spikes up to float rounding;
+* one threshold per layer, as compiled (``--threshold-mode layer``): per-channel thresholds are
+  refused. Dividing channel ``c``'s input current by ``theta_c`` would give "the same spikes up to
+  float rounding", and on deep nets the rounding flips neurons whose flips cascade (measured on a
+  random-weight vgg11: logits 0.003 apart from the runtime's): not the SNN that was compiled;
 * average pooling and scales become convolutions (or affine maps) with diagonal weights, which
   every importer reads: ``1 / (kh * kw)`` on the diagonal is exact for power-of-two windows.
 """
@@ -39,6 +40,11 @@ def portable_problems(graph: Graph) -> list[str]:
         elif op.v_init:
             problems.append(f"node {name!r} (if) starts at v_init={op.v_init}, which NIR's IF "
                             "cannot hold: recompile with --v-init 0, or export a framework module")
+        elif op.threshold.numel() > 1 and not bool((op.threshold == op.threshold.reshape(-1)[0])
+                                                    .all()):
+            problems.append(f"node {name!r} (if) has one threshold per channel, which the "
+                            "importers read as one per layer and which no rescaling keeps exact: "
+                            "recompile with --threshold-mode layer, or export a framework module")
     for name in graph.nodes_of(AvgPool2d):
         op = graph.op(name)
         if any(op.padding) and not op.count_include_pad:
@@ -60,32 +66,13 @@ def _diagonal(channels_or_features: int, values: torch.Tensor, bias: torch.Tenso
                   **conv)
 
 
-def _one_threshold_per_layer(graph: Graph, name: str) -> None:
-    op = graph.op(name)
-    theta = op.threshold.detach().float().reshape(-1)
-    if bool((theta == theta[0]).all()):
-        return
-    inverse = 1.0 / theta
-    feeds = graph.inputs(name)
-    feeder = graph.op(feeds[0]) if len(feeds) == 1 else None
-    if isinstance(feeder, (Conv2d, Linear)) and graph.consumers(feeds[0]) == [name]:
-        rows = inverse.reshape(-1, *([1] * (feeder.weight.dim() - 1)))
-        bias = None if feeder.bias is None else feeder.bias.detach().float() * inverse
-        graph.set_op(feeds[0], feeder.replace(weight=feeder.weight.detach().float() * rows,
-                                              bias=bias))
-    else:
-        shape = graph.in_shape(name)
-        graph.insert_before(name, graph.unique_name(f"{name}_per_channel"),
-                            _diagonal(shape[0], inverse, None, len(shape)))
-    graph.set_op(name, op.replace(threshold=torch.ones(1)))
-
-
 def portable_graph(graph: Graph) -> Graph:
     """A copy of ``graph`` rewritten into the portable subset (see the module docstring); the
     caller has checked :func:`portable_problems`."""
     graph = graph.copy()
-    for name in graph.nodes_of(IF):
-        _one_threshold_per_layer(graph, name)
+    for name in graph.nodes_of(IF):  # one value, shaped as NIR's IF holds a layer's threshold
+        op = graph.op(name)
+        graph.set_op(name, op.replace(threshold=op.threshold.detach().reshape(-1)[:1].clone()))
     for name in graph.nodes_of(AvgPool2d):
         op = graph.op(name)
         channels = graph.in_shape(name)[0]

@@ -4,7 +4,6 @@ the README's consumer table and these tests)."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import nir
@@ -33,45 +32,18 @@ def runtime(graph, x):
         return executor(x, TIMESTEPS, record=True), executor.neuron_spike_counts
 
 
-def portable(arch: str, threshold: str, tmp_path):
-    graph, x = zoo_snn(arch, "zero", threshold, 0.0)
+def portable(arch: str, tmp_path):
+    """Paper A's neuron, the one the portable profile holds: reset to zero, from zero, one
+    threshold per layer."""
+    graph, x = zoo_snn(arch, "zero", "layer", 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return graph, x, nir.read(write_nir(graph, tmp_path / "snn.nir", "portable"))
 
 
-# Measured 2026-12-07 on an AMD EPYC (torch's AVX2 kernels), on 4b42d6f as well: for the
-# random-weight vgg11 with per-channel thresholds, the runtime's logits (time folded into the
-# batch) differ by up to 0.0036 from three per-step consumers of the portable NIR (the NIR
-# reference simulator, SpikingJelly, Norse); spikes first differ at net_features_13. The case is
-# numerically chaotic rather than one side wrong: the runtime in float64 moves by 0.004 when
-# oneDNN is switched off (torch.backends.mkldnn), so summation order alone flips a neuron and the
-# flip cascades. With ATEN_CPU_CAPABILITY=default all agree, as on the CPU of earlier CI runs. A
-# well-conditioned test network is the differential tester's work (issue 39); until then this
-# one case, under exactly this condition, is an expected failure.
-KNOWN_CPU_DIFFERENCE = ("vgg11", "channel", "AVX2")
-
-
-@contextlib.contextmanager
-def known_cpu_difference(arch: str, threshold: str):
-    try:
-        yield
-    except AssertionError:
-        if (arch, threshold, torch.backends.cpu.get_cpu_capability()) == KNOWN_CPU_DIFFERENCE:
-            pytest.xfail("random-weight vgg11 with per-channel thresholds is numerically chaotic "
-                         "under AVX2 kernels: summation order flips spikes (issue 39)")
-        raise
-
-
-@pytest.mark.parametrize("threshold", ["layer", "channel"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_portable_profile_means_what_the_runtime_computes(arch, threshold, tmp_path):
-    with known_cpu_difference(arch, threshold):
-        _check_portable_against_runtime(arch, threshold, tmp_path)
-
-
-def _check_portable_against_runtime(arch, threshold, tmp_path):
-    graph, x, read = portable(arch, threshold, tmp_path)
+def test_portable_profile_means_what_the_runtime_computes(arch, tmp_path):
+    graph, x, read = portable(arch, tmp_path)
     kinds = {type(node).__name__ for node in read.nodes.values()}
     assert kinds <= {"Input", "Output", "Conv2d", "Affine", "Linear", "Flatten", "IF"}, kinds
     assert read.metadata["nir_profile"] == "portable" and read.metadata["dt"] == 1.0
@@ -101,10 +73,9 @@ def _check_portable_against_runtime(arch, threshold, tmp_path):
     assert (logits[exact] - expected[exact]).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("threshold", ["layer", "channel"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_spikingjelly_imports_the_portable_profile_and_agrees(arch, threshold, tmp_path):
-    graph, x, read = portable(arch, threshold, tmp_path)
+def test_spikingjelly_imports_the_portable_profile_and_agrees(arch, tmp_path):
+    graph, x, read = portable(arch, tmp_path)
     module = sj_import(read, dt=1.0)  # SpikingJelly needs r == 1 / dt and ignores NIR's dt: pass it
     state, total = None, 0
     with torch.no_grad():
@@ -113,9 +84,8 @@ def test_spikingjelly_imports_the_portable_profile_and_agrees(arch, threshold, t
             total = total + out
     expected, _ = runtime(graph, x)
     logits = total / TIMESTEPS
-    with known_cpu_difference(arch, threshold):
-        assert torch.equal(logits.argmax(1), expected.argmax(1))
-        assert (logits - expected).abs().max() < 1e-5
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
 
 
 def norse_logits(read, x):
@@ -135,18 +105,17 @@ def norse_logits(read, x):
 
 @pytest.mark.parametrize("arch", ["lenet", "vgg11"])
 def test_norse_imports_the_portable_profile_and_agrees(arch, tmp_path):
-    graph, x, read = portable(arch, "channel", tmp_path)
+    graph, x, read = portable(arch, tmp_path)
     expected, _ = runtime(graph, x)
     logits = norse_logits(read, x)
-    with known_cpu_difference(arch, "channel"):
-        assert torch.equal(logits.argmax(1), expected.argmax(1))
-        assert (logits - expected).abs().max() < 1e-5
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5
 
 
 def test_known_bug_norse_runs_a_residual_nir_graph_out_of_order(tmp_path):
     """Norse 1.1 / nirtorch 2.6: on resnet20 the module's output is not the logits but an inner
     layer's (8, 32, 32) map, at every step: use the Norse backend (export --format norse)."""
-    _, x, read = portable("resnet20", "channel", tmp_path)
+    _, x, read = portable("resnet20", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = norse.from_nir(read, dt=1.0)
@@ -158,7 +127,7 @@ def test_known_bug_norse_runs_a_residual_nir_graph_out_of_order(tmp_path):
 def test_known_bug_snntorch_imports_nir_if_as_a_leaky_neuron(tmp_path):
     """snnTorch 1.0: nir.IF becomes Leaky(beta=0.9) with reset by subtraction: not an IF neuron
     (and nir.I is refused): use the snnTorch backend (export --format snntorch)."""
-    _, _, read = portable("lenet", "layer", tmp_path)
+    _, _, read = portable("lenet", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = snntorch_import(read)
@@ -170,7 +139,7 @@ def test_known_bug_snntorch_imports_nir_if_as_a_leaky_neuron(tmp_path):
 def test_known_bug_sinabs_imports_nir_if_as_a_multi_spike_subtracting_neuron(tmp_path):
     """Sinabs 3.1.3: nir.IF becomes IAFSqueeze with MultiSpike, reset by subtraction and a membrane
     floor at -threshold, whatever v_reset says: use the Sinabs backend (export --format sinabs)."""
-    _, _, read = portable("lenet", "layer", tmp_path)
+    _, _, read = portable("lenet", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = sinabs.from_nir(read, batch_size=4)
@@ -199,15 +168,18 @@ def test_known_bug_no_importer_loads_the_exact_profile(reset):
             sinabs.from_nir(exact, batch_size=4)
 
 
-@pytest.mark.parametrize("reset,v_init,message", [
-    ("subtract", 0.0, "resets by subtraction, which NIR importers load wrongly"),
-    ("subtract", 0.5, "resets by subtraction"),
+@pytest.mark.parametrize("reset,threshold,v_init,message", [
+    ("subtract", "layer", 0.0, "resets by subtraction, which NIR importers load wrongly"),
+    ("subtract", "layer", 0.5, "resets by subtraction"),
+    ("zero", "layer", 0.5, "starts at v_init=0.5"),
+    ("zero", "channel", 0.0, "one threshold per channel.*--threshold-mode layer"),
 ])
-def test_portable_profile_refuses_what_it_cannot_express_in_one_line(reset, v_init, message):
-    graph, _ = zoo_snn("lenet", reset, "layer", v_init)
+def test_portable_profile_refuses_what_it_cannot_express_in_one_line(reset, threshold, v_init,
+                                                                     message):
+    graph, _ = zoo_snn("lenet", reset, threshold, v_init)
     with pytest.raises(UnsupportedOpError, match=message) as err:
         to_nir(graph, "portable")
-    assert "\n" not in str(err.value) and "--nir-profile exact" in str(err.value)
+    assert "\n" not in str(err.value) and "recompile with" in str(err.value)
 
 
 def test_an_unknown_profile_is_refused():

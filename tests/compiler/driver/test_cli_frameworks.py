@@ -113,6 +113,13 @@ def test_portable_nir_export_refuses_todays_defaults_and_runs_like_the_runtime(
                                  "none", "--robustness", "none", "--reset", "zero", "--v-init",
                                  "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    refused = runner.invoke(app, ["export", str(out), "--format", "nir", "--nir-profile",
+                                  "portable"])  # today's per-channel thresholds
+    assert refused.exit_code == 2 and "--threshold-mode layer" in refused.output
+    result = runner.invoke(app, ["compile", str(model), "-T", "4", "--n", "100", "--finetune",
+                                 "none", "--robustness", "none", "--reset", "zero", "--v-init",
+                                 "0", "--threshold-mode", "layer", "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["export", str(out), "--format", "nir", "--nir-profile",
                                  "portable"])
     assert result.exit_code == 0, result.output
