@@ -283,7 +283,8 @@ def to_onnx(graph: Graph, form: str = "unrolled", timesteps: int | None = None) 
     steps = timesteps or spec.timesteps
     if spiking and form == "unrolled" and steps <= 0:
         raise ConfigError(
-            "the unrolled ONNX graph needs the number of time steps; pass --timesteps"
+            f"graph {graph.name!r} records no time steps, which the unrolled ONNX graph needs; "
+            "pass timesteps=N"
         )
     b = _OnnxBuilder(graph)
     in_shape = list(graph.op(graph.input_names[0]).shape)

@@ -348,7 +348,11 @@ def _clip(lw, a, at):
 
 
 def _shape(lw, a, at):
-    return np.array([1, *lw.shapes[a[0].node]], dtype=np.int64)  # batch written as 1; Reshape reads [1:]
+    """``Shape`` with its ``start``/``end`` slice (opset 15; the dynamo exporter takes the batch
+    dim as ``Shape(x, start=0, end=1)``). The batch is written as 1; Reshape reads ``[1:]``."""
+    full = [1, *lw.shapes[a[0].node]]
+    start, end = int(at.get("start", 0)), at.get("end")
+    return np.array(full[start:None if end is None else int(end)], dtype=np.int64)
 
 
 CONVERTERS: dict[str, Callable] = {

@@ -1,8 +1,11 @@
 """The labelled image sets that training, attacks and evaluation consume.
 
-A frontend reader turns files into uint8 images and int64 labels (``frontends.datasets``); these
-containers hold them in memory, split off a seeded validation set, and deal out float batches in
-[0, 1] (shuffled reproducibly, or shared between processes as ``DistributedSampler`` deals them).
+A frontend reader turns files into uint8 images and int64 labels (``frontends.datasets``); a
+Python user may hand over float images in [0, 1] instead. These containers hold them in memory,
+split off a seeded validation set, and deal out float batches in [0, 1] (shuffled reproducibly, or
+shared between processes as ``DistributedSampler`` deals them). :func:`check_images` is the one
+input contract (uint8 pixels, or floats in the model's input range) and :func:`as_float` the one
+conversion; the executor applies both to what it is given.
 """
 
 from __future__ import annotations
@@ -14,12 +17,51 @@ import torch
 from spikeshield.compiler.ir.errors import ConfigError, DataError
 
 
+PIXEL_RANGE = (0.0, 1.0)  # what spikeshield's models take, and what uint8 pixels / 255 are
+
+
+def check_images(images: torch.Tensor, what: str,
+                 input_range: tuple[float, float] | None = PIXEL_RANGE) -> None:
+    """uint8 pixels (0..255), or floats within ``input_range`` (unchecked when None); anything else
+    is a :class:`DataError` naming ``what`` and what was given, in one line (a float image in
+    [0, 255], or in [0, 1] divided again by 255, would otherwise be computed on silently)."""
+    if images.dtype == torch.uint8:
+        return
+    expected = ("uint8 pixels (0..255) or floats" + (
+        f" in [{input_range[0]:g}, {input_range[1]:g}]" if input_range else ""))
+    if not images.dtype.is_floating_point:
+        raise DataError(f"{what} are {images.dtype}; give {expected}")
+    if not images.numel():
+        return
+    if not bool(torch.isfinite(images).all()):
+        raise DataError(f"{what} hold NaN or infinite values; give {expected}")
+    if input_range is None:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if low < input_range[0] or high > input_range[1]:
+        hint = (" (8-bit pixels as floats: divide by 255, or pass them as uint8)"
+                if 1 < high <= 255 and input_range == PIXEL_RANGE else "")
+        raise DataError(f"{what} hold values in [{low:g}, {high:g}]; give {expected}{hint}")
+
+
+def as_float(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Float32 values for a model: uint8 pixels divided by 255, floats as they are (see
+    :func:`check_images`)."""
+    if images.dtype == torch.uint8:
+        return images.to(device=device, dtype=torch.float32) / 255.0
+    return images.to(device=device, dtype=torch.float32)
+
+
 @dataclass
 class Dataset:
-    """An in-memory labelled image set: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+    """An in-memory labelled image set: ``images`` ``(N, C, H, W)``, uint8 pixels or floats in
+    [0, 1] (checked), and ``labels`` int64 ``(N,)``."""
 
     images: torch.Tensor
     labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        check_images(self.images, "the data set's images")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -49,8 +91,7 @@ class Dataset:
         order = self._order(shuffle, seed, rank, processes)
         for start in range(skip * batch_size, len(order), batch_size):
             idx = order[start : start + batch_size]
-            x = self.images[idx].to(device=device, dtype=torch.float32) / 255.0
-            yield x, self.labels[idx].to(device)
+            yield as_float(self.images[idx], device), self.labels[idx].to(device)
 
     def digest(self) -> str:
         """SHA-256 of the images and labels, in order: what a resumed job checks it is given the
@@ -104,7 +145,7 @@ class DataSplits:
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training pixels (in [0, 1]), for input normalisation."""
-        x = self.train.images[:10000].float() / 255.0
+        x = as_float(self.train.images[:10000])
         dims = [0] + list(range(2, x.dim()))
         return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
 
@@ -119,12 +160,11 @@ def check_max_train(max_train: int | None, option: str) -> None:
 
 def check_labelled(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                    what: str) -> None:
-    """Images held as uint8 pixels (0..255) and one integer label in ``[0, num_classes)`` per
-    image; anything else is refused in one line rather than counted wrongly (a label of -1 or
-    ``num_classes`` would be scored as an error by every metric, a float image divided again)."""
-    if images.dtype != torch.uint8:
-        raise DataError(f"{what} images are {images.dtype}; spikeshield holds images as uint8 "
-                        "pixels in 0..255 (scale [0, 1] floats by 255 and round)")
+    """Images as uint8 pixels (0..255) or floats in [0, 1] (:func:`check_images`) and one integer
+    label in ``[0, num_classes)`` per image; anything else is refused in one line rather than
+    counted wrongly (a label of -1 or ``num_classes`` would be scored as an error by every
+    metric)."""
+    check_images(images, f"{what} images")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1 or \
             len(labels) != len(images):
         raise DataError(f"{what} labels must be one integer per image, got {labels.dtype} of "

@@ -24,7 +24,7 @@ from spikeshield.runtime.checkpoint import (
     rng_state,
 )
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.runtime.data import Dataset
+from spikeshield.runtime.data import Dataset, as_float
 from spikeshield.runtime.attacks import AttackedModel, Member
 from spikeshield.runtime.distributed import World, sum_over_processes
 from spikeshield.runtime.executor import GraphExecutor
@@ -114,8 +114,7 @@ def predictions(
 
 
 def as_tensors(data: Dataset, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = data.images.to(device=device, dtype=torch.float32) / 255.0
-    return x, data.labels.to(device)
+    return as_float(data.images, device), data.labels.to(device)
 
 
 def run_ensemble(

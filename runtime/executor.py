@@ -25,6 +25,8 @@ from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
 from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, BatchNorm, Conv2d, Input, Output, Sum
+from spikeshield.compiler.ir.limits import resolve_timesteps
+from spikeshield.runtime.data import as_float, check_images
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, batchnorm_tracking, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
@@ -65,7 +67,8 @@ class GraphExecutor(nn.Module):
     """An ``nn.Module`` that runs a :class:`Graph`; the graph's tensors become its parameters.
 
     ``forward(x, timesteps)`` returns logits: for an SNN, the output layer's value averaged over
-    ``timesteps`` steps. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
+    ``timesteps`` steps (by default the T the graph records). ``x`` is uint8 pixels (divided by
+    255) or floats within the input range the graph records; anything else is a ``DataError``. ``to_graph()`` writes the (possibly trained) parameters back into a graph copy.
     ``surrogate`` is a shorthand for ``gradient_mode=GradientMode("bptt", surrogate)``.
     BatchNorm nodes normalise with their stored statistics, except with ``batch_statistics`` in
     training mode: then with each batch's own, tracked into the stored ones
@@ -77,7 +80,7 @@ class GraphExecutor(nn.Module):
         self,
         graph: Graph,
         surrogate: Surrogate | None = None,
-        encoding: str = "direct",
+        encoding: str | None = None,
         gradient_mode: GradientMode | None = None,
         sparse: str | None = None,
         batch_statistics: bool = False,
@@ -90,6 +93,10 @@ class GraphExecutor(nn.Module):
         if gradient_mode is not None and surrogate is not None:
             raise ConfigError("give either a surrogate or a gradient mode, not both")
         self.gradient_mode = gradient_mode or GradientMode("bptt", surrogate or Surrogate())
+        spec = graph.run_spec()
+        encoding = spec.encoding if encoding is None else encoding  # the graph's, by default
+        self.recorded_timesteps = spec.timesteps
+        self.input_range = spec.input_range
         if encoding not in ENCODINGS:
             raise ConfigError(f"unknown input encoding {encoding!r}; choose one of {ENCODINGS}")
         self.encoding = encoding
@@ -169,22 +176,26 @@ class GraphExecutor(nn.Module):
     ) -> torch.Tensor:
         """Logits for a batch ``x`` of shape ``(N, *input_shape)``.
 
-        ``timesteps`` is required for a spiking graph (and ignored by the ANN proxy gradient mode,
-        which runs every IF layer as ``relu(I)/theta`` in a single pass). ``record=True`` stores the
+        ``x``: uint8 pixels (divided by 255) or floats within the graph's input range
+        (``DataError`` otherwise). ``timesteps`` defaults to the T the graph records (a spiking
+        graph that records none needs it; the ANN proxy gradient mode ignores it and runs every
+        IF layer as ``relu(I)/theta`` in a single pass). ``record=True`` stores the
         spike counts of every IF node per sample in ``self.spike_counts`` (N,) and per neuron in
         ``self.neuron_spike_counts`` (N, *shape). ``stop_at=node`` returns the value *entering* that
         node instead (``(T, N, ...)`` when it varies over time), used by threshold calibration.
         ``observe(name, value, temporal)`` sees every node's output as it is computed (the SynOp
         counter reads the spike trains this way without the executor storing them).
         """
+        check_images(x, "the executor's input x", self.input_range)
+        x = as_float(x) if x.dtype == torch.uint8 else x
         proxy = self.gradient_mode.kind == "ann_proxy"
         if proxy:
             timesteps = None
         elif self.is_spiking:
-            if timesteps is None or timesteps <= 0:
-                raise ConfigError(
-                    f"a spiking graph needs timesteps >= 1, got {timesteps}; pass --timesteps"
-                )
+            timesteps = resolve_timesteps(timesteps, self.recorded_timesteps)
+            if timesteps is None:
+                raise ConfigError(f"graph {self.graph.name!r} records no time steps; pass "
+                                  "timesteps=N to run it")
         if record:
             self.spike_counts, self.neuron_spike_counts = {}, {}
         block = self._block_steps(x, timesteps)

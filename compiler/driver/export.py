@@ -148,7 +148,7 @@ def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -
 
     torch.manual_seed(0)  # Poisson input: the same draws before and after
     spec = graph.run_spec()
-    steps = resolve_timesteps(timesteps, spec.timesteps)
+    steps = resolve_timesteps(timesteps, spec.timesteps, "--timesteps")
     executor = GraphExecutor(graph, encoding=spec.encoding)
     return evaluate_graph(executor, test, steps, device=device).accuracy
 
@@ -170,7 +170,7 @@ def export_graph(
         raise _unknown_formats(unknown)
     adapted, adaptation = adapt_to_target(graph, target, test, timesteps, device)
     spec = adapted.run_spec()
-    steps = resolve_timesteps(timesteps, spec.timesteps)
+    steps = resolve_timesteps(timesteps, spec.timesteps, "--timesteps")
     descriptions = []
     adapted_ir = None
     if adaptation.passes:  # keep the graph the files hold, for `spikeshield run` and `eval`

@@ -374,7 +374,7 @@ def _profile_directory(directory: Path, data: str | None, samples: int, energy: 
     graph = load_graph(directory / "snn.ir")
     spec = data or recorded_data_spec(directory)
     splits = load_data(spec, seed=seed)
-    steps = resolve_timesteps(timesteps, graph.run_spec().timesteps) or DEFAULT_TIMESTEPS
+    steps = resolve_timesteps(timesteps, graph.run_spec().timesteps, "--timesteps") or DEFAULT_TIMESTEPS
     profile = profile_graph(graph, splits.test.head(samples), steps, energy,
                             device=resolve_device(device))
     profile["data"] = spec

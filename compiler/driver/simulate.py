@@ -94,7 +94,7 @@ def simulate(
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     spiking = bool(graph.nodes_of(IF))
     spec = graph.run_spec()
-    steps = resolve_timesteps(timesteps, spec.timesteps)
+    steps = resolve_timesteps(timesteps, spec.timesteps, "--timesteps")
     if spiking and steps is None:
         raise ConfigError(f"graph {graph.name!r} records no number of time steps; pass --timesteps")
     where = resolve_device(device)

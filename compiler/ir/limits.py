@@ -132,11 +132,13 @@ def check_timesteps(value: object, option: str = "--timesteps") -> int:
     return value
 
 
-def resolve_timesteps(requested: int | None, recorded: object) -> int | None:
-    """The T to simulate: ``requested`` (an option, checked) or the graph's recorded T; None when
-    neither is set (an ANN graph)."""
+def resolve_timesteps(requested: int | None, recorded: object,
+                      option: str = "timesteps") -> int | None:
+    """The T to simulate: ``requested`` (checked; ``option`` names it in errors: the argument of
+    a library call, or a CLI flag) or the graph's recorded T; None when neither is set (an ANN
+    graph)."""
     if requested is not None:
-        return check_timesteps(requested)
+        return check_timesteps(requested, option)
     if recorded in (None, 0):
         return None
     return check_timesteps(recorded, "the graph's recorded timesteps")

@@ -231,7 +231,9 @@ def finetune_robust(
     torch.manual_seed(cfg.seed)
     graph, added = add_zero_biases(graph)
     mode = GradientMode.parse(cfg.surrogate)
-    executor = GraphExecutor(graph, gradient_mode=mode).to(device)
+    # Trained on the analog input whatever the graph's recorded encoding (as before the executor
+    # took the graph's encoding by default): the encoding applies when the SNN is evaluated.
+    executor = GraphExecutor(graph, encoding="direct", gradient_mode=mode).to(device)
 
     def clamp_thresholds() -> None:
         executor.clamp_thresholds(cfg.threshold_floor)

@@ -53,7 +53,8 @@ def prune_weights(
     if cfg.sparsity == 0:
         return PassResult(graph, False, {"reason": "sparsity 0: nothing to prune"})
     # An ANN's BatchNorm trains on batch statistics, as in PyTorch: the network changes under them.
-    executor = GraphExecutor(graph, gradient_mode=GradientMode.parse("triangle:1"),
+    # Trained on the analog input whatever the recorded encoding, as robust finetuning is.
+    executor = GraphExecutor(graph, encoding="direct", gradient_mode=GradientMode.parse("triangle:1"),
                              batch_statistics=not spiking).to(device)
     # Input normalisation and spike amplitudes stay fixed, as in robust finetuning.
     for name in graph.nodes_of(Scale):

@@ -117,3 +117,25 @@ def test_a_broadcast_of_small_constants_is_bounded_by_its_output(tmp_path, op, s
     path = _constant_model(shape_nodes + nodes, "total", tmp_path, "broadcast")
     with pytest.raises(ModelLoadError, match=f"computed by {op} node 'big' has {elements}"):
         from_onnx(path)
+
+
+@pytest.mark.parametrize("start,end", [(0, 1), (0, -3), (None, 1)])
+def test_shape_with_a_slice_takes_the_batch_dim_as_the_dynamo_exporter_writes_it(start, end,
+                                                                                 tmp_path):
+    """``Reshape(x, Concat(Shape(x, start=0, end=1), [-1]))``: a Shape that ignored its slice made
+    the target [1, 2, 3, 3, -1] and refused every flatten the dynamo exporter writes (issue 39)."""
+    weight = numpy_helper.from_array(torch.randn(4, 18).numpy(), "w")
+    minus_one = numpy_helper.from_array(torch.tensor([-1]).numpy(), "minus_one")
+    attrs = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["batch"], **attrs),
+         helper.make_node("Concat", ["batch", "minus_one"], ["target"], axis=0),
+         helper.make_node("Reshape", ["x", "target"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["y"], transB=1)],
+        "flatten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [weight, minus_one])
+    path = tmp_path / "flatten.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = torch.rand(5, 2, 3, 3)
+    expected = x.flatten(1) @ torch.from_numpy(numpy_helper.to_array(weight)).T
+    assert (GraphExecutor(from_onnx(path))(x) - expected).abs().max() < 1e-5

@@ -129,7 +129,7 @@ def test_load_module_keeps_to_the_step_bound(snn_ir):
     from spikeshield.backends.frameworks import load_module
 
     module = load_module(snn_ir, framework="norse")
-    with pytest.raises(ConfigError, match="--timesteps must be between 1 and 4,096"):
+    with pytest.raises(ConfigError, match="^timesteps must be between 1 and 4,096"):
         module(torch.zeros(1, 1, 6, 6), timesteps=10 ** 12)
 
 
