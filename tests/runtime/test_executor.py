@@ -120,3 +120,51 @@ def test_spike_counts_recorded_in_blocks_of_steps_are_those_of_folding_all_steps
         for name in per_sample:
             assert torch.equal(other_sample[name], per_sample[name])
             assert torch.equal(other_neuron[name], per_neuron[name])
+
+
+# ---- the executor's input contract (issue 39) ----------------------------------------------------
+def _recording(timesteps: int, input_range=(0.0, 1.0)):
+    from spikeshield.compiler.ir.run_spec import RunSpec
+
+    graph = single_if_graph(1.0, "zero")
+    RunSpec(timesteps, "direct", input_range=input_range).record(graph.meta)
+    return graph
+
+
+def test_the_executor_runs_a_graph_with_the_time_steps_it_records():
+    executor = GraphExecutor(_recording(8))
+    x = torch.tensor([[0.3]])
+    assert executor(x).item() == executor(x, 8).item() == pytest.approx(0.25)
+    assert executor(x, 10).item() == pytest.approx(0.2)  # told otherwise: 2 spikes in 10
+
+
+def test_a_graph_that_records_no_time_steps_asks_for_the_argument_not_a_cli_flag():
+    with pytest.raises(ConfigError, match="records no time steps; pass timesteps=N") as info:
+        GraphExecutor(single_if_graph())(torch.rand(1, 1))
+    assert "--" not in str(info.value)
+
+
+def test_uint8_pixels_are_divided_by_255_and_floats_taken_as_they_are():
+    executor = GraphExecutor(_recording(8))
+    pixels = torch.tensor([[77]], dtype=torch.uint8)
+    assert executor(pixels).item() == executor(torch.tensor([[77 / 255]])).item()
+
+
+@pytest.mark.parametrize("x,message", [
+    (torch.tensor([[3.0]]), r"hold values in \[3, 3\]; give uint8 pixels \(0..255\) or floats in "
+                            r"\[0, 1\]"),
+    (torch.tensor([[200.0]]), "divide by 255, or pass them as uint8"),
+    (torch.tensor([[float("nan")]]), "NaN"),
+    (torch.tensor([[1]], dtype=torch.int64), "are torch.int64"),
+])
+def test_an_input_outside_the_recorded_range_is_a_data_error(x, message):
+    from spikeshield.compiler.ir.errors import DataError
+
+    with pytest.raises(DataError, match=message) as info:
+        GraphExecutor(_recording(8))(x)
+    assert "\n" not in str(info.value) and "the executor's input x" in str(info.value)
+
+
+def test_a_graph_without_a_recorded_range_takes_any_finite_float():
+    graph = _recording(8, input_range=None)
+    assert GraphExecutor(graph)(torch.tensor([[3.0]])).item() == 1.0  # fires every step
