@@ -108,6 +108,8 @@ class FxLowering(Lowering):
     def run(self) -> Graph:
         writes = _writes(self.gm, self.example_shape)
         live = _live_nodes(self.gm.graph, writes)
+        self.live = live
+        self.position = {node: i for i, node in enumerate(self.gm.graph.nodes)}
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder" and n in live]
         if len(placeholders) != 1:
             raise UnsupportedOpError(
@@ -151,11 +153,17 @@ class FxLowering(Lowering):
                     f"an in-place op writing a constant into {target.name!r}",
                     "compute a new tensor instead of overwriting an activation")
             elif before is not None and _shape_of(self, before) != _shape_of(self, result):
-                self.env[target] = self.unsupported(
-                    f"an in-place op on a reshaped view of {target.name!r}",
-                    "apply the op before reshaping, or to the tensor itself")
+                if self._read_after(target, node):  # (the base of a flat view, say)
+                    self.env[target] = self.unsupported(
+                        f"an in-place op on a reshaped view of {target.name!r}",
+                        "apply the op before reshaping, or to the tensor itself")
             else:
                 self.env[target] = result
+
+    def _read_after(self, target: fx.Node, node: fx.Node) -> bool:
+        """Whether a live node after ``node`` reads ``target``."""
+        return any(user in self.live and self.position[user] > self.position[node]
+                   for user in target.users)
 
     def _output(self, node: fx.Node) -> None:
         result = node.args[0]
@@ -454,6 +462,15 @@ def _identity(lw, x, *_, **__):
     return x
 
 
+def _dropout(lw, x, p=0.5, training=False, inplace=False):
+    """Dropout at inference: the identity. Dropout that stays on (``training=True`` in the code, as
+    for Monte-Carlo dropout) is random, which no SNN here computes: refused."""
+    if training is True:
+        return lw.unsupported("dropout with training=True (random at inference)",
+                              "pass training=self.training, or drop it")
+    return x
+
+
 def _avgpool(lw, x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
              divisor_override=None):
     if isinstance(x, Padded):  # padded zeros are values: they count in the average
@@ -657,7 +674,9 @@ CONVERTERS: dict[Any, Converter] = {
     operator.mul: _mul, torch.mul: _mul, aten.mul.Tensor: _mul,
     operator.truediv: _div, torch.div: _div, aten.div.Tensor: _div,
     operator.getitem: _getitem, getattr: _getattr,
-    F.dropout: _identity, aten.dropout.default: _identity, aten.clone.default: _identity,
+    F.dropout: _dropout, F.dropout1d: _dropout, F.dropout2d: _dropout,
+    aten.dropout.default: _dropout, aten.feature_dropout.default: _dropout,
+    aten.clone.default: _identity,
     aten.alias.default: _identity, aten.detach.default: _identity,
     aten.contiguous.default: _identity,
 }
@@ -665,6 +684,7 @@ CONVERTERS: dict[Any, Converter] = {
 METHOD_CONVERTERS: dict[str, Converter] = {
     "relu": _relu, "floor": _floor, "floor_": _floor, "view": _reshape, "reshape": _reshape, "flatten": _flatten_fn,
     "relu_": _relu, "add_": _add, "sub_": _sub, "mul_": _mul, "div_": _div,
+    "add": _add, "sub": _sub, "mul": _mul, "div": _div,
     "clamp": _clamp, "clip": _clamp, "clamp_": _clamp, "clip_": _clamp, "clamp_min": _clamp_min,
     "clamp_min_": _clamp_min,
     "size": _size, "mean": _mean, "contiguous": _identity, "clone": _identity,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
@@ -184,8 +184,11 @@ def _broadcast_elements(shapes: list[tuple[int, ...]]) -> int:
 def _evaluate_constant(node: onnx.NodeProto, args: list[Any], source: str | os.PathLike) -> Any:
     from onnx.reference import ReferenceEvaluator
 
-    if node.op_type == "Shape":
-        raise UnsupportedOpError("Shape of a constant is not supported")
+    if node.op_type == "Shape":  # of a weight, say (the dynamo exporter writes such)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        start, end = int(attrs.get("start", 0)), attrs.get("end")
+        return np.array(np.shape(args[0])[start:None if end is None else int(end)],
+                        dtype=np.int64)
     TENSOR_ELEMENTS.check(_constant_elements(node, args), source,
                           f"the constant computed by {node.op_type} node "
                           f"{node.name or node.output[0]!r}")

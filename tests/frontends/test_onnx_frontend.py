@@ -139,3 +139,20 @@ def test_shape_with_a_slice_takes_the_batch_dim_as_the_dynamo_exporter_writes_it
     x = torch.rand(5, 2, 3, 3)
     expected = x.flatten(1) @ torch.from_numpy(numpy_helper.to_array(weight)).T
     assert (GraphExecutor(from_onnx(path))(x) - expected).abs().max() < 1e-5
+
+
+def test_the_shape_of_a_constant_is_computed_not_refused(tmp_path):
+    """Found by the differential tester: the dynamo exporter takes ``Shape`` of weights; that was
+    refused as "Shape of a constant is not supported"."""
+    bias = numpy_helper.from_array(torch.randn(3).numpy(), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["b"], ["n"]),
+         helper.make_node("Reshape", ["b", "n"], ["b2"]),
+         helper.make_node("Add", ["x", "b2"], ["y"])],
+        "shape_of_constant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [bias])
+    path = tmp_path / "shape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = torch.rand(5, 3)
+    expected = x + torch.from_numpy(numpy_helper.to_array(bias))
+    assert (GraphExecutor(from_onnx(path))(x) - expected).abs().max() < 1e-6

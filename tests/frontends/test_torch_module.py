@@ -235,3 +235,56 @@ def test_writing_into_a_slice_is_refused_not_dropped():
 
     with pytest.raises(UnsupportedOpError, match="cannot lower the model: .*(setitem|fill_)"):
         from_module(SliceWrite().eval(), (4,))
+
+
+@pytest.mark.parametrize("dropout", ["F.dropout", "F.dropout2d"])
+def test_dropout_left_on_at_inference_is_refused_and_dropout2d_lowers(dropout, tmp_path):
+    """Found by the differential tester: ``nn.Dropout2d`` through ``.pt2`` (``aten.feature_dropout``)
+    was refused; ``F.dropout(x, training=True)`` was lowered as the identity though it is random."""
+    fn = getattr(torch.nn.functional, dropout.split(".")[1])
+
+    class Model(nn.Module):
+        def __init__(self, always: bool):
+            super().__init__()
+            self.always = always
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.drop = nn.Dropout2d(0.3)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = self.drop(self.conv(x))
+            x = fn(x, 0.5, training=True) if self.always else x
+            return self.fc(x.flatten(1))
+
+    x = torch.rand(3, 2, 2, 2)
+    model = Model(always=False).eval()
+    path = tmp_path / "m.pt2"
+    export_pt2(model, (2, 2, 2), path)
+    for graph in (from_module(model, (2, 2, 2)), from_pt2(path)):
+        assert (GraphExecutor(graph)(x) - model(x)).abs().max() <= 1e-5
+    with pytest.raises(UnsupportedOpError, match=r"dropout with training=True"):
+        from_module(Model(always=True).eval(), (2, 2, 2))
+
+
+def test_tensor_arithmetic_methods_and_a_write_into_a_flat_view_lower_exactly():
+    """Found by the differential tester: ``x.mul(0.5)`` (and ``add``, ``sub``, ``div``) were
+    refused as unknown methods, and ``x = x.flatten(1); x = x.relu_()`` was refused because the
+    write also reaches the 4-D tensor behind the view, which nothing reads afterwards."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 3 * 3, 3)
+
+        def forward(self, x):
+            x = self.conv(x).mul(0.5).add(0.25).sub(x).div(2.0)
+            x = x.flatten(1)
+            x = x.relu_()
+            return self.fc(x)
+
+    model = Model().eval()
+    x = torch.rand(4, 2, 3, 3)
+    with torch.no_grad():
+        expected = model(x.clone())
+    assert (GraphExecutor(from_module(model, (2, 3, 3)))(x) - expected).abs().max() <= 1e-5
