@@ -709,7 +709,7 @@ def check_source(source: str, directory: Path, frontends: list[str] | None = Non
 
 
 def main() -> int:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, given, seed, settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=200)
@@ -722,21 +722,27 @@ def main() -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="differential-"))
 
+    tried = [0]
+
+    @seed(args.seed)
     @settings(max_examples=args.examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(program=programs(), neuron=neurons)
     def search(program: Program, neuron: Neuron) -> None:
         source = program.source(neuron)
+        tried[0] += 1
         try:
             check_source(source, work, stats=stats)
         except Exception:
             failing.append(source)
+            print(f"[{time.perf_counter() - started:6.0f} s] model {tried[0]}: mismatch "
+                  "(shrinking)", flush=True)
             raise
+        if tried[0] % 10 == 0:
+            print(f"[{time.perf_counter() - started:6.0f} s] {tried[0]} models, no mismatch",
+                  flush=True)
 
     try:
-        import random
-
-        random.seed(args.seed)
         search()
         found = None
     except Exception as err:  # noqa: BLE001  (the shrunk failure: keep it)
