@@ -23,7 +23,7 @@ def export_cmd(
     fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T), onnx-step (one step, explicit state), or a framework module: norse, snntorch, spikingjelly, sinabs (load it with spikeshield.backends.frameworks.load_module).")] = "nir",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx, snn_step.onnx or snn.<framework>.safetensors in DIR).")] = None,
-    nir_profile: Annotated[str, typer.Option("--nir-profile", help="exact (what the runtime computes, in all of NIR) or portable (only what SNN frameworks' NIR importers read: reset to zero, v_init 0; the reader averages the output over T; default file snn.portable.nir).")] = "exact",
+    nir_profile: Annotated[str, typer.Option("--nir-profile", help="exact (what the runtime computes, in all of NIR) or portable (only what SNN frameworks' NIR importers read: reset to zero, v_init 0, one threshold per layer; the reader averages the output over T; default file snn.portable.nir).")] = "exact",
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="T of the unrolled ONNX graph (default: the compiled T).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data for re-measuring accuracy after target repairs (default: the compile-time spec).")] = None,
     n: Annotated[int, typer.Option("--n", help="Test samples for that measurement.")] = 1000,

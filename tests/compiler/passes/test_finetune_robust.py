@@ -11,10 +11,18 @@ from tests.conftest import tiny_conv_graph
 
 
 class _Untouchable(Dataset):
-    """A test split that fails the moment anything reads it."""
+    """A test split that fails the moment anything reads it (once built: the constructor checks
+    its images)."""
+
+    sealed = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.sealed = True
 
     def __getattribute__(self, name):
-        if name in ("images", "labels", "batches", "head", "subset", "__len__"):
+        if name in ("images", "labels", "batches", "head", "subset", "__len__") and \
+                object.__getattribute__(self, "sealed"):
             raise AssertionError(f"finetuning read the test split ({name})")
         return super().__getattribute__(name)
 
