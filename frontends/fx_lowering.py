@@ -310,16 +310,34 @@ def _writes(gm: fx.GraphModule, example_shape: Shape) -> dict[fx.Node, tuple[fx.
     a trailing ``_``, an ATen schema's write annotation) is taken to write its first argument."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    modules = dict(gm.named_modules())
+    if not any(_may_write(node, modules) for node in gm.graph.nodes):
+        return {}  # the fake run costs a few tenths of a second: only where a write can be
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
             probe = _WriteProbe(gm, mode)
             probe.run(torch.zeros(example_shape))
         return probe.writes
     except Exception:  # noqa: BLE001  (an op fake tensors cannot run: declared writes instead)
-        modules = dict(gm.named_modules())
         return {node: (node.args[0],) for node in gm.graph.nodes
                 if node.op in ("call_function", "call_method", "call_module")
                 and _mutates_first_argument(node, modules) and isinstance(node.args[0], fx.Node)}
+
+
+def _may_write(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` could write into a tensor: it declares a write (``inplace``, a trailing
+    ``_``, an ATen schema's write annotation), it is an augmented or item assignment, or it is
+    an op this frontend does not know (which may do anything; it is refused later anyway)."""
+    if node.op == "call_method":
+        return node.target.endswith("_") or node.target not in METHOD_CONVERTERS
+    if node.op == "call_module":
+        module = modules.get(node.target)
+        return _module_converter(module) is None or bool(getattr(module, "inplace", False))
+    if node.op != "call_function":
+        return False
+    if _mutates_first_argument(node, modules) or node.target not in CONVERTERS:
+        return True
+    return _target_name(node.target).split(".")[-1].endswith("_")
 
 
 def _shape_of(lw: FxLowering, value: Any) -> Shape:
