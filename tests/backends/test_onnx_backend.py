@@ -3,6 +3,9 @@ and an exported ANN read back through the ONNX frontend reproduces its source.""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -26,33 +29,12 @@ from tests.backends.conftest import (
 )
 from tests.backends.nir_reference import NirReference
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from differential import run_step_graph  # noqa: E402  (the step graph's driving contract, once)
+
 
 def session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def run_step_graph(path, x: np.ndarray, steps: int):
-    """Drive the single-step graph for ``steps`` steps as its contract says (states at zero, a
-    membrane with an initial potential at its ``v_init__`` output): logits and per-neuron spike
-    counts of every IF layer."""
-    sess = session(path)
-    names = [o.name for o in sess.get_outputs()]
-    feeds = {i.name: np.zeros([len(x), *i.shape[1:]], np.float32) for i in sess.get_inputs()}
-    feeds["input"] = x
-    first = dict(zip(names, sess.run(None, feeds)))
-    for key in [k for k in feeds if k.startswith("v__")]:
-        if f"v_init__{key[3:]}" in first:
-            feeds[key] = feeds[key] + first[f"v_init__{key[3:]}"]
-    counts = {}
-    for _ in range(steps):
-        out = dict(zip(names, sess.run(None, feeds)))
-        for key in [k for k in feeds if k.startswith("v__")]:
-            layer = key[3:]
-            spikes = out[f"spikes__{layer}"]
-            counts[layer] = counts.get(layer, 0) + spikes
-            feeds[key] = out[f"v_next__{layer}"]
-        feeds["readout"] = out["readout_next"]
-    return feeds["readout"] / steps, counts
 
 
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
