@@ -13,7 +13,7 @@ install: $(STAMP)
 # The SNN frameworks the interop tests run against (the `frameworks` extra, then spikingjelly and
 # sinabs with --no-deps: torchvision; sinabs also pins nir<=1.0.4 and samna, which only downloads
 # itself from a private index at import).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -59,6 +59,7 @@ wheel-smoke: install
 	  && bin/spikeshield export snn --format nir && bin/spikeshield export snn --format norse \
 	  && bin/python -c "from spikeshield.backends.frameworks import load_module; load_module('snn/snn.norse.safetensors')" \
 	  && bin/python -c "from spikeshield.runtime.sparse_conv import available; ok, why = available(); assert ok, why" \
-	  && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null
+	  && bin/python -m spikeshield.compiler.driver.cli --help >/dev/null \
+	  && bin/python -c "import spikeshield as ss; snn = ss.load('snn'); print(snn, ss.__version__)"
 	rm -rf $(WHEEL_SRC) dist
 	@echo "wheel-smoke: the wheel installs and runs outside the checkout"

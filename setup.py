@@ -5,10 +5,15 @@ from setuptools import find_packages, setup
 
 TOP_LEVEL = ("compiler", "frontends", "backends", "runtime")
 
+# The ``spikeshield`` package itself (``import spikeshield as ss``): its ``__init__`` lives in the
+# driver floor, since the repository's top level is fixed; it only re-exports the API's verbs.
+PACKAGE_INIT = "compiler/driver/toplevel"
+
 setup(
-    packages=[f"spikeshield.{name}" for name in find_packages(
-        include=[pattern for top in TOP_LEVEL for pattern in (top, f"{top}.*")])],
-    package_dir={f"spikeshield.{top}": top for top in TOP_LEVEL},
+    packages=["spikeshield"] + [f"spikeshield.{name}" for name in find_packages(
+        include=[pattern for top in TOP_LEVEL for pattern in (top, f"{top}.*")],
+        exclude=[PACKAGE_INIT.replace("/", ".")])],
+    package_dir={"spikeshield": PACKAGE_INIT} | {f"spikeshield.{top}": top for top in TOP_LEVEL},
     # The weight-sparse convolution kernel, compiled on first use (runtime/sparse_conv.py).
     package_data={"spikeshield.runtime": ["csrc/*.cpp"]},
 )

@@ -23,12 +23,15 @@ class RunSpec:
     ``encoding``: ``direct`` feeds the analog input at every step, ``poisson`` rate-codes it.
     ``input_range``: the ``(low, high)`` values the input may take (pixels in [0, 1] for
     spikeshield models), or None when the graph declares none (graphs from other tools).
-    ``readout``: ``mean``, the output node's value averaged over the T steps (the logits)."""
+    ``readout``: ``mean``, the output node's value averaged over the T steps (the logits).
+    ``normalization``: the per-channel ``(mean, std)`` the user's data arrives normalised by (the
+    graph takes the pixels and normalises them itself); None when the data arrives as pixels."""
 
     timesteps: int = 0
     encoding: str = "direct"
     input_range: tuple[float, float] | None = None
     readout: str = "mean"
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def of(cls, meta: Any) -> RunSpec:
@@ -48,8 +51,22 @@ class RunSpec:
             raise IRValidationError(f"graph metadata 'input_range' must be [low, high] with "
                                     f"low < high, got {bounds!r}")
         readout = _choice(meta, "readout", READOUTS)
+        norm = meta.get("input_normalization")
+        if norm is not None and not (
+                isinstance(norm, (list, tuple)) and len(norm) == 2
+                and all(isinstance(part, (list, tuple)) and 0 < len(part) <= 4096
+                        and len(part) == len(norm[0]) for part in norm)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for part in norm for v in part)
+                and all(v > 0 for v in norm[1])):
+            raise IRValidationError("graph metadata 'input_normalization' must be [mean, std], one "
+                                    "finite value per channel each, std > 0; got "
+                                    f"{str(norm)[:120]}")
+        normalization = None if norm is None else (tuple(float(v) for v in norm[0]),
+                                                   tuple(float(v) for v in norm[1]))
         return cls(steps, encoding, None if bounds is None else (float(bounds[0]),
-                                                                 float(bounds[1])), readout)
+                                                                 float(bounds[1])), readout,
+                   normalization)
 
     def record(self, meta: dict) -> None:
         """Write these settings into a graph's ``meta`` (the keys ``of`` reads)."""
@@ -57,6 +74,9 @@ class RunSpec:
         meta["encoding"] = self.encoding
         if self.input_range is not None:
             meta["input_range"] = [float(self.input_range[0]), float(self.input_range[1])]
+        if self.normalization is not None:
+            meta["input_normalization"] = [list(map(float, self.normalization[0])),
+                                           list(map(float, self.normalization[1]))]
 
 
 def _choice(meta: dict, key: str, allowed: tuple[str, ...]) -> str:
