@@ -431,3 +431,61 @@ def export(snn: SNN | Graph, path: str | os.PathLike, format: str | None = None,
         raise ConfigError(f"cannot tell the export format from {path.name!r}; pass format=")
     export_graph(graph, {fmt: path}, target=target, nir_profile=nir_profile)
     return path
+
+
+@dataclass(frozen=True)
+class Finetuned:
+    """What :func:`finetune` did: the finetuned SNN (that of the best epoch by the validation
+    score), that epoch (0: none beat the unfinetuned SNN), and the scores of the unfinetuned SNN
+    and of every epoch."""
+
+    snn: SNN
+    best_epoch: int
+    history: list = field(default_factory=list, repr=False)
+    train_samples: int = 0
+    val_samples: int = 0
+
+    def __repr__(self) -> str:
+        return (f"Finetuned(best epoch {self.best_epoch} of {len(self.history) - 1}, on "
+                f"{self.train_samples} training / {self.val_samples} validation samples)")
+
+
+def finetune(snn: SNN, train: Any, val: Any | None = None, *, eps: float,
+             objective: Objective = "trades", epochs: int = 10, max_train: int | None = None,
+             val_fraction: float = 0.1, device: str = "auto", **settings: Any) -> Finetuned:
+    """Robust finetuning of ``snn`` through its spiking dynamics (the papers' recipe: adversarial
+    examples crafted through the SNN at L-inf ``eps_train = eps``, pixels in [0, 1]), keeping the
+    epoch with the best validation score. ``val``: separate validation data; without it a seeded
+    ``val_fraction`` of ``train`` is held out. ``settings`` are further ``FinetuneConfig`` fields
+    (``lr``, ``inner_attack``, ``selection``...). The training data is held in memory as pixels
+    (``max_train`` bounds it), since every epoch reads it again."""
+    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+    from spikeshield.compiler.passes.manager import PassManager
+    from spikeshield.runtime.data import DataSplits
+    from spikeshield.runtime.device import resolve_device
+
+    try:
+        cfg = FinetuneConfig(objective=objective, epochs=epochs, eps_train=eps,
+                             timesteps=snn.timesteps, max_train=None, **settings)
+    except TypeError as err:
+        raise ConfigError(f"finetune: {err} (the settings are FinetuneConfig's fields)") from None
+    cfg.validate()
+    graph = snn.graph
+    classes = graph.shape(graph.output_names[0])[0]
+    norm = snn.normalization
+    data = labelled_dataset(train, "the training data", max_train, classes, norm)
+    if val is None:
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"finetune: val_fraction must be in (0, 1), got {val_fraction}")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+        held = max(1, int(round(len(data) * val_fraction)))
+        data, validation = data.subset(order[held:]), data.subset(order[:held])
+    else:
+        validation = labelled_dataset(val, "the validation data", cfg.val_samples, classes, norm)
+    splits = DataSplits("user data", data, validation, validation.head(0), classes)
+    manager = PassManager()
+    out = manager.run_one(graph, "finetune_robust", data=splits, config=cfg,
+                          device=resolve_device(device))
+    info = manager.records[-1].info
+    return Finetuned(SNN(out, snn.ann), info["best_epoch"], info["history"],
+                     info["train_samples"], info["val_samples"])

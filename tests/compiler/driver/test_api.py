@@ -151,3 +151,22 @@ def test_the_cli_and_the_api_write_the_same_snn_ir_bytes(trained_lenet, mnist5k,
     snn = ss.convert(model, calibration, timesteps=4, device="auto")
     snn.save(tmp_path / "api.ir")
     assert (tmp_path / "api.ir").read_bytes() == (out / "snn.ir").read_bytes()
+
+
+def test_finetune_trains_on_a_loader_and_keeps_the_best_epoch():
+    torch.manual_seed(0)
+    x, y = torch.rand(96, 1, 8, 8), torch.arange(96) % 3
+    snn = ss.convert(_Net().eval(), x, timesteps=2, calibration_batches=1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    result = ss.finetune(snn, loader, eps=0.05, epochs=2, lr=0.05, batch_size=32,
+                         val_samples=None, selection="clean")
+    assert isinstance(result, ss.Finetuned) and isinstance(result.snn, ss.SNN)
+    assert (result.train_samples, result.val_samples) == (86, 10)  # a seeded tenth held out
+    assert len(result.history) == 3 and result.best_epoch in (0, 1, 2)  # epoch 0: as converted
+    assert repr(result).startswith(f"Finetuned(best epoch {result.best_epoch} of 2, on 86 ")
+    if result.best_epoch:  # the kept epoch's weights, not the converted ones
+        before, after = snn.graph, result.snn.graph
+        assert any(not torch.equal(before.op(n).weight, after.op(n).weight)
+                   for n in before.synaptic_nodes())
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'learning_rate'"):
+        ss.finetune(snn, loader, eps=0.05, learning_rate=0.1)
