@@ -50,7 +50,8 @@ class EpochLoop:
     ``name`` is the checkpoint part and the progress label; ``stateful`` (model, optimizer,
     scheduler) is what a checkpoint saves and restores. ``score_first`` scores the network before
     training as epoch 0, so that no epoch is kept unless it beats it; ``select=False`` keeps the
-    last epoch instead of the best. ``record`` goes into every history entry (a phase, say)."""
+    last epoch instead of the best. ``record`` goes into every history entry (a phase, say);
+    ``label`` names an epoch where a stop message says how far the run came."""
 
     name: str
     owner: nn.Module
@@ -62,6 +63,7 @@ class EpochLoop:
     score_first: bool = False
     select: bool = True
     record: dict[str, Any] = field(default_factory=dict)
+    label: str = "epoch"
     current: World = field(default_factory=world)
 
     def run(self, run_epoch: RunEpoch, score: Callable[[], dict[str, Any]]) -> EpochsResult:
@@ -90,7 +92,7 @@ class EpochLoop:
                 return None
             return lambda within: self.checkpoint.step(
                 self.name, lambda: state(epoch - 1, within),
-                f"in {self.name} epoch {epoch}/{self.epochs} after batch {within.batches}/"
+                f"in {self.label} {epoch}/{self.epochs} after batch {within.batches}/"
                 f"{self.steps_per_epoch}")
 
         with deferring_signals(self.checkpoint):

@@ -25,7 +25,6 @@ one weight.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.runtime.objectives import (
     DEFAULT_BETA,
     INNER_ATTACKS,
@@ -324,25 +324,26 @@ def prune_module(
                                     weight_decay=cfg.weight_decay if phase == "finetune" else 0.0)
         steps = train.num_batches(cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count * steps)
-        best, best_epoch, best_state = -math.inf, 0, None
-        for epoch in range(1, count + 1):
+
+        def run_epoch(epoch: int, progress, on_step) -> float:
             bar = progress_bar(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                                     device=device),
-                       total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
-                       leave=False, disable=None)
-            loss = robust_epoch(forward, bar, attack, optimizer, scheduler, cfg.objective, beta,
+                                             device=device),
+                               total=steps, desc=f"prune {phase} {epoch}/{count} ({cfg.method})",
+                               leave=False, disable=None)
+            return robust_epoch(forward, bar, attack, optimizer, scheduler, cfg.objective, beta,
                                 after_step=step, what=f"pruning ({phase}, epoch {epoch})")
+
+        def scored() -> dict[str, Any]:
             owner.eval()
             if refresh is not None:
                 refresh()
-            figures = score()
-            value = figures["score"]
-            history.append({"phase": phase, "epoch": epoch, "loss": loss, **figures})
-            if pick and value > best:
-                best, best_epoch, best_state = value, epoch, copy.deepcopy(owner.state_dict())
-        if best_state is not None:
-            owner.load_state_dict(best_state)
-        return best_epoch
+            return score()
+
+        loop = EpochLoop(f"prune-{phase}", owner, count, steps, select=pick,
+                         record={"phase": phase})
+        outcome = loop.run(run_epoch, scored)
+        history.extend(outcome.history)
+        return outcome.best_epoch if pick else 0
 
     score_step = after_step
     if cfg.method in ("hydra", "harp") and cfg.sparsity > 0:

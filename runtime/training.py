@@ -8,22 +8,15 @@ Checkpoint selection on the validation split. Optionally followed by robust prun
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from spikeshield.runtime.progress import progress_bar
 
-from spikeshield.runtime.checkpoint import (
-    Checkpoint,
-    deferring_signals,
-    restore_training,
-    training_state,
-)
+from spikeshield.runtime.checkpoint import Checkpoint
+from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
 from spikeshield.runtime.objectives import (
@@ -110,53 +103,31 @@ def train_robust(
     if cfg.objective != "standard" and cfg.eps > 0:
         attack = inner_attack(model, cfg.objective, cfg.eps, "pgd", cfg.attack_steps)
     result = TrainResult(model)
-    best_state, best_acc = None, -math.inf
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    start_epoch, progress = 0, EpochProgress()
-    saved = checkpoint.load("train", device) if checkpoint is not None else None
-    if saved is not None:
-        restore_training(saved, stateful, cfg.epochs, steps_per_epoch)
-        start_epoch, progress = saved["epoch"], EpochProgress(**saved["progress"])
-        best_state, best_acc = saved["best_state"], saved["best_acc"]
-        result.history, result.best_epoch = saved["history"], saved["best_epoch"]
+    loop = EpochLoop("train", model, cfg.epochs, steps_per_epoch,
+                     {"model": model, "optimizer": optimizer, "scheduler": scheduler},
+                     checkpoint, device, current=current)
 
-    def state(epoch: int, done: EpochProgress) -> dict:
-        return training_state(stateful, epoch=epoch, progress=asdict(done), best_state=best_state,
-                              best_acc=best_acc, history=result.history,
-                              best_epoch=result.best_epoch)
+    def run_epoch(epoch: int, progress: EpochProgress, on_step) -> float:
+        batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch - 1, device=device,
+                                rank=current.rank, processes=current.size,
+                                skip=progress.batches)
+        bar = progress_bar(batches, total=steps_per_epoch, initial=progress.batches,
+                           desc=f"epoch {epoch}/{cfg.epochs} ({cfg.objective})", leave=False,
+                           disable=None if current.is_main else True)
+        return robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,
+                            what=f"training (epoch {epoch})", progress=progress, on_step=on_step)
 
-    def on_step(epoch: int) -> Callable[[EpochProgress], None] | None:
-        if checkpoint is None or not current.is_main:
-            return None
-        return lambda done: checkpoint.step(
-            "train", lambda: state(epoch, done),
-            f"in epoch {epoch + 1}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
+    def score() -> dict[str, float]:
+        # Each process updated its BatchNorm statistics on its own share: take rank 0's, so that
+        # every process validates (and selects) the same network.
+        broadcast_buffers(model, current)
+        model.eval()
+        accuracy = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
+        return {"val_accuracy": accuracy, "score": accuracy}
 
-    with deferring_signals(checkpoint):
-        for epoch in range(start_epoch, cfg.epochs):
-            batches = train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
-                                    rank=current.rank, processes=current.size,
-                                    skip=progress.batches)
-            bar = progress_bar(batches, total=steps_per_epoch, initial=progress.batches,
-                       desc=f"epoch {epoch + 1}/{cfg.epochs} ({cfg.objective})", leave=False,
-                       disable=None if current.is_main else True)
-            loss = robust_epoch(trained, bar, attack, optimizer, scheduler, cfg.objective, beta,
-                                what=f"training (epoch {epoch + 1})", progress=progress,
-                                on_step=on_step(epoch))
-            progress = EpochProgress()
-            # Each process updated its BatchNorm statistics on its own share: take rank 0's, so that
-            # every process validates (and selects) the same network.
-            broadcast_buffers(model, current)
-            model.eval()
-            val_acc = accuracy_of(model, data.val, device=device) if len(data.val) else 0.0
-            result.history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": val_acc})
-            if val_acc > best_acc:
-                best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
-                result.best_epoch = epoch + 1
-            if checkpoint is not None and current.is_main:
-                checkpoint.save("train", state(epoch + 1, progress))
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    epochs = loop.run(run_epoch, score)
+    result.history, result.best_epoch = epochs.history, epochs.best_epoch
+    best_acc = epochs.best["val_accuracy"] if epochs.best else 0.0
     model.eval()
     result.val_accuracy = max(best_acc, 0.0)
     if cfg.prune is not None and cfg.prune.sparsity > 0:

@@ -30,19 +30,14 @@ tensors, every conv/linear has a bias, every threshold >= ``threshold_floor``; `
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from spikeshield.runtime.progress import progress_bar
 
-from spikeshield.runtime.checkpoint import (
-    Checkpoint,
-    deferring_signals,
-    restore_training,
-    training_state,
-)
+from spikeshield.runtime.checkpoint import Checkpoint
+from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.compiler.ir.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Scale
@@ -257,72 +252,30 @@ def finetune_robust(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs * steps_per_epoch)
     attack = _crafting(model, cfg, scheduler)
 
-    stateful = {"executor": executor, "optimizer": optimizer, "scheduler": scheduler}
-    saved = checkpoint.load("finetune", device) if checkpoint is not None else None
-    if saved is None:
-        best = _score(executor, val, cfg, device)
-        history = [{"epoch": 0, "loss": None, **best, "seconds": 0.0}]
-        best_epoch, best_state = 0, copy.deepcopy(executor.state_dict())
-        done_epochs, progress = 0, EpochProgress()
-    else:
-        restore_training(saved, stateful, cfg.epochs, steps_per_epoch)
-        best, history = saved["best"], saved["history"]
-        best_epoch, best_state = saved["best_epoch"], saved["best_state"]
-        done_epochs, progress = saved["epoch"], EpochProgress(**saved["progress"])
+    loop = EpochLoop("finetune", executor, cfg.epochs, steps_per_epoch,
+                     {"executor": executor, "optimizer": optimizer, "scheduler": scheduler},
+                     checkpoint, device, score_first=True, label="finetuning epoch",
+                     current=current)
 
-    def state(epoch: int, done: EpochProgress) -> dict:
-        return training_state(stateful, epoch=epoch, progress=asdict(done), best=best,
-                              history=history, best_epoch=best_epoch, best_state=best_state)
+    def run_epoch(epoch: int, progress: EpochProgress, on_step) -> float:
+        bar = progress_bar(
+            train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
+                          rank=current.rank, processes=current.size, skip=progress.batches),
+            total=steps_per_epoch, initial=progress.batches,
+            desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})", leave=False,
+            disable=None if current.is_main else True)
+        return robust_epoch(trained, bar, attack if cfg.eps_train > 0 else None, optimizer,
+                            scheduler, cfg.objective, cfg.beta,
+                            while_attacking=lambda: frozen(executor), after_step=clamp_thresholds,
+                            what=f"finetuning (epoch {epoch})", progress=progress,
+                            on_step=on_step)
 
-    def on_step(epoch: int):
-        if checkpoint is None or not current.is_main:
-            return None
-        return lambda done: checkpoint.step(
-            "finetune", lambda: state(epoch - 1, done),
-            f"in finetuning epoch {epoch}/{cfg.epochs} after batch {done.batches}/{steps_per_epoch}")
+    def score() -> dict[str, Any]:
+        executor.eval()
+        return _score(executor, val, cfg, device)
 
-    with deferring_signals(checkpoint):
-        for epoch in range(done_epochs + 1, cfg.epochs + 1):
-            started = time.perf_counter()
-            bar = progress_bar(
-                train.batches(batch, shuffle=True, seed=cfg.seed + epoch, device=device,
-                              rank=current.rank, processes=current.size, skip=progress.batches),
-                total=steps_per_epoch,
-                initial=progress.batches,
-                desc=f"finetune {epoch}/{cfg.epochs} ({cfg.objective})",
-                leave=False,
-                disable=None if current.is_main else True,
-            )
-            loss = robust_epoch(
-                trained,
-                bar,
-                attack if cfg.eps_train > 0 else None,
-                optimizer,
-                scheduler,
-                cfg.objective,
-                cfg.beta,
-                while_attacking=lambda: frozen(executor),
-                after_step=clamp_thresholds,
-                what=f"finetuning (epoch {epoch})",
-                progress=progress,
-                on_step=on_step(epoch),
-            )
-            progress = EpochProgress()
-            executor.eval()
-            scores = _score(executor, val, cfg, device)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "loss": loss,
-                    **scores,
-                    "seconds": round(time.perf_counter() - started, 2),
-                }
-            )
-            if scores["score"] > best["score"]:
-                best, best_epoch, best_state = scores, epoch, copy.deepcopy(executor.state_dict())
-            if checkpoint is not None and current.is_main:
-                checkpoint.save("finetune", state(epoch, progress))
-    executor.load_state_dict(best_state)
+    epochs = loop.run(run_epoch, score)
+    best_epoch, history = epochs.best_epoch, epochs.history
     out = executor.to_graph()
     out.meta["finetuned"] = {
         "objective": cfg.objective,
