@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from spikeshield.compiler.ir.errors import UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF

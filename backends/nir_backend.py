@@ -46,27 +46,28 @@ from pathlib import Path
 import nir
 import numpy as np
 import torch
+
 from spikeshield.backends.common import full_shape, graph_description, raise_unsupported
 from spikeshield.backends.nir_portable import PROFILES, portable_graph, portable_problems
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
-    OpCoverage,
-    kinds,
     IF,
     AvgPool2d,
     BatchNorm,
     Conv2d,
     Flatten,
     Floor,
-    Pad2d,
     Input,
     Linear,
     Op,
+    OpCoverage,
     Output,
+    Pad2d,
     ReLU,
     Scale,
     Sum,
+    kinds,
 )
 
 # Suffixes of the extra NIR nodes one IR node may need ("." would read as a subgraph port).

@@ -22,6 +22,7 @@ portable graph is therefore written from an IR rewritten with the same meaning:
 from __future__ import annotations
 
 import torch
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Linear, Scale
 

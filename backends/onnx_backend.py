@@ -31,26 +31,27 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
 from spikeshield.backends.common import graph_description, raise_unsupported
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
-    OpCoverage,
-    kinds,
     IF,
     AvgPool2d,
     BatchNorm,
     Conv2d,
     Flatten,
     Floor,
-    Pad2d,
     Input,
     Linear,
     Op,
+    OpCoverage,
     Output,
+    Pad2d,
     ReLU,
     Scale,
     Sum,
+    kinds,
 )
 
 OPSET = 17

@@ -62,7 +62,6 @@ SJ_RECIPES = ("max", "99.9%", "99.9% channel + half threshold", "local threshold
 
 def _model(arch: str, splits, width: float):
     from spikeshield.frontends.zoo import build_model
-
     from tests.third_party_models import ResNet
 
     mean, std = splits.channel_stats()

@@ -637,6 +637,7 @@ def _run_engine(name: str, snn: Any, x: torch.Tensor, directory: Path):
                                   if k.startswith("spikes/")}, "sample"
     if name == "onnx-unrolled":
         import onnxruntime as ort
+
         from spikeshield.backends.onnx_backend import write_onnx
 
         path = write_onnx(snn, directory / "u.onnx", "unrolled")

@@ -219,6 +219,7 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     the start and again after 8 other settings in one process, came out 1.35x apart
     (BENCHMARKS.md, "SNN finetuning at the ANN's eps")."""
     import torch
+
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
     from spikeshield.runtime.executor import GraphExecutor
@@ -296,6 +297,7 @@ def step_kinds(x, y, timesteps: int) -> dict:
     (BPTT to every weight and the input); with whether the executor trains."""
     import torch
     import torch.nn.functional as F
+
     from spikeshield.runtime.ensemble import frozen
 
     def forward(executor):

@@ -75,6 +75,7 @@ def measure(args: argparse.Namespace) -> dict:
     """Prune (unless ``--sparsity 0``); then the ANN's stored weights (as profiles count them),
     clean accuracy and robust accuracy under PGD-20 and APGD-CE-200."""
     import torch
+
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.model_io import load_model
     from spikeshield.compiler.ir.serialize import save_graph

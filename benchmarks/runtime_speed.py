@@ -44,15 +44,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from spikeshield.compiler.driver.data import load_data
+from spikeshield.compiler.driver.pipeline import CompileConfig, conversion_pipeline
 from spikeshield.compiler.ir.ops import IF, Input, Output, Sum
 from spikeshield.compiler.passes.manager import PassManager
-from spikeshield.compiler.driver.pipeline import CompileConfig, conversion_pipeline
-from spikeshield.compiler.driver.data import load_data
 from spikeshield.frontends.torch_module import from_module
 from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.kernels import KERNELS
-from torch import nn
 
 GOALS = {"snn/ann": ("<=", 1.25), "grad/ann": ("<=", 1.5)}
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_speed import build  # same networks, same calibration
+
 from spikeshield.compiler.ir.ops import IF, Conv2d
 from spikeshield.runtime.sparse_conv import median_seconds
 

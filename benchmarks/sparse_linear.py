@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from spikeshield.runtime.sparse_conv import median_seconds
 
 

@@ -31,6 +31,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     import torch.nn.functional as F
+
     from spikeshield.compiler.ir.ops import Conv2d, Linear
     from spikeshield.compiler.passes.manager import PassManager
     from spikeshield.frontends.torch_module import from_module

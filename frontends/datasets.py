@@ -22,11 +22,11 @@ spec                           source
 from __future__ import annotations
 
 import gzip
-import zlib
 import importlib.util
 import os
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 

@@ -19,33 +19,33 @@ from torch import nn
 
 from spikeshield.compiler.ir.errors import UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.frontends.lowering import (
-    MAXPOOL_HINT,
-    UNSUPPORTED,
-    Data,
-    Lowering,
-    ann_frontend_coverage,
-    Padded,
-    _Unsupported,
-    as_tensor,
-    clipped_relu,
-    materialize,
-    per_channel_vector,
-    take_padding,
-)
 from spikeshield.compiler.ir.ops import (
     AvgPool2d,
     BatchNorm,
     Conv2d,
     Flatten,
+    Floor,
     Input,
     Linear,
     Output,
-    Floor,
     ReLU,
     Scale,
     Shape,
     Sum,
+)
+from spikeshield.frontends.lowering import (
+    MAXPOOL_HINT,
+    UNSUPPORTED,
+    Data,
+    Lowering,
+    Padded,
+    _Unsupported,
+    ann_frontend_coverage,
+    as_tensor,
+    clipped_relu,
+    materialize,
+    per_channel_vector,
+    take_padding,
 )
 
 COVERAGE = ann_frontend_coverage("torch.fx and torch.export frontend (frontends.fx_lowering)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import Op, OpCoverage, Pad2d, ReLU, Shape

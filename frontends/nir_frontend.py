@@ -27,10 +27,9 @@ import networkx as nx
 import nir
 import numpy as np
 import torch
+
 from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import OpCoverage
-from spikeshield.frontends.lowering import Lowering, clean_name
 from spikeshield.compiler.ir.limits import (
     HDF5_READ_SECONDS,
     NODES,
@@ -46,10 +45,12 @@ from spikeshield.compiler.ir.ops import (
     Input,
     Linear,
     Op,
+    OpCoverage,
     Output,
     Scale,
     Sum,
 )
+from spikeshield.frontends.lowering import Lowering, clean_name
 
 # The IR kinds this frontend lowers source graphs into, and the ones it never produces.
 COVERAGE = OpCoverage(

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.ir.limits import (
     ARCHIVE_MEMBERS,

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import fx, nn
+
 from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import Shape
 from spikeshield.frontends.fx_lowering import lower_fx
 from spikeshield.frontends.pt2_archive import load_exported
-from torch import fx, nn
 
 
 def from_module(

@@ -23,6 +23,7 @@ before it: afterwards the stored statistics are exactly those of the network as 
 from __future__ import annotations
 
 import torch
+
 from spikeshield.compiler.ir.ops import BatchNorm
 
 

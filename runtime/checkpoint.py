@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.ir.digests import file_sha256
 from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from spikeshield.compiler.ir.errors import ConfigError, DataError
 
+from spikeshield.compiler.ir.errors import ConfigError, DataError
 
 PIXEL_RANGE = (0.0, 1.0)  # what spikeshield's models take, and what uint8 pixels / 255 are
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.attacks import AttackSpec, Member, with_steps
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.ensemble import EnsembleResult, as_tensors, frozen, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from spikeshield.compiler.ir.errors import ConfigError
 from torch import nn
+
+from spikeshield.compiler.ir.errors import ConfigError
 
 
 @dataclass(frozen=True)

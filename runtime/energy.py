@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.ir.errors import ConfigError
 
 

@@ -15,20 +15,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from spikeshield.runtime.progress import progress_bar
 
+from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.runtime.attacks import AttackedModel, Member
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
     deferring_signals,
     restore_rng,
     rng_state,
 )
-from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.data import Dataset, as_float
-from spikeshield.runtime.attacks import AttackedModel, Member
 from spikeshield.runtime.distributed import World, sum_over_processes
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.progress import progress_bar
 
 
 @dataclass

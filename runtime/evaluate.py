@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from spikeshield.runtime.progress import progress_bar
 
 from spikeshield.compiler.ir.ops import IF
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.progress import progress_bar
 
 
 @dataclass

@@ -23,9 +23,9 @@ from torch import nn
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
-from spikeshield.compiler.ir.ops import OpCoverage, kinds, IF, BatchNorm, Conv2d, Input, Output, Sum
 from spikeshield.compiler.ir.limits import resolve_timesteps
+from spikeshield.compiler.ir.ops import IF, BatchNorm, Conv2d, Input, OpCoverage, Output, Sum, kinds
+from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
 from spikeshield.runtime.data import as_float, check_images
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, batchnorm_tracking, channel_view, masked_weight

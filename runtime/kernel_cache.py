@@ -26,6 +26,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
 from spikeshield.compiler.ir.digests import file_sha256
 
 

@@ -14,9 +14,9 @@ from spikeshield.compiler.ir.ops import (
     Conv2d,
     Flatten,
     Floor,
-    Pad2d,
     Linear,
     Op,
+    Pad2d,
     ReLU,
     Scale,
 )

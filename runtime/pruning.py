@@ -31,8 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
 from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.runtime.data import Dataset, DataSplits, check_max_train
 from spikeshield.runtime.epoch_loop import EpochLoop
+from spikeshield.runtime.evaluate import accuracy_of
+from spikeshield.runtime.learned_budgets import LearnedBudget
 from spikeshield.runtime.objectives import (
     DEFAULT_BETA,
     INNER_ATTACKS,
@@ -42,11 +48,6 @@ from spikeshield.runtime.objectives import (
     robust_epoch,
     selection_score,
 )
-from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
-from spikeshield.runtime.evaluate import accuracy_of
-from spikeshield.runtime.learned_budgets import LearnedBudget
-from torch import nn
-from torch.nn.utils import parametrize
 from spikeshield.runtime.progress import progress_bar
 
 PRUNE_METHODS = ("hydra", "harp", "magnitude")

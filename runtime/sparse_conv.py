@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from spikeshield.compiler.ir.ops import Conv2d
 from spikeshield.runtime.kernel_cache import load_kernel
 

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import OPS, OpCoverage
 

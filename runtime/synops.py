@@ -22,12 +22,12 @@ SynOp counts of the papers this follows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
     IF,
@@ -48,6 +48,7 @@ from spikeshield.compiler.ir.ops import (
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.progress import progress_bar
+
 
 def connectivity(op: Op, dense: bool = False) -> torch.Tensor:
     """The 0/1 synapse kernel of a layer: ``weight != 0`` (all ones with ``dense``)."""

@@ -13,19 +13,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from spikeshield.runtime.progress import progress_bar
 
-from spikeshield.runtime.checkpoint import Checkpoint
-from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
-from spikeshield.runtime.objectives import (
-    DEFAULT_BETA,
-    OBJECTIVES,
-    EpochProgress,
-    inner_attack,
-    robust_epoch,
-)
+from spikeshield.runtime.checkpoint import Checkpoint
 from spikeshield.runtime.data import DataSplits, check_max_train
 from spikeshield.runtime.distributed import (
     broadcast_buffers,
@@ -33,8 +23,17 @@ from spikeshield.runtime.distributed import (
     per_process_batch,
     world,
 )
+from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.runtime.evaluate import accuracy_of
-
+from spikeshield.runtime.objectives import (
+    DEFAULT_BETA,
+    OBJECTIVES,
+    EpochProgress,
+    inner_attack,
+    robust_epoch,
+)
+from spikeshield.runtime.progress import progress_bar
+from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
 
 
 @dataclass

@@ -44,9 +44,9 @@ def mnist5k():
 @pytest.fixture(scope="session")
 def trained_lenet(mnist5k, tmp_path_factory):
     """A LeNet (half width) trained for 2 clean epochs on mnist5k, and its .pt2 file."""
-    from spikeshield.runtime.training import TrainConfig, train_robust
     from spikeshield.compiler.driver.pt2 import export_pt2
     from spikeshield.frontends.zoo import build_model
+    from spikeshield.runtime.training import TrainConfig, train_robust
 
     torch.manual_seed(0)
     mean, std = mnist5k.channel_stats()

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
 from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import resolve_timesteps
@@ -42,7 +44,6 @@ from spikeshield.compiler.ir.ops import (
     Sum,
     kinds,
 )
-from torch import nn
 
 
 class NeuronAdapter:

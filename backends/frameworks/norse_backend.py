@@ -16,13 +16,14 @@ from norse.torch.functional.iaf import IAFFeedForwardState, IAFParameters
 from norse.torch.functional.threshold import threshold
 from norse.torch.module.iaf import IAFCell
 from norse.torch.module.snn import SNNCell
+from torch import nn
+
 from spikeshield.backends.frameworks.graph_module import (
     NeuronAdapter,
     initial_potential,
     threshold_view,
 )
 from spikeshield.compiler.ir.ops import IF
-from torch import nn
 
 
 class IFSubtractParameters(NamedTuple):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from sinabs.activation import MembraneReset, MembraneSubtract, SingleSpike
 from sinabs.layers import IAF
+from torch import nn
+
 from spikeshield.backends.frameworks.graph_module import (
     NeuronAdapter,
     firing_threshold,
@@ -18,7 +20,6 @@ from spikeshield.backends.frameworks.graph_module import (
     threshold_view,
 )
 from spikeshield.compiler.ir.ops import IF
-from torch import nn
 
 
 class SinabsNeurons(NeuronAdapter):

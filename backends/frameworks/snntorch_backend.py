@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import snntorch
 import torch
+from torch import nn
+
 from spikeshield.backends.frameworks.graph_module import (
     NeuronAdapter,
     initial_potential,
     threshold_view,
 )
 from spikeshield.compiler.ir.ops import IF
-from torch import nn
 
 
 class IFLeaky(snntorch.Leaky):

@@ -12,6 +12,9 @@ differently from the runtime. SpikingJelly keeps the membrane in the node; ``Spi
 from __future__ import annotations
 
 import torch
+from spikingjelly.activation_based import functional, neuron
+from torch import nn
+
 from spikeshield.backends.frameworks.graph_module import (
     NeuronAdapter,
     firing_threshold,
@@ -19,8 +22,6 @@ from spikeshield.backends.frameworks.graph_module import (
     threshold_view,
 )
 from spikeshield.compiler.ir.ops import IF
-from spikingjelly.activation_based import functional, neuron
-from torch import nn
 
 
 class StrictIFNode(neuron.SimpleIFNode):

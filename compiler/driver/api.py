@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
+from torch import nn
+
 from spikeshield.compiler.ir.errors import ConfigError, DataError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import check_timesteps
 from spikeshield.runtime.data import PIXEL_RANGE, Dataset, as_float, check_images
-from torch import nn
 
 Reset = Literal["subtract", "zero"]
 ThresholdMode = Literal["channel", "layer"]
@@ -489,3 +490,108 @@ def finetune(snn: SNN, train: Any, val: Any | None = None, *, eps: float,
     info = manager.records[-1].info
     return Finetuned(SNN(out, snn.ann), info["best_epoch"], info["history"],
                      info["train_samples"], info["val_samples"])
+
+
+@dataclass(frozen=True)
+class EnergyProfile:
+    """What :func:`profile` measured on ``samples`` inputs: synaptic operations (per sample, all T
+    steps), the energy of the SNN and of its ANN under ``energy`` (pJ per sample; ``formula`` says
+    how), stored weights; ``report`` is the full profile ``spikeshield profile`` writes."""
+
+    samples: int
+    synops: float
+    snn_energy_pj: float
+    ann_energy_pj: float
+    ann_over_snn_energy: float | None
+    weights: int
+    nonzeros: int
+    formula: str
+    report: dict = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        ratio = "" if self.ann_over_snn_energy is None else \
+            f", ANN/SNN energy {self.ann_over_snn_energy:.2f}x"
+        return (f"EnergyProfile({self.samples} samples: {self.synops:,.0f} SynOps, SNN "
+                f"{self.snn_energy_pj / 1e3:,.1f} nJ, ANN {self.ann_energy_pj / 1e3:,.1f} nJ per "
+                f"sample{ratio}; {self.nonzeros:,} of {self.weights:,} weights stored)")
+
+
+def profile(snn: SNN, data: Any, *, samples: int = 1000, energy: str = "fp32",
+            batch_size: int = 64, device: str = "auto") -> EnergyProfile:
+    """Simulate ``snn`` on the first ``samples`` inputs of ``data`` (labels not needed) and account
+    its synaptic operations, energy (``fp32`` or ``int8`` constants, 45 nm) and storage."""
+    from spikeshield.compiler.driver.profile import profile_graph, profile_summary
+    from spikeshield.runtime.device import resolve_device
+    from spikeshield.runtime.energy import energy_model
+
+    model = energy_model(energy)
+    xs, count = [], 0
+    for x, _ in batches(data, "the profiling data", batch_size,
+                        normalization=snn.normalization):
+        xs.append(x[: samples - count])
+        count += len(xs[-1])
+        if count >= samples:
+            break
+    images = torch.cat(xs)
+    inputs = Dataset(images, torch.zeros(len(images), dtype=torch.long))
+    report = profile_graph(snn.graph, inputs, snn.timesteps, model, batch_size=batch_size,
+                           device=resolve_device(device))
+    s = profile_summary(report)
+    return EnergyProfile(s["samples"], s["synops"], s["snn_energy_pj"], s["ann_energy_pj"],
+                         s["ann_over_snn_energy"], s["weights"], s["nonzeros"], s["formula"],
+                         report)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :func:`prune` did to the model (in place): the weights kept of those prunable, the
+    finetuning epoch kept, the validation accuracy after, and every epoch's scores."""
+
+    model: nn.Module
+    kept_weights: int
+    total_weights: int
+    best_epoch: int
+    val_accuracy: float
+    history: list = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        return (f"Pruned({self.kept_weights:,} of {self.total_weights:,} weights kept "
+                f"({1 - self.kept_weights / self.total_weights:.1%} sparse), validation accuracy "
+                f"{self.val_accuracy:.2%}, epoch {self.best_epoch})")
+
+
+def prune(model: nn.Module, train: Any, val: Any | None = None, *, sparsity: float, eps: float,
+          method: str = "hydra", max_train: int | None = None, val_fraction: float = 0.1,
+          device: str = "auto", **settings: Any) -> Pruned:
+    """Robustly prune a trained ANN in place, as Paper B does before conversion: ``sparsity`` of
+    its conv and linear weights become exact zeros (which :func:`convert` keeps as masks), chosen
+    by ``method`` (``hydra``: learned importance scores; ``magnitude``...) under the robust
+    objective at L-inf ``eps`` (pixels in [0, 1]), then the weights kept are finetuned and the
+    best validation epoch kept. ``settings`` are further ``PruneConfig`` fields. The data are
+    pixels as the model takes them (declare no normalisation here: put it inside the model)."""
+    from spikeshield.runtime.data import DataSplits
+    from spikeshield.runtime.device import resolve_device
+    from spikeshield.runtime.pruning import PruneConfig
+    from spikeshield.runtime.training import prune_trained
+
+    try:
+        cfg = PruneConfig(sparsity=sparsity, method=method, eps=eps, max_train=None, **settings)
+    except TypeError as err:
+        raise ConfigError(f"prune: {err} (the settings are PruneConfig's fields)") from None
+    cfg.validate()
+    data = labelled_dataset(train, "the training data", max_train)
+    if val is None:
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"prune: val_fraction must be in (0, 1), got {val_fraction}")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
+        held = max(1, int(round(len(data) * val_fraction)))
+        data, validation = data.subset(order[held:]), data.subset(order[:held])
+    else:
+        validation = labelled_dataset(val, "the validation data")
+    classes = int(torch.cat([data.labels, validation.labels]).max()) + 1
+    splits = DataSplits("user data", data, validation, validation.head(0), classes)
+    where = resolve_device(device)
+    model.to(where)
+    outcome = prune_trained(model, splits, cfg, where)
+    return Pruned(model, outcome["kept_weights"], outcome["total_weights"], outcome["best_epoch"],
+                  outcome["val_accuracy"], outcome["history"])

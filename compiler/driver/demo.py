@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
-from spikeshield.runtime.training import TrainConfig, train_robust
-from spikeshield.compiler.driver.pt2 import export_pt2
 from spikeshield.compiler.driver.data import load_data
+from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
+from spikeshield.compiler.driver.pt2 import export_pt2
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime.device import resolve_device
+from spikeshield.runtime.training import TrainConfig, train_robust
 
 
 def run_demo(

@@ -22,14 +22,14 @@ from spikeshield.backends.nir_backend import write_nir
 from spikeshield.backends.nir_portable import PROFILES as NIR_PROFILES
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
-from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.driver.manifest import MANIFEST, record_files
 from spikeshield.compiler.driver.outputs import claim_output, output_lock
+from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError, UnsupportedOpError
-from spikeshield.compiler.ir.limits import read_json_file, resolve_timesteps
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.compiler.ir.limits import read_json_file, resolve_timesteps
 from spikeshield.compiler.ir.serialize import save_graph
+from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.runtime.data import Dataset
 
 # format -> (default file name, writer(graph, path, T, NIR profile))
@@ -143,6 +143,7 @@ def adapt_to_target(
 
 def _accuracy(graph: Graph, test: Dataset, timesteps: int | None, device: str) -> float:
     import torch
+
     from spikeshield.runtime.evaluate import evaluate_graph
     from spikeshield.runtime.executor import GraphExecutor
 
@@ -222,8 +223,8 @@ def export_source(
     (loaded only when a repair is needed). ``out`` is claimed first (``compiler.outputs``): it must
     end in the format's suffix, may not be the source, and replaces an earlier export only with
     ``force``; a compile directory it writes into stays locked until the export is done."""
-    from spikeshield.compiler.driver.model_io import load_model
     from spikeshield.compiler.driver.data import load_data
+    from spikeshield.compiler.driver.model_io import load_model
 
     if fmt not in FORMATS:
         raise _unknown_formats([fmt])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from torch import nn
 
+from spikeshield.compiler.driver.manifest import require_verified
 from spikeshield.compiler.ir.errors import ConfigError, DataError, ModelLoadError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import check_graph
-from spikeshield.compiler.driver.manifest import require_verified
 from spikeshield.compiler.ir.ops import Shape
 from spikeshield.compiler.ir.serialize import load_graph
 from spikeshield.runtime.data import DataSplits

@@ -9,7 +9,6 @@ accuracy on the test split, attack both under a preset, and write the artifacts.
 from __future__ import annotations
 
 import itertools
-
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,34 +19,32 @@ import torch
 from torch import nn
 
 from spikeshield.compiler.driver.config import CompileConfig
-from spikeshield.compiler.ir.atomic import atomic_directory
-from spikeshield.compiler.driver.outputs import claim_output
-from spikeshield.runtime.checkpoint import Checkpoint
-from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.run_spec import RunSpec
+from spikeshield.compiler.driver.data import load_data
 from spikeshield.compiler.driver.manifest import write_manifest
 from spikeshield.compiler.driver.model_io import check_model_data, load_model
-from spikeshield.compiler.driver.pt2 import robust_training_eps
-from spikeshield.compiler.passes.manager import PassManager
-from spikeshield.compiler.passes.calibrate_thresholds import (
-    default_threshold_scale,
-)
+from spikeshield.compiler.driver.outputs import claim_output
 from spikeshield.compiler.driver.profile import profile_graph, profile_summary, write_profile
+from spikeshield.compiler.driver.pt2 import robust_training_eps
 from spikeshield.compiler.driver.report import write_reports
 from spikeshield.compiler.driver.robustness import (
     evaluate_robustness,
     write_robustness,
 )
+from spikeshield.compiler.ir.atomic import atomic_directory
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.ir.serialize import save_graph
+from spikeshield.compiler.passes.calibrate_thresholds import (
+    default_threshold_scale,
+)
+from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.runtime.checkpoint import Checkpoint
 from spikeshield.runtime.data import DataSplits
-from spikeshield.compiler.driver.data import load_data
 from spikeshield.runtime.device import resolve_device
 from spikeshield.runtime.distributed import world
 from spikeshield.runtime.energy import energy_model
 from spikeshield.runtime.evaluate import evaluate_graph
 from spikeshield.runtime.executor import GraphExecutor
-
-
 
 
 @dataclass

@@ -14,19 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from spikeshield.compiler.driver.energy_conventions import (
     compare_profiles,
     load_profile,
     render_comparison,
 )
 from spikeshield.compiler.driver.manifest import publish_files
-from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear, Output
-from spikeshield.runtime.storage import PRECISIONS, graph_storage
 from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.energy import EnergyModel, measure_gpu_energy
+from spikeshield.runtime.storage import PRECISIONS, graph_storage
 from spikeshield.runtime.synops import count_synops, layer_macs
 
 # T for profiling a graph that records none (and none is asked for).
@@ -366,9 +367,9 @@ def profile_directory(
 def _profile_directory(directory: Path, data: str | None, samples: int, energy: EnergyModel,
                        timesteps: int | None, device: str, seed: int,
                        dense: dict[str, Any] | None) -> dict[str, Any]:
+    from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.robustness import recorded_data_spec
     from spikeshield.compiler.ir.serialize import load_graph
-    from spikeshield.compiler.driver.data import load_data
     from spikeshield.runtime.device import resolve_device
 
     graph = load_graph(directory / "snn.ir")

@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 
-from spikeshield.runtime.checkpoint import Checkpoint
-from spikeshield.compiler.ir.errors import ConfigError, DataError
-from spikeshield.compiler.ir.limits import read_json_file
-from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.driver.model_io import check_model_data
 from spikeshield.compiler.driver.manifest import publish_files, require_verified
+from spikeshield.compiler.driver.model_io import check_model_data
 from spikeshield.compiler.driver.outputs import output_lock
-from spikeshield.runtime.data import Dataset
+from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.runtime import distributed
 from spikeshield.runtime.attacks import (
     DEFAULT_PRESET,
@@ -33,6 +31,8 @@ from spikeshield.runtime.attacks import (
     members_for_ann,
     preset_members,
 )
+from spikeshield.runtime.checkpoint import Checkpoint
+from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.device import resolve_device
 from spikeshield.runtime.diagnostics import (
     CURVE_STEPS,
@@ -308,9 +308,9 @@ def check_ir_name(directory: Path, ir: str) -> str:
 
 def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig,
                         checkpoint: Checkpoint | None, ir: str = DEFAULT_IR) -> dict[str, Any]:
+    from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.ops import IF
     from spikeshield.compiler.ir.serialize import load_graph
-    from spikeshield.compiler.driver.data import load_data
 
     snn_path = directory / ir
     snn = load_graph(snn_path)

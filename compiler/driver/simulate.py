@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from spikeshield.compiler.ir.atomic import atomic_file
-from spikeshield.compiler.ir.limits import resolve_timesteps
-from spikeshield.compiler.ir.errors import ConfigError, DataError
-from spikeshield.compiler.ir.graph import Graph
+
 from spikeshield.compiler.driver.model_io import load_model
 from spikeshield.compiler.driver.outputs import claim_output, reading_lock
+from spikeshield.compiler.ir.atomic import atomic_file
+from spikeshield.compiler.ir.errors import ConfigError, DataError
+from spikeshield.compiler.ir.graph import Graph
+from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.ops import IF
 
 MAX_INPUT_BYTES = 2 * 1024**3

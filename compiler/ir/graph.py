@@ -13,9 +13,9 @@ from typing import Any
 
 import networkx as nx
 
-from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
 from spikeshield.compiler.ir.ops import OPS, Input, Op, Output, Shape
+from spikeshield.compiler.ir.run_spec import RunSpec
 
 
 class Graph:

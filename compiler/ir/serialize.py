@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 from spikeshield.compiler.ir.atomic import atomic_file
 from spikeshield.compiler.ir.errors import IRValidationError, ModelLoadError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.run_spec import RunSpec
 from spikeshield.compiler.ir.limits import NODES, check_tensor_shapes
 from spikeshield.compiler.ir.ops import op_class
+from spikeshield.compiler.ir.run_spec import RunSpec
 
 FORMAT = "spikeshield-ir"
 FORMAT_VERSION = 1

@@ -34,14 +34,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from spikeshield.runtime.progress import progress_bar
 
-from spikeshield.runtime.checkpoint import Checkpoint
-from spikeshield.runtime.epoch_loop import EpochLoop
 from spikeshield.compiler.ir.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Scale
 from spikeshield.compiler.passes.registry import PassResult, register_pass
+from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member, paper_modes
+from spikeshield.runtime.checkpoint import Checkpoint
+from spikeshield.runtime.data import Dataset, DataSplits, check_max_train
+from spikeshield.runtime.distributed import data_parallel, per_process_batch, world
+from spikeshield.runtime.ensemble import as_tensors, frozen, predictions, run_ensemble
+from spikeshield.runtime.epoch_loop import EpochLoop
+from spikeshield.runtime.executor import GraphExecutor
+from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.objectives import (
     INNER_ATTACKS,
     EpochProgress,
@@ -50,12 +55,7 @@ from spikeshield.runtime.objectives import (
     robust_epoch,
     selection_score,
 )
-from spikeshield.runtime.data import DataSplits, Dataset, check_max_train
-from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member, paper_modes
-from spikeshield.runtime.ensemble import frozen, predictions, as_tensors, run_ensemble
-from spikeshield.runtime.distributed import data_parallel, per_process_batch, world
-from spikeshield.runtime.executor import GraphExecutor
-from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.progress import progress_bar
 
 FINETUNE_OBJECTIVES = ("trades", "at", "mart")
 

@@ -18,17 +18,18 @@ output is its stored means and finetuning cannot recover).
 from __future__ import annotations
 
 import torch
+
 from spikeshield.compiler.ir.errors import PassError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, BatchNorm, Scale
-from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
-from spikeshield.runtime.batchnorm_statistics import recalibrate_batchnorm
-from spikeshield.runtime.pruning import PruneConfig, prune_module, validation_figures
-from spikeshield.runtime.data import DataSplits
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.runtime.attacks import AttackedModel
+from spikeshield.runtime.batchnorm_statistics import recalibrate_batchnorm
+from spikeshield.runtime.data import DataSplits
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.pruning import PruneConfig, prune_module, validation_figures
 
 REFRESH_IMAGES = 512  # training images over which BatchNorm statistics are re-estimated
 

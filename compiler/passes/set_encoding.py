@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.compiler.ir.run_spec import ENCODINGS
+from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
 @register_pass("set_encoding")

@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import torch
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.frontends.torch_module import from_module

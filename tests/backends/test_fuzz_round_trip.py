@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.compiler.ir.graph import Graph
@@ -31,7 +32,6 @@ from spikeshield.compiler.ir.ops import (
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
-
 from tests.backends.conftest import FLIP_MARGIN, assert_same_spikes
 from tests.backends.nir_reference import NirReference
 from tests.backends.test_onnx_backend import run_step_graph, session

@@ -7,13 +7,13 @@ import nir
 import numpy as np
 import pytest
 import torch
+
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.compiler.ir.errors import UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, AvgPool2d, Flatten, Input, Linear, Output, Scale
 from spikeshield.frontends.nir_frontend import from_nir
 from spikeshield.runtime.executor import GraphExecutor
-
 from tests.backends.conftest import TIMESTEPS, ZOO, assert_same_spikes, zoo_ann, zoo_snn
 from tests.backends.nir_reference import NirReference
 from tests.conftest import single_if_graph

@@ -14,12 +14,12 @@ import snntorch
 import torch
 from sinabs.activation import MembraneSubtract, MultiSpike
 from snntorch.import_nir import import_from_nir as snntorch_import
+from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir as sj_import
+
 from spikeshield.backends.nir_backend import to_nir, write_nir
 from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.ops import IF
 from spikeshield.runtime.executor import GraphExecutor
-from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir as sj_import
-
 from tests.backends.conftest import TIMESTEPS, assert_same_spikes, zoo_snn
 from tests.backends.nir_reference import NirReference
 

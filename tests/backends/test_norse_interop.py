@@ -8,6 +8,7 @@ import warnings
 import norse.torch as norse
 import pytest
 import torch
+
 from spikeshield.backends.nir_backend import to_nir
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Conv2d, Flatten, Input, Linear, Output, Scale

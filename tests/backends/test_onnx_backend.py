@@ -11,13 +11,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from spikeshield.backends.nir_backend import to_nir
 from spikeshield.backends.onnx_backend import OPSET, to_onnx, write_onnx
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.ops import IF, Conv2d
 from spikeshield.frontends.onnx_frontend import from_onnx
 from spikeshield.runtime.executor import GraphExecutor
-
 from tests.backends.conftest import (
     FLIP_FRACTION,
     FLIP_MARGIN,

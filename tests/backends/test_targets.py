@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+
 from spikeshield.backends.targets import TARGETS, TargetProfile, check_target, load_target
-from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.driver.export import adapt_to_target
+from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Conv2d, Flatten, Input, Linear, Output, Scale, Sum
 from spikeshield.runtime.data import Dataset

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikeshield.compiler.ir.errors import DataError
 from spikeshield.compiler.driver.data import load_data
+from spikeshield.compiler.ir.errors import DataError
 from spikeshield.frontends.datasets import read_idx
 
 

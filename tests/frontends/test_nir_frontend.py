@@ -8,6 +8,7 @@ import nir
 import numpy as np
 import pytest
 import torch
+
 from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.ir.ops import IF, AvgPool2d, Scale
 from spikeshield.frontends.nir_frontend import from_nir

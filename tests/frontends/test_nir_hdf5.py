@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 from spikeshield.backends.nir_backend import write_nir
 from spikeshield.compiler.driver.cli import app
-from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.driver.model_io import load_model
+from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
-
 from tests.conftest import tiny_conv_graph
 
 runner = CliRunner()

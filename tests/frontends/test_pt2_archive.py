@@ -7,12 +7,13 @@ import zipfile
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.ir.limits import TENSOR_BYTES, TENSOR_ELEMENTS
 from spikeshield.frontends import pt2_archive
 from spikeshield.frontends.pt2_archive import MEMBERS_TORCH_READS, load_exported
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

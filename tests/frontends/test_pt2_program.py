@@ -9,6 +9,7 @@ import zipfile
 import pytest
 import sympy
 import torch
+
 from spikeshield.compiler.ir.errors import ModelLoadError, SpikeshieldError
 from spikeshield.frontends import pt2_archive
 from spikeshield.frontends.pt2_archive import load_exported

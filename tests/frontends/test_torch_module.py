@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.compiler.driver.pt2 import export_pt2
+from spikeshield.compiler.ir.errors import ModelLoadError, UnsupportedOpError
 from spikeshield.frontends.torch_module import from_module, from_pt2
 from spikeshield.frontends.zoo import ARCHITECTURES, build_model
 from spikeshield.runtime.executor import GraphExecutor

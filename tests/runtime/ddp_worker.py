@@ -6,10 +6,11 @@ from __future__ import annotations
 import sys
 
 import torch
-from spikeshield.runtime.training import TrainConfig, train_robust
+from torch import nn
+
 from spikeshield.compiler.driver.data import load_data
 from spikeshield.runtime.distributed import process_group
-from torch import nn
+from spikeshield.runtime.training import TrainConfig, train_robust
 
 
 def train_small() -> dict[str, torch.Tensor]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from spikeshield.compiler.ir.ops import BatchNorm
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.frontends.torch_module import from_module
 from spikeshield.runtime.batchnorm_statistics import recalibrate_batchnorm
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.pruning import PruneConfig
-from torch import nn
 
 
 def bn_net() -> nn.Module:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
+from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime import checkpoint as ckpt
 from spikeshield.runtime.checkpoint import Checkpoint, Interrupted, stop_on_signals
-from spikeshield.compiler.ir.errors import ConfigError, ModelLoadError
 from spikeshield.runtime.training import TrainConfig, train_robust
-from spikeshield.frontends.zoo import build_model
 
 
 def stop_at_step(monkeypatch, n: int) -> None:
@@ -99,9 +99,9 @@ def _numbers(history: list[dict]) -> list[dict]:
 
 def test_finetuning_and_ensemble_resume_to_identical_numbers(converted_lenet, mnist5k, tmp_path,
                                                              monkeypatch):
-    from spikeshield.compiler.passes.manager import PassManager
-    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
     from spikeshield.compiler.driver.robustness import RobustnessConfig, evaluate_robustness
+    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+    from spikeshield.compiler.passes.manager import PassManager
 
     snn = converted_lenet.snn
     cfg = FinetuneConfig(epochs=2, max_train=192, val_samples=64, eps_train=0.025)
@@ -218,7 +218,6 @@ def test_a_signal_while_loading_a_nir_file_is_a_stop_not_a_bad_file(tmp_path, mo
     from spikeshield.compiler.driver.cli import app
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
     from spikeshield.frontends import nir_frontend
-
     from tests.conftest import tiny_conv_graph
 
     graph = convert_relu_to_if(tiny_conv_graph()).graph
@@ -250,6 +249,7 @@ def test_a_tampered_position_or_a_weight_of_another_shape_is_refused_on_resume()
     """Old code: a position of 10^9 silently skipped the rest of training; a weight of another
     shape failed inside load_state_dict with an internal error (exit 1)."""
     import torch
+
     from spikeshield.runtime.checkpoint import restore_training, training_state
 
     good = training_state(_stateful(), epoch=1, progress={"batches": 2})

@@ -3,6 +3,7 @@ out as float batches in [0, 1]; anything else is refused in one line."""
 
 import pytest
 import torch
+
 from spikeshield.compiler.ir.errors import DataError
 from spikeshield.runtime.data import Dataset, make_splits
 

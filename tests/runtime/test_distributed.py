@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from spikeshield.compiler.driver.cli import app
 from spikeshield.runtime.distributed import World, check_processes, per_process_batch
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

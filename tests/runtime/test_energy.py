@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.energy import EnergyModel, energy_model, measure_gpu_energy
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
+from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.evaluate import evaluate_graph
 from spikeshield.runtime.executor import GraphExecutor
 from tests.conftest import single_if_graph, tiny_conv_graph

@@ -6,7 +6,6 @@ from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.surrogates import SURROGATE_NAMES
-
 from tests.conftest import single_if_graph
 
 ALL_MODES = [f"{name}:{g}" for name in SURROGATE_NAMES if name != "none" for g in (0.5, 2.0)]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.data import Dataset, DataSplits
 from spikeshield.runtime.learned_budgets import quotas
 from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module
-from torch import nn
 
 
 @pytest.mark.parametrize("densities,sizes,total", [
@@ -70,7 +71,7 @@ def test_harp_moves_the_learned_half_of_the_budget_to_the_layer_that_needs_it():
     outcome = prune_module(model, slots, model, splits(), cfg, score=no_validation)
     kept = {n: int(m.sum()) for n, m in outcome.masks.items()}
     total = sum(p.weight.numel() for p in (model.useful, model.idle, model.head))
-    assert sum(kept.values()) == 108  # the exact global budget: 1088 - ceil(979.2)
+    assert total == 1088 and sum(kept.values()) == 108  # the exact budget: 1088 - ceil(979.2)
     assert kept["head"] == 64  # dense, and counted in the budget
     # a uniform share would give each branch 22 of the 44 left; the idle branch, whose weights
     # never change the loss, keeps only the uniform half of it (11), the useful one the rest

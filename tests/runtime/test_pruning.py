@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
 
+from spikeshield.runtime.pruning import PruneConfig, model_slots, prune_module, validation_figures
 from tests.runtime.test_learned_budgets import TwoBranches, splits
 
 

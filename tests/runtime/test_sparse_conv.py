@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
 from spikeshield.runtime import sparse_conv
 from spikeshield.runtime.executor import SPARSE_ENV, GraphExecutor
 from spikeshield.runtime.sparse_conv import SparsePlan, sparse_conv2d
-
 from tests.backends.conftest import TIMESTEPS, zoo_snn
 
 built, why = sparse_conv.available()

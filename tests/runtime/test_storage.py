@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import Input, Linear, Output
 from spikeshield.runtime.storage import graph_storage, index_bits, layer_storage, matrix_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Output
 from spikeshield.runtime.data import Dataset

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.frontends.zoo import build_model
 from spikeshield.runtime.objectives import robust_loss
 from spikeshield.runtime.training import TrainConfig
-from spikeshield.frontends.zoo import build_model
 
 
 @pytest.mark.parametrize("objective", ["at", "trades", "mart"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
 from spikeshield.compiler.driver.config import TARGET_HELP, CompileConfig  # noqa: F401  (re-exported)
 from spikeshield.compiler.ir.errors import SpikeshieldError
 

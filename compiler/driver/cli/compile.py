@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from spikeshield.compiler.driver.cli.common import (
     CheckpointEveryOpt,
     CompileConfig,

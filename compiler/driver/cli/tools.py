@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from spikeshield.compiler.driver.cli.common import (
     DeviceOpt,
     EnergyOpt,

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
 from spikeshield.compiler.driver.cli.common import (
     CheckpointEveryOpt,
     DataOpt,
@@ -126,6 +127,7 @@ def train(
 
     def train_claimed(current, cfg, dev, splits, mean, std, settings) -> None:
         import torch
+
         from spikeshield.compiler.driver.pt2 import export_pt2
         from spikeshield.frontends.zoo import build_model
         from spikeshield.runtime.evaluate import accuracy_of

@@ -1,8 +1,8 @@
 """spikeshield: adversarially robust ANNs in, robust sparse spiking networks out.
 
 ``import spikeshield as ss`` gives the verbs of :mod:`spikeshield.compiler.driver.api`
-(``ss.convert``, ``ss.finetune``, ``ss.accuracy``, ``ss.evaluate``, ``ss.export``,
-``ss.load``) and their types
+(``ss.prune``, ``ss.convert``, ``ss.finetune``, ``ss.accuracy``, ``ss.evaluate``,
+``ss.profile``, ``ss.export``, ``ss.load``) and their types
 (``ss.SNN``, ``ss.ConvertConfig``...). This file is the ``spikeshield`` package itself: the
 repository's top level is fixed (``compiler/``, ``frontends/``, ``backends/``, ``runtime/``), so
 ``setup.py`` maps the package here. The names load on first use, so that importing a submodule
@@ -14,8 +14,9 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["SNN", "Accuracy", "ConvertConfig", "Finetuned", "Robustness", "accuracy", "batches",
-           "convert", "evaluate", "export", "finetune", "load"]
+__all__ = ["SNN", "Accuracy", "ConvertConfig", "EnergyProfile", "Finetuned", "Pruned",
+           "Robustness", "accuracy", "batches", "convert", "evaluate", "export", "finetune", "load",
+           "profile", "prune"]
 
 
 def __getattr__(name: str) -> Any:

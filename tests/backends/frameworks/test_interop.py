@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spikeshield.backends.frameworks import FRAMEWORKS, to_module
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Input, Linear, Output
 from spikeshield.runtime.executor import GraphExecutor
-
 from tests.backends.conftest import TIMESTEPS, zoo_snn
 
 # (reset, threshold mode, v_init): the defaults before issue 19, and today's compile defaults.

@@ -170,3 +170,29 @@ def test_finetune_trains_on_a_loader_and_keeps_the_best_epoch():
                    for n in before.synaptic_nodes())
     with pytest.raises(ConfigError, match="unexpected keyword argument 'learning_rate'"):
         ss.finetune(snn, loader, eps=0.05, learning_rate=0.1)
+
+
+def test_profile_counts_the_same_work_from_a_tensor_and_from_a_loader():
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    snn = ss.convert(_Net().eval(), x, timesteps=4, calibration_batches=1)
+    from_tensor = ss.profile(snn, x, samples=30)
+    from_loader = ss.profile(snn, DataLoader(TensorDataset(x, torch.zeros(40)), batch_size=7),
+                             samples=30)
+    assert from_tensor.samples == from_loader.samples == 30
+    assert from_tensor.synops == from_loader.synops > 0
+    assert from_tensor.weights == 4 * 9 + 3 * 144  # the conv and linear weights
+    assert "SynOps" in repr(from_tensor) and "per sample" in repr(from_tensor)
+
+
+def test_prune_zeroes_the_asked_share_and_convert_keeps_it_as_masks():
+    torch.manual_seed(0)
+    model = _Net()
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 3
+    pruned = ss.prune(model, (x, y), sparsity=0.75, eps=0.0, objective="standard",
+                      score_epochs=1, finetune_epochs=1, batch_size=32)
+    assert pruned.model is model and pruned.total_weights == 4 * 9 + 3 * 144
+    zeros = sum(int((m.weight == 0).sum()) for m in (model.conv, model.fc))
+    assert zeros == pruned.total_weights - pruned.kept_weights >= 0.75 * pruned.total_weights - 1
+    snn = ss.convert(model.eval(), x, timesteps=2, calibration_batches=1)
+    masks = [snn.graph.op(n).mask for n in snn.graph.synaptic_nodes()]
+    assert sum(int((m == 0).sum()) for m in masks if m is not None) == zeros

@@ -12,9 +12,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from spikeshield.compiler.driver.cli import app
-from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 from spikeshield.compiler.ir.serialize import save_graph
-
+from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 from tests.conftest import tiny_conv_graph
 
 runner = CliRunner()

@@ -8,10 +8,11 @@ import nir
 import numpy as np
 import onnx
 import pytest
+from typer.testing import CliRunner
+
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.ir.serialize import load_graph
 from spikeshield.runtime.executor import GraphExecutor
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

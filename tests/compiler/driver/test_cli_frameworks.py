@@ -10,12 +10,13 @@ import struct
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from spikeshield.backends.frameworks import FRAMEWORKS, load_module, to_module
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.serialize import load_graph
 from spikeshield.runtime.executor import GraphExecutor
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

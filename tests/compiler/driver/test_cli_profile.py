@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.driver.model_io import load_model
 from spikeshield.compiler.driver.pt2 import export_pt2, training_record
 from spikeshield.compiler.ir.ops import Conv2d, Linear
 from spikeshield.compiler.ir.serialize import load_graph, save_graph
-from typer.testing import CliRunner
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -107,6 +108,7 @@ def test_mask_that_does_not_fit_is_refused_on_load(sparse_dir, tmp_path):
     # Bypass set_op's checks the way a hand-edited file would: write the bad mask straight in.
     graph.op(name).mask = torch.ones(op.weight.shape[0], op.weight.shape[1] + 1)
     from safetensors.torch import save_file
+
     from spikeshield.compiler.ir.serialize import to_dict
 
     structure, tensors = to_dict(graph)

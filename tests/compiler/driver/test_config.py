@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from spikeshield.compiler.driver.config import CompileConfig
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.training import TrainConfig

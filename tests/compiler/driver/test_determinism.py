@@ -73,8 +73,8 @@ def test_repeated_compile_and_eval_calls_do_not_accumulate_tensors(trained_lenet
 
 
 def test_eval_holds_one_chunk_of_images_at_a_time(converted_lenet, mnist5k, monkeypatch):
-    from spikeshield.runtime import ensemble
     from spikeshield.compiler.driver.robustness import RobustnessConfig, evaluate_robustness
+    from spikeshield.runtime import ensemble
 
     sizes = []
     original = ensemble.as_tensors

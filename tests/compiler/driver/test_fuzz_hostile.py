@@ -129,7 +129,6 @@ NIR_MUTATIONS = ["external-storage", "external-link", "soft-link", "virtual", "s
 def nir_source(tmp_path_factory):
     from spikeshield.backends.nir_backend import write_nir
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
-
     from tests.conftest import tiny_conv_graph
 
     folder = tmp_path_factory.mktemp("nir")

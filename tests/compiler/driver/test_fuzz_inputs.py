@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from spikeshield.compiler.driver.cli import app
 from spikeshield.compiler.ir.serialize import save_graph
-
 from tests.conftest import tiny_conv_graph
 
 runner = CliRunner()

@@ -22,7 +22,6 @@ from spikeshield.compiler.ir.ops import BatchNorm, Input, Output
 from spikeshield.compiler.ir.serialize import save_graph
 from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
 from spikeshield.runtime.executor import GraphExecutor
-
 from tests.compiler.driver.test_bad_input import _one_line_exit_2, _tamper
 from tests.conftest import tiny_conv_graph
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from spikeshield.compiler.driver.config import CompileConfig
 from spikeshield.compiler.driver.pipeline import compile_model
-
 from tests.third_party_models import ResNet
 
 OLD_DEFAULTS = {"reset": "zero", "v_init": 0.0, "threshold_mode": "layer", "correction": "none"}

@@ -7,7 +7,6 @@ import pytest
 from typer.testing import CliRunner
 
 from spikeshield.compiler.driver.cli import app
-from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.driver.manifest import (
     file_digest,
     read_manifest,
@@ -15,6 +14,7 @@ from spikeshield.compiler.driver.manifest import (
     verify_directory,
     write_manifest,
 )
+from spikeshield.compiler.ir.errors import ModelLoadError
 
 runner = CliRunner()
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spikeshield.compiler.ir.atomic import atomic_directory
 from spikeshield.compiler.driver.cli import app
-from spikeshield.compiler.ir.errors import ModelLoadError
 from spikeshield.compiler.driver.manifest import verify_directory, write_manifest
 from spikeshield.compiler.driver.outputs import OutputError, claim_output, output_lock
+from spikeshield.compiler.ir.atomic import atomic_directory
+from spikeshield.compiler.ir.errors import ModelLoadError
 
 runner = CliRunner()
 QUICK = ["--finetune", "none", "--robustness", "none", "--no-profile", "--n", "40",

@@ -17,7 +17,6 @@ from spikeshield.compiler.driver.outputs import OutputError, claim_output, outpu
 from spikeshield.compiler.ir.atomic import atomic_directory, atomic_file
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.checkpoint import Checkpoint
-
 from tests.compiler.driver.test_outputs import QUICK, _refused
 
 runner = CliRunner()
@@ -186,7 +185,6 @@ def test_export_never_overwrites_companion_files_it_did_not_write(tmp_path):
     """Old code replaced OUT.json and snn_<target>.ir whatever they held."""
     from spikeshield.compiler.ir.serialize import save_graph
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
-
     from tests.conftest import tiny_conv_graph
 
     graph = convert_relu_to_if(tiny_conv_graph()).graph

@@ -7,6 +7,8 @@ import zipfile
 
 import pytest
 import torch
+from torch import nn
+
 from spikeshield.compiler.driver.model_io import load_model
 from spikeshield.compiler.driver.pt2 import (
     MARKER,
@@ -15,7 +17,6 @@ from spikeshield.compiler.driver.pt2 import (
     robust_training_eps,
     training_record,
 )
-from torch import nn
 
 
 def _tiny() -> nn.Module:

@@ -4,8 +4,20 @@ import torch
 from spikeshield.compiler.ir.errors import IRValidationError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import (
+    IF,
+    OPS,
+    AvgPool2d,
+    BatchNorm,
+    Conv2d,
+    Flatten,
+    Floor,
+    Input,
+    Linear,
+    Output,
     Pad2d,
-    IF, OPS, AvgPool2d, BatchNorm, Conv2d, Flatten, Floor, Input, Linear, Output, ReLU, Scale, Sum,
+    ReLU,
+    Scale,
+    Sum,
 )
 from spikeshield.compiler.ir.serialize import from_dict, to_dict
 from spikeshield.runtime.executor import GraphExecutor

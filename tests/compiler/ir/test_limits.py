@@ -5,12 +5,12 @@ import os
 import onnx
 import pytest
 from onnx import helper
-from spikeshield.compiler.driver.cli import app
-from spikeshield.compiler.ir.errors import ModelLoadError
-from spikeshield.compiler.driver.model_io import load_model
-from spikeshield.compiler.ir.serialize import save_graph
 from typer.testing import CliRunner
 
+from spikeshield.compiler.driver.cli import app
+from spikeshield.compiler.driver.model_io import load_model
+from spikeshield.compiler.ir.errors import ModelLoadError
+from spikeshield.compiler.ir.serialize import save_graph
 from tests.conftest import tiny_conv_graph
 
 runner = CliRunner()

@@ -4,7 +4,6 @@ import pytest
 
 from spikeshield.compiler.ir.errors import IRValidationError
 from spikeshield.compiler.ir.run_spec import RunSpec
-
 from tests.conftest import tiny_conv_graph
 
 

@@ -118,14 +118,13 @@ def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer(fold
 
     if fold_budget is not None:
         monkeypatch.setattr(executor_module, "FOLD_BUDGET", fold_budget)
+    from spikeshield.compiler.ir.ops import IF, Scale
     from spikeshield.compiler.passes.calibrate_thresholds import _statistic, default_threshold_scale
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
-    from spikeshield.compiler.ir.ops import IF, Scale
-    from spikeshield.runtime.executor import GraphExecutor
-
     from spikeshield.compiler.passes.fold_batchnorm import fold_batchnorm
     from spikeshield.frontends.torch_module import from_module
     from spikeshield.frontends.zoo import build_model
+    from spikeshield.runtime.executor import GraphExecutor
 
     torch.manual_seed(3)  # a residual net: skips keep earlier layers' spikes alive in the frontier
     ann = from_module(build_model("resnet20", (1, 8, 8), 10, width=0.25), (1, 8, 8))
@@ -149,10 +148,10 @@ def test_one_pass_calibration_matches_rerunning_the_network_for_every_layer(fold
 
 
 def test_frontier_pieces_follow_the_fold_budget(monkeypatch):
-    from spikeshield.runtime import executor as executor_module
     from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
     from spikeshield.frontends.torch_module import from_module
     from spikeshield.frontends.zoo import build_model
+    from spikeshield.runtime import executor as executor_module
 
     snn = convert_relu_to_if(from_module(build_model("lenet", (1, 12, 12), 10), (1, 12, 12))).graph
     executor = executor_module.GraphExecutor(snn)

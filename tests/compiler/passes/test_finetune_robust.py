@@ -3,10 +3,9 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError, PassError
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
-from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, add_zero_biases
-from spikeshield.runtime.data import DataSplits, Dataset
-
+from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.runtime.data import Dataset, DataSplits
 from tests.conftest import tiny_conv_graph
 
 

@@ -1,7 +1,17 @@
 import torch
 
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Flatten, Input, Linear, Output, Scale, Sum
+from spikeshield.compiler.ir.ops import (
+    IF,
+    AvgPool2d,
+    Conv2d,
+    Flatten,
+    Input,
+    Linear,
+    Output,
+    Scale,
+    Sum,
+)
 from spikeshield.compiler.passes.fold_scales import fold_scales
 from spikeshield.runtime.executor import GraphExecutor
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError, PassError
-from spikeshield.compiler.passes.registry import PASSES
 from spikeshield.compiler.passes.manager import PassManager
+from spikeshield.compiler.passes.registry import PASSES
 from tests.conftest import tiny_conv_graph
 
 

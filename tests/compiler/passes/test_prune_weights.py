@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spikeshield.compiler.ir.errors import ConfigError, IRValidationError
 from spikeshield.compiler.ir.ops import Conv2d, Linear
-from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
 from spikeshield.compiler.passes.infer_masks import infer_masks
+from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.runtime.pruning import PruneConfig, allocate_masks
-
 from tests.conftest import tiny_conv_graph
 
 

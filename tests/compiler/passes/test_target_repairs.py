@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
 from spikeshield.compiler.passes.manager import PassManager
-
 from tests.backends.test_targets import small_snn
 
 
