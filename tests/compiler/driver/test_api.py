@@ -196,3 +196,26 @@ def test_prune_zeroes_the_asked_share_and_convert_keeps_it_as_masks():
     snn = ss.convert(model.eval(), x, timesteps=2, calibration_batches=1)
     masks = [snn.graph.op(n).mask for n in snn.graph.synaptic_nodes()]
     assert sum(int((m == 0).sum()) for m in masks if m is not None) == zeros
+
+
+def test_the_typed_choices_are_the_ones_the_passes_accept():
+    """The API's ``Literal`` types and the tuples the passes and the CLI check against may not
+    drift apart (a choice the API allows that a pass refuses would fail after the work began)."""
+    from typing import get_args
+
+    from spikeshield.compiler.driver import api
+    from spikeshield.compiler.driver.config import CORRECTIONS
+    from spikeshield.compiler.ir.ops.neurons import RESET_MODES
+    from spikeshield.compiler.ir.run_spec import ENCODINGS
+    from spikeshield.compiler.passes.calibrate_thresholds import CALIBRATION_MODES
+    from spikeshield.compiler.passes.convert_relu_to_if import THRESHOLD_MODES
+    from spikeshield.compiler.passes.finetune_robust import FINETUNE_OBJECTIVES
+    from spikeshield.compiler.passes.fold_batchnorm import BN_MODES
+    from spikeshield.runtime.attacks import PRESETS
+
+    pairs = [(api.Reset, RESET_MODES), (api.ThresholdMode, THRESHOLD_MODES),
+             (api.Calibration, CALIBRATION_MODES), (api.Correction, CORRECTIONS),
+             (api.Encoding, ENCODINGS), (api.BatchNormMode, BN_MODES),
+             (api.Objective, FINETUNE_OBJECTIVES), (api.Preset, PRESETS)]
+    for literal, accepted in pairs:
+        assert set(get_args(literal)) == set(accepted), (literal, accepted)
