@@ -35,7 +35,6 @@ def test_the_readme_python_quick_start_runs_as_written(tmp_path, capsys):
         os.chdir(here)
     snn, test, model = namespace["snn"], namespace["test"], namespace["model"]
     clean, ann = ss.accuracy(snn, test), ss.accuracy(model, test)  # the ANN on normalised data
-    print(f"ANN {ann}, SNN {clean}, T=32 {ss.accuracy(snn, test, timesteps=32)}")
     assert clean.samples == ann.samples == 1000 and ann.accuracy > 0.8, (ann, clean)
     assert abs(clean.accuracy - ann.accuracy) < 0.03, (ann, clean)  # converted, not retrained
     printed = capsys.readouterr().out
