@@ -11,8 +11,7 @@ PACKAGE_INIT = "compiler/driver/toplevel"
 
 setup(
     packages=["spikeshield"] + [f"spikeshield.{name}" for name in find_packages(
-        include=[pattern for top in TOP_LEVEL for pattern in (top, f"{top}.*")],
-        exclude=[PACKAGE_INIT.replace("/", ".")])],
+        include=[pattern for top in TOP_LEVEL for pattern in (top, f"{top}.*")])],
     package_dir={"spikeshield": PACKAGE_INIT} | {f"spikeshield.{top}": top for top in TOP_LEVEL},
     # The weight-sparse convolution kernel, compiled on first use (runtime/sparse_conv.py).
     package_data={"spikeshield.runtime": ["csrc/*.cpp"]},

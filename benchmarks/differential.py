@@ -184,9 +184,7 @@ def _conv_statement(draw, p: Program, shape: list, saved: list) -> None:
     elif kind == "residual":  # a ResNet block: save, a shape-keeping conv (and more), combine
         _conv_statement_residual(draw, p, shape, saved)
     elif kind == "bn":
-        name = p.fresh("bn")
-        p.init.append(f"self.{name} = nn.BatchNorm2d({c})")
-        p.forward.append(f"x = self.{name}(x)")
+        _batchnorm(p, "BatchNorm2d", c)
     elif kind == "act":
         p.forward.append(_activation(draw, p))
     elif kind == "inplace":
@@ -246,12 +244,16 @@ def _conv_statement_residual(draw, p: Program, shape: list, saved: list) -> None
         elif step == "inplace":
             p.forward.append(_inplace_statement(draw, p, saved, shape))
         else:
-            bn = p.fresh("bn")
-            p.init.append(f"self.{bn} = nn.BatchNorm2d({c})")
-            p.forward.append(f"x = self.{bn}(x)")
+            _batchnorm(p, "BatchNorm2d", c)
     p.forward.append(draw(st.sampled_from([
         f"x = x + {name}", f"x = {name} + x", f"x = x - {name}", f"x += {name}",
         f"x.add_({name})", f"x = torch.add(x, {name})", f"x = x + 0.5 * {name}"])))
+
+
+def _batchnorm(p: Program, cls: str, features: int) -> None:
+    name = p.fresh("bn")
+    p.init.append(f"self.{name} = nn.{cls}({features})")
+    p.forward.append(f"x = self.{name}(x)")
 
 
 def _activation(draw, p: Program) -> str:
@@ -351,9 +353,7 @@ def _dense_statement(draw, p: Program, shape: list, saved: list) -> None:
         shape[:] = [out]
         saved.clear()
     elif kind == "bn":
-        name = p.fresh("bn")
-        p.init.append(f"self.{name} = nn.BatchNorm1d({f})")
-        p.forward.append(f"x = self.{name}(x)")
+        _batchnorm(p, "BatchNorm1d", f)
     elif kind == "act":
         p.forward.append(_activation(draw, p))
     elif kind == "inplace":

@@ -434,6 +434,28 @@ def export(snn: SNN | Graph, path: str | os.PathLike, format: str | None = None,
     return path
 
 
+def _training_splits(train: Any, val: Any | None, max_train: int | None, val_fraction: float,
+                     seed: int, verb: str, classes: int | None = None,
+                     normalization: tuple | None = None, val_limit: int | None = None) -> Any:
+    """Training and validation data in memory as pixels (each epoch reads them again): ``val``,
+    or a seeded ``val_fraction`` held out of ``train``; no test split (training never reads one)."""
+    from spikeshield.runtime.data import DataSplits
+
+    data = labelled_dataset(train, "the training data", max_train, classes, normalization)
+    if val is None:
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"{verb}: val_fraction must be in (0, 1), got {val_fraction}")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        held = max(1, int(round(len(data) * val_fraction)))
+        data, validation = data.subset(order[held:]), data.subset(order[:held])
+    else:
+        validation = labelled_dataset(val, "the validation data", val_limit, classes,
+                                      normalization)
+    if classes is None:
+        classes = int(torch.cat([data.labels, validation.labels]).max()) + 1
+    return DataSplits("user data", data, validation, validation.head(0), classes)
+
+
 @dataclass(frozen=True)
 class Finetuned:
     """What :func:`finetune` did: the finetuned SNN (that of the best epoch by the validation
@@ -462,7 +484,6 @@ def finetune(snn: SNN, train: Any, val: Any | None = None, *, eps: float,
     (``max_train`` bounds it), since every epoch reads it again."""
     from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
     from spikeshield.compiler.passes.manager import PassManager
-    from spikeshield.runtime.data import DataSplits
     from spikeshield.runtime.device import resolve_device
 
     try:
@@ -474,16 +495,8 @@ def finetune(snn: SNN, train: Any, val: Any | None = None, *, eps: float,
     graph = snn.graph
     classes = graph.shape(graph.output_names[0])[0]
     norm = snn.normalization
-    data = labelled_dataset(train, "the training data", max_train, classes, norm)
-    if val is None:
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"finetune: val_fraction must be in (0, 1), got {val_fraction}")
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
-        held = max(1, int(round(len(data) * val_fraction)))
-        data, validation = data.subset(order[held:]), data.subset(order[:held])
-    else:
-        validation = labelled_dataset(val, "the validation data", cfg.val_samples, classes, norm)
-    splits = DataSplits("user data", data, validation, validation.head(0), classes)
+    splits = _training_splits(train, val, max_train, val_fraction, cfg.seed, "finetune", classes,
+                              norm, val_limit=cfg.val_samples)
     manager = PassManager()
     out = manager.run_one(graph, "finetune_robust", data=splits, config=cfg,
                           device=resolve_device(device))
@@ -569,7 +582,6 @@ def prune(model: nn.Module, train: Any, val: Any | None = None, *, sparsity: flo
     objective at L-inf ``eps`` (pixels in [0, 1]), then the weights kept are finetuned and the
     best validation epoch kept. ``settings`` are further ``PruneConfig`` fields. The data are
     pixels as the model takes them (declare no normalisation here: put it inside the model)."""
-    from spikeshield.runtime.data import DataSplits
     from spikeshield.runtime.device import resolve_device
     from spikeshield.runtime.pruning import PruneConfig
     from spikeshield.runtime.training import prune_trained
@@ -579,17 +591,7 @@ def prune(model: nn.Module, train: Any, val: Any | None = None, *, sparsity: flo
     except TypeError as err:
         raise ConfigError(f"prune: {err} (the settings are PruneConfig's fields)") from None
     cfg.validate()
-    data = labelled_dataset(train, "the training data", max_train)
-    if val is None:
-        if not 0 < val_fraction < 1:
-            raise ConfigError(f"prune: val_fraction must be in (0, 1), got {val_fraction}")
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))
-        held = max(1, int(round(len(data) * val_fraction)))
-        data, validation = data.subset(order[held:]), data.subset(order[:held])
-    else:
-        validation = labelled_dataset(val, "the validation data")
-    classes = int(torch.cat([data.labels, validation.labels]).max()) + 1
-    splits = DataSplits("user data", data, validation, validation.head(0), classes)
+    splits = _training_splits(train, val, max_train, val_fraction, cfg.seed, "prune")
     where = resolve_device(device)
     model.to(where)
     outcome = prune_trained(model, splits, cfg, where)
