@@ -11,10 +11,12 @@ portable graph is therefore written from an IR rewritten with the same meaning:
 * the output layer feeds ``Output`` directly: the reader averages the per-step outputs over T
   (the exact profile integrates them in an ``I`` node);
 * ``IF(r=1, v_reset=0)`` only: reset by subtraction and an initial potential are refused;
-* one threshold per layer, as compiled (``--threshold-mode layer``): per-channel thresholds are
-  refused. Dividing channel ``c``'s input current by ``theta_c`` would give "the same spikes up to
-  float rounding", and on deep nets the rounding flips neurons whose flips cascade (measured on a
-  random-weight vgg11: logits 0.003 apart from the runtime's): not the SNN that was compiled;
+* one threshold per layer, as compiled (``--uniform-thresholds``, or ``--threshold-mode layer``):
+  per-channel thresholds are refused. Dividing channel ``c``'s input current by ``theta_c`` here
+  would give "the same spikes up to float rounding", and on deep nets the rounding flips neurons
+  whose flips cascade (measured on a random-weight vgg11: logits 0.003 apart from the runtime's):
+  not the SNN that was compiled. ``--uniform-thresholds`` does that division at compile time
+  (pass ``uniform_thresholds``), so the compiled SNN is the divided one and the export is exact;
 * average pooling and scales become convolutions (or affine maps) with diagonal weights, which
   every importer reads: ``1 / (kh * kw)`` on the diagonal is exact for power-of-two windows.
 """
@@ -44,8 +46,8 @@ def portable_problems(graph: Graph) -> list[str]:
         elif op.threshold.numel() > 1 and not bool((op.threshold == op.threshold.reshape(-1)[0])
                                                     .all()):
             problems.append(f"node {name!r} (if) has one threshold per channel, which the "
-                            "importers read as one per layer and which no rescaling keeps exact: "
-                            "recompile with --threshold-mode layer, or export a framework module")
+                            "importers read as one per layer: recompile with --uniform-thresholds "
+                            "(folded into the weights at compile time) or --threshold-mode layer")
     for name in graph.nodes_of(AvgPool2d):
         op = graph.op(name)
         if any(op.padding) and not op.count_include_pad:

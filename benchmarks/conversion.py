@@ -45,6 +45,11 @@ OLD = {"reset": "zero", "v_init": 0.0, "threshold_mode": "layer", "correction": 
        "threshold_search": False}
 NEW = {"reset": "subtract", "v_init": 0.5, "threshold_mode": "channel", "correction": "bias",
        "threshold_search": True}
+FIT = {**NEW, "correction": "fit"}
+# Paper A's neuron (reset to zero, membrane from zero, one threshold per layer: what NIR's
+# portable profile, snn-mlir and Loihi take), calibrated per channel with today's fit, and the
+# channels' thresholds folded into the weights so that each layer has one.
+PAPER_A = {**FIT, "reset": "zero", "v_init": 0.0, "uniform_thresholds": True}
 # (key of the stored result, label, CompileConfig fields): each step changes one setting, from the
 # defaults before issue 19 to today's. Fields are explicit, so stored results never change meaning.
 VARIANTS = [
@@ -54,9 +59,15 @@ VARIANTS = [
     ("+ per channel", "+ per-channel thresholds",
      {**OLD, "reset": "subtract", "v_init": 0.5, "threshold_mode": "channel"}),
     ("default (+ bias correction)", "+ bias correction", {**NEW, "threshold_search": False}),
-    ("default + threshold search", "+ threshold search = today's default", NEW),
+    ("default + threshold search", "+ threshold search = issue 19's default", NEW),
+    ("default fit", "+ fit to the ANN = today's default", FIT),
+    ("paper-a fit uniform", "Paper A's neuron (reset zero, v0 = 0, one threshold per layer), fitted",
+     PAPER_A),
 ]
-ROBUST = (VARIANTS[0], VARIANTS[-1])  # the old and today's default, finetuned and attacked
+# Without --ladder: the old default, issue 19's, today's and Paper A's neuron.
+SHORT = tuple(VARIANTS[i] for i in (0, 5, 6, 7))
+# Finetuned and attacked with --robust: today's default and Paper A's neuron.
+ROBUST = (VARIANTS[6], VARIANTS[7])
 SJ_RECIPES = ("max", "99.9%", "99.9% channel + half threshold", "local threshold balancing")
 
 
@@ -130,7 +141,11 @@ def main() -> None:
     parser.add_argument("--arch", default="lenet",
                         help="a zoo architecture, or kuangliu-resnet (tests/third_party_models.py)")
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("-T", "--timesteps", default="2,4,8,16")
+    parser.add_argument("-T", "--timesteps", default="1,2,4,8")
+    parser.add_argument("--objective", default="trades",
+                        help="how the ANN is trained: trades (eps --eps, PGD-10) or standard")
+    parser.add_argument("--ladder", action="store_true",
+                        help="every step from the old default to today's, one setting at a time")
     parser.add_argument("--n", type=int, default=2000, help="test images scored")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-train", type=int, default=None)
@@ -157,7 +172,8 @@ def main() -> None:
     from spikeshield.runtime.evaluate import accuracy_of
     from spikeshield.runtime.training import TrainConfig, train_robust
 
-    work = args.work / f"{args.data}-{args.arch}"
+    work = args.work / (f"{args.data}-{args.arch}" if args.objective == "trades"
+                        else f"{args.data}-{args.arch}-{args.objective}")
     work.mkdir(parents=True, exist_ok=True)
     splits = load_data(args.data, seed=0)
     test = splits.test.head(args.n)
@@ -165,20 +181,21 @@ def main() -> None:
     weights = work / "ann.pt"
     if not weights.exists():
         started = time.perf_counter()
-        cfg = TrainConfig(objective="trades", eps=args.eps, epochs=args.epochs, batch_size=64,
+        cfg = TrainConfig(objective=args.objective, eps=args.eps, epochs=args.epochs, batch_size=64,
                           lr=args.lr, attack_steps=10, seed=0, max_train=args.max_train)
         train_robust(model, splits, cfg)
         torch.save(model.state_dict(), weights)
         (work / "training.json").write_text(json.dumps({
             "seconds": round(time.perf_counter() - started, 1), "epochs": args.epochs,
-            "max_train": args.max_train, "width": args.width, "eps": args.eps, "lr": args.lr}))
+            "max_train": args.max_train, "width": args.width, "eps": args.eps, "lr": args.lr,
+            "objective": args.objective}))
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     ann = _cell(work / "ann.json", lambda: {"accuracy": accuracy_of(model, test)})
     steps = [int(t) for t in args.timesteps.split(",")]
     rows: dict[str, dict[int, float]] = {}
-    variants = VARIANTS[-1:] if args.head_to_head else VARIANTS
-    recipes = SJ_RECIPES[2:3] if args.head_to_head else SJ_RECIPES
+    variants = (VARIANTS[6:7] if args.head_to_head else VARIANTS if args.ladder else SHORT)
+    recipes = SJ_RECIPES[2:3] if args.head_to_head or not args.ladder else SJ_RECIPES
     for t, (key, name, fields) in itertools.product(steps, variants):
         slug = "ss-" + "".join(c if c.isalnum() else "-" for c in key) + f"-T{t}"
 
@@ -233,7 +250,7 @@ def _layer_report(model, splits, test, timesteps: int) -> None:
     from spikeshield.runtime.kernels import channel_view
 
     x = test.head(500).images.float() / 255
-    for _, name, fields in ROBUST:
+    for _, name, fields in (VARIANTS[0], VARIANTS[5]):  # the old and issue 19's default
         fields = {**fields, "correction": "none"}  # the proxy must be the source ANN
         cfg = CompileConfig(timesteps=timesteps, finetune="none", robustness="none",
                             profile=False, eval_samples=500, **fields)

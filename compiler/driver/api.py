@@ -38,7 +38,7 @@ from spikeshield.runtime.data import PIXEL_RANGE, Dataset, as_float, check_image
 Reset = Literal["subtract", "zero"]
 ThresholdMode = Literal["channel", "layer"]
 Calibration = Literal["percentile", "max"]
-Correction = Literal["bias", "none"]
+Correction = Literal["fit", "bias", "none"]
 Encoding = Literal["direct", "poisson"]
 BatchNormMode = Literal["fold", "keep"]
 Objective = Literal["trades", "at", "mart"]
@@ -79,7 +79,8 @@ class ConvertConfig:
     percentile: float = 99.7
     threshold_scale: float | None = None
     threshold_search: bool = True
-    correction: Correction = "bias"
+    correction: Correction = "fit"
+    uniform_thresholds: bool = False
     calibration_batches: int = 11
     calibration_timesteps: int | None = None
     encoding: Encoding = "direct"

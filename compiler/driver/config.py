@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from spikeshield.runtime.pruning import PruneConfig
 
 PRUNE_STAGES = ("ann", "snn")
-CORRECTIONS = ("bias", "none")
+CORRECTIONS = ("fit", "bias", "none")
 
 
 def pruning_finetune_epochs(prune_epochs: int, prune_finetune_epochs: int | None) -> int:
@@ -75,14 +75,20 @@ class CompileConfig:
     calibration: str = option("percentile", "percentile or max of the input current.")
     percentile: float = option(99.7, "Percentile of the input current.")
     threshold_scale: float | None = option(  # None: default_threshold_scale(timesteps, v_init)
-        None, "Factor on calibrated thresholds (default: 1 with --v-init > 0, else "
-        "clamp(1 - 1.2/T, 0.3, 0.9)).")
+        None, "Factor on calibrated thresholds (default: 1 with --correction fit or --v-init > 0, "
+        "else clamp(1 - 1.2/T, 0.3, 0.9)).")
     threshold_search: bool = option(
         True, "Choose each threshold among fractions of the calibrated one by the layer's "
         "measured error (clipping against quantisation).", "--threshold-search/--no-threshold-search")
     correction: str = option(
-        "bias", "Post-calibration correction without labels: bias (each layer's mean output "
-        "matched to the ANN's, Li et al. 2021) or none.")
+        "fit", "How calibration matches each layer to the ANN, without labels: fit (threshold, "
+        "spike amplitude and bias shift fitted to the ANN's activations by least squares, layer "
+        "by layer), bias (each layer's mean output matched to the ANN's, Li et al. 2021) or none.")
+    uniform_thresholds: bool = option(
+        False, "After calibration, fold each channel's threshold into the weights that feed it, "
+        "so every IF layer has one threshold (1): what NIR's portable profile, snn-mlir and "
+        "Loihi need; the same spikes up to float rounding.",
+        "--uniform-thresholds/--no-uniform-thresholds")
     calibration_batches: int = option(11, "Batches used for calibration.")
     calibration_timesteps: int | None = option(None, "T during calibration (default: --timesteps).")
     batch_size: int = option(64, "Batch size.")

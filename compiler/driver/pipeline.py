@@ -57,7 +57,8 @@ class CompileResult:
 
 def threshold_scale(cfg: CompileConfig) -> float:
     """The threshold factor in force: the configured one, or the T-dependent default."""
-    return cfg.threshold_scale or default_threshold_scale(cfg.timesteps, cfg.v_init)
+    return cfg.threshold_scale or default_threshold_scale(cfg.timesteps, cfg.v_init,
+                                                         cfg.correction == "fit")
 
 
 def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor], device) -> list:
@@ -77,10 +78,12 @@ def conversion_pipeline(cfg: CompileConfig, calibration_data: list[torch.Tensor]
             "batches": cfg.calibration_batches,
             "device": device,
             "search": cfg.threshold_search,
+            "fit": cfg.correction == "fit",
         }),
         *([("correct_biases", {"data": calibration_data, "timesteps": cfg.timesteps,
                                "batches": cfg.calibration_batches,
                                "device": device})] if cfg.correction == "bias" else []),
+        *([("uniform_thresholds", {})] if cfg.uniform_thresholds else []),
         ("fold_scales", {}),
     ]
 

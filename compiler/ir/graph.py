@@ -53,6 +53,14 @@ class Graph:
         else:
             self._g.add_edge(src, dst, recurrent=recurrent, count=count)
 
+    def disconnect(self, src: str, dst: str) -> int:
+        """Remove every edge ``src -> dst``; returns how many there were (its count)."""
+        if not self._g.has_edge(src, dst):
+            raise IRValidationError(f"no edge {src!r} -> {dst!r} to remove")
+        count = self._g.edges[src, dst]["count"]
+        self._g.remove_edge(src, dst)
+        return count
+
     def unique_name(self, base: str) -> str:
         """``base`` if free, else ``base_1``, ``base_2``, ..."""
         if base not in self._g:

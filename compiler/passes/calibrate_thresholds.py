@@ -12,6 +12,14 @@ Then a :class:`Scale` equal to the threshold is inserted after the neuron: a
 binary spike stands for ``threshold`` units of the ANN activation it replaces, so the next layer's
 weights (into which ``fold_scales`` later merges that factor) see currents in the ANN's units.
 
+With ``fit``, each layer is instead fitted to the source ANN's activations on the same images
+(least squares, layer by layer with the earlier layers spiking): the threshold among fractions of
+the statistic, a bias shift of the synaptic layer that feeds the neuron, and the spike amplitude
+(the Scale) given both. A spike then stands for the amplitude, which need not be the threshold:
+with a reset to zero (charge above the threshold lost) or a membrane from zero (counts floored)
+every layer sends less than the ANN, and the loss compounds with depth unless the amplitude and
+the bias make up for it (a residual net converted to chance without; BENCHMARKS.md, issue 41).
+
 Precondition: IF nodes from ``convert_relu_to_if``, not yet calibrated. Postcondition: every IF node
 has a positive calibrated threshold and is followed by its amplitude Scale; ``meta['calibrated']``.
 """
@@ -31,8 +39,10 @@ from spikeshield.compiler.passes.registry import PassResult, register_pass
 CALIBRATION_MODES = ("percentile", "max")
 
 
-def default_threshold_scale(timesteps: int, v_init: float = 0.0) -> float:
+def default_threshold_scale(timesteps: int, v_init: float = 0.0, fit: bool = False) -> float:
     """The factor on calibrated thresholds used when none is given.
+
+    With ``fit`` the statistic itself (1.0): the fit tries fractions of it and keeps the best.
 
     With an initial potential (``v_init`` > 0, the default 0.5) spike counts are rounded, not
     floored, and the percentile itself is the right threshold: 1.0 (measured on LeNet, VGG and
@@ -42,7 +52,7 @@ def default_threshold_scale(timesteps: int, v_init: float = 0.0) -> float:
     0.3, but it keeps batch norm (re-estimated on the SNN) and always finetunes; with batch norm
     folded and calibration alone 0.3 clips every layer at 30% of its percentile (-33 pp, mnist5k).
     """
-    if v_init > 0:
+    if fit or v_init > 0:
         return 1.0
     return max(0.3, min(0.9, 1.0 - 1.2 / timesteps))
 
@@ -102,18 +112,44 @@ def _kth_largest(values: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack([part.topk(count).values[-1] for part in parts])
 
 
-def _install(executor, graph: Graph, name: str, amplitude: str, threshold: torch.Tensor) -> None:
-    """Set IF node ``name``'s threshold and its amplitude Scale, in the graph and in the executor
-    (from now on the frontier runs this layer calibrated)."""
-    with torch.no_grad():
-        executor.tensors_of(name)["threshold"].copy_(threshold.reshape(-1))
-        executor.tensors_of(amplitude)["scale"].copy_(threshold.reshape(-1))
-    graph.set_op(name, graph.op(name).replace(threshold=threshold))
-    graph.set_op(amplitude, Scale(scale=threshold.clone()))
-
-
 # Fractions of the calibrated threshold that the search tries (1.0: the threshold itself).
 SEARCH_FACTORS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# Bias shifts the fit tries, in units of threshold / T per step: 0.5 moves a membrane that starts
+# at zero as far over T steps as a half-threshold start does (Deng & Gu, ICLR 2021).
+FIT_SHIFTS = (0.0, 0.25, 0.5, 0.75)
+
+
+def _layer_sums(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
+                targets: list[torch.Tensor], sample_ndim: int, timesteps: int,
+                grid: list[tuple[float, float]]) -> tuple[torch.Tensor, ...]:
+    """Per ``(factor, shift)`` of ``grid`` and per channel (or per layer): the sums of rate x
+    target and rate^2 over the calibration data, where rate is the layer's spikes per step with
+    threshold ``factor x threshold`` and every step's current raised by ``shift x threshold / T``;
+    and the sum of target^2. Float64 sums (millions of terms)."""
+    from spikeshield.runtime.kernels import channel_view
+    from spikeshield.runtime.neurons import IFParameters, if_rate
+
+    ndim, width = sample_ndim + 1, threshold.numel()
+    rate_target = torch.zeros(len(grid), width, dtype=torch.float64)
+    rate_rate = torch.zeros(len(grid), width, dtype=torch.float64)
+    target_target = torch.zeros(width, dtype=torch.float64)
+
+    def per_channel(v: torch.Tensor) -> torch.Tensor:  # (N, C, ...) summed to (C,) or (1,)
+        total = v.transpose(0, 1).reshape(v.shape[1], -1).sum(dim=1, dtype=torch.float64).cpu()
+        return total if width > 1 else total.sum().reshape(1)
+
+    with torch.no_grad():
+        for current, target in zip(currents, targets):
+            current = current.float()
+            target_target += per_channel(target.square())
+            for i, (factor, shift) in enumerate(grid):
+                theta = channel_view(threshold.to(current) * factor, ndim)
+                params = IFParameters(theta, op.reset, v_init=op.v_init)
+                shifted = current + theta * (shift / timesteps) if shift else current
+                rate = if_rate(shifted, params, timesteps, sample_ndim)
+                rate_target[i] += per_channel(rate * target)
+                rate_rate[i] += per_channel(rate.square())
+    return rate_target, rate_rate, target_target
 
 
 def _searched_threshold(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
@@ -123,24 +159,55 @@ def _searched_threshold(op: IF, threshold: torch.Tensor, currents: list[torch.Te
     the layer's own clipping, quantisation and timing error on the calibration data, traded off
     by measurement instead of by one fixed factor (as Li et al. 2021 choose a threshold by the
     error of the clip-floor function)."""
-    from spikeshield.runtime.kernels import channel_view
-    from spikeshield.runtime.neurons import IFParameters, if_rate
-
     ndim = sample_ndim + 1
-    errors = torch.zeros(len(SEARCH_FACTORS), threshold.numel())
-    with torch.no_grad():
-        for current in currents:
-            temporal = current.dim() == ndim + 1
-            target = torch.relu(current.mean(dim=0) if temporal else current)
-            for i, factor in enumerate(SEARCH_FACTORS):
-                theta = channel_view(threshold.to(current) * factor, ndim)
-                params = IFParameters(theta, op.reset, v_init=op.v_init)
-                rate = if_rate(current, params, timesteps, sample_ndim)
-                error = (rate * theta - target).square()  # (N, C, ...): channel dim 1
-                total = error.transpose(0, 1).reshape(error.shape[1], -1).sum(dim=1).cpu()
-                errors[i] += total if threshold.numel() > 1 else total.sum()
+    targets = [torch.relu(c.mean(dim=0) if c.dim() == ndim + 1 else c) for c in currents]
+    grid = [(factor, 0.0) for factor in SEARCH_FACTORS]
+    rate_target, rate_rate, target_target = _layer_sums(op, threshold, currents, targets,
+                                                        sample_ndim, timesteps, grid)
+    theta = threshold.double() * torch.tensor(SEARCH_FACTORS, dtype=torch.float64)[:, None]
+    errors = rate_rate * theta.square() - 2 * theta * rate_target + target_target
     best = errors.argmin(dim=0)
     return threshold * torch.tensor(SEARCH_FACTORS)[best]
+
+
+def _fitted(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
+            targets: list[torch.Tensor], sample_ndim: int, timesteps: int, search: bool,
+            shifts: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Threshold, spike amplitude and bias shift (per channel, or per layer) that bring the layer's
+    spiking output ``amplitude x rate`` nearest (squared error) to ``targets``, the ANN's
+    activations on the same images: the threshold among ``SEARCH_FACTORS x threshold`` (or the
+    threshold itself without ``search``), the shift among ``shifts x threshold / T``, and the
+    amplitude by least squares given both. Against the ANN rather than the layer's own current, so
+    a layer also makes up for the error the layers before it sent; with a free amplitude, a neuron
+    that loses charge at each spike (reset to zero) or floors its count (membrane from zero) is
+    scaled back to the ANN's units instead of sending less at every layer."""
+    factors = SEARCH_FACTORS if search else (1.0,)
+    grid = [(factor, shift) for factor in factors for shift in shifts]
+    rate_target, rate_rate, target_target = _layer_sums(op, threshold, currents, targets,
+                                                        sample_ndim, timesteps, grid)
+    fires = rate_rate > 0
+    amplitude = torch.where(fires, rate_target / rate_rate.clamp_min(1e-300), 0.0)
+    errors = target_target - amplitude * rate_target  # the least-squares residual
+    best = errors.argmin(dim=0)
+    columns = torch.arange(threshold.numel())
+    factor = torch.tensor([f for f, _ in grid], dtype=torch.float64)[best]
+    shift = torch.tensor([s for _, s in grid], dtype=torch.float64)[best]
+    theta = (threshold.double() * factor).float()
+    # A channel that never fires sends nothing whatever its amplitude: keep amplitude = threshold.
+    amplitude = torch.where(fires[best, columns], amplitude[best, columns].float(), theta)
+    return theta, amplitude, (shift * theta / timesteps).float()
+
+
+def _install(executor, graph: Graph, name: str, amplitude_node: str, threshold: torch.Tensor,
+             amplitude: torch.Tensor | None = None) -> None:
+    """Set IF node ``name``'s threshold and its amplitude Scale (the threshold unless given), in
+    the graph and in the executor (from now on the frontier runs this layer calibrated)."""
+    amplitude = threshold if amplitude is None else amplitude
+    with torch.no_grad():
+        executor.tensors_of(name)["threshold"].copy_(threshold.reshape(-1))
+        executor.tensors_of(amplitude_node)["scale"].copy_(amplitude.reshape(-1))
+    graph.set_op(name, graph.op(name).replace(threshold=threshold))
+    graph.set_op(amplitude_node, Scale(scale=amplitude.clone()))
 
 
 @register_pass("calibrate_thresholds")
@@ -154,8 +221,11 @@ def calibrate_thresholds(
     batches: int = 11,
     device: str | torch.device = "cpu",
     search: bool = False,
+    fit: bool = False,
 ) -> PassResult:
+    from spikeshield.compiler.passes.correct_biases import bias_owner
     from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.kernels import channel_view
 
     if mode not in CALIBRATION_MODES:
         raise ConfigError(f"calibration mode must be one of {CALIBRATION_MODES}, got {mode!r}")
@@ -163,7 +233,8 @@ def calibrate_thresholds(
         raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
     if scale is None:
         starts = {graph.op(n).v_init for n in graph.nodes_of(IF)}
-        scale = default_threshold_scale(timesteps, min(starts, default=0.0)) if timesteps > 0 else 1.0
+        scale = (default_threshold_scale(timesteps, min(starts, default=0.0), fit)
+                 if timesteps > 0 else 1.0)
     if not scale > 0:
         raise ConfigError(f"threshold scale must be positive, got {scale}")
     if timesteps <= 0:
@@ -175,6 +246,10 @@ def calibrate_thresholds(
         raise ConfigError("calibration needs at least one batch of data")
     graph = graph.copy()
     neurons = graph.nodes_of(IF)
+    # The fit's targets: the source ANN's activations (the graph before calibration, run as its
+    # ANN proxy: every IF as relu(I) with its placeholder threshold of 1), one frontier of its own.
+    ann = GraphExecutor(graph.copy()).to(device).eval().frontier(
+        [x.to(device) for x in batches_x], timesteps, proxy=True) if fit else None
     # Each neuron's amplitude Scale goes in first (as 1, so that the graph runs), and gets its
     # value with the threshold: the executor is built once and the calibration batches advance
     # through it layer by layer together, instead of re-running the network for every layer.
@@ -184,6 +259,7 @@ def calibrate_thresholds(
     executor = GraphExecutor(graph).to(device).eval()
     frontier = executor.frontier([x.to(device) for x in batches_x], timesteps)
     thresholds: dict[str, list[float]] = {}
+    fitted: dict[str, dict[str, list[float]]] = {}
     ceilings = graph.meta.get("ceilings", {})
     if not isinstance(ceilings, dict) or not all(
             name in neurons and valid_ceiling(c) for name, c in ceilings.items()):
@@ -207,14 +283,35 @@ def calibrate_thresholds(
             value = value.clamp(max=ceilings[name])
         fallback = value <= 0  # a layer that never receives positive current never fires
         threshold = torch.where(fallback, torch.ones_like(value), value * scale).cpu().float()
-        if search:
-            threshold = _searched_threshold(graph.op(name), threshold, currents, sample_ndim,
-                                            timesteps)
-        _install(executor, graph, name, amplitudes[name], threshold)
+        if fit:
+            targets = [torch.relu(t) for t in ann.advance_to(name)]
+            if name in ceilings:
+                targets = [t.clamp(max=ceilings[name]) for t in targets]
+            owner = bias_owner(graph, name)
+            threshold, amplitude, shift = _fitted(
+                graph.op(name), threshold, currents, targets, sample_ndim, timesteps, search,
+                FIT_SHIFTS if owner is not None else (0.0,))
+            _install(executor, graph, name, amplitudes[name], threshold, amplitude)
+            if owner is not None:
+                owner_op = graph.op(owner)
+                shift = shift.expand(graph.in_shape(name)[0]).clone()  # one per channel
+                bias = owner_op.bias if owner_op.bias is not None else torch.zeros(len(shift))
+                graph.set_op(owner, owner_op.replace(bias=(bias + shift).float()))
+                # the value entering the neuron moves with the bias (nothing downstream ran yet)
+                (parent,) = graph.inputs(name)
+                frontier.shift(parent, channel_view(shift, sample_ndim + 1))
+            fitted[name] = {"amplitude": [round(v, 6) for v in amplitude.tolist()[:8]],
+                            "shift": [round(v, 6) for v in shift.tolist()[:8]]}
+        else:
+            if search:
+                threshold = _searched_threshold(graph.op(name), threshold, currents, sample_ndim,
+                                                timesteps)
+            _install(executor, graph, name, amplitudes[name], threshold)
         thresholds[name] = [round(v, 6) for v in threshold.tolist()[:8]]
     graph.meta.update(
         {"calibrated": True, "timesteps": timesteps, "calibration": {
             "mode": mode, "percentile": percentile, "scale": scale, "timesteps": timesteps,
-            "batches": len(batches_x), "search": search}}
+            "batches": len(batches_x), "search": search, "fit": fit}}
     )
-    return PassResult(graph, bool(thresholds), {"thresholds": thresholds})
+    details = {"thresholds": thresholds, **({"fitted": fitted} if fit else {})}
+    return PassResult(graph, bool(thresholds), details)

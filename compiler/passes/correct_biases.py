@@ -30,7 +30,7 @@ from spikeshield.compiler.ir.ops import IF, Sum
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 
 
-def _bias_owner(graph: Graph, name: str) -> str | None:
+def bias_owner(graph: Graph, name: str) -> str | None:
     """The synaptic node whose bias shifts IF node ``name``'s input current alone: its single
     parent, or a synaptic input of that parent when it is a residual sum; None if there is none."""
     if len(graph.inputs(name)) != 1:  # one edge of count 1: a bias step shifts the current once
@@ -89,7 +89,7 @@ def correct_biases(
         sample_ndim = len(graph.in_shape(name))
         target_currents = ann.advance_to(name)
         currents = snn.advance_to(name)
-        owner = _bias_owner(graph, name)
+        owner = bias_owner(graph, name)
         if owner is None:
             skipped.append(name)
             continue

@@ -172,7 +172,7 @@ def test_known_bug_no_importer_loads_the_exact_profile(reset):
     ("subtract", "layer", 0.0, "resets by subtraction, which NIR importers load wrongly"),
     ("subtract", "layer", 0.5, "resets by subtraction"),
     ("zero", "layer", 0.5, "starts at v_init=0.5"),
-    ("zero", "channel", 0.0, "one threshold per channel.*--threshold-mode layer"),
+    ("zero", "channel", 0.0, "one threshold per channel.*--uniform-thresholds"),
 ])
 def test_portable_profile_refuses_what_it_cannot_express_in_one_line(reset, threshold, v_init,
                                                                      message):
@@ -186,3 +186,32 @@ def test_an_unknown_profile_is_refused():
     graph, _ = zoo_snn("lenet", "zero")
     with pytest.raises(ConfigError, match="unknown NIR profile 'loose'; choose one of exact"):
         to_nir(graph, "loose")
+
+
+def test_spikingjelly_imports_a_paper_a_residual_net_calibrated_per_channel(tmp_path):
+    """Paper A's neuron on a residual net written as third-party code writes it (identity
+    shortcuts), calibrated per channel with the fit and compiled with ``uniform_thresholds``: the
+    portable file loads in SpikingJelly and computes the runtime's logits."""
+    import spikeshield as ss
+    from tests.third_party_models import ResNet
+
+    torch.manual_seed(0)
+    model = ResNet(widths=(8, 16, 32)).eval()
+    images = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    snn = ss.convert(model, images[:32], reset="zero", v_init=0.0, uniform_thresholds=True,
+                     timesteps=TIMESTEPS, calibration_batches=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read = nir.read(write_nir(snn.graph, tmp_path / "snn.nir", "portable"))
+    module = sj_import(read, dt=1.0)
+    x = images[32:]
+    state, total = None, 0
+    with torch.no_grad():
+        for _ in range(TIMESTEPS):
+            out, state = module(x, state)
+            total = total + out
+    expected, counts = runtime(snn.graph, x)
+    assert sum(int(c.sum()) for c in counts.values()) > 0
+    logits = total / TIMESTEPS
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    assert (logits - expected).abs().max() < 1e-5

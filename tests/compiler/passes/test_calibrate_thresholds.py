@@ -213,3 +213,53 @@ def test_threshold_search_picks_the_factor_whose_layer_error_is_smallest():
     best = torch.tensor(SEARCH_FACTORS)[table.argmin(dim=0)]
     torch.testing.assert_close(chosen, base * best)
     assert not torch.equal(chosen, base)  # the search moved at least one channel
+
+
+@pytest.mark.parametrize("reset,v_init", [("zero", 0.0), ("subtract", 0.5)])
+def test_the_fit_chooses_the_threshold_shift_and_amplitude_nearest_the_ann(reset, v_init):
+    # Brute force, independently of the pass: for every threshold fraction and bias shift of the
+    # grid, run the layer through the executor, take the least-squares amplitude per channel and
+    # its residual against the ANN's activation relu(fc(x)); the fit must pick the minimum, install
+    # that threshold, that amplitude (the Scale after the neuron) and shift fc's bias by it.
+    from spikeshield.compiler.passes.calibrate_thresholds import FIT_SHIFTS, SEARCH_FACTORS
+    from spikeshield.runtime.executor import GraphExecutor
+
+    T = 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(300, 1, generator=g), torch.rand(300, 1, generator=g) ** 4 * 5], 1)
+    graph = _graph(channels=2)
+    graph.set_op("fc", graph.op("fc").replace(bias=torch.tensor([0.1, -0.2])))
+    graph.set_op("if", graph.op("if").replace(reset=reset, v_init=v_init))
+    base = calibrate_thresholds(graph, [x], timesteps=T, scale=1.0).graph.op("if").threshold
+    fitted = calibrate_thresholds(graph, [x], timesteps=T, scale=1.0, search=True, fit=True)
+    result = fitted.graph
+    assert result.meta["calibration"]["fit"] is True
+    target = torch.relu(x @ torch.eye(2).T + torch.tensor([0.1, -0.2]))
+
+    def trial(factor: float, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+        trial = graph.copy()
+        theta = base * factor
+        trial.set_op("if", trial.op("if").replace(threshold=theta))
+        trial.set_op("fc", trial.op("fc").replace(bias=trial.op("fc").bias + shift * theta / T))
+        executor = GraphExecutor(trial)
+        with torch.no_grad():
+            executor(x, T, record=True)
+        rate = executor.neuron_spike_counts["if"].double() / T
+        amplitude = (rate * target).sum(0) / (rate * rate).sum(0)
+        return amplitude, (amplitude * rate - target).square().sum(0)
+
+    grid = [(f, s) for f in SEARCH_FACTORS for s in FIT_SHIFTS]
+    trials = [trial(f, s) for f, s in grid]
+    table = torch.stack([err for _, err in trials])  # (grid, channels)
+    best = table.argmin(dim=0)
+    for c in range(2):
+        factor, shift = grid[best[c]]
+        theta = float(base[c] * factor)
+        assert float(result.op("if").threshold[c]) == pytest.approx(theta, rel=1e-6)
+        (amp,) = result.consumers("if")
+        assert float(result.op(amp).scale[c]) == pytest.approx(float(trials[best[c]][0][c]),
+                                                                rel=1e-5)
+        bias = [0.1, -0.2][c] + shift * theta / T
+        assert float(result.op("fc").bias[c]) == pytest.approx(bias, rel=1e-6, abs=1e-7)
+    # The fit's residual is below both the plain calibration's and the search's.
+    assert float(table.min(dim=0).values.sum()) < float(table[grid.index((1.0, 0.0))].sum())
