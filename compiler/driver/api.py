@@ -286,7 +286,7 @@ def convert(model: nn.Module | str | os.PathLike | Graph, calibration: Any, *,
     :class:`ConvertConfig` fields (``timesteps=4``, ``reset="zero"``...), as an alternative to
     ``config``. Nothing else happens: no finetuning, no attack, no profile."""
     from spikeshield.compiler.driver.model_io import load_model
-    from spikeshield.compiler.driver.pipeline import conversion_pipeline
+    from spikeshield.compiler.driver.pipeline import conversion_pipeline, deployment_pipeline
     from spikeshield.compiler.ir.run_spec import RunSpec
     from spikeshield.compiler.passes.manager import PassManager
     from spikeshield.runtime.device import resolve_device
@@ -309,8 +309,9 @@ def convert(model: nn.Module | str | os.PathLike | Graph, calibration: Any, *,
     if cfg.normalize is not None:  # the ANN takes normalised data; the SNN will take pixels
         ann = _with_normalisation(ann, cfg.normalize)
     device = resolve_device(cfg.device)
-    snn = PassManager().run(ann, conversion_pipeline(cfg.compile_config(), calibration_data,
-                                                     device))
+    compile_config = cfg.compile_config()
+    snn = PassManager().run(ann, conversion_pipeline(compile_config, calibration_data, device)
+                            + deployment_pipeline(compile_config))
     RunSpec(cfg.timesteps, cfg.encoding, input_range=PIXEL_RANGE,
             normalization=cfg.normalize).record(snn.meta)
     return SNN(snn, ann)

@@ -17,10 +17,17 @@ def _pct(x: float) -> str:
 def _calibration_steps(cfg: dict[str, Any]) -> str:
     """The calibration recipe in force, in words (the passes themselves are in report.json)."""
     steps = [f"{cfg['percentile']}th percentile per {cfg['threshold_mode']}"]
-    if cfg.get("threshold_search"):
-        steps.append("threshold search")
-    if cfg.get("correction", "none") != "none":
-        steps.append(f"{cfg['correction']} correction")
+    if cfg.get("correction") == "fit":
+        steps.append("each layer fitted to the ANN (threshold"
+                     + (" among fractions of that" if cfg.get("threshold_search") else "")
+                     + ", spike amplitude and bias shift)")
+    else:
+        if cfg.get("threshold_search"):
+            steps.append("threshold search")
+        if cfg.get("correction", "none") != "none":
+            steps.append(f"{cfg['correction']} correction")
+    if cfg.get("uniform_thresholds"):
+        steps.append("thresholds folded into the weights (one threshold, 1, per layer)")
     return ", ".join(steps)
 
 
@@ -111,14 +118,18 @@ def render_markdown(report: dict[str, Any], snn: Graph) -> str:
         f"{snn_r['threshold_scale']:.3g} x the {cfg['percentile']}th percentile of the layer's input current"
         " (earlier layers already spiking)"
         + (", then set, per channel, to the fraction of that with the least measured layer error"
-           if cfg.get("threshold_search") else "")
-        + ". Each spike stands for that many units of the ANN activation."
+           if cfg.get("threshold_search") and cfg.get("correction") != "fit" else "")
+        + (", then fitted per channel with the spike's amplitude and a bias shift so that the "
+           "layer's output is nearest (least squares) to the ANN's activations on the "
+           "calibration images. Each spike stands for its amplitude in units of the ANN "
+           "activation." if cfg.get("correction") == "fit" else
+           ". Each spike stands for that many units of the ANN activation.")
         + (" A quantised (QCFS) layer's threshold is its learned ceiling instead."
            if snn.meta.get("fixed_thresholds") else ""),
         "- *Initial potential*: the membrane starts at this fraction of the threshold (0.5 rounds a"
         " neuron's spike count, 0 floors it).",
     ]
-    if cfg.get("correction", "none") != "none":
+    if cfg.get("correction", "none") == "bias":
         lines.append("- *Bias correction*: each layer's mean output matched to the ANN's on the "
                      "calibration data, layer by layer, by shifting the bias of the layer before it "
                      "(no labels used).")

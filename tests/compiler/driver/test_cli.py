@@ -34,7 +34,7 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     assert report["snn"]["samples"] == 60 and report["snn"]["timesteps"] == 8
     assert [p["name"] for p in report["passes"]] == [
         "fuse_quantized_relu", "fuse_clipped_relu", "fold_batchnorm", "convert_relu_to_if",
-        "calibrate_thresholds", "correct_biases", "fold_scales", "finetune_robust"]
+        "calibrate_thresholds", "fold_scales", "finetune_robust"]
     assert report["passes"][-1]["params"]["config"]["eps_train"] == pytest.approx(0.025)
     # A weakly trained half-width LeNet: the bound only catches a broken conversion (chance = 0.1);
     # conversion quality on properly trained models is measured in BENCHMARKS.md.
@@ -46,7 +46,8 @@ def test_compile_writes_artifacts_and_inspect_prints_them(compiled):
     text = (out / "report.md").read_text()
     assert "firing rate" in text and "SNN before finetuning" in text and "## Robustness" in text
     assert "initial potential: 0.5 x threshold" in text
-    assert "calibration: 99.7th percentile per channel, threshold search, bias correction" in text
+    assert ("calibration: 99.7th percentile per channel, each layer fitted to the ANN (threshold "
+            "among fractions of that, spike amplitude and bias shift)") in text
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = runner.invoke(app, ["inspect", str(out / "snn.ir")])
     assert shown.exit_code == 0 and "if(reset=subtract, v_init=0.5" in shown.output
