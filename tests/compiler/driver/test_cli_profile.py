@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -40,7 +41,10 @@ def sparse_dir(trained_lenet, tmp_path_factory):
 
 def test_compile_prunes_and_profiles(sparse_dir):
     out, result = sparse_dir
-    assert "stored weights" in result.output and "10.0x fewer" in result.output
+    # 90% pruned: 10x fewer, or a little more where the calibration fit gives a channel that the
+    # ANN never activates an amplitude of 0 (its outgoing weights fold to exact zeros)
+    fewer = re.search(r"\(([\d.]+)x fewer\)", result.output)
+    assert "stored weights" in result.output and fewer and 10.0 <= float(fewer.group(1)) < 10.5
     snn = load_graph(out / "snn.ir")
     layers = snn.nodes_of(Conv2d, Linear)
     total = sum(snn.op(n).weight.numel() for n in layers)
@@ -150,9 +154,12 @@ def test_sparse_snn_exports_to_onnx_and_its_nir_reads_back_with_its_masks(sparse
                                      "--out", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
     back = load_model(tmp_path / "s.nir")
-    originals = [snn.op(n).mask for n in snn.nodes_of(Conv2d, Linear)]
+    # NIR has no masks: exact zeros come back pruned. Those are the pruned synapses, and the kept
+    # ones that carry a channel the calibration fit gave an amplitude of 0 (one the ANN never
+    # activates), which compute the same as pruned ones.
+    originals = [snn.op(n).mask * (snn.op(n).weight != 0) for n in snn.nodes_of(Conv2d, Linear)]
     # The exporter writes the input normalisation (a scale with a bias) as a dense 1x1 conv, which
-    # comes back unmasked; every pruned layer comes back with exactly its mask.
+    # comes back unmasked; every pruned layer comes back with exactly that mask.
     recovered = [back.op(n).mask for n in back.nodes_of(Conv2d, Linear)
                  if back.op(n).mask is not None]
     assert len(originals) == len(recovered) == 5
