@@ -78,16 +78,17 @@ class CompileConfig:
         None, "Factor on calibrated thresholds (default: 1 with --correction fit or --v-init > 0, "
         "else clamp(1 - 1.2/T, 0.3, 0.9)).")
     threshold_search: bool = option(
-        True, "Choose each threshold among fractions of the calibrated one by the layer's "
-        "measured error (clipping against quantisation).", "--threshold-search/--no-threshold-search")
+        True, "Choose each threshold among fractions (0.3 to 1) of the calibrated one by measured "
+        "error (clipping against quantisation; with --correction fit, against the ANN).",
+        "--threshold-search/--no-threshold-search")
     correction: str = option(
         "fit", "How calibration matches each layer to the ANN, without labels: fit (threshold, "
         "spike amplitude and bias shift fitted to the ANN's activations by least squares, layer "
         "by layer), bias (each layer's mean output matched to the ANN's, Li et al. 2021) or none.")
     uniform_thresholds: bool = option(
-        False, "After calibration, fold each channel's threshold into the weights that feed it, "
-        "so every IF layer has one threshold (1): what NIR's portable profile, snn-mlir and "
-        "Loihi need; the same spikes up to float rounding.",
+        False, "After calibration and finetuning, fold each channel's threshold into the weights "
+        "that feed it, so every IF layer has one threshold (1): what NIR's portable profile, "
+        "snn-mlir and Loihi need; the same spikes up to float rounding.",
         "--uniform-thresholds/--no-uniform-thresholds")
     calibration_batches: int = option(11, "Batches used for calibration.")
     calibration_timesteps: int | None = option(None, "T during calibration (default: --timesteps).")
