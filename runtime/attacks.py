@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.surrogates import Surrogate
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
-from spikeshield.runtime.surrogates import Surrogate
 
 # "tpgd" and "kl-rfgsm" maximise the KL to the clean prediction: TRADES' inner attacks.
 ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "transfer", "tpgd",

@@ -26,12 +26,12 @@ from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import resolve_timesteps
 from spikeshield.compiler.ir.ops import IF, BatchNorm, Conv2d, Input, OpCoverage, Output, Sum, kinds
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
+from spikeshield.compiler.ir.surrogates import Surrogate
 from spikeshield.runtime.data import as_float, check_images
 from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
 from spikeshield.runtime.kernels import KERNELS, batchnorm_tracking, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
 from spikeshield.runtime.sparse_conv import SparseConvs
-from spikeshield.runtime.surrogates import Surrogate
 
 # Ops the executor steps through time itself (inputs, outputs, fan-in sums, neurons); every other
 # kind runs through its kernel in runtime.kernels.

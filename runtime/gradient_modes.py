@@ -9,7 +9,7 @@ between them without being rebuilt.
 kind              forward / backward of an IF layer with input currents ``I_t`` and threshold ``theta``
 ================  =========================================================================================
 bptt              exact spikes / backpropagation through time with a surrogate derivative (any family of
-                  :mod:`spikeshield.runtime.surrogates`, ``straight_through`` included, fixed or
+                  :mod:`spikeshield.compiler.ir.surrogates`, ``straight_through`` included, fixed or
                   adaptive width); optionally with the reset detached (its subtraction passes no
                   gradient, see :class:`spikeshield.runtime.neurons.IFParameters`)
 bptr              exact spikes / backward through the rate: ``d rate / d mean(I) = 1/theta`` where the
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.runtime.surrogates import SURROGATE_NAMES, Surrogate
+from spikeshield.compiler.ir.surrogates import SURROGATE_NAMES, Surrogate
 
 GRADIENT_KINDS = ("bptt", "bptr", "rga", "ann_proxy")
 _ALIASES = {"ann": "ann_proxy", "proxy": "ann_proxy", "ste": "straight_through"}

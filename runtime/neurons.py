@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from spikeshield.runtime.surrogates import Surrogate, spike
+from spikeshield.compiler.ir.surrogates import Surrogate, spike
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,16 @@ class SNN(nn.Module):
         graph = self.executor.graph
         return tuple(graph.op(graph.input_names[0]).shape)
 
+    def to_framework(self, framework: str, *, surrogate: Any = None, step_mode: str = "m",
+                     layout: str | None = None) -> nn.Module:
+        """This SNN as a module of ``framework``'s own neurons (``norse``, ``snntorch``,
+        ``spikingjelly``, ``sinabs``) computing the same logits, trained on with ``surrogate``
+        (default: the one it was finetuned with); see
+        :func:`spikeshield.backends.frameworks.to_module`."""
+        from spikeshield.backends.frameworks import to_module
+
+        return to_module(self.graph, framework, surrogate, step_mode, layout)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the SNN as a spikeshield ``.ir`` (safetensors plus its structure)."""
         from spikeshield.compiler.ir.serialize import save_graph

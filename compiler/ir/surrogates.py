@@ -1,5 +1,9 @@
 """Surrogate gradients for the spike non-linearity.
 
+They live with the IR because two floors use the same definitions: the runtime (training and
+attacks) and the framework backends, whose native modules train with the surrogate the SNN was
+finetuned with (recorded in ``graph.meta["finetuned"]["surrogate"]``).
+
 Forward is always the exact Heaviside step ``s = 1[u > 0]``. The IF neuron passes
 ``u = (v - threshold) / threshold``, the distance to threshold in units of the threshold, so that a
 width means the same in every layer whatever its calibrated threshold (the reference code uses
@@ -47,6 +51,8 @@ _DERIVATIVES: dict[str, Derivative] = {
 }
 
 SURROGATE_NAMES: tuple[str, ...] = tuple(_DERIVATIVES)
+# The surrogate robust finetuning trains with unless told otherwise (``name:gamma``).
+DEFAULT_SURROGATE = "triangle:1"
 # Families whose gamma is a width (larger = wider); for the others it is a slope or a decay rate.
 _WIDTH_FAMILIES = ("triangle", "rectangular")
 _MIN_SPREAD = 1e-3  # an adaptive width never collapses to zero (all membranes at threshold)
@@ -88,6 +94,19 @@ class Surrogate:
         spread = u.mean(dim=0).flatten(1).mean(dim=1).clamp_(min=_MIN_SPREAD)
         spread = spread.view(-1, *([1] * (potentials.dim() - 2)))
         return self.gamma * spread if self.name in _WIDTH_FAMILIES else self.gamma / spread
+
+    @classmethod
+    def parse(cls, spec: str) -> Surrogate:
+        """A fixed-width surrogate written ``name[:gamma]`` (``triangle:1``, ``arctan:2``)."""
+        name, _, gamma = spec.strip().lower().partition(":")
+        if ":" in gamma:
+            raise ConfigError(f"surrogate {spec!r}: write name[:gamma] (adaptive widths and "
+                              "detached resets exist only in spikeshield's runtime)")
+        try:
+            width = float(gamma) if gamma else 1.0
+        except ValueError:
+            raise ConfigError(f"surrogate width in {spec!r} is not a number") from None
+        return cls(name.replace("-", "_"), width)
 
     @property
     def label(self) -> str:

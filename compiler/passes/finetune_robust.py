@@ -38,6 +38,7 @@ import torch
 from spikeshield.compiler.ir.errors import ConfigError, DataError, PassError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.ops import IF, Scale
+from spikeshield.compiler.ir.surrogates import DEFAULT_SURROGATE
 from spikeshield.compiler.passes.registry import PassResult, register_pass
 from spikeshield.runtime.attacks import AttackedModel, AttackSpec, Member, paper_modes
 from spikeshield.runtime.checkpoint import Checkpoint
@@ -76,7 +77,7 @@ class FinetuneConfig:
     # previous ones left (the worst case over them): same spelling as ``attack_surrogate``.
     val_surrogate: str = "same"
     beta: float = 2.0
-    surrogate: str = "triangle:1"
+    surrogate: str = DEFAULT_SURROGATE
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-3
@@ -281,6 +282,7 @@ def finetune_robust(
         "objective": cfg.objective,
         "eps_train": cfg.eps_train,
         "best_epoch": best_epoch,
+        "surrogate": cfg.surrogate,  # the framework modules train on with it (backends.frameworks)
     }
     info = {
         "biases_added": added,

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.surrogates import Surrogate
 from spikeshield.runtime.attacks import AttackSpec, Member
 from spikeshield.runtime.diagnostics import (
     QUICK_CURVE_STEPS,
@@ -13,7 +14,6 @@ from spikeshield.runtime.diagnostics import (
 from spikeshield.runtime.ensemble import _attack_batch, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
-from spikeshield.runtime.surrogates import Surrogate
 
 EPS = 0.1
 DETERMINISTIC = [

@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from spikeshield.compiler.ir.errors import ConfigError
+from spikeshield.compiler.ir.surrogates import SURROGATE_NAMES
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
-from spikeshield.runtime.surrogates import SURROGATE_NAMES
 from tests.conftest import single_if_graph
 
 ALL_MODES = [f"{name}:{g}" for name in SURROGATE_NAMES if name != "none" for g in (0.5, 2.0)]

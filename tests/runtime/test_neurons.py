@@ -92,8 +92,8 @@ def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, cons
                                                                     v_init):
     # The fused scan's hand-written BPTT must equal autograd through if_step, to the last bits of
     # float64, for the currents and the threshold, through both resets.
+    from spikeshield.compiler.ir.surrogates import Surrogate
     from spikeshield.runtime.neurons import if_scan_stepwise
-    from spikeshield.runtime.surrogates import Surrogate
 
     steps = 6 if constant else None
     results = []
@@ -164,8 +164,8 @@ def test_adaptive_width_follows_each_samples_mean_distance_to_threshold(name):
     """Each sample's gradient is the fixed-width gradient at gamma * mean|u| of its own layer (or
     gamma / mean|u| for a slope), and adapting needs all steps: the stepwise scan refuses it."""
     from spikeshield.compiler.ir.errors import ConfigError
+    from spikeshield.compiler.ir.surrogates import Surrogate
     from spikeshield.runtime.neurons import if_scan_stepwise
-    from spikeshield.runtime.surrogates import Surrogate
 
     currents, threshold = _scan_inputs(constant=False, per_channel=True, seed=3)
     currents = currents.detach()

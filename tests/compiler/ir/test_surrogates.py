@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.runtime.surrogates import SURROGATE_NAMES, Surrogate, spike
+from spikeshield.compiler.ir.surrogates import SURROGATE_NAMES, Surrogate, spike
 
 
 def test_forward_is_strict_heaviside_for_every_family():
