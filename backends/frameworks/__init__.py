@@ -5,6 +5,10 @@ Sinabs, built from the IR (not through NIR), computing what ``spikeshield.runtim
     snn = load_module("out/snn.snntorch.safetensors")   # a torch.nn.Module of snntorch.Leaky
     logits = snn(images)                                  # (N, classes): T steps, averaged
 
+The module behaves as the framework's own networks do (its reset helper, its step modes and input
+layout, ``.to(dtype)``, ``state_dict``, ``torch.save``) and trains on with the surrogate the SNN was
+finetuned with (``surrogate=`` chooses another: ``"arctan:2"``, or one of the framework's own).
+
 ``to_module(graph, framework)`` returns the module for an IR graph; ``write_module`` writes the
 file ``spikeshield export --format <framework>`` makes: the graph in spikeshield's safetensors IR
 format (tensors and a JSON structure, nothing pickled) tagged with the framework. The frameworks
@@ -17,6 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from spikeshield.backends.frameworks.graph_module import (
     COVERAGE,
@@ -24,6 +29,7 @@ from spikeshield.backends.frameworks.graph_module import (
     SpikingGraphModule,
     unsupported_nodes,
 )
+from spikeshield.backends.frameworks.spike import surrogate_for
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.serialize import load_graph, save_graph
@@ -57,9 +63,24 @@ def adapter(framework: str) -> NeuronAdapter:
     return getattr(loaded, cls)()
 
 
-def to_module(graph: Graph, framework: str) -> SpikingGraphModule:
-    """``graph`` (a compiled spiking IR graph) as a ``torch.nn.Module`` of ``framework``'s neurons."""
-    return SpikingGraphModule(graph, adapter(framework))
+def to_module(graph: Graph, framework: str, surrogate: Any = None, step_mode: str = "m",
+              layout: str | None = None) -> SpikingGraphModule:
+    """``graph`` (a compiled spiking IR graph) as a ``torch.nn.Module`` of ``framework``'s neurons.
+
+    ``surrogate``: the spike's gradient when training on: ``None`` (the one the SNN was finetuned
+    with), ``"name[:gamma]"`` of spikeshield's surrogates, or a surrogate of the framework's own
+    (an snnTorch ``spike_grad``, a SpikingJelly ``surrogate_function``, a Sinabs
+    ``surrogate_grad_fn``). ``step_mode``, ``layout``: see :class:`SpikingGraphModule` (``layout``
+    defaults to the framework's: time first, or batch first for Sinabs)."""
+    chosen = adapter(framework)
+    if surrogate is None or isinstance(surrogate, str):
+        spike = surrogate_for(graph, surrogate)
+    elif framework == "norse":
+        raise ConfigError("Norse names its surrogates as methods of fixed width; pass a "
+                          "spikeshield surrogate as 'name[:gamma]' instead")
+    else:
+        spike = surrogate
+    return SpikingGraphModule(graph, chosen, spike, step_mode, layout)
 
 
 def write_module(graph: Graph, path: str | os.PathLike, framework: str) -> Path:
@@ -71,12 +92,14 @@ def write_module(graph: Graph, path: str | os.PathLike, framework: str) -> Path:
     return save_graph(tagged, path)
 
 
-def load_module(path: str | os.PathLike, framework: str | None = None) -> SpikingGraphModule:
+def load_module(path: str | os.PathLike, framework: str | None = None, surrogate: Any = None,
+                step_mode: str = "m", layout: str | None = None) -> SpikingGraphModule:
     """The module in a file written by ``spikeshield export --format <framework>`` (or any
-    spikeshield ``.ir`` file, given ``framework``), in eval mode."""
+    spikeshield ``.ir`` file, given ``framework``), in eval mode; the other arguments as in
+    :func:`to_module`."""
     graph = load_graph(path)
     chosen = framework or graph.meta.get("framework")
     if chosen is None:
         raise ConfigError(f"{Path(path).name} names no framework; pass framework="
                           f"{'|'.join(FRAMEWORKS)}")
-    return to_module(graph, str(chosen)).eval()
+    return to_module(graph, str(chosen), surrogate, step_mode, layout).eval()

@@ -3,16 +3,20 @@
 Every framework below runs its neurons one time step per call, fed by ordinary ``torch.nn`` layers
 (``Conv2d``, ``Linear``, ``AvgPool2d`` ...), which is how their users write networks. So one module,
 :class:`SpikingGraphModule`, holds the stateless layers (built here once for all frameworks) and
-one neuron module per IF node made by the framework's :class:`NeuronAdapter`; it walks the graph in
-topological order each step, summing fan-in as the IR does (residual connections included).
+one neuron module per IF node made by the framework's :class:`NeuronAdapter`, all registered as its
+direct children (as in the frameworks' tutorials, where their reset helpers look for them); it
+walks the graph in topological order each step, summing fan-in as the IR does (residual
+connections included). Each neuron keeps its own membrane, so the framework's own reset
+(``snntorch.utils.reset``, ``sinabs.reset_states``, SpikingJelly's ``functional.reset_net``)
+returns it to the compiled initial potential.
 
 Equivalence with ``spikeshield.runtime`` (tested against the real packages): the same stateless
-ops in float32; each IF layer integrates ``v += I``, spikes where ``v`` crosses the threshold,
+ops in float32; each IF layer integrates ``v += I``, spikes where ``v > threshold`` (the framework's
+own comparison where it fires at ``v >= threshold`` is used only with a surrogate of the user's),
 resets by subtraction or to zero and starts at ``v_init * threshold``; the logits are the output
-layer's value averaged over the T steps. Frameworks that spike at ``v >= threshold`` (SpikingJelly,
-Sinabs) fire at :func:`firing_threshold`, the next float32 above the threshold, which is the
-runtime's ``v > threshold`` exactly (a membrane that lands exactly on its threshold is not rare:
-measured on a per-channel VGG-11 with a half-threshold start).
+layer's value averaged over the T steps. The spike's gradient is
+:class:`~spikeshield.backends.frameworks.spike.ThresholdSurrogate`: by default the surrogate the SNN
+was finetuned with.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikeshield.backends.frameworks.spike import ThresholdSurrogate
 from spikeshield.compiler.ir.errors import ConfigError, UnsupportedOpError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import resolve_timesteps
@@ -47,20 +52,23 @@ from spikeshield.compiler.ir.ops import (
 
 
 class NeuronAdapter:
-    """How one framework makes and steps an IF layer. Subclasses set ``name`` and implement
-    :meth:`make` (the framework's module for ``op``), :meth:`start` (the state before the first step,
-    ``v = v_init * threshold``) and :meth:`step` (one step: spikes and the next state). The state is
-    whatever the framework keeps (a tensor, a named tuple, or ``None`` where the module holds it)."""
+    """How one framework makes, resets and steps an IF layer. Subclasses set ``name`` and
+    ``layout`` (how the framework's users lay out a sequence: ``"TN"`` time first, ``"NT"`` batch
+    first) and implement :meth:`make` (the framework's neuron for ``op``, holding its own membrane,
+    its threshold and initial potential as buffers so that ``.to(dtype/device)`` moves them),
+    :meth:`reset` (forget the membrane: the next step starts at ``v_init * threshold``, as the
+    framework's own reset does for these neurons) and :meth:`step` (one step: the spikes)."""
 
     name = "framework"
+    layout = "TN"
 
-    def make(self, op: IF, shape: tuple[int, ...]) -> nn.Module:
+    def make(self, op: IF, shape: tuple[int, ...], spike: ThresholdSurrogate) -> nn.Module:
         raise NotImplementedError
 
-    def start(self, module: nn.Module, op: IF, x: torch.Tensor) -> Any:
+    def reset(self, module: nn.Module) -> None:
         raise NotImplementedError
 
-    def step(self, module: nn.Module, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -73,18 +81,10 @@ def threshold_view(op: IF, shape: tuple[int, ...]) -> torch.Tensor:
     return theta.reshape(-1, *([1] * (len(shape) - 1)))
 
 
-def firing_threshold(theta: torch.Tensor) -> torch.Tensor:
-    """For a framework that spikes at ``v >= t``: the ``t`` at which it spikes exactly where
-    ``v > theta`` (float32: no value lies between ``theta`` and the next float above it). The
-    reset still subtracts ``theta``."""
-    theta = theta.float()
-    return torch.nextafter(theta, torch.full_like(theta, float("inf")))
-
-
-def initial_potential(op: IF, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
-    """``v_init * threshold`` at every neuron of a batch shaped like ``x`` (a fresh tensor)."""
-    theta = threshold_view(op, shape).to(x)
-    return (op.v_init * theta).expand_as(x).clone()
+def rest_potential(v_rest: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The membrane before the first step, ``v_init * threshold`` (the buffer ``v_rest``), at every
+    neuron of a batch shaped like ``x``, in ``x``'s dtype (a fresh tensor)."""
+    return v_rest.to(x.dtype).expand_as(x).clone()
 
 
 class ChannelScale(nn.Module):
@@ -173,18 +173,29 @@ def unsupported_nodes(graph: Graph, framework: str) -> list[str]:
     return problems
 
 
+STEP_MODES = ("m", "s")
+LAYOUTS = ("TN", "NT", "flat")
+
+
 class SpikingGraphModule(nn.Module):
     """A compiled SNN as a module of one framework's neurons (see the module docstring).
 
-    ``forward(x, timesteps=None)`` resets every neuron, runs ``timesteps`` steps (default: the T the
-    graph was compiled for) of the analog input ``x`` ``(N, *input shape)`` and returns the logits,
-    the output layer's value averaged over the steps. ``spike_counts`` then holds each IF layer's
-    spikes per sample (``(N,)``, as ``spikeshield run`` reports them), ``neuron_spike_counts``
-    each neuron's (``(N, *layer shape)``). For a step-by-step loop of
-    your own: :meth:`reset`, then :meth:`step` once per time step.
+    ``step_mode`` (SpikingJelly's names; ``functional.set_step_mode`` sets it):
+
+    - ``"m"`` (default): one call is a whole run from the initial state. A static image
+      ``(N, *input shape)`` is fed at every step of the compiled T (or ``timesteps``) and the call
+      returns the logits, the output averaged over the steps. A sequence returns the output at
+      every step in the sequence's own layout: ``layout="TN"`` ``(T, N, ...)``, ``"NT"``
+      ``(N, T, ...)``, or ``"flat"``: Sinabs' squeezed ``(N*T, ...)``, ``T`` the compiled one.
+    - ``"s"``: one call is one step of ``(N, *input shape)``, returning the output at that step;
+      the membranes carry on until :meth:`reset` or the framework's own reset.
+
+    ``spike_counts`` holds each IF layer's spikes per sample (``(N,)``, as ``spikeshield run``
+    reports them) since the last reset, ``neuron_spike_counts`` each neuron's.
     """
 
-    def __init__(self, graph: Graph, adapter: NeuronAdapter) -> None:
+    def __init__(self, graph: Graph, adapter: NeuronAdapter, spike: ThresholdSurrogate,
+                 step_mode: str = "m", layout: str | None = None) -> None:
         super().__init__()
         graph.validate()
         problems = unsupported_nodes(graph, adapter.name)
@@ -193,74 +204,119 @@ class SpikingGraphModule(nn.Module):
                                      "part(s) of the graph: " + "; ".join(problems))
         self.adapter = adapter
         self.framework = adapter.name
+        self.step_mode = step_mode
+        self.layout = layout or adapter.layout
+        self._check_modes()
         self.timesteps = resolve_timesteps(None, graph.run_spec().timesteps)
         self.input_shape = tuple(graph.op(graph.input_names[0]).shape)
-        self.layers = nn.ModuleDict()
-        self._plan: list[tuple[str, str, Op, list[str]]] = []  # (node, module key, op, inputs)
-        self._neurons: dict[str, IF] = {}
+        # (node, child name, what it is: input, neuron, layer or pass (output, sum), inputs)
+        self._plan: list[tuple[str, str, str, list[str]]] = []
+        self._neurons: dict[str, str] = {}  # IR name -> child name
         for i, name in enumerate(graph.nodes()):
             op = graph.op(name)
-            key = f"{i}_" + "".join(c if c.isalnum() else "_" for c in name)
+            key = f"{op.kind}{i}_" + "".join(c if c.isalnum() else "_" for c in name)
             shape = tuple(graph.in_shape(name)) if not isinstance(op, Input) else ()
+            role = "input" if isinstance(op, Input) else "pass"
             if type(op) in LAYERS:
-                self.layers[key] = LAYERS[type(op)](op, shape)
+                self.add_module(key, LAYERS[type(op)](op, shape))
+                role = "layer"
             elif isinstance(op, IF):
-                self.layers[key] = adapter.make(op, shape)
-                self._neurons[name] = op
-            self._plan.append((name, key, op, graph.inputs(name)))
+                self.add_module(key, adapter.make(op, shape, spike))
+                self._neurons[name] = key
+                role = "neuron"
+            self._plan.append((name, key, role, graph.inputs(name)))
         self._output = graph.output_names[0]
-        self._states: dict[str, Any] = {}
         self.spike_counts: dict[str, torch.Tensor] = {}
         self.neuron_spike_counts: dict[str, torch.Tensor] = {}
+
+    def _check_modes(self) -> None:
+        if self.step_mode not in STEP_MODES:
+            raise ConfigError(f"step_mode must be 'm' (a whole run per call) or 's' (one step per "
+                              f"call), got {self.step_mode!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     @property
     def neuron_layers(self) -> list[str]:
         """The IR names of the IF layers, in order."""
         return list(self._neurons)
 
+    def neuron(self, name: str) -> nn.Module:
+        """The framework's neuron module of IR layer ``name``."""
+        return self.get_submodule(self._neurons[name])
+
     def reset(self) -> None:
-        """Forget every membrane: the next :meth:`step` starts from ``v_init * threshold``."""
-        self._states = {}
+        """Return every membrane to ``v_init * threshold`` and forget the spike counts."""
+        for key in self._neurons.values():
+            self.adapter.reset(self._modules[key])
         self.spike_counts = {}
         self.neuron_spike_counts = {}
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One time step of input ``x``: the output layer's value at this step."""
+        """One time step of input ``x`` ``(N, *input shape)``: the output layer's value."""
         values: dict[str, torch.Tensor] = {}
-        for name, key, op, inputs in self._plan:
-            if isinstance(op, Input):
+        for name, key, role, inputs in self._plan:
+            if role == "input":
                 values[name] = x
                 continue
             current = values[inputs[0]]
             for other in inputs[1:]:
                 current = current + values[other]
-            if isinstance(op, IF):
-                module = self.layers[key]
-                if name not in self._states:
-                    self._states[name] = self.adapter.start(module, op, current)
-                spikes, self._states[name] = self.adapter.step(module, current, self._states[name])
-                per_neuron = spikes.detach()
-                if name in self.neuron_spike_counts:
-                    per_neuron = per_neuron + self.neuron_spike_counts[name]
-                self.neuron_spike_counts[name] = per_neuron
-                self.spike_counts[name] = per_neuron.flatten(1).sum(dim=1)
+            if role == "neuron":
+                spikes = self.adapter.step(self._modules[key], current)
+                self._count(name, spikes.detach())
                 values[name] = spikes
-            elif key in self.layers:
-                values[name] = self.layers[key](current)
+            elif role == "layer":
+                values[name] = self._modules[key](current)
             else:  # output, sum: the (summed) input passes through
                 values[name] = current
         return values[self._output]
 
+    def _count(self, name: str, spikes: torch.Tensor) -> None:
+        before = self.neuron_spike_counts.get(name)
+        total = spikes if before is None or before.shape != spikes.shape else before + spikes
+        self.neuron_spike_counts[name] = total
+        self.spike_counts[name] = total.flatten(1).sum(dim=1)
+
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
+        self._check_modes()
+        rank = len(self.input_shape) + 1
+        if self.step_mode == "s":
+            self._check_shape(x, rank, "(N, {})")
+            return self.step(x)
+        if x.dim() == rank + 1 or self.layout == "flat":
+            return self._run_sequence(x)
+        self._check_shape(x, rank, "(N, {}) or a sequence of them")
         if timesteps is None and not self.timesteps:
             raise ConfigError("this SNN records no number of time steps; pass timesteps=T")
         steps = resolve_timesteps(timesteps, self.timesteps)  # within SPIKESHIELD_MAX_TIMESTEPS
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(f"input of shape {tuple(x.shape)}; the SNN takes (N, "
-                              f"{', '.join(map(str, self.input_shape))})")
         self.reset()
         total = None
         for _ in range(steps):
             out = self.step(x)
             total = out if total is None else total + out
         return total / steps
+
+    def _run_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """A whole sequence in :attr:`layout`: the output at each step, in the same layout."""
+        rank = len(self.input_shape) + 1
+        if self.layout == "flat":
+            self._check_shape(x, rank, "(N*T, {}) (layout 'flat')")
+            steps = resolve_timesteps(None, self.timesteps)
+            if not steps or x.shape[0] % steps:
+                raise ConfigError(f"layout 'flat' takes (N*T, ...) with T = {steps}; got "
+                                  f"{x.shape[0]} rows")
+            x = x.reshape(-1, steps, *x.shape[1:])
+        self._check_shape(x, rank + 1, "(T, N, {})" if self.layout == "TN" else "(N, T, {})")
+        resolve_timesteps(x.shape[0 if self.layout == "TN" else 1], None)  # the step bound
+        self.reset()
+        frames = x.unbind(0 if self.layout == "TN" else 1)
+        outputs = torch.stack([self.step(frame) for frame in frames],
+                              dim=0 if self.layout == "TN" else 1)
+        return outputs.flatten(0, 1) if self.layout == "flat" else outputs
+
+    def _check_shape(self, x: torch.Tensor, rank: int, expected: str) -> None:
+        if x.dim() != rank or tuple(x.shape[-len(self.input_shape):]) != self.input_shape:
+            raise ConfigError(f"input of shape {tuple(x.shape)}; in step_mode {self.step_mode!r} "
+                              f"the SNN takes " + expected.format(", ".join(map(str,
+                                                                             self.input_shape))))

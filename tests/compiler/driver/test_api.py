@@ -171,6 +171,24 @@ def test_finetune_trains_on_a_loader_and_keeps_the_best_epoch():
         ss.finetune(snn, loader, eps=0.05, learning_rate=0.1)
 
 
+def test_a_finetuned_snn_goes_to_a_framework_with_its_finetuning_surrogate():
+    from spikeshield.compiler.ir.surrogates import Surrogate
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 8, 8), torch.arange(64) % 3
+    snn = ss.convert(_Net().eval(), x, timesteps=2, calibration_batches=1)
+    tuned = ss.finetune(snn, (x, y), eps=0.05, epochs=1, batch_size=32, val_samples=None,
+                        selection="clean", surrogate="arctan:2").snn
+    module = tuned.to_framework("spikingjelly")
+    with torch.no_grad():
+        assert (module(x) - tuned(x)).abs().max() < 1e-5
+    neuron = module.neuron(module.neuron_layers[0])
+    assert neuron.surrogate_function.surrogate == Surrogate("arctan", 2.0)
+    chosen = tuned.to_framework("spikingjelly", surrogate="triangle:0.5")
+    assert chosen.neuron(module.neuron_layers[0]).surrogate_function.surrogate == \
+        Surrogate("triangle", 0.5)
+
+
 def test_profile_counts_the_same_work_from_a_tensor_and_from_a_loader():
     x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     snn = ss.convert(_Net().eval(), x, timesteps=4, calibration_batches=1)
