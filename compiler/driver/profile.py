@@ -21,6 +21,8 @@ from spikeshield.compiler.driver.energy_conventions import (
     render_comparison,
 )
 from spikeshield.compiler.driver.manifest import publish_files
+from spikeshield.compiler.driver.neurobench_check import neurobench_section
+from spikeshield.compiler.driver.neurobench_check import render as neurobench_render
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
 from spikeshield.compiler.ir.limits import resolve_timesteps
@@ -80,8 +82,10 @@ def profile_graph(
     encoding: str | None = None,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    neurobench: bool = False,
 ) -> dict[str, Any]:
-    """Simulate ``graph`` on ``data`` and account its work, energy and storage (see module doc)."""
+    """Simulate ``graph`` on ``data`` and account its work, energy and storage (see module doc);
+    with ``neurobench``, NeuroBench's own metrics beside them (``neurobench_check``)."""
     energy.validate()
     if not graph.nodes_of(IF):
         raise ConfigError("profile needs a spiking graph (no IF layers found); compile the model first")
@@ -128,7 +132,7 @@ def profile_graph(
         "mean": float(per_sample.mean()), "std": float(per_sample.std()) if len(per_sample) > 1
         else 0.0, "min": float(per_sample.min()), "max": float(per_sample.max()),
     }
-    return {
+    profile = {
         "graph": graph.name,
         "samples": counts.samples,
         "timesteps": timesteps,
@@ -143,6 +147,9 @@ def profile_graph(
         "synops_per_sample": per_sample.tolist(),
         "gpu_energy": gpu,
     }
+    if neurobench:
+        profile["neurobench"] = neurobench_section(graph, data, profile)
+    return profile
 
 
 def _totals(layers: list[dict], energy: EnergyModel, timesteps: int) -> dict[str, Any]:
@@ -272,6 +279,8 @@ def render_markdown(profile: dict[str, Any]) -> str:
     if profile.get("against_dense"):
         lines += ["", render_comparison(profile["against_dense"])]
     gpu = profile["gpu_energy"]
+    if "neurobench" in profile:
+        lines += neurobench_render(profile["neurobench"])
     lines += ["", "## Measured GPU energy", ""]
     if gpu.get("measured"):
         lines.append(f"**Measured** through NVML on {gpu['device']}: {gpu['joules_per_sample']:.4g} J "
@@ -342,8 +351,10 @@ def profile_directory(
     seed: int = 0,
     skip_verify: bool = False,
     baseline: str | os.PathLike | None = None,
+    neurobench: bool = True,
 ) -> dict[str, Any]:
-    """``spikeshield profile``: profile a compile directory's ``snn.ir`` on its test data; the
+    """``spikeshield profile``: profile a compile directory's ``snn.ir`` on its test data, with
+    NeuroBench's figures beside spikeshield's where NeuroBench is installed (``neurobench``); the
     directory must match its manifest (unless ``skip_verify``) and is locked meanwhile. With
     ``baseline`` (the dense SNN's compile directory or profile.json, profiled on the same images),
     the profile also gives E_dense / E_sparse in both conventions (``energy_conventions``)."""
@@ -361,12 +372,12 @@ def profile_directory(
     with output_lock(directory):
         require_verified(directory, skip_verify, PROFILE_FILES)
         return _profile_directory(directory, data, samples, energy, timesteps, device, seed,
-                                  dense)
+                                  dense, neurobench)
 
 
 def _profile_directory(directory: Path, data: str | None, samples: int, energy: EnergyModel,
                        timesteps: int | None, device: str, seed: int,
-                       dense: dict[str, Any] | None) -> dict[str, Any]:
+                       dense: dict[str, Any] | None, neurobench: bool) -> dict[str, Any]:
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.robustness import recorded_data_spec
     from spikeshield.compiler.ir.serialize import load_graph
@@ -377,7 +388,7 @@ def _profile_directory(directory: Path, data: str | None, samples: int, energy: 
     splits = load_data(spec, seed=seed)
     steps = resolve_timesteps(timesteps, graph.run_spec().timesteps, "--timesteps") or DEFAULT_TIMESTEPS
     profile = profile_graph(graph, splits.test.head(samples), steps, energy,
-                            device=resolve_device(device))
+                            device=resolve_device(device), neurobench=neurobench)
     profile["data"] = spec
     if dense is not None:
         profile["against_dense"] = compare_profiles(profile, dense)

@@ -30,12 +30,14 @@ def profile_cmd(
     ac_pj: Annotated[Optional[float], typer.Option("--ac-pj", help="Override: picojoules per accumulate (SynOp).")] = None,
     memory_pj: Annotated[Optional[float], typer.Option("--memory-pj", help="Add this many picojoules per synaptic event for the weight fetch.")] = None,
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="The dense SNN's compile directory (or its profile.json), profiled on the same --n and -T: adds E_dense / E_sparse in Paper B's convention and in spikeshield's.")] = None,
+    neurobench: Annotated[bool, typer.Option("--neurobench/--no-neurobench", help="Also measure the SNN with NeuroBench's own metrics (its snnTorch module), beside spikeshield's figures, where NeuroBench is installed.")] = True,
     skip_verify: SkipVerifyOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Energy and memory profile of a compiled SNN: per-layer SynOps, MACs, energy, firing rates
-    and stored bytes; writes profile.json, profile.md and two PNG plots into DIR."""
+    and stored bytes, and NeuroBench's figures beside them; writes profile.json, profile.md and two
+    PNG plots into DIR."""
 
     def run() -> None:
         from spikeshield.compiler.driver.profile import profile_directory, profile_summary
@@ -43,7 +45,7 @@ def profile_cmd(
 
         model = energy_model(energy, mac_pj, ac_pj, memory_pj)
         p = profile_directory(directory, data, n, model, timesteps, device, seed, skip_verify,
-                              baseline)
+                              baseline, neurobench)
         typer.echo(_profile_line(profile_summary(p)))
         if p.get("against_dense"):
             c = p["against_dense"]
