@@ -30,6 +30,61 @@ from spikeshield.compiler.ir.ops import IF, AvgPool2d, Conv2d, Linear, Scale
 
 PROFILES = ("exact", "portable")
 
+# How each consumer loads a portable file, as its documentation says, and what it then computes
+# (measured by tests/backends/test_nir_importers.py, which runs the ``load`` code of SpikingJelly and
+# Norse as written here). The code takes ``PATH`` (the .nir file), ``x`` (a float batch
+# ``(N, *input shape)``) and ``T`` and leaves ``logits``; export writes this into the sidecar.
+PORTABLE_LOADING: dict[str, dict[str, str]] = {
+    "spikingjelly": {
+        "load": "import nir\n"
+                "from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir\n"
+                "net = import_from_nir(nir.read(PATH), dt=1.0)\n"
+                "state, total = None, 0\n"
+                "for _ in range(T):\n"
+                "    out, state = net(x, state)\n"
+                "    total = total + out\n"
+                "logits = total / T",
+        "computes": "the runtime's logits, residual nets included; dt=1.0 must be passed (it "
+                    "needs r == 1/dt and ignores the graph's dt)",
+    },
+    "norse": {
+        "load": "import nir, torch, norse.torch\n"
+                "net = norse.torch.from_nir(nir.read(PATH), dt=1.0)\n"
+                "rows = []\n"
+                "for sample in x:  # one unbatched sample at a time: Flatten(start_dim=0)\n"
+                "    state, total = None, 0\n"
+                "    for _ in range(T):\n"
+                "        out, state = net(sample, state)\n"
+                "        total = total + out\n"
+                "    rows.append(total / T)\n"
+                "logits = torch.stack(rows)",
+        "computes": "the runtime's logits on feed-forward nets; on a residual net its output is "
+                    "an inner layer's map (nirtorch runs the graph out of order): use "
+                    "--format norse",
+    },
+    "snntorch": {
+        "load": "import nir\nfrom snntorch.import_nir import import_from_nir\n"
+                "net = import_from_nir(nir.read(PATH))",
+        "computes": "other numbers: IF becomes Leaky(beta=0.9) with reset by subtraction; use "
+                    "--format snntorch",
+    },
+    "sinabs": {
+        "load": "import nir, sinabs\nnet = sinabs.from_nir(nir.read(PATH), batch_size=len(x))",
+        "computes": "other numbers: IF becomes a multi-spike IAFSqueeze resetting by subtraction "
+                    "with a floor at -threshold; use --format sinabs",
+    },
+    "snn-mlir": {
+        "load": "snn-mlir check PATH && snn-mlir export PATH snn.mlir",
+        "computes": "MLIR with one snn.lif per IF layer (decay 1, the layer's threshold, reset "
+                    "to 0) for feed-forward nets; refuses residual graphs (linear chains only); "
+                    "running it needs the project's snn-opt dialect tool, not on PyPI",
+    },
+    "spikeshield": {
+        "load": "spikeshield run PATH",
+        "computes": "the runtime's logits and every neuron's spike count",
+    },
+}
+
 
 def portable_problems(graph: Graph) -> list[str]:
     """What the portable profile cannot express, one line per node, each with the way out."""

@@ -19,6 +19,7 @@ from typing import Any
 from spikeshield.backends.frameworks import FRAMEWORKS, write_module
 from spikeshield.backends.nir_backend import READOUTS as NIR_READOUTS
 from spikeshield.backends.nir_backend import write_nir
+from spikeshield.backends.nir_portable import PORTABLE_LOADING
 from spikeshield.backends.nir_portable import PROFILES as NIR_PROFILES
 from spikeshield.backends.onnx_backend import write_onnx
 from spikeshield.backends.targets import Violation, check_target, load_target
@@ -196,6 +197,8 @@ def export_graph(
         if fmt == "nir":
             description["nir_profile"] = nir_profile
             description["readout"] = NIR_READOUTS[nir_profile]
+            if nir_profile == "portable":
+                description["importers"] = PORTABLE_LOADING
         sidecar = out.with_name(out.name + ".json")
         with atomic_file(out) as tmp, atomic_file(sidecar) as tmp_json:
             FORMATS[fmt][1](adapted, tmp, steps, nir_profile)
