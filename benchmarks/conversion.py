@@ -162,6 +162,8 @@ def main() -> None:
                         "under the old and today's default (why a conversion fails)")
     parser.add_argument("--robust", default="", help="T values for the finetuned, attacked stage")
     parser.add_argument("--robust-n", type=int, default=300)
+    parser.add_argument("--robust-variants", default=",".join(key for key, _, _ in ROBUST),
+                        help="which variants --robust finetunes, comma-separated keys")
     parser.add_argument("--robust-preset", default="paper",
                         help="attack preset after finetuning, or none (clean accuracy only)")
     parser.add_argument("--finetune-epochs", type=int, default=10,
@@ -283,7 +285,8 @@ def _robust_stage(args, work: Path, model, splits) -> dict:
 
     results = {}
     for t in (int(v) for v in args.robust.split(",")):
-        for key, name, fields in ROBUST:
+        chosen = args.robust_variants.split(",")
+        for key, name, fields in (v for v in ROBUST if v[0] in chosen):
             slug = "robust-" + "".join(c if c.isalnum() else "-" for c in key) + f"-T{t}"
 
             def measure(fields=fields, t=t) -> dict:

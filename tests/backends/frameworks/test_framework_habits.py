@@ -4,8 +4,9 @@ dtype, ``state_dict`` after a forward pass, ``torch.save`` of the whole module. 
 compared with spikeshield's runtime on the same batch: exactly (logits within 1e-5, the same
 predictions) in float32 and float64, within bfloat16's rounding in bfloat16.
 
-The zoo SNNs cover both resets, per-layer and per-channel thresholds, v0 = 0 and 0.5, and a
-residual net (resnet20)."""
+The zoo SNNs cover both resets, per-layer and per-channel thresholds, v0 = 0 and 0.5, and the
+residual nets (resnet20, and wrn16-4 with today's compile defaults); every run of a whole sample
+also gives the runtime's spike count at every neuron."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ T = TIMESTEPS
 SETTINGS = [("zero", "layer", 0.0), ("subtract", "channel", 0.5), ("subtract", "layer", 0.0),
             ("zero", "channel", 0.5)]
 CASES = [(arch, *setting) for arch in ("lenet", "vgg11", "resnet20") for setting in SETTINGS]
+CASES.append(("wrn16-4", *SETTINGS[1]))  # the widest zoo net, with today's defaults only
 IDS = [f"{arch}-{reset}-{threshold}-v{v0:g}" for arch, reset, threshold, v0 in CASES]
 
 
@@ -34,6 +36,15 @@ def batches(arch: str, reset: str, threshold: str, v_init: float):
     expected = runtime_reference(graph, x, T)[0]
     return graph, [(x, expected), (second, runtime_reference(graph, second, T)[0]),
                    (x[:3], expected[:3])]
+
+
+def assert_same_spikes(graph, net, x: torch.Tensor) -> None:
+    """The spike count of every neuron of ``net``'s last whole run (on ``x``) is the runtime's."""
+    _, counts = runtime_reference(graph, x, T)
+    assert net.neuron_layers == list(counts)
+    for name, expected in counts.items():
+        assert torch.equal(net.neuron_spike_counts[name], expected), name
+    assert sum(int(c.sum()) for c in counts.values()) > 0  # the network does spike
 
 
 def assert_exact(logits: torch.Tensor, expected: torch.Tensor) -> None:
@@ -90,7 +101,9 @@ def test_snntorch_step_loop_with_utils_reset(arch, reset, threshold, v_init):
             assert_exact(out.mean(0), expected)
         x, expected = data[0]
         sequence = x.unsqueeze(0).expand(T, *x.shape)  # spikegen-style: (T, N, ...)
-        assert_exact(to_module(graph, "snntorch")(sequence).mean(0), expected)
+        whole = to_module(graph, "snntorch")
+        assert_exact(whole(sequence).mean(0), expected)
+        assert_same_spikes(graph, whole, x)
 
 
 @pytest.mark.parametrize("arch,reset,threshold,v_init", CASES, ids=IDS)
@@ -101,8 +114,10 @@ def test_spikingjelly_both_step_modes_with_reset_net(arch, reset, threshold, v_i
     net = to_module(graph, "spikingjelly").eval()
     with torch.no_grad():
         functional.set_step_mode(net, "m")
-        for x, expected in data:  # SpikingJelly's multi-step loop: (T, N, ...) in, mean over T
+        for i, (x, expected) in enumerate(data):  # its multi-step loop: (T, N, ...), mean over T
             assert_exact(net(x.unsqueeze(0).expand(T, *x.shape)).mean(0), expected)
+            if i == 0:
+                assert_same_spikes(graph, net, x)
             functional.reset_net(net)
         functional.set_step_mode(net, "s")
         for x, expected in data:  # its ann2snn loop: one call a step, reset_net between batches
@@ -127,6 +142,7 @@ def test_sinabs_batch_time_layouts_with_reset_states(arch, reset, threshold, v_i
             assert_exact(squeezed.unflatten(0, (x.shape[0], T)).mean(1), expected)
             sinabs.reset_states(stepped)  # restores the compiled initial potential
             assert_exact(sum(stepped(x) for _ in range(T)) / T, expected)
+        assert_same_spikes(graph, flat, data[-1][0])
 
 
 @pytest.mark.parametrize("arch,reset,threshold,v_init", CASES, ids=IDS)
@@ -138,6 +154,7 @@ def test_norse_time_first_sequences_and_cells(arch, reset, threshold, v_init):
     with torch.no_grad():
         for x, expected in data:  # Norse's lifted modules: (T, N, ...) in, (T, N, ...) out
             assert_exact(net(x.unsqueeze(0).expand(T, *x.shape)).mean(0), expected)
+        assert_same_spikes(graph, net, data[-1][0])
         x, _ = data[0]
         name = net.neuron_layers[0]
         cell = net.neuron(name)
