@@ -67,6 +67,9 @@ class EnsembleResult:
     members: list[MemberResult]
     exhaustive: bool = False
     budget: float | None = None  # seconds; members past what it allowed were skipped
+    # The per-sample record behind the counts (clean, attacked and broken masks, each member's
+    # seconds): what a shard of a sharded evaluation saves, and what merge_ensembles adds up.
+    per_sample: dict = field(default_factory=dict, repr=False)
 
     @property
     def robust(self) -> int:
@@ -134,6 +137,7 @@ def run_ensemble(
     checkpoint: Checkpoint | None = None,
     part: str = "ensemble",
     budget: float | None = None,
+    shard: World | None = None,
 ) -> EnsembleResult:
     """Run ``members`` against ``target`` on ``data``; returns the per-sample worst case.
 
@@ -154,6 +158,10 @@ def run_ensemble(
     prefix of ``members`` whose time on that chunk, times the number of chunks, fits the budget
     (at least the first member), and drops the rest for every sample, the first chunk's included,
     so that all samples face the same members. Order presets strongest first for this reason.
+
+    ``shard`` (``World(index, count)``, no process group needed) attacks only the chunks that shard
+    owns, as a torchrun rank would, and returns their counts alone; :func:`merge_ensembles` adds
+    the shards' ``per_sample`` records up to exactly the single-process result.
     """
     check_eps(eps)
     if not members:
@@ -163,14 +171,17 @@ def run_ensemble(
             "a transfer member needs the source ANN (ann.ir in the compile directory)"
         )
     current = world or World()
-    if budget is not None and (budget <= 0 or current.distributed):
-        raise ConfigError("a time budget must be positive and needs a single process "
-                          "(each process would cut the ensemble at a different member)")
+    if shard is not None and current.distributed:
+        raise ConfigError("a shard runs as one process; torchrun shares one evaluation instead")
+    owner = shard or current
+    if budget is not None and (budget <= 0 or owner.distributed):
+        raise ConfigError("a time budget must be positive and needs a single process and shard "
+                          "(each would cut the ensemble at a different member)")
     samples = len(data)
     chunks = [
         (start, min(start + batch_size, samples))
         for i, start in enumerate(range(0, samples, batch_size))
-        if current.owns(i)
+        if owner.owns(i)
     ]
     part = part if not current.distributed else f"{part}.rank{current.rank}"
     # Per sample: correct when clean; per member, attacked and broken by it.
@@ -212,12 +223,41 @@ def run_ensemble(
                 checkpoint.step(part, lambda: state | {"rng": rng_state()},
                                 f"after {position + 1} of {len(chunks)} chunks of {desc}")
         bar.close()
-    clean = _combine(state["clean"], current)
-    attacked = _combine(state["attacked"], current)
-    broken = _combine(state["broken"], current)
     seconds = state["seconds"]
     if current.distributed:
         seconds = sum_over_processes(torch.tensor(seconds, dtype=torch.float64), current).tolist()
+    record = {"clean": _combine(state["clean"], current),
+              "attacked": _combine(state["attacked"], current),
+              "broken": _combine(state["broken"], current),
+              "seconds": list(seconds), "kept": state["kept"]}
+    return _summarize(record, members, eps, exhaustive, budget)
+
+
+def merge_ensembles(records: list[dict], members: list[Member], eps: float,
+                    exhaustive: bool = False) -> EnsembleResult:
+    """The result of the shards whose ``per_sample`` records are ``records`` (every chunk attacked
+    by exactly one of them): the single-process result, count for count."""
+    shapes = {tuple(r["attacked"].shape) for r in records}
+    if shapes != {(len(members), len(records[0]["clean"]))}:
+        raise ConfigError(f"the shards' records cover {sorted(shapes)} (members, samples), this "
+                          f"ensemble ({len(members)}, {len(records[0]['clean'])})")
+    overlap = torch.stack([r["attacked"].any(dim=0) | r["clean"] for r in records]).sum(dim=0)
+    if bool((overlap > 1).any()):
+        raise ConfigError("two shards attacked the same samples: merge one shard per index")
+    merged = {
+        "clean": torch.stack([r["clean"] for r in records]).any(dim=0),
+        "attacked": torch.stack([r["attacked"] for r in records]).any(dim=0),
+        "broken": torch.stack([r["broken"] for r in records]).any(dim=0),
+        "seconds": [sum(r["seconds"][i] for r in records) for i in range(len(members))],
+        "kept": len(members),
+    }
+    return _summarize(merged, members, eps, exhaustive, None)
+
+
+def _summarize(record: dict, members: list[Member], eps: float, exhaustive: bool,
+               budget: float | None) -> EnsembleResult:
+    """Counts per member from per-sample masks: a sample is robust until a member breaks it."""
+    clean, attacked, broken = record["clean"], record["attacked"], record["broken"]
     robust = clean.clone()
     results = []
     for index, member in enumerate(members):
@@ -228,13 +268,14 @@ def run_ensemble(
                 attacked=int(attacked[index].sum()),
                 broken=int(broken[index].sum()),
                 robust_after=int(robust.sum()),
-                seconds=seconds[index],
+                seconds=record["seconds"][index],
                 standalone_robust=int((clean & ~broken[index]).sum()) if exhaustive else None,
                 broken_mask=broken[index].clone(),
-                skipped=index >= state["kept"],
+                skipped=index >= record["kept"],
             )
         )
-    return EnsembleResult(eps, samples, int(clean.sum()), robust, results, exhaustive, budget)
+    return EnsembleResult(eps, len(clean), int(clean.sum()), robust, results, exhaustive, budget,
+                          per_sample=record)
 
 
 def _apply_budget(state: dict, budget: float, chunks: int) -> None:

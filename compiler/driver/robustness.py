@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from spikeshield.compiler.driver.eval_shards import check_shards, shard_fingerprint, shard_record
 from spikeshield.compiler.driver.manifest import publish_files, require_verified
 from spikeshield.compiler.driver.model_io import check_model_data
 from spikeshield.compiler.driver.outputs import output_lock
@@ -41,7 +42,7 @@ from spikeshield.runtime.diagnostics import (
     diagnose,
 )
 from spikeshield.runtime.distributed import World
-from spikeshield.runtime.ensemble import check_eps, run_ensemble
+from spikeshield.runtime.ensemble import check_eps, merge_ensembles, run_ensemble
 from spikeshield.runtime.executor import GraphExecutor
 
 DEFAULT_EVAL_SAMPLES = 1000
@@ -89,13 +90,18 @@ def evaluate_robustness(
     config: RobustnessConfig,
     world: World | None = None,
     checkpoint: Checkpoint | None = None,
+    shard: World | None = None,
+    shards: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Attack ``snn`` (and ``ann``, if given) on the first samples of ``test``; the report as a dict.
 
     With ``world`` (several processes under torchrun) the ensembles are shared out chunk by chunk
     and give the single-process counts exactly; the diagnostics, which are cheap next to them, run
     in every process. With ``checkpoint``, both ensembles save their partial counts there and
-    resume from them."""
+    resume from them. With ``shard`` (``World(index, count)``) only that shard's chunks are
+    attacked and the shard's record is returned instead of a report (``eval_shards``); with
+    ``shards`` (every shard's record) nothing is attacked: the records are merged into the report
+    one process would have written."""
     cfg = config
     cfg.validate()
     started = time.perf_counter()
@@ -119,22 +125,22 @@ def evaluate_robustness(
     if source is None:
         members = [m for m in members if m.attack.name != "transfer"]
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed}
-    result = run_ensemble(
-        target,
-        data,
-        members,
-        eps,
-        timesteps,
-        num_classes,
-        source=source,
-        exhaustive=cfg.exhaustive,
-        desc=f"{cfg.preset} ensemble on the SNN",
-        world=world,
-        checkpoint=checkpoint,
-        part="snn_ensemble",
-        budget=cfg.budget,
-        **common,
-    )
+    identity = shard_fingerprint(snn, ann, data, cfg, eps, device)
+    if shards is not None:
+        check_shards(shards, identity)
+        result = merge_ensembles([s["snn"] for s in shards], members, eps, cfg.exhaustive)
+    else:
+        result = run_ensemble(target, data, members, eps, timesteps, num_classes, source=source,
+                              exhaustive=cfg.exhaustive, desc=f"{cfg.preset} ensemble on the SNN",
+                              world=world, checkpoint=checkpoint, part="snn_ensemble",
+                              budget=cfg.budget, shard=shard, **common)
+    ann_members = members_for_ann(members, base_attack(cfg.base_attack))
+    if shard is not None:
+        ann_result = None if source is None else run_ensemble(
+            source, data, ann_members, eps, None, num_classes, shard=shard,
+            desc=f"{cfg.preset} ensemble on the ANN (shard {shard.rank + 1}/{shard.size})",
+            **common)
+        return shard_record(shard, identity, result, ann_result)
     diagnostics = diagnose(
         target,
         data,
@@ -157,19 +163,12 @@ def evaluate_robustness(
         "snn": result.to_json() | {"diagnostics": diagnostics.to_json()},
     }
     if source is not None:
-        ann_result = run_ensemble(
-            source,
-            data,
-            members_for_ann(members, base_attack(cfg.base_attack)),
-            eps,
-            None,
-            num_classes,
-            desc=f"{cfg.preset} ensemble on the ANN",
-            world=world,
-            checkpoint=checkpoint,
-            part="ann_ensemble",
-            **common,
-        )
+        if shards is not None:
+            ann_result = merge_ensembles([s["ann"] for s in shards], ann_members, eps)
+        else:
+            ann_result = run_ensemble(source, data, ann_members, eps, None, num_classes,
+                                      desc=f"{cfg.preset} ensemble on the ANN", world=world,
+                                      checkpoint=checkpoint, part="ann_ensemble", **common)
         report["ann"] = ann_result.to_json()
         report["ann"]["pgd_robust_accuracy"] = _ann_pgd(ann_result)
         check_sparse_above_ann(diagnostics, result.robust_accuracy, ann_result.robust_accuracy,
@@ -269,9 +268,13 @@ def evaluate_directory(
     checkpoint: Checkpoint | None = None,
     skip_verify: bool = False,
     ir: str = DEFAULT_IR,
+    shard: World | None = None,
+    shards: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an SNN of a compile directory (against its ann.ir, if present) and write its
-    report there (:func:`robustness_files`). ``ir`` names the graph: snn.ir, or the
+    report there (:func:`robustness_files`); with ``shard``, attack that shard's samples only and
+    return its record (nothing is written into the directory); with ``shards``, merge them into
+    the report (``eval_shards``). ``ir`` names the graph: snn.ir, or the
     target-adapted ``snn_<target>.ir`` that ``compile``/``export --target`` wrote. ``data``
     defaults to the spec the directory was compiled with. ``checkpoint``: see
     :func:`evaluate_robustness`. The directory must match its manifest (unless ``skip_verify``)
@@ -285,7 +288,7 @@ def evaluate_directory(
         return _evaluate_directory(directory, data, cfg, checkpoint, ir)
     with output_lock(directory):
         verified = require_verified(directory, skip_verify, robustness_files(ir))
-        return _evaluate_directory(verified, data, cfg, checkpoint, ir)
+        return _evaluate_directory(verified, data, cfg, checkpoint, ir, shard, shards)
 
 
 def check_ir_name(directory: Path, ir: str) -> str:
@@ -307,7 +310,9 @@ def check_ir_name(directory: Path, ir: str) -> str:
 
 
 def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig,
-                        checkpoint: Checkpoint | None, ir: str = DEFAULT_IR) -> dict[str, Any]:
+                        checkpoint: Checkpoint | None, ir: str = DEFAULT_IR,
+                        shard: World | None = None,
+                        shards: list[dict] | None = None) -> dict[str, Any]:
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.ops import IF
     from spikeshield.compiler.ir.serialize import load_graph
@@ -324,9 +329,13 @@ def _evaluate_directory(directory: Path, data: str | None, cfg: RobustnessConfig
     if checkpoint is not None:
         checkpoint.bind_data(splits.digest())
     current = distributed.world()
-    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint)
+    report = evaluate_robustness(snn, ann, splits.test, splits.num_classes, cfg, current, checkpoint,
+                                 shard, shards)
+    if shard is not None:
+        return report  # a shard's record, not a report
     report["data"] = data
     report["processes"] = current.size
+    report["shards"] = len(shards) if shards is not None else 1
     report["graph"] = ir
     if current.is_main:
         write_robustness(report, directory, ir)

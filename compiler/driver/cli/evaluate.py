@@ -36,6 +36,9 @@ def eval_cmd(
     budget: Annotated[Optional[float], typer.Option(help="Seconds for the SNN ensemble: after the first batch, the members past what fits are skipped for every sample (the presets run strongest first); the report names them.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
     ir: Annotated[str, typer.Option("--ir", help="Which SNN of the directory to attack: snn.ir, or the target-adapted snn_<target>.ir (its report goes to robustness_<target>.*).")] = "snn.ir",
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Attack only shard I of N (I/N, from 1) of the samples, on this machine, and save its record to --shards; merge them with --merge. Any scheduler, any machine: the merged report is the one-process report.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge the shard records in --shards into the report (refuses shards of another SNN, data or settings, and missing ones).")] = False,
+    shards: Annotated[Optional[Path], typer.Option("--shards", help="Folder of the shard records (default: DIR.eval-shards beside DIR).")] = None,
     nproc: NprocOpt = 1,
     resume: ResumeOpt = None,
     checkpoint_every: CheckpointEveryOpt = 300.0,
@@ -65,8 +68,42 @@ def eval_cmd(
                         f"batches of {batch_size} test samples")
 
     def run() -> None:
+        if shard is not None or merge:
+            return shard_or_merge()
         if not _launch(nproc, check):
             _in_process_group(device, eval_here)
+
+    def shard_or_merge() -> None:
+        from spikeshield.compiler.driver.eval_shards import (
+            parse_shard,
+            read_shards,
+            shard_file,
+            write_shard,
+        )
+        from spikeshield.compiler.driver.robustness import evaluate_directory, robustness_files
+        from spikeshield.compiler.ir.errors import ConfigError
+
+        if (shard is not None) == merge or nproc != 1 or resume is not None or budget is not None:
+            raise ConfigError("give either --shard I/N or --merge, without --nproc, --resume or "
+                              "--budget")
+        from spikeshield.runtime.device import resolve_device
+
+        folder = shards or directory.with_name(directory.name + ".eval-shards")
+        cfg = config(str(resolve_device(device)))  # as eval_here records it
+        if merge:
+            report = evaluate_directory(directory, data, cfg, None, skip_verify, ir,
+                                        shards=read_shards(folder))
+            json_name, md_name, png_name = robustness_files(ir)
+            snn = report["snn"]
+            typer.echo(f"merged {report['shards']} shards: SNN robust accuracy "
+                       f"{100 * snn['robust_accuracy']:.2f}% on {report['samples']} samples")
+            typer.echo(f"wrote {directory / md_name}, {json_name} and {png_name}")
+            return
+        which = parse_shard(shard)
+        record = evaluate_directory(directory, data, cfg, None, skip_verify, ir, shard=which)
+        path = write_shard(record, shard_file(folder, which))
+        typer.echo(f"wrote {path} (shard {shard}); merge with: spikeshield eval {directory} "
+                   f"--merge --shards {folder}")
 
     def eval_here(current) -> None:
         from dataclasses import asdict
