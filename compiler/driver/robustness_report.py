@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 
@@ -20,12 +21,30 @@ _PRESET_NOTES = {
 }
 
 
+def headline(report: dict[str, Any]) -> str:
+    """The report's first line: the SNN's worst case with its sample count and binomial standard
+    error, the preset (labelled when it is not spikeshield's default), ε, T and the verdict."""
+    snn, n = report["snn"], report["samples"]
+    p = snn["robust_accuracy"]
+    error = 100 * math.sqrt(p * (1 - p) / n) if n else float("nan")
+    protocol = {"adaptive": "spikeshield's default preset `adaptive`",
+                "paper": "preset `paper`: the papers' protocol, not spikeshield's default"}.get(
+        report["preset"], f"preset `{report['preset']}`, not spikeshield's default")
+    trusted = "trustworthy" if snn["diagnostics"].get("trustworthy", True) else \
+        "NOT TRUSTWORTHY (gradient masking suspected)"
+    return (f"**SNN robust accuracy (worst case) {100 * p:.1f}% ± {error:.1f} pp** (binomial "
+            f"standard error, {n} test images; {protocol}; L-inf ε = {report['eps']:.4g}, "
+            f"T = {report['timesteps']}); verdict: {trusted}.")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     snn, diag = report["snn"], report["snn"]["diagnostics"]
     ann = report.get("ann")
     eps = report["eps"]
     lines = [
         "# spikeshield robustness report",
+        "",
+        headline(report),
         "",
         f"- threat model: L-inf, ε = {eps:.4g} (pixels in [0, 1]; {eps * 255:.2f}/255)",
         f"- preset: `{report['preset']}` (base attack {report['base_attack']}), "
