@@ -53,6 +53,8 @@ class MemberResult:
                 "skipped": self.skipped,
             }
         )
+        if self.broken_mask is not None:  # which test images this member broke (indices)
+            out["broken_samples"] = torch.nonzero(self.broken_mask).flatten().tolist()
         if self.standalone_robust is not None:
             out["standalone_robust_accuracy"] = self.standalone_robust / samples
         return out

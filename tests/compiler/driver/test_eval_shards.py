@@ -34,6 +34,10 @@ def test_three_shards_merge_to_the_one_process_report(converted_lenet, mnist5k):
     assert _comparable(merged) == _comparable(one)
     assert 0 < one["snn"]["robust_accuracy"] < one["snn"]["clean_accuracy"]  # attacks broke some
     assert any(m["broken"] for m in one["snn"]["members"])
+    for member in one["snn"]["members"]:  # which images each member broke, as indices
+        assert len(member["broken_samples"]) == member["broken"]
+    broken = {i for m in one["snn"]["members"] for i in m["broken_samples"]}
+    assert not broken & set(one["snn"]["robust_samples"])
     # Each shard attacked only its chunks (16 samples each, dealt round-robin to 3 shards).
     attacked = [int(r["snn"]["clean"].sum() + (~r["snn"]["clean"] & r["snn"]["attacked"].any(0))
                     .sum()) for r in records]
