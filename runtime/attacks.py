@@ -22,6 +22,10 @@ Presets (``PRESETS``):
 - ``strong``: ``adaptive`` plus RGA, APGD-CE and APGD-DLR (100 iterations, triangle and BPTR),
   targeted APGD (100 iterations), a PGD-20 surrogate width sweep from 0.1 to 3.0 over five
   families, transfer from the source ANN, and Square with 5,000 queries last.
+- ``autoattack``: AutoAttack's standard set (Croce & Hein 2020), so that an SNN's figure can stand
+  beside ANN tables: APGD-CE (100 iterations), APGD-T (100, every other class a target), FAB-T
+  (100, the same targets) and Square (5,000 queries), the gradient members through ``adaptive``'s
+  strongest mode (a triangle surrogate, γ = 1, with the reset detached).
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
 # "tpgd" and "kl-rfgsm" maximise the KL to the clean prediction: TRADES' inner attacks.
-ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "transfer", "tpgd",
-           "kl-rfgsm")
+ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "transfer",
+           "tpgd", "kl-rfgsm")
 BASE_ATTACKS = ("fgsm", "pgd", "apgd-ce")
-PRESETS = ("quick", "paper", "adaptive", "strong")
+PRESETS = ("quick", "paper", "adaptive", "strong", "autoattack")
 DEFAULT_PRESET = "adaptive"
 _GRADIENT_FREE = ("square",)
 
@@ -94,7 +98,7 @@ class AttackSpec:
             return KLRFGSM(model, eps)
         if name == "tpgd":
             return torchattacks.TPGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps)
-        if name in ("apgd-dlr", "apgd-t") and (num_classes or 0) < 3:
+        if name in ("apgd-dlr", "apgd-t", "fab-t") and (num_classes or 0) < 3:
             raise ConfigError(f"{self.label} needs at least 3 classes, the data has {num_classes}")
         if name == "fgsm":
             return torchattacks.FGSM(model, eps=eps)
@@ -128,6 +132,10 @@ class AttackSpec:
                 seed=seed,
                 n_classes=num_classes,
             )
+        if name == "fab-t":
+            return torchattacks.FAB(model, norm="Linf", eps=eps, steps=self.steps,
+                                    n_restarts=self.restarts, seed=seed, multi_targeted=True,
+                                    n_classes=num_classes)
         return torchattacks.Square(
             model, norm="Linf", eps=eps, n_queries=self.queries, n_restarts=self.restarts, seed=seed
         )
@@ -251,6 +259,11 @@ def preset_members(preset: str, base: AttackSpec | None = None) -> list[Member]:
         return [Member(base, m) for m in modes + [GradientMode("bptr")]]
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset == "autoattack":
+        strongest = _bptt("triangle", 1, detach=True)
+        return [Member(AttackSpec(name, steps=100), strongest)
+                for name in ("apgd-ce", "apgd-t", "fab-t")] + [
+            Member(AttackSpec("square", queries=5000))]
     members = [Member(base, m) for m in paper_modes()]
     if preset == "paper":
         return members

@@ -42,7 +42,7 @@ Correction = Literal["fit", "bias", "none"]
 Encoding = Literal["direct", "poisson"]
 BatchNormMode = Literal["fold", "keep"]
 Objective = Literal["trades", "at", "mart"]
-Preset = Literal["quick", "paper", "adaptive", "strong"]
+Preset = Literal["quick", "paper", "adaptive", "strong", "autoattack"]
 
 
 def _check_choice(config: Any, name: str, kind: Any) -> None:

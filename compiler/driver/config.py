@@ -163,7 +163,8 @@ class CompileConfig:
     robustness: str = option(
         "adaptive", "Attack preset for the ANN vs SNN robustness report: adaptive (the default: "
         "paper's 19 members after long, detached-reset and adaptive-surrogate attacks), paper (the "
-        "papers' protocol, for comparison), quick (4 members, a smoke test), strong, or none.")
+        "papers' protocol, for comparison), quick (4 members, a smoke test), strong, autoattack "
+        "(AutoAttack's standard set), or none.")
     eps: float | None = option(  # None: default_eps(input shape)
         None, "Evaluation budget, L-inf in [0, 1] (default: 0.1 for 1-channel data, 8/255 for "
         "colour).")

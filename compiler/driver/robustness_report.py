@@ -18,6 +18,8 @@ _PRESET_NOTES = {
              "the `adaptive` default adds stronger members",
     "quick": "a smoke test, not a robustness claim: quote `adaptive`",
     "strong": "`adaptive` plus APGD-DLR/T, a width sweep, transfer and Square",
+    "autoattack": "AutoAttack's standard set (APGD-CE, APGD-T, FAB-T, Square) through the "
+                  "detached-reset triangle, for comparison with ANN tables",
 }
 
 

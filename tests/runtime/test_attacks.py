@@ -68,3 +68,28 @@ def test_bad_attacks():
         base_attack("square")
     with pytest.raises(ConfigError, match="positive"):
         AttackSpec("pgd", steps=0)
+
+
+def test_autoattack_is_the_standard_set_through_the_strongest_gradient_mode():
+    members = preset_members("autoattack")
+    assert [m.label for m in members] == [
+        "APGD-CE-100 / triangle γ=1, detached reset", "APGD-T-100 / triangle γ=1, detached reset",
+        "FAB-T-100 / triangle γ=1, detached reset", "Square-5000"]
+
+
+def test_every_autoattack_member_breaks_images_of_a_calibrated_only_snn(converted_lenet, mnist5k):
+    """Each member alone (exhaustive mode, 32 images, ε = 0.1; iterations cut to 5 and 100
+    queries to keep the test fast) turns correct images into errors through the spiking network:
+    FAB-T and APGD-T reach the SNN through the detached-reset surrogate, Square through queries."""
+    from dataclasses import replace
+
+    from spikeshield.runtime.ensemble import run_ensemble
+    from spikeshield.runtime.executor import GraphExecutor
+
+    members = [replace(m, attack=replace(m.attack, steps=5, queries=100))
+               for m in preset_members("autoattack")]
+    result = run_ensemble(GraphExecutor(converted_lenet.snn), mnist5k.test.head(32), members,
+                          0.1, 8, 10, batch_size=32, exhaustive=True)
+    assert result.clean_correct >= 25
+    for member in result.members:
+        assert member.standalone_robust < result.clean_correct, member.member.label
