@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
-from spikeshield.compiler.ir.surrogates import SURROGATE_NAMES, Surrogate
+from spikeshield.compiler.ir.surrogates import SURROGATE_ALIASES, SURROGATE_NAMES, Surrogate
 
 GRADIENT_KINDS = ("bptt", "bptr", "rga", "ann_proxy")
-_ALIASES = {"ann": "ann_proxy", "proxy": "ann_proxy", "ste": "straight_through"}
+_ALIASES = {"ann": "ann_proxy", "proxy": "ann_proxy", **SURROGATE_ALIASES}
 
 
 @dataclass(frozen=True)

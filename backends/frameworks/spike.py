@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.compiler.ir.surrogates import DEFAULT_SURROGATE, Surrogate
+from spikeshield.compiler.ir.surrogates import (
+    DEFAULT_SURROGATE,
+    SURROGATE_ALIASES,
+    SURROGATE_NAMES,
+    Surrogate,
+)
 
 
 class _StrictSpike(torch.autograd.Function):
@@ -45,12 +50,17 @@ class ThresholdSurrogate:
 
 def surrogate_for(graph: Graph, surrogate: str | Surrogate | None) -> ThresholdSurrogate:
     """The surrogate a module of ``graph`` trains with: ``surrogate`` if given (``name[:gamma]``
-    or a :class:`Surrogate`), else the one the graph was finetuned with, else the default."""
+    or a :class:`Surrogate`), else the one the graph was finetuned with (its family and width),
+    else the default."""
     if isinstance(surrogate, Surrogate):
         return ThresholdSurrogate(surrogate)
     if surrogate is None:
         finetuned = graph.meta.get("finetuned")
         spec = finetuned.get("surrogate") if isinstance(finetuned, dict) else None
         # An adaptive width or a detached reset is a runtime feature: keep the family and width.
+        # A rate-based training gradient (bptr, rga) has no per-step surrogate: use the default.
         surrogate = ":".join(str(spec or DEFAULT_SURROGATE).split(":")[:2])
+        name = surrogate.split(":")[0].replace("-", "_")
+        if SURROGATE_ALIASES.get(name, name) not in SURROGATE_NAMES:
+            surrogate = DEFAULT_SURROGATE
     return ThresholdSurrogate(Surrogate.parse(surrogate))

@@ -51,6 +51,8 @@ _DERIVATIVES: dict[str, Derivative] = {
 }
 
 SURROGATE_NAMES: tuple[str, ...] = tuple(_DERIVATIVES)
+# Other spellings of surrogate names that specs accept.
+SURROGATE_ALIASES = {"ste": "straight_through"}
 # The surrogate robust finetuning trains with unless told otherwise (``name:gamma``).
 DEFAULT_SURROGATE = "triangle:1"
 # Families whose gamma is a width (larger = wider); for the others it is a slope or a decay rate.
@@ -106,7 +108,8 @@ class Surrogate:
             width = float(gamma) if gamma else 1.0
         except ValueError:
             raise ConfigError(f"surrogate width in {spec!r} is not a number") from None
-        return cls(name.replace("-", "_"), width)
+        name = name.replace("-", "_")
+        return cls(SURROGATE_ALIASES.get(name, name), width)
 
     @property
     def label(self) -> str:
