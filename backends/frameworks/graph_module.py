@@ -241,6 +241,11 @@ class SpikingGraphModule(nn.Module):
         """The IR names of the IF layers, in order."""
         return list(self._neurons)
 
+    @property
+    def ir_names(self) -> dict[str, str]:
+        """Each child module's name -> the IR node it computes (for tools that walk children)."""
+        return {key: name for name, key, role, _ in self._plan if role in ("layer", "neuron")}
+
     def neuron(self, name: str) -> nn.Module:
         """The framework's neuron module of IR layer ``name``."""
         return self.get_submodule(self._neurons[name])

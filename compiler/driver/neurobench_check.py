@@ -85,7 +85,7 @@ def neurobench_figures(graph: Graph, data: Dataset, timesteps: int,
               "connection_sparsity": ConnectionSparsity()(model),
               "parameter_count": ParameterCount()(model)}
     names = {id(module): name for name, module in net.named_modules()}
-    layer_names = {key: name for name, key, _, _ in net._plan}
+    layer_names = net.ir_names
     synops, sparsity = SynapticOperations(), ActivationSparsity()
     per_layer: dict[str, dict[str, float]] = {}
     weighted_sparsity, samples = 0.0, 0
