@@ -37,7 +37,7 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.graph import Graph
-from spikeshield.runtime.data import Dataset
+from spikeshield.runtime.data import Dataset, as_float
 
 INSTALL = "pip install --no-deps neurobench==2.3.0 (after snntorch: pip install 'spikeshield[frameworks]')"
 CONVENTIONS = {
@@ -94,8 +94,7 @@ def neurobench_figures(graph: Graph, data: Dataset, timesteps: int,
         with torch.no_grad():
             for start in range(0, len(data), batch_size):
                 batch = data.slice(start, start + batch_size)
-                images = batch.images.float() / 255 if batch.images.dtype == torch.uint8 \
-                    else batch.images.float()
+                images = as_float(batch.images)
                 sequence = images.unsqueeze(1).expand(len(batch), timesteps, *images.shape[1:])
                 pair = (sequence, batch.labels)
                 preds = model(sequence)

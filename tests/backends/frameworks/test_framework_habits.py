@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from spikeshield.backends.frameworks import FRAMEWORKS, to_module
+from spikeshield.runtime.data import as_float
 from tests.backends.conftest import TIMESTEPS, zoo_snn
-from tests.backends.frameworks.test_interop import runtime_reference
+from tests.backends.frameworks.test_interop import one_neuron, runtime_reference
 
 T = TIMESTEPS
 # (reset, threshold mode, v_init): each value of each setting at least once, in pairs.
@@ -217,10 +218,7 @@ def test_twenty_training_steps_in_the_framework_keep_the_accuracy(framework, con
     parameters, finite gradients); the surrogate itself is pinned by the gradient test above,
     since 20 Adam steps at this rate barely tell one surrogate from another (a sign-flipped one
     kept 92% too; at lr 1e-2 both lose 5-8 pp)."""
-    def pixels(t: torch.Tensor) -> torch.Tensor:
-        return t.float() / 255 if t.dtype == torch.uint8 else t
-
-    test_x, test_y = pixels(mnist5k.test.images[:300]), mnist5k.test.labels[:300]
+    test_x, test_y = as_float(mnist5k.test.images[:300]), mnist5k.test.labels[:300]
     net = to_module(converted_lenet.snn, framework)
 
     def accuracy() -> float:
@@ -234,9 +232,31 @@ def test_twenty_training_steps_in_the_framework_keep_the_accuracy(framework, con
     net.train()
     for _ in range(20):
         index = torch.randint(0, len(mnist5k.train), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(net(pixels(mnist5k.train.images[index])),
+        loss = torch.nn.functional.cross_entropy(net(as_float(mnist5k.train.images[index])),
                                                  mnist5k.train.labels[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     assert before > 0.8 and accuracy() > before - 0.02
+
+
+@pytest.mark.parametrize("framework", ["snntorch", "spikingjelly", "sinabs"])
+def test_a_surrogate_of_the_frameworks_own_keeps_the_runtimes_spikes(framework):
+    """With the framework's own surrogate (snnTorch's atan, SpikingJelly's Sigmoid, Sinabs'
+    SingleExponential) the module fires through the framework's own spike function, and still
+    gives the runtime's logits and spike counts (SpikingJelly fires at ``v >=`` the next float32
+    above the threshold, which is ``v >`` it)."""
+    own = {"snntorch": lambda: __import__("snntorch").surrogate.atan(),
+           "spikingjelly": lambda: __import__(
+               "spikingjelly.activation_based.surrogate", fromlist=["Sigmoid"]).Sigmoid(),
+           "sinabs": lambda: __import__("sinabs.activation", fromlist=["x"]).SingleExponential()}
+    graph, ((x, expected), *_) = batches("lenet", "subtract", "channel", 0.5)
+    net = to_module(graph, framework, surrogate=own[framework]())
+    with torch.no_grad():
+        assert_exact(net(x), expected)
+    assert_same_spikes(graph, net, x)
+    tie = one_neuron("subtract", 0.5, 0.5)  # v: 1.0 (on the threshold), 1.5 -> spike, 1.0
+    net = to_module(tie, framework, surrogate=own[framework]())
+    with torch.no_grad():
+        net(torch.tensor([[0.5]]), 3)
+    assert net.neuron_spike_counts["if"].item() == 1  # at v >= threshold it would be 2
