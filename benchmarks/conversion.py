@@ -293,7 +293,10 @@ def _robust_stage(args, work: Path, model, splits) -> dict:
                 cfg = CompileConfig(
                     timesteps=t, finetune="trades", finetune_epochs=args.finetune_epochs,
                     finetune_max_train=args.finetune_max_train, robustness=args.robust_preset,
-                    eval_samples=args.robust_n, profile=False, **fields)
+                    eval_samples=args.robust_n, profile=False,
+                    # every epoch scored on all 1,000 validation images, as when the first cells
+                    # of issue 41 were measured (before issue 44 sized validation by its cost)
+                    finetune_val_budget=0, **fields)
                 report = compile_model(model, splits, cfg).report
                 robust = (report["robustness"]["snn_robust_accuracy"]
                           if args.robust_preset != "none" else None)

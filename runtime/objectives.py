@@ -33,6 +33,16 @@ SELECTIONS = ("clean+robust", "robust", "clean")
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
+# Validation's cost is counted in passes through the network per image: a forward with its backward
+# is one pass, a forward alone a third of one (BPTT's backward costs about twice its forward).
+FORWARD_PASS = 1 / 3
+# By default the validation that picks an epoch costs at most this share of the epoch it scores
+# (issue 44: scoring 1,000 images with PGD-10 cost as much as the epoch itself) ...
+VALIDATION_SHARE = 0.2
+# ... but never scores fewer images than this (binomial standard error at most 5 pp), so on a small
+# training set the floor wins and validation costs more than the share.
+VALIDATION_FLOOR = 100
+
 
 def selection_score(clean: float, robust: float, selection: str) -> float:
     """The validation score an epoch is kept by (SNN finetuning, pruning). ``"robust"`` breaks ties
@@ -92,6 +102,39 @@ def inner_attack(model, objective: str, eps: float, kind: str = "pgd", steps: in
     if kind == "rfgsm":
         return AttackSpec("kl-rfgsm" if on_kl else "rfgsm", steps=1).build(model, eps)
     return AttackSpec("tpgd" if on_kl else "pgd", steps=steps, random_start=True).build(model, eps)
+
+
+def training_passes(objective: str, inner: str, steps: int) -> float:
+    """Passes per training image of one robust epoch: the inner attack (R-FGSM one pass, PGD
+    ``steps``; TRADES first takes the clean logits it maximises the KL from) and the loss (TRADES
+    and MART run and backpropagate clean and adversarial images, AT the adversarial ones)."""
+    if objective == "standard":
+        return 1.0
+    attack = (1.0 if inner == "rfgsm" else float(steps)) + (FORWARD_PASS if objective == "trades"
+                                                            else 0.0)
+    return attack + (1.0 if objective == "at" else 2.0)
+
+
+def validation_passes(attack_steps: int, attacks: int) -> float:
+    """Passes per validation image: the clean forward, and per attack (one per gradient mode)
+    ``attack_steps`` passes and the forward that checks the adversarial example."""
+    return FORWARD_PASS + attacks * (attack_steps + FORWARD_PASS)
+
+
+def validation_images(available: int, train_images: int, train_passes: float, val_passes: float,
+                      share: float | None) -> int:
+    """How many of ``available`` validation images the per-epoch score uses: all of them when
+    ``share`` is None or 0 (every image, whatever it costs), else as many as cost at most ``share``
+    of an epoch (``train_images`` x ``train_passes``), and at least :data:`VALIDATION_FLOOR`."""
+    if not share:
+        return available
+    affordable = int(share * train_images * train_passes / val_passes + 1e-9)  # not 224.999...
+    return min(available, max(VALIDATION_FLOOR, affordable))
+
+
+def binomial_se(accuracy: float, images: int) -> float:
+    """Standard error of an accuracy measured on ``images`` independent images."""
+    return (accuracy * (1 - accuracy) / max(1, images)) ** 0.5
 
 
 def robust_epoch(

@@ -478,7 +478,8 @@ class Finetuned:
     best_epoch: int
     history: list = field(default_factory=list, repr=False)
     train_samples: int = 0
-    val_samples: int = 0
+    val_samples: int = 0  # scored per epoch (the validation budget picks them; see ``validation``)
+    validation: dict = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (f"Finetuned(best epoch {self.best_epoch} of {len(self.history) - 1}, on "
@@ -514,7 +515,7 @@ def finetune(snn: SNN, train: Any, val: Any | None = None, *, eps: float,
                           device=resolve_device(device))
     info = manager.records[-1].info
     return Finetuned(SNN(out, snn.ann), info["best_epoch"], info["history"],
-                     info["train_samples"], info["val_samples"])
+                     info["train_samples"], info["val_samples"], info["validation"])
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,12 @@ class CompileConfig:
         "(PGD-10 alone) or clean accuracy.")
     finetune_max_train: int | None = option(None, "Finetune on the first N training images only.")
     finetune_val_samples: int = option(
-        1000, "Validation images scored (clean and PGD-10) after each finetuning epoch to pick "
-        "the best epoch.")
+        1000, "At most this many validation images are scored (clean and PGD-10) after each "
+        "finetuning epoch to pick the best epoch.")
+    finetune_val_budget: float = option(
+        0.2, "Share of a finetuning epoch's passes the validation after it may cost: sets how "
+        "many of the --finetune-val-samples images it scores (at least 100; the training record "
+        "states the standard error). 0 scores all of them.")
     # Robust pruning (0 skips it): of the ANN before conversion, or of the calibrated SNN.
     prune_sparsity: float = option(
         0.0, "Robustly prune this fraction of all weights, in [0, 1) (0.99 keeps 1 in 100).")
@@ -258,7 +262,8 @@ class CompileConfig:
                               selection=self.finetune_selection, lr=self.finetune_lr,
                               beta=self.finetune_beta, batch_size=self.batch_size,
                               timesteps=self.timesteps, max_train=self.finetune_max_train,
-                              val_samples=self.finetune_val_samples, seed=self.seed)
+                              val_samples=self.finetune_val_samples,
+                              val_budget=self.finetune_val_budget, seed=self.seed)
 
     def prune_config(self, eval_eps: float, ann_eps: float | None = None) -> PruneConfig:
         """Pruning under the finetuning objective; on the SNN with the one-step R-FGSM inner attack

@@ -22,7 +22,10 @@ robust accuracy alone (``"robust"``, ties to the cleaner epoch) or the clean acc
 attacks through ``val_surrogate``'s gradient modes one after the other (the training surrogate by
 default): through one surrogate only, a network that learnt to resist that surrogate's gradients
 scores higher than it is robust. Validation is carved from the training data, and the test split
-is never read.
+is never read. Its size follows its purpose (``val_budget``): as many of the first ``val_samples``
+validation images as cost at most a fifth of an epoch's passes through the network (at least 100),
+the same images every epoch, so epochs are compared on paired samples; each score carries its
+binomial standard error (``val_clean_se``, ``val_robust_se``).
 
 Precondition: a calibrated spiking graph. Postcondition: the same graph structure with trained
 tensors, every conv/linear has a bias, every threshold >= ``threshold_floor``; ``meta['finetuned']``.
@@ -50,11 +53,16 @@ from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 from spikeshield.runtime.objectives import (
     INNER_ATTACKS,
+    VALIDATION_SHARE,
     EpochProgress,
+    binomial_se,
     check_selection,
     inner_attack,
     robust_epoch,
     selection_score,
+    training_passes,
+    validation_images,
+    validation_passes,
 )
 from spikeshield.runtime.progress import progress_bar
 
@@ -85,7 +93,11 @@ class FinetuneConfig:
     timesteps: int = 8
     threshold_floor: float = 0.03
     selection: str = "clean+robust"
-    val_samples: int | None = 1000  # validation images scored per epoch (None: all)
+    val_samples: int | None = 1000  # at most this many validation images per epoch (None: all)
+    # The share of an epoch's passes (objectives.training_passes) the per-epoch validation may cost;
+    # it sets how many of the val_samples images are scored (at least VALIDATION_FLOOR). None or 0:
+    # all val_samples, whatever they cost.
+    val_budget: float | None = VALIDATION_SHARE
     max_train: int | None = None  # train on the first N training images only
     seed: int = 0
 
@@ -94,6 +106,9 @@ class FinetuneConfig:
         if self.val_samples is not None and self.val_samples <= 0:
             raise ConfigError(f"finetuning validation samples must be positive, got "
                               f"{self.val_samples}")
+        if self.val_budget is not None and not 0 <= self.val_budget <= 10:
+            raise ConfigError(f"--finetune-val-budget must be a share of an epoch in [0, 10] "
+                              f"(0: score every validation image), got {self.val_budget}")
         if self.objective not in FINETUNE_OBJECTIVES:
             raise ConfigError(
                 f"finetune objective must be one of {', '.join(FINETUNE_OBJECTIVES)} "
@@ -163,7 +178,8 @@ def add_zero_biases(graph: Graph) -> tuple[Graph, list[str]]:
 def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, device) -> dict[str, float]:
     x, y = as_tensors(val, device)
     clean = float((predictions(executor, x, cfg.timesteps, 256) == y).float().mean())
-    scores = {"val_clean": clean, "val_robust": None}
+    scores = {"val_clean": clean, "val_robust": None, "val_images": len(x),
+              "val_clean_se": round(binomial_se(clean, len(x)), 4)}
     if cfg.selection != "clean" and cfg.eps_train > 0:
         members = [Member(AttackSpec("pgd", steps=10), mode) for mode in cfg.val_modes()]
         result = run_ensemble(
@@ -178,8 +194,21 @@ def _score(executor: GraphExecutor, val: Dataset, cfg: FinetuneConfig, device) -
             desc="validation PGD-10",
         )
         scores["val_robust"] = result.robust_accuracy
+        scores["val_robust_se"] = round(binomial_se(result.robust_accuracy, len(x)), 4)
     scores["score"] = selection_score(clean, scores["val_robust"] or 0.0, cfg.selection)
     return scores
+
+
+def validation_size(cfg: FinetuneConfig, train_images: int, available: int) -> dict[str, Any]:
+    """How many validation images each epoch's score uses under ``cfg.val_budget``, and what that
+    costs as a share of an epoch (in passes; the training record states it)."""
+    train = training_passes(cfg.objective if cfg.eps_train > 0 else "standard", cfg.inner_attack,
+                            cfg.inner_steps)
+    attacks = len(cfg.val_modes()) if cfg.selection != "clean" and cfg.eps_train > 0 else 0
+    per_image = validation_passes(10, attacks)
+    images = validation_images(available, train_images, train, per_image, cfg.val_budget)
+    return {"images": images, "budget": cfg.val_budget,
+            "share_of_epoch": round(images * per_image / max(1.0, train_images * train), 3)}
 
 
 def _crafting(model: AttackedModel, cfg: FinetuneConfig, scheduler):
@@ -219,6 +248,8 @@ def finetune_robust(
         )
     train = data.train if cfg.max_train is None else data.train.head(cfg.max_train)
     val = data.val if cfg.val_samples is None else data.val.head(cfg.val_samples)
+    validation = validation_size(cfg, len(train), len(val))
+    val = val.head(validation["images"])
     if len(train) == 0 or len(val) == 0:
         raise DataError(
             f"finetuning needs training and validation images; {data.name} has "
@@ -289,6 +320,7 @@ def finetune_robust(
         "best_epoch": best_epoch,
         "history": history,
         "val_samples": len(val),
+        "validation": validation,
         "train_samples": len(train),
     }
     return PassResult(out, changed=True, info=info)

@@ -3,7 +3,11 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError, PassError
 from spikeshield.compiler.ir.ops import IF, Conv2d, Linear
-from spikeshield.compiler.passes.finetune_robust import FinetuneConfig, add_zero_biases
+from spikeshield.compiler.passes.finetune_robust import (
+    FinetuneConfig,
+    add_zero_biases,
+    validation_size,
+)
 from spikeshield.compiler.passes.manager import PassManager
 from spikeshield.runtime.data import Dataset, DataSplits
 from tests.conftest import tiny_conv_graph
@@ -62,8 +66,41 @@ def test_other_objectives_and_pgd_inner_attack(converted_lenet, mnist5k, objecti
     cfg = FinetuneConfig(objective=objective, inner_attack="pgd", inner_steps=2, **SMALL)
     manager = PassManager()
     manager.run_one(converted_lenet.snn, "finetune_robust", data=_splits(mnist5k), config=cfg)
-    first = manager.records[-1].info["history"][1]
+    info = manager.records[-1].info
+    first = info["history"][1]
     assert first["loss"] > 0 and first["val_robust"] is not None
+    # every score states its binomial standard error on the images it scored
+    assert first["val_images"] == info["val_samples"] == 64
+    p = first["val_robust"]
+    assert first["val_robust_se"] == pytest.approx((p * (1 - p) / 64) ** 0.5, abs=1e-4)
+    # 128 training images afford fewer than the floor of 100 images: the floor wins (all 64 here)
+    assert info["validation"]["images"] == 64 and info["validation"]["share_of_epoch"] > 0.2
+
+
+def test_validation_costs_a_fifth_of_an_epoch_by_default_and_all_images_on_request():
+    # The default finetuning (TRADES, R-FGSM: 1/3 + 1 + 2 passes an image) on 3,600 training
+    # images, validation PGD-10 through one surrogate (1/3 + 10 + 1/3 passes an image).
+    sized = validation_size(FinetuneConfig(), 3600, 1000)
+    assert sized["images"] == 225 and sized["share_of_epoch"] == pytest.approx(0.2, abs=1e-3)
+    # a PGD-3 inner attack makes the epoch dearer, so validation may score more images
+    assert validation_size(FinetuneConfig(inner_attack="pgd", inner_steps=3), 3600, 1000)[
+        "images"] == 360
+    # every attacked gradient mode is one more PGD-10 per image: fewer images
+    two = FinetuneConfig(val_surrogate="triangle:1,bptr")
+    assert validation_size(two, 3600, 1000)["images"] == 114
+    # never more than is available, never fewer than the floor
+    assert validation_size(FinetuneConfig(), 60000, 1000)["images"] == 1000
+    assert validation_size(FinetuneConfig(), 100, 1000)["images"] == 100
+    # 0 (or None) keeps the thoroughness before the budget: every image offered
+    assert validation_size(FinetuneConfig(val_budget=0), 3600, 1000)["images"] == 1000
+    # a clean-only selection costs a third of a pass an image: all images are affordable
+    assert validation_size(FinetuneConfig(selection="clean"), 3600, 1000)["images"] == 1000
+    from spikeshield.compiler.driver.config import CompileConfig
+
+    assert CompileConfig().finetune_config(0.1).val_budget == 0.2
+    assert CompileConfig(finetune_val_budget=0).finetune_config(0.1).val_budget == 0
+    with pytest.raises(ConfigError, match="--finetune-val-budget must be a share"):
+        FinetuneConfig(val_budget=-0.1).validate()
 
 
 def test_zero_biases_are_added_only_where_missing():
