@@ -3,7 +3,10 @@
 On a terminal (or in a notebook) this is a tqdm bar. When the output goes elsewhere (a log file,
 ``nohup``, a batch job), tqdm on its own says nothing until the work ends; here it writes one
 plain line every ``SPIKESHIELD_PROGRESS_SECONDS`` seconds (default 30) while the work lasts and a
-last line when it ends, and nothing at all for work shorter than that interval.
+last line when it ends, and nothing at all for work shorter than that interval. The line comes even
+when one step of the work outlasts the interval (an attack member on a chunk of images, a
+validation): a heartbeat thread writes the bar's current line (elapsed time, and the postfix that
+says which member or phase is running) whenever a bar has been silent for its interval.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
+import weakref
 from typing import Any
 
 from tqdm.auto import tqdm as _auto_tqdm
@@ -40,28 +45,72 @@ def _interval() -> float:
 class _LineProgress(_std_tqdm):
     """tqdm that writes whole lines, at most one per interval, for streams that are not terminals."""
 
+    _write_lock = threading.Lock()  # the heartbeat thread and the work's thread share the stream
+
     def __init__(self, *args: Any, every: float = DEFAULT_INTERVAL, **kwargs: Any) -> None:
         self._lines, self._every, self._last = 0, every, time.monotonic()
+        self._closed = False
         super().__init__(*args, **kwargs)
+        if every > 0 and not self.disable:
+            _Heartbeat.watch(self)
 
     def display(self, msg: str | None = None, pos: int | None = None, force: bool = False) -> bool:
         # Every refresh comes here (updates, set_postfix): keep to one line per interval.
-        now = time.monotonic()
-        if not force and now - self._last < self._every:
-            return True
-        text = (self.__str__() if msg is None else msg).strip()
-        if text:
-            self.fp.write(text + "\n")
-            self.fp.flush()
-            self._lines += 1
-            self._last = now
+        with self._write_lock:
+            now = time.monotonic()
+            if self._closed or (not force and now - self._last < self._every):
+                return True
+            text = (self.__str__() if msg is None else msg).strip()
+            if text:
+                self.fp.write(text + "\n")
+                self.fp.flush()
+                self._lines += 1
+                self._last = now
         return True
+
+    def beat(self) -> None:
+        """The heartbeat: write the current line when nothing was written for an interval."""
+        if time.monotonic() - self._last >= self._every:
+            self.display(force=True)
 
     def close(self) -> None:
         if not self.disable and self._lines:
             self.display(force=True)  # where it ended; work that never showed a line stays silent
-        self.fp = _Quiet()  # tqdm's own close writes a carriage return to clear a terminal line
+        with self._write_lock:
+            self._closed = True
+            self.fp = _Quiet()  # tqdm's own close writes a carriage return to clear a terminal line
         super().close()
+
+
+class _Heartbeat:
+    """One daemon thread for every open line-mode bar: each silent for its interval writes its line
+    (the work's own thread may be inside one long step: PyTorch releases the GIL in its kernels)."""
+
+    _bars: weakref.WeakSet = weakref.WeakSet()
+    _thread: threading.Thread | None = None
+    _lock = threading.Lock()
+    _wake = threading.Event()  # a new bar may have a shorter interval than the thread sleeps
+
+    @classmethod
+    def watch(cls, bar: _LineProgress) -> None:
+        with cls._lock:
+            cls._bars.add(bar)
+            cls._wake.set()
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._run, name="spikeshield-progress",
+                                               daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def _run(cls) -> None:
+        while True:
+            with cls._lock:
+                bars = [bar for bar in cls._bars if not bar._closed]
+            shortest = min((bar._every for bar in bars), default=DEFAULT_INTERVAL)
+            cls._wake.wait(min(1.0, shortest / 4))
+            cls._wake.clear()
+            for bar in bars:
+                bar.beat()
 
 
 class _Quiet:

@@ -39,3 +39,22 @@ def test_silenced_and_bad_intervals(monkeypatch):
     monkeypatch.setenv(INTERVAL_VARIABLE, "often")
     with pytest.raises(ConfigError, match=INTERVAL_VARIABLE):
         _run(range(3))
+
+
+def test_one_step_longer_than_the_interval_still_writes_lines_saying_what_runs(monkeypatch):
+    # An attack member on one chunk can run for minutes without the bar moving: the heartbeat
+    # writes the current line (postfix included) every interval meanwhile, and stops at close.
+    monkeypatch.setenv(INTERVAL_VARIABLE, "0.1")
+    stream = io.StringIO()
+    bar = progress_bar(range(2), file=stream, desc="attacking")
+    for _ in bar:
+        bar.set_postfix(member="1/8 apgd-ce (running)")
+        time.sleep(0.65)  # one long step: six intervals
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    during_first_step = [line for line in lines if "0/2" in line]
+    assert len(during_first_step) >= 3, lines
+    assert all("member=1/8 apgd-ce (running)" in line for line in during_first_step)
+    written = len(stream.getvalue())
+    time.sleep(0.3)
+    assert len(stream.getvalue()) == written  # a closed bar stays silent
