@@ -16,17 +16,24 @@ the model, optimiser, scheduler, the RNG states and the position in the data, so
 continues with exactly the numbers the uninterrupted one would have produced (one process, CPU).
 
 A signal that arrives while no such loop runs (loading, conversion, a report being written) stops
-the job at once; the last checkpoint written stays valid.
+the job at once; the last checkpoint written stays valid. A step that does not end within
+``SPIKESHIELD_STOP_GRACE_SECONDS`` (default 20) of the signal (a strong attack on a chunk of
+images, a long validation) is cut short: the job stops at once, as on a second signal, and a loop
+that knows a consistent state at that point (the attack ensemble: every chunk done so far; the
+epoch loop: the epoch being scored) writes it first, so a first SIGTERM is honoured within the
+grace period plus the time of that write.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,6 +51,8 @@ from spikeshield.runtime.distributed import world
 FORMAT = "spikeshield-checkpoint"
 FORMAT_VERSION = 1
 DEFAULT_EVERY_SECONDS = 300.0
+STOP_GRACE_VARIABLE = "SPIKESHIELD_STOP_GRACE_SECONDS"
+DEFAULT_STOP_GRACE = 20.0
 
 
 class Interrupted(BaseException):
@@ -51,9 +60,10 @@ class Interrupted(BaseException):
     BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (a loader
     turning its failures into "bad file") can swallow it."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, forced: bool = False) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+        self.forced = forced  # cut short mid-step: a loop may still save the state it knows
 
 
 class _Signals:
@@ -61,20 +71,55 @@ class _Signals:
 
     requested: int | None = None
     listening: int = 0
+    forced: bool = False  # the grace period ran out before a step boundary honoured the stop
+    watchdog: threading.Timer | None = None
+
+
+def stop_grace() -> float:
+    """Seconds a requested stop waits for the current step to end (``SPIKESHIELD_STOP_GRACE_SECONDS``)."""
+    text = os.environ.get(STOP_GRACE_VARIABLE)
+    if text is None:
+        return DEFAULT_STOP_GRACE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{STOP_GRACE_VARIABLE} must be a positive number of seconds, got "
+                          f"{text!r}")
+    return value
 
 
 def _handle(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
     if _Signals.listening and _Signals.requested is None:
         _Signals.requested = signum
-        print(
-            f"\n{signal.Signals(signum).name}: stopping after the current step and writing a "
-            "checkpoint (send it again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        grace = stop_grace()
+        print(f"\n{name}: stopping after the current step (at most {grace:g} s) and writing a "
+              "checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+        _Signals.watchdog = threading.Timer(grace, _cut_short, args=(signum,))
+        _Signals.watchdog.daemon = True
+        _Signals.watchdog.start()
         return
     _Signals.requested = signum
-    raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+    _cancel_watchdog()
+    if _Signals.forced:
+        raise Interrupted(f"stopped by {name}: the current step had not ended {stop_grace():g} s "
+                          "after it", signum, forced=True)
+    raise Interrupted(f"stopped by {name}", signum)
+
+
+def _cut_short(signum: int) -> None:
+    """The watchdog: the stop requested ``grace`` seconds ago is still pending; stop at once."""
+    if _Signals.requested is not None and _Signals.listening:
+        _Signals.forced = True
+        _thread.interrupt_main(signum)  # runs _handle in the main thread, between two bytecodes
+
+
+def _cancel_watchdog() -> None:
+    if _Signals.watchdog is not None:
+        _Signals.watchdog.cancel()
+        _Signals.watchdog = None
 
 
 @contextlib.contextmanager
@@ -91,9 +136,10 @@ def stop_on_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        _cancel_watchdog()
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _Signals.requested = None
+        _Signals.requested, _Signals.forced = None, False
 
 
 def request_stop(signum: int = signal.SIGTERM) -> None:
@@ -247,6 +293,7 @@ class Checkpoint:
         """At a step boundary: save when due; on a requested stop, save and raise Interrupted."""
         signum = _Signals.requested
         if signum is not None:
+            _cancel_watchdog()
             self.save(part, state())
             raise Interrupted(
                 f"stopped by {signal.Signals(signum).name} {where}; checkpoint written to "
@@ -268,6 +315,7 @@ class Checkpoint:
         signum = _Signals.requested
         if signum is not None and not _Signals.listening:
             # The signal came after the loop's last step boundary: stop now, do not go on.
+            _cancel_watchdog()
             raise Interrupted(f"stopped by {signal.Signals(signum).name} after the last step",
                               signum)
 

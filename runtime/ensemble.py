@@ -20,6 +20,7 @@ from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.runtime.attacks import AttackedModel, Member
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
+    Interrupted,
     deferring_signals,
     restore_rng,
     rng_state,
@@ -214,8 +215,21 @@ def run_ensemble(
                                 robust=f"{int(_robust_mask(state)[:lo].sum()) + int(robust.sum())}"
                                        f"/{lo + len(robust)}")
 
-            _attack_chunk(state, members[: state["kept"]], target, source, data, lo, hi, eps,
-                          timesteps, num_classes, batch_size, exhaustive, seed, member_done)
+            def member_started(index: int) -> None:
+                kept = members[: state["kept"]]
+                bar.set_postfix(member=f"{index + 1}/{len(kept)} {kept[index].label} (running)")
+
+            before = _chunk_snapshot(state, lo, hi)
+            try:
+                _attack_chunk(state, members[: state["kept"]], target, source, data, lo, hi, eps,
+                              timesteps, num_classes, batch_size, exhaustive, seed, member_done,
+                              member_started)
+            except Interrupted as stop:
+                if stop.forced and checkpoint is not None:
+                    # Cut short mid-chunk: save every chunk done so far (this one is redone).
+                    _restore_chunk(state, before, lo, hi)
+                    checkpoint.save(part, state | {"rng": before["rng"]})
+                raise
             if position == 0 and budget is not None:
                 _apply_budget(state, budget, len(chunks))
             state["chunks_done"] = position + 1
@@ -280,6 +294,20 @@ def _summarize(record: dict, members: list[Member], eps: float, exhaustive: bool
                           per_sample=record)
 
 
+def _chunk_snapshot(state: dict, lo: int, hi: int) -> dict:
+    """What a chunk changes in the ensemble's state, as it was before the chunk."""
+    return {"clean": state["clean"][lo:hi].clone(), "attacked": state["attacked"][:, lo:hi].clone(),
+            "broken": state["broken"][:, lo:hi].clone(), "seconds": list(state["seconds"]),
+            "rng": rng_state()}
+
+
+def _restore_chunk(state: dict, before: dict, lo: int, hi: int) -> None:
+    state["clean"][lo:hi] = before["clean"]
+    state["attacked"][:, lo:hi] = before["attacked"]
+    state["broken"][:, lo:hi] = before["broken"]
+    state["seconds"] = list(before["seconds"])
+
+
 def _apply_budget(state: dict, budget: float, chunks: int) -> None:
     """Keep the members whose projected time over all ``chunks`` fits ``budget``; forget what the
     others did on the first chunk."""
@@ -310,9 +338,11 @@ def _attack_chunk(
     exhaustive: bool,
     seed: int,
     member_done: Callable[[int, torch.Tensor], None] | None = None,
+    member_started: Callable[[int], None] | None = None,
 ) -> None:
     """Clean predictions and every member's attack on samples ``lo:hi``, recorded into ``state``;
-    ``member_done(index, robust)`` after each member, with the chunk's samples still robust."""
+    ``member_started(index)`` before and ``member_done(index, robust)`` after each member, with
+    the chunk's samples still robust."""
     device = next(target.parameters()).device
     x, y = as_tensors(data.slice(lo, hi), device)
     clean = (predictions(target, x, timesteps, batch_size) == y).cpu()
@@ -320,6 +350,8 @@ def _attack_chunk(
     robust = clean.clone()
     for index, member in enumerate(members):
         started = time.perf_counter()
+        if member_started is not None:
+            member_started(index)
         pending = (clean if exhaustive else robust).nonzero().flatten()
         state["attacked"][index, lo + pending] = True
         if len(pending) and eps > 0:

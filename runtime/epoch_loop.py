@@ -20,6 +20,7 @@ from torch import nn
 
 from spikeshield.runtime.checkpoint import (
     Checkpoint,
+    Interrupted,
     deferring_signals,
     restore_training,
     training_state,
@@ -99,8 +100,15 @@ class EpochLoop:
             for epoch in range(done + 1, self.epochs + 1):
                 started = time.perf_counter()
                 loss = run_epoch(epoch, progress, on_step(epoch))
-                progress = EpochProgress()
-                scores = score()
+                trained, progress = progress, EpochProgress()
+                try:
+                    scores = score()
+                except Interrupted as stop:
+                    if stop.forced and self.checkpoint is not None and self.current.is_main:
+                        # Cut short while scoring: the epoch's training is complete and kept
+                        # (a resumed run scores it again).
+                        self.checkpoint.save(self.name, state(epoch - 1, trained))
+                    raise
                 result.history.append({**self.record, "epoch": epoch, "loss": loss, **scores,
                                        "seconds": round(time.perf_counter() - started, 2)})
                 if not self.select or result.best is None or scores["score"] > result.best["score"]:

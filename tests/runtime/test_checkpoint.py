@@ -262,3 +262,95 @@ def test_a_tampered_position_or_a_weight_of_another_shape_is_refused_on_resume()
     wrong["state"]["model"]["weight"] = torch.zeros(7, 7)
     with pytest.raises(ModelLoadError, match="does not fit this run"):
         restore_training(wrong, _stateful(), epochs=3, steps_per_epoch=5)
+
+
+def _stop_and_hang(calls: dict, on_call: int, original):
+    """A stand-in that, on its ``on_call``-th call, sends this process SIGTERM and then runs far
+    longer than the grace period (in Python, as a long attack's steps do), else calls
+    ``original``."""
+
+    def stand_in(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == on_call:
+            calls["signalled"] = time.monotonic()
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise AssertionError("the stop was not honoured within 60 s")
+        return original(*args, **kwargs)
+
+    return stand_in
+
+
+def test_a_first_sigterm_mid_chunk_is_honoured_within_the_grace_and_the_run_resumes(
+        converted_lenet, mnist5k, tmp_path, monkeypatch):
+    from spikeshield.runtime import ensemble
+    from spikeshield.runtime.attacks import AttackSpec, Member
+    from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.gradient_modes import GradientMode
+
+    snn = GraphExecutor(converted_lenet.snn)
+    data = mnist5k.test.head(48)
+    members = [Member(AttackSpec("fgsm"), GradientMode.parse("triangle:1")),
+               Member(AttackSpec("pgd", steps=3, random_start=True), GradientMode("bptr"))]
+
+    def attack(checkpoint=None):
+        result = ensemble.run_ensemble(snn, data, members, 0.1, 4, 10, batch_size=16,
+                                       checkpoint=checkpoint)
+        return result.robust, [(m.attacked, m.broken) for m in result.members]
+
+    expected = attack()
+    monkeypatch.setenv(ckpt.STOP_GRACE_VARIABLE, "0.5")
+    calls = {"count": 0}
+    # the second member on the second chunk (the first member's batch there is call 3) hangs
+    monkeypatch.setattr(ensemble, "_attack_batch",
+                        _stop_and_hang(calls, 4, ensemble._attack_batch))
+    directory = tmp_path / "eval.checkpoint"
+    with stop_on_signals(), pytest.raises(Interrupted, match="had not ended 0.5 s") as stop:
+        attack(Checkpoint(directory, "eval", {}, every=3600))
+    waited = time.monotonic() - calls["signalled"]
+    assert 0.5 <= waited < 10 and stop.value.forced and stop.value.exit_code == 128 + 15
+    saved = torch.load(directory / "ensemble.pt", weights_only=True)
+    assert saved["chunks_done"] == 1  # the chunk cut short is not recorded half-done
+    assert not saved["attacked"][:, 16:].any() and not saved["clean"][16:].any()
+    monkeypatch.undo()
+    assert attack(Checkpoint(directory, "eval", {}, resume=True)) == expected
+
+
+def test_a_stop_while_an_epoch_is_scored_keeps_the_trained_epoch(tmp_path, monkeypatch):
+    from spikeshield.runtime.epoch_loop import EpochLoop
+
+    def run(checkpoint=None, hang_on=0):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        epochs_run = []
+
+        def run_epoch(epoch, progress, on_step):
+            epochs_run.append((epoch, progress.batches))
+            if progress.batches == 0:  # one batch per epoch, skipped when it was done
+                layer.weight.data += epoch
+                progress.batches, progress.samples, progress.loss_sum = 1, 1, float(epoch)
+                if on_step is not None:
+                    on_step(progress)
+            return progress.mean_loss
+
+        calls = {"count": 0}
+        scorer = _stop_and_hang(calls, hang_on, lambda: {"score": float(layer.weight.detach().sum())})
+        loop = EpochLoop("fit", layer, 3, 1, {"model": layer, "optimizer": optimizer},
+                         checkpoint)
+        result = loop.run(run_epoch, scorer)
+        return result, layer.weight.detach().clone(), epochs_run
+
+    reference, weight, _ = run()
+    monkeypatch.setenv(ckpt.STOP_GRACE_VARIABLE, "0.3")
+    directory = tmp_path / "fit.checkpoint"
+    with stop_on_signals(), pytest.raises(Interrupted, match="had not ended"):
+        run(Checkpoint(directory, "train", {}, every=3600), hang_on=2)  # scoring epoch 2
+    saved = torch.load(directory / "fit.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["progress"]["batches"] == 1  # epoch 2 trained, unscored
+    resumed, resumed_weight, epochs_run = run(Checkpoint(directory, "train", {}, resume=True))
+    assert epochs_run[0] == (2, 1)  # epoch 2 is not trained twice, only scored
+    assert torch.equal(resumed_weight, weight)
+    assert _numbers(resumed.history) == _numbers(reference.history)
