@@ -22,6 +22,7 @@ import importlib.util
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -44,8 +45,11 @@ def _private_folder(path: Path) -> None:
         raise PermissionError(f"kernel cache {path} is not a folder private to this user")
 
 
-def kernel_folder(name: str, source: Path) -> Path:
-    tag = "-".join((name, hashlib.sha256(source.read_bytes()).hexdigest()[:16],
+def kernel_folder(name: str, source: Path, extra_cflags: Sequence[str] = ()) -> Path:
+    """The cache folder of ``name`` built from ``source`` with ``extra_cflags`` (all three in the
+    digest: other flags are another build)."""
+    digest = hashlib.sha256(source.read_bytes() + "\0".join(extra_cflags).encode())
+    tag = "-".join((name, digest.hexdigest()[:16],
                     torch.__version__.replace("+", "_"),
                     f"py{sys.version_info.major}{sys.version_info.minor}"))
     return cache_root() / "kernels" / tag
@@ -64,7 +68,7 @@ def load_kernel(name: str, source: Path, extra_cflags: list[str]) -> ModuleType 
     """The compiled module ``name`` built from ``source`` (built on first use), or the reason it
     is unavailable."""
     try:
-        folder = kernel_folder(name, source)
+        folder = kernel_folder(name, source, extra_cflags)
         for part in (cache_root(), folder.parent, folder):
             _private_folder(part)
         library, recorded = folder / f"{name}.so", folder / f"{name}.so.sha256"
@@ -91,6 +95,8 @@ def _build(name: str, source: Path, folder: Path, extra_cflags: list[str]) -> Mo
         library = folder / f"{name}.so"
         for leftover in (library, folder / f"{name}.so.sha256"):
             leftover.unlink(missing_ok=True)
+        print(f"note: building the {name} kernel (first use; about a minute, then cached in "
+              f"{folder})", file=sys.stderr, flush=True)
         module = load(name=name, sources=[str(source)], extra_cflags=extra_cflags,
                       build_directory=str(folder), verbose=False)
         (folder / f"{name}.so.sha256").write_text(file_sha256(library) + "\n")

@@ -7,11 +7,22 @@ and benchmarks compare against), but it is one autograd node per layer instead o
 step: the forward pass updates the membrane in place, and the backward pass is a hand-written scan
 over time that stores only the membrane potential of each step. The equations are those of
 :class:`spikeshield.compiler.ir.ops.IF`.
+
+On the CPU both passes run fused in a small C++ kernel (``runtime/csrc/if_scan.cpp``, built on
+first use into the checked kernel cache of :mod:`.kernel_cache`): each neuron's membrane stays in
+a register for all T steps instead of T rounds of whole-tensor operations over memory. It does the
+same operations in the same order, so the spikes are identical (tested against the step-by-step
+reference) and gradients agree to rounding. Where it cannot be built, or with
+``SPIKESHIELD_FUSED_SCAN=0``, the same scan runs as PyTorch operations (one note on stderr).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -94,6 +105,10 @@ def if_rate(currents: torch.Tensor, p: IFParameters, timesteps: int, sample_ndim
     """Spikes per step ``(N, ...)`` of a layer over ``timesteps`` steps, for a current ``(T, N, ...)``
     or one held constant ``(N, ...)`` (told apart by ``sample_ndim``, the batch-less dims)."""
     constant = currents.dim() == sample_ndim + 1
+    if not (torch.is_grad_enabled() and (currents.requires_grad or p.threshold.requires_grad)):
+        counts = _spike_counts(currents, p, timesteps if constant else currents.shape[0], constant)
+        if counts is not None:  # the mean of 0/1 spikes: their count over the steps, exactly
+            return counts / (timesteps if constant else currents.shape[0])
     return if_scan(currents, p, timesteps if constant else None).mean(dim=0)
 
 
@@ -125,6 +140,72 @@ def if_scan_from(
     return spikes, IFState(v)
 
 
+FUSED_VARIABLE = "SPIKESHIELD_FUSED_SCAN"
+SOURCE = Path(__file__).with_name("csrc") / "if_scan.cpp"
+
+
+@functools.cache
+def _extension():
+    """The fused scan's compiled module, or the reason it is unavailable (a string; said once)."""
+    from spikeshield.runtime.kernel_cache import load_kernel
+
+    # No fused multiply-adds (the reference rounds every operation); -fno-trapping-math lets the
+    # compare-and-select loops vectorise without changing a value.
+    ext = load_kernel("spikeshield_if_scan", SOURCE,
+                      ["-O3", "-ffp-contract=off", "-fno-trapping-math"])
+    if isinstance(ext, str):
+        print(f"note: the fused IF scan kernel is unavailable ({ext}); IF layers run as PyTorch "
+              "operations, with the same spikes", file=sys.stderr)
+    return ext
+
+
+def fused_scan_available() -> tuple[bool, str]:
+    """Whether IF scans on the CPU run in the fused kernel, and if not why."""
+    if os.environ.get(FUSED_VARIABLE, "1") == "0":
+        return False, f"{FUSED_VARIABLE}=0"
+    ext = _extension()
+    return (not isinstance(ext, str), "" if not isinstance(ext, str) else ext)
+
+
+# Surrogates whose slope the kernel computes itself (its Surrogate enum); the others, and adaptive
+# widths, are computed here from compiler/ir/surrogates.py and handed over.
+_KERNEL_SURROGATES = {"triangle": 1, "rectangular": 2, "fast_sigmoid": 3, "straight_through": 4}
+
+
+def _kernel_surrogate(surrogate: Surrogate) -> int:
+    """The kernel's code for ``surrogate`` (0: it does not compute this one)."""
+    return 0 if surrogate.adaptive else _KERNEL_SURROGATES.get(surrogate.name, 0)
+
+
+class _Layout(NamedTuple):
+    """A threshold as the kernel reads it: ``values`` per channel, channel of neuron ``e`` =
+    ``(e // inner) % channels``."""
+
+    values: torch.Tensor
+    channels: int
+    inner: int
+
+
+def _fused_layout(currents: torch.Tensor, threshold: torch.Tensor, shape: torch.Size
+                  ) -> _Layout | None:
+    """The kernel's view of ``threshold`` over neurons of ``shape``, or None where the fused
+    kernel does not apply (not the CPU, not float32/64, or unavailable)."""
+    if currents.device.type != "cpu" or currents.dtype not in (torch.float32, torch.float64) \
+            or threshold.dtype != currents.dtype or not fused_scan_available()[0]:
+        return None
+    if threshold.numel() == 1:
+        return _Layout(threshold.reshape(1).contiguous(), 1, 1)
+    full = threshold.expand(shape)  # raises like the reference where it does not broadcast
+    strides = full.stride()
+    if len(shape) >= 2 and all(st == 0 for d, st in enumerate(strides) if d != 1):
+        inner = 1
+        for size in shape[2:]:
+            inner *= size
+        per_channel = full[(0, slice(None)) + (0,) * (len(shape) - 2)]
+        return _Layout(per_channel.contiguous(), shape[1], inner)
+    return _Layout(full.contiguous().reshape(-1), full.numel(), 1)  # one threshold per neuron
+
+
 def _scan_forward(
     currents: torch.Tensor,
     threshold: torch.Tensor,
@@ -138,6 +219,13 @@ def _scan_forward(
     step's membrane potential before the reset into ``potentials`` when given (all the backward
     pass needs)."""
     shape = currents.shape if constant else currents.shape[1:]
+    layout = _fused_layout(currents, threshold, shape)
+    if layout is not None:
+        spikes, _, stored, v = _fused_forward(currents, layout, v0, reset, steps, constant,
+                                              spikes=True, potentials=potentials is not None)
+        if potentials is not None:
+            potentials.copy_(stored.view(potentials.shape))
+        return spikes.view(steps, *shape), v.view(shape)
     if v0 is None:
         v = torch.zeros(shape, dtype=currents.dtype, device=currents.device)
     else:
@@ -157,6 +245,29 @@ def _scan_forward(
         else:
             v.addcmul_(fired, threshold, value=-1.0)
     return spikes, v
+
+
+def _fused_forward(currents, layout: _Layout, v0, reset: str, steps: int, constant: bool, *,
+                   spikes: bool = True, counts: bool = False, potentials: bool = False):
+    start = None if v0 is None else v0.detach().to(currents.dtype).contiguous()
+    return _extension().forward(currents.detach().contiguous(), layout.values, layout.channels,
+                                layout.inner, start, reset == "zero", steps, constant, spikes,
+                                counts, potentials)
+
+
+def _spike_counts(currents: torch.Tensor, p: IFParameters, steps: int, constant: bool
+                  ) -> torch.Tensor | None:
+    """Spikes per neuron over the scan, without the spike trains (calibration's rates), from the
+    fused kernel; None where it does not apply."""
+    shape = currents.shape if constant else currents.shape[1:]
+    threshold = p.threshold.to(currents.dtype)
+    layout = _fused_layout(currents, threshold, shape)
+    if layout is None:
+        return None
+    v0 = p.initial_state(shape, currents).v if p.v_init else None
+    counts = _fused_forward(currents, layout, v0, p.reset, steps, constant, spikes=False,
+                            counts=True)[1]
+    return counts.view(shape)
 
 
 class _IFScan(torch.autograd.Function):
@@ -181,16 +292,34 @@ class _IFScan(torch.autograd.Function):
     def forward(ctx, currents, threshold, v0, reset, surrogate, steps, constant,  # type: ignore[override]
                 detach_reset=False):
         shape = currents.shape if constant else currents.shape[1:]
-        potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
-        spikes, v = _scan_forward(currents, threshold, v0, reset, steps, constant, potentials)
-        ctx.save_for_backward(potentials, threshold)
+        layout = _fused_layout(currents, threshold.detach(), shape)
+        # With a surrogate the kernel computes, its backward replays the membranes from the
+        # currents (no potentials stored or written); otherwise they are stored for the slope.
+        ctx.replay = layout is not None and _kernel_surrogate(surrogate) > 0
+        ctx.layout, ctx.steps = layout, steps
         ctx.reset, ctx.surrogate, ctx.constant = reset, surrogate, constant
         ctx.detach_reset = detach_reset
+        if ctx.replay:
+            spikes, _, _, v = _fused_forward(currents, layout, v0, reset, steps, constant)
+            ctx.save_for_backward(currents, threshold, None if v0 is None else v0.detach())
+            return spikes.view(steps, *shape), v.view(shape)
+        if layout is not None:
+            spikes, _, potentials, v = _fused_forward(currents, layout, v0, reset, steps, constant,
+                                                      potentials=True)
+            spikes, potentials, v = (spikes.view(steps, *shape), potentials.view(steps, *shape),
+                                     v.view(shape))
+        else:
+            potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
+            spikes, v = _scan_forward(currents, threshold, v0, reset, steps, constant, potentials)
+        ctx.save_for_backward(potentials, threshold, None)
         return spikes, v
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_state):  # type: ignore[override]
-        potentials, threshold = ctx.saved_tensors
+        saved, threshold, v0 = ctx.saved_tensors
+        if ctx.replay:
+            return _IFScan._replayed_backward(ctx, saved, threshold, v0, grad_spikes, grad_state)
+        potentials = saved
         want_x, want_threshold, want_v0 = ctx.needs_input_grad[:3]
         subtract = ctx.reset != "zero"
         detached = ctx.detach_reset
@@ -200,6 +329,19 @@ class _IFScan(torch.autograd.Function):
         if ctx.surrogate.adaptive:  # the width follows this layer's membranes, sample by sample
             width = ctx.surrogate.adaptive_width(potentials, inverse)
             derivative = lambda u: ctx.surrogate.derivative(u, width)  # noqa: E731
+        if ctx.layout is not None:  # the same walk back in time, fused (a surrogate given here)
+            slope = derivative(torch.mul(potentials, inverse).sub_(1.0)).mul_(inverse).contiguous()
+            layout = ctx.layout
+            inverse_values = (1.0 / layout.values).to(potentials.dtype)
+            grad_x, grad_theta, g = _extension().backward(
+                potentials, False, steps, None, slope, 0, 0.0, grad_spikes, grad_state,
+                layout.values, inverse_values, layout.channels, layout.inner, not subtract,
+                detached, ctx.constant, want_x, want_threshold)
+            shape = potentials.shape[1:]
+            dx = grad_x.view(shape if ctx.constant else potentials.shape) if want_x else None
+            dthreshold = (grad_theta.view(shape).sum_to_size(threshold.shape)
+                          if want_threshold else None)
+            return dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None
         g = grad_state.clone() if grad_state is not None else torch.zeros_like(potentials[0])
         grad_x = torch.empty_like(potentials) if want_x and not ctx.constant else None
         grad_x_sum = torch.zeros_like(g) if want_x and ctx.constant else None
@@ -231,3 +373,21 @@ class _IFScan(torch.autograd.Function):
         dx = grad_x if grad_x is not None else grad_x_sum
         dthreshold = grad_threshold.sum_to_size(threshold.shape) if want_threshold else None
         return dx, dthreshold, g if want_v0 else None, None, None, None, None, None
+
+    @staticmethod
+    def _replayed_backward(ctx, currents, threshold, v0, grad_spikes, grad_state):
+        """The fused backward that recomputes the membranes from the currents (kernel surrogate)."""
+        want_x, want_threshold, want_v0 = ctx.needs_input_grad[:3]
+        layout = ctx.layout
+        shape = currents.shape if ctx.constant else currents.shape[1:]
+        inverse_values = (1.0 / layout.values).to(currents.dtype)
+        grad_x, grad_theta, g = _extension().backward(
+            currents.detach().contiguous(), True, ctx.steps,
+            None if v0 is None else v0.to(currents.dtype).contiguous(), None,
+            _kernel_surrogate(ctx.surrogate), float(ctx.surrogate.gamma), grad_spikes,
+            grad_state, layout.values, inverse_values, layout.channels, layout.inner,
+            ctx.reset == "zero", ctx.detach_reset, ctx.constant, want_x, want_threshold)
+        dx = grad_x.view(currents.shape) if want_x else None
+        dthreshold = (grad_theta.view(shape).sum_to_size(threshold.shape)
+                      if want_threshold else None)
+        return dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None

@@ -86,7 +86,9 @@ def _scan_inputs(constant: bool, per_channel: bool, seed: int = 0):
 @pytest.mark.parametrize("reset", ["zero", "subtract"])
 @pytest.mark.parametrize("constant", [True, False])
 @pytest.mark.parametrize("per_channel", [True, False])
-@pytest.mark.parametrize("surrogate", [("triangle", 1.0), ("exponential", 2.0), ("straight_through", 1.0), ("rectangular", 0.5)])
+@pytest.mark.parametrize("surrogate", [("triangle", 1.0), ("triangle", 0.7), ("exponential", 2.0),
+                                       ("straight_through", 1.0), ("rectangular", 0.5),
+                                       ("fast_sigmoid", 3.0)])
 def test_fused_scan_has_the_spikes_and_gradients_of_stepping_if_step(reset, constant, per_channel,
                                                                     surrogate, detach_reset,
                                                                     v_init):
@@ -197,3 +199,87 @@ def test_adaptive_width_follows_each_samples_mean_distance_to_threshold(name):
     assert widths[1] != pytest.approx(widths[0], rel=0.1)
     with pytest.raises(ConfigError, match="fused IF scan"):
         if_scan_stepwise(currents.requires_grad_(), IFParameters(threshold.detach(), "zero", adaptive)).sum().backward()
+
+
+def _both_scans(monkeypatch, run):
+    """``run()`` once through the compiled scan (asserting it ran) and once through the PyTorch
+    operations (``SPIKESHIELD_FUSED_SCAN=0``)."""
+    from spikeshield.runtime import neurons
+
+    assert neurons.fused_scan_available() == (True, ""), "the kernel should build here"
+    calls = []
+    original = neurons._fused_forward
+    monkeypatch.setattr(neurons, "_fused_forward",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    compiled = run()
+    assert calls, "the compiled scan did not run"
+    monkeypatch.setenv(neurons.FUSED_VARIABLE, "0")
+    calls.clear()
+    reference = run()
+    assert not calls
+    monkeypatch.delenv(neurons.FUSED_VARIABLE)
+    return compiled, reference
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize(("shape", "threshold_shape"), [
+    ((8, 16, 6, 7, 5), (6, 1, 1)),  # conv layer, one threshold per channel
+    ((8, 16, 6, 7, 5), (1,)),  # one per layer
+    ((8, 16, 40), (40,)),  # linear layer, one per feature
+    ((8, 16, 6, 7, 5), (6, 7, 5)),  # one per neuron
+    ((16, 6, 7, 5), (6, 1, 1)),  # a constant current (the first layer), T given
+])
+def test_compiled_scan_has_the_torch_scans_spikes_bit_for_bit_in_float32(
+        monkeypatch, reset, detach_reset, shape, threshold_shape):
+    from spikeshield.compiler.ir.surrogates import Surrogate
+    from spikeshield.runtime.neurons import if_rate, if_scan_from
+
+    constant = len(shape) == 4
+    generator = torch.Generator().manual_seed(len(shape) + len(threshold_shape))
+    base = torch.rand(shape, generator=generator) * 0.9 - 0.15
+    theta0 = torch.rand(threshold_shape, generator=generator) * 0.6 + 0.3
+    start = torch.rand(shape[0 if constant else 1:], generator=generator) * 0.4
+
+    def run():
+        currents = base.clone().requires_grad_()
+        threshold = theta0.clone().requires_grad_()
+        p = IFParameters(threshold, reset, Surrogate("triangle", 1.0), detach_reset)
+        spikes, state = if_scan_from(currents, p, 8 if constant else None,
+                                     IFState(start.clone()))
+        weights = torch.linspace(-1, 1, spikes.numel()).view_as(spikes)
+        ((spikes * weights).sum() + state.v.sum()).backward()
+        with torch.no_grad():
+            rate = if_rate(base, IFParameters(theta0, reset, v_init=0.5), 8, len(shape) - 1 -
+                           (0 if constant else 1))
+        return spikes.detach(), state.v.detach(), currents.grad, threshold.grad, rate
+
+    compiled, reference = _both_scans(monkeypatch, run)
+    assert 0.05 < reference[0].mean() < 0.95
+    assert torch.equal(compiled[0], reference[0])  # spikes
+    assert torch.equal(compiled[1], reference[1])  # the final membrane
+    assert torch.equal(compiled[4], reference[4])  # rates from counts alone
+    torch.testing.assert_close(compiled[2], reference[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled[3], reference[3], rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_scan_with_an_adaptive_surrogate_and_float64_initial_state(monkeypatch):
+    from spikeshield.compiler.ir.surrogates import Surrogate
+
+    generator = torch.Generator().manual_seed(3)
+    base = (torch.rand(6, 5, 4, 3, 3, generator=generator) * 1.2 - 0.2).double()
+
+    def run():
+        currents = base.clone().requires_grad_()
+        threshold = torch.tensor([0.7, 1.1, 0.4, 0.9], dtype=torch.float64).view(-1, 1, 1)
+        threshold.requires_grad_()
+        p = IFParameters(threshold, "zero", Surrogate("triangle", 0.8, adaptive=True), v_init=0.5)
+        spikes = if_scan(currents, p)
+        (spikes * torch.linspace(-1, 1, spikes.numel(), dtype=torch.float64).view_as(spikes)
+         ).sum().backward()
+        return spikes.detach(), currents.grad, threshold.grad
+
+    compiled, reference = _both_scans(monkeypatch, run)
+    assert torch.equal(compiled[0], reference[0])
+    torch.testing.assert_close(compiled[1], reference[1], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(compiled[2], reference[2], rtol=1e-12, atol=1e-14)
