@@ -270,6 +270,36 @@ def _spike_counts(currents: torch.Tensor, p: IFParameters, steps: int, constant:
     return counts.view(shape)
 
 
+def grid_rate_sums(current: torch.Tensor, target: torch.Tensor, threshold: torch.Tensor,
+                   grid: list[tuple[float, float]], reset: str, v_init: float, timesteps: int,
+                   sample_ndim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Calibration's fit in one pass over a layer's ``current`` (``(T, N, ...)``, or ``(N, ...)``
+    held for ``timesteps`` steps): for each ``(factor, shift)`` of ``grid`` and each channel of
+    ``threshold`` (``(C,)`` or ``(1,)``), the float64 sums of rate x ``target`` and rate^2, where
+    rate is :func:`if_rate` with threshold ``factor x threshold`` and every step's current raised by
+    ``shift x that threshold / T``. The same spike counts as one :func:`if_rate` per grid point;
+    None where the fused kernel does not apply (then the caller runs those)."""
+    constant = current.dim() == sample_ndim + 1
+    shape = current.shape if constant else current.shape[1:]
+    if current.device.type != "cpu" or current.dtype not in (torch.float32, torch.float64) \
+            or target.shape != shape or not fused_scan_available()[0]:
+        return None
+    channels = threshold.numel()
+    if channels > 1 and (len(shape) < 2 or shape[1] != channels):
+        return None
+    inner = 1
+    for size in shape[2:]:
+        inner *= size
+    factors = torch.tensor([f for f, _ in grid], dtype=torch.float64)
+    shifts = torch.tensor([s / timesteps for _, s in grid], dtype=torch.float64)
+    steps = timesteps if constant else current.shape[0]
+    rate_target, rate_rate = _extension().grid_sums(
+        current.contiguous(), constant, steps, target.to(current.dtype).contiguous(),
+        threshold.to(current.dtype).reshape(-1).contiguous(), channels, inner, factors, shifts,
+        float(v_init), reset == "zero")
+    return rate_target, rate_rate
+
+
 class _IFScan(torch.autograd.Function):
     """The IF scan with backpropagation through time written out by hand.
 

@@ -127,7 +127,7 @@ def _layer_sums(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
     threshold ``factor x threshold`` and every step's current raised by ``shift x threshold / T``;
     and the sum of target^2. Float64 sums (millions of terms)."""
     from spikeshield.runtime.kernels import channel_view
-    from spikeshield.runtime.neurons import IFParameters, if_rate
+    from spikeshield.runtime.neurons import IFParameters, grid_rate_sums, if_rate
 
     ndim, width = sample_ndim + 1, threshold.numel()
     rate_target = torch.zeros(len(grid), width, dtype=torch.float64)
@@ -142,6 +142,12 @@ def _layer_sums(op: IF, threshold: torch.Tensor, currents: list[torch.Tensor],
         for current, target in zip(currents, targets):
             current = current.float()
             target_target += per_channel(target.square())
+            fused = grid_rate_sums(current, target, threshold, grid, op.reset, op.v_init,
+                                   timesteps, sample_ndim)
+            if fused is not None:  # the whole grid in one pass (the same spikes)
+                rate_target += fused[0]
+                rate_rate += fused[1]
+                continue
             for i, (factor, shift) in enumerate(grid):
                 theta = channel_view(threshold.to(current) * factor, ndim)
                 params = IFParameters(theta, op.reset, v_init=op.v_init)

@@ -377,7 +377,103 @@ std::vector<at::Tensor> backward(const at::Tensor& source, bool replay, int64_t 
   return {grad_x, grad_theta, g};
 }
 
+// Calibration's fit (compiler/passes/calibrate_thresholds.py, _layer_sums): for every grid point
+// g = (factor_g, shift_g) and channel c, the sums over neurons of rate x target and rate^2, where
+// rate is a neuron's spikes per step with threshold theta_g = theta_c * factor_g, every step's
+// current raised by theta_g * (shift_g / T), and the membrane starting at v_init * theta_g. One
+// pass over the currents for the whole grid (instead of one scan per grid point), with the
+// PyTorch code's float32 operations, so the spike counts are identical; the sums are float64.
+template <typename T>
+void grid_range(const T* __restrict__ currents, bool constant, const T* __restrict__ targets,
+                const T* __restrict__ theta, int64_t channels, int64_t inner,
+                const T* __restrict__ factors, const T* __restrict__ shifts, int64_t grid,
+                T v_init, bool zero, int64_t steps, int64_t E, int64_t begin, int64_t end,
+                double* __restrict__ rate_target, double* __restrict__ rate_rate) {
+  std::vector<T> x(steps * kBlock);
+  T th[kBlock], th_g[kBlock], add[kBlock], v[kBlock], count[kBlock];
+  const T steps_t = T(steps);
+  for (int64_t lo = begin; lo < end; lo += kBlock) {
+    const int64_t n = std::min(kBlock, end - lo);
+    gather_thresholds(theta, channels, inner, lo, n, th);
+    for (int64_t t = 0; t < steps; ++t) {
+      const T* src = constant ? currents + lo : currents + t * E + lo;
+      for (int64_t i = 0; i < n; ++i) x[t * kBlock + i] = src[i];
+    }
+    const T* tgt = targets + lo;
+    for (int64_t g = 0; g < grid; ++g) {
+      const T factor = factors[g], shift = shifts[g];
+      for (int64_t i = 0; i < n; ++i) {
+        th_g[i] = th[i] * factor;
+        add[i] = th_g[i] * shift;
+        v[i] = T(0) + v_init * th_g[i];
+        count[i] = T(0);
+      }
+      for (int64_t t = 0; t < steps; ++t) {
+        const T* xt = x.data() + t * kBlock;
+        for (int64_t i = 0; i < n; ++i) {
+          const T vi = v[i] + (shift != T(0) ? xt[i] + add[i] : xt[i]);
+          const T sp = vi > th_g[i] ? T(1) : T(0);
+          count[i] += sp;
+          v[i] = zero ? vi - vi * sp : vi - th_g[i] * sp;
+        }
+      }
+      double* rt = rate_target + g * channels;
+      double* rr = rate_rate + g * channels;
+      int64_t c = channels == 1 ? 0 : (lo / inner) % channels, r = lo % inner;
+      for (int64_t i = 0; i < n; ++i) {
+        const T rate = count[i] / steps_t;
+        rt[c] += static_cast<double>(rate * tgt[i]);
+        rr[c] += static_cast<double>(rate * rate);
+        if (channels > 1 && ++r == inner) {
+          r = 0;
+          if (++c == channels) c = 0;
+        }
+      }
+    }
+  }
+}
+
+// Returns (rate x target sums (G, C), rate^2 sums (G, C)), float64.
+std::vector<at::Tensor> grid_sums(const at::Tensor& currents, bool constant, int64_t steps,
+                                  const at::Tensor& targets, const at::Tensor& theta,
+                                  int64_t channels, int64_t inner, const at::Tensor& factors,
+                                  const at::Tensor& shifts, double v_init, bool zero) {
+  check(currents, "currents");
+  check(targets, "targets");
+  check(theta, "theta");
+  const int64_t E = targets.numel(), grid = factors.numel();
+  TORCH_CHECK(currents.numel() == (constant ? E : steps * E), "currents must be (T, E) or (E)");
+  TORCH_CHECK(theta.numel() == channels && shifts.numel() == grid, "theta or shifts mis-sized");
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                              (E + kGrain - 1) / kGrain));
+  auto sums = at::zeros({2, tasks, grid, channels}, currents.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(currents.scalar_type(), "if_scan_grid_sums", [&] {
+    auto f = factors.to(currents.scalar_type()).contiguous();
+    auto sh = shifts.to(currents.scalar_type()).contiguous();
+    const scalar_t* x = currents.data_ptr<scalar_t>();
+    const scalar_t* tg = targets.data_ptr<scalar_t>();
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    const scalar_t* fp = f.data_ptr<scalar_t>();
+    const scalar_t* sp = sh.data_ptr<scalar_t>();
+    double* out = sums.data_ptr<double>();
+    const int64_t per_task = (E + tasks - 1) / tasks;
+    // one slice of the sums per task, added up in task order: the same result on every run
+    at::parallel_for(0, tasks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        const int64_t lo = k * per_task, hi = std::min(E, lo + per_task);
+        if (lo >= hi) continue;
+        grid_range<scalar_t>(x, constant, tg, th, channels, inner, fp, sp, grid,
+                             static_cast<scalar_t>(v_init), zero, steps, E, lo, hi,
+                             out + k * grid * channels, out + (tasks + k) * grid * channels);
+      }
+    });
+  });
+  auto total = sums.sum(1);
+  return {total[0], total[1]};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("grid_sums", &grid_sums, "calibration's fit: rate sums over a grid of thresholds");
   m.def("forward", &forward, "fused IF scan, forward");
   m.def("backward", &backward, "fused IF scan, backward");
 }

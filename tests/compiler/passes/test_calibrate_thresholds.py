@@ -263,3 +263,64 @@ def test_the_fit_chooses_the_threshold_shift_and_amplitude_nearest_the_ann(reset
         assert float(result.op("fc").bias[c]) == pytest.approx(bias, rel=1e-6, abs=1e-7)
     # The fit's residual is below both the plain calibration's and the search's.
     assert float(table.min(dim=0).values.sum()) < float(table[grid.index((1.0, 0.0))].sum())
+
+
+@pytest.mark.parametrize("reset,v_init", [("zero", 0.0), ("subtract", 0.5)])
+@pytest.mark.parametrize("shape,per_channel", [((4, 6, 3, 5, 5), True), ((4, 6, 3, 5, 5), False),
+                                               ((6, 3, 5, 5), True), ((4, 6, 40), True)])
+def test_the_fused_grid_counts_the_spikes_of_one_scan_per_grid_point(monkeypatch, reset, v_init,
+                                                                     shape, per_channel):
+    # The whole fit grid in one pass over the currents (runtime.neurons.grid_rate_sums) against the
+    # PyTorch scans it replaces, one per (factor, shift): the same float64 sums (the same spikes).
+    from spikeshield.compiler.passes.calibrate_thresholds import (
+        FIT_SHIFTS,
+        SEARCH_FACTORS,
+        _layer_sums,
+    )
+    from spikeshield.runtime import neurons
+
+    constant = len(shape) == 4
+    sample_ndim = len(shape) - (1 if constant else 2)
+    g = torch.Generator().manual_seed(len(shape))
+    currents = [torch.rand(shape, generator=g) * 1.1 - 0.2 for _ in range(2)]
+    sample = shape if constant else shape[1:]
+    targets = [torch.relu(torch.rand(sample, generator=g) - 0.2) for _ in range(2)]
+    channels = sample[1]
+    threshold = (torch.rand(channels if per_channel else 1, generator=g) * 0.5 + 0.3)
+    op = IF(threshold=threshold, reset=reset, v_init=v_init)
+    grid = [(f, s) for f in SEARCH_FACTORS for s in FIT_SHIFTS]
+    calls = []
+    original = neurons.grid_rate_sums
+    monkeypatch.setattr(neurons, "grid_rate_sums",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    fused = _layer_sums(op, threshold, currents, targets, sample_ndim, 3, grid)
+    assert len(calls) == 2 and all(c is not None for c in [original(
+        currents[0], targets[0], threshold, grid, reset, v_init, 3, sample_ndim)])
+    monkeypatch.setenv(neurons.FUSED_VARIABLE, "0")
+    reference = _layer_sums(op, threshold, currents, targets, sample_ndim, 3, grid)
+    assert len(set(reference[1][:, 0].tolist())) > len(grid) // 2  # the grid points differ
+    for got, want in zip(fused, reference):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-9)
+
+
+def test_a_whole_fitted_calibration_is_the_same_with_and_without_the_fused_kernel(monkeypatch):
+    from spikeshield.compiler.passes.convert_relu_to_if import convert_relu_to_if
+    from spikeshield.compiler.passes.fold_batchnorm import fold_batchnorm
+    from spikeshield.frontends.torch_module import from_module
+    from spikeshield.frontends.zoo import build_model
+    from spikeshield.runtime import neurons
+
+    torch.manual_seed(3)
+    ann = from_module(build_model("resnet20", (1, 8, 8), 10, width=0.25), (1, 8, 8))
+    snn = convert_relu_to_if(fold_batchnorm(ann).graph).graph
+    batches = [torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def calibrated():
+        return calibrate_thresholds(snn, batches, timesteps=4, search=True, fit=True).graph
+
+    fused = calibrated()
+    monkeypatch.setenv(neurons.FUSED_VARIABLE, "0")
+    reference = calibrated()
+    for name in reference.nodes():
+        for field, tensor in reference.op(name).tensors().items():
+            assert torch.equal(fused.op(name).tensors()[field], tensor), (name, field)
