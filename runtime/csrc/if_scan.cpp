@@ -383,14 +383,15 @@ std::vector<at::Tensor> backward(const at::Tensor& source, bool replay, int64_t 
 // current raised by theta_g * (shift_g / T), and the membrane starting at v_init * theta_g. One
 // pass over the currents for the whole grid (instead of one scan per grid point), with the
 // PyTorch code's float32 operations, so the spike counts are identical; the sums are float64.
-template <typename T>
-void grid_range(const T* __restrict__ currents, bool constant, const T* __restrict__ targets,
+template <typename T, bool kZero>
+SPIKESHIELD_MULTIVERSION void grid_range(const T* __restrict__ currents, bool constant, const T* __restrict__ targets,
                 const T* __restrict__ theta, int64_t channels, int64_t inner,
                 const T* __restrict__ factors, const T* __restrict__ shifts, int64_t grid,
-                T v_init, bool zero, int64_t steps, int64_t E, int64_t begin, int64_t end,
+                T v_init, int64_t steps, int64_t E, int64_t begin, int64_t end,
                 double* __restrict__ rate_target, double* __restrict__ rate_rate) {
   std::vector<T> x(steps * kBlock);
   T th[kBlock], th_g[kBlock], add[kBlock], v[kBlock], count[kBlock];
+  int64_t run_channel[kBlock], run_length[kBlock];
   const T steps_t = T(steps);
   for (int64_t lo = begin; lo < end; lo += kBlock) {
     const int64_t n = std::min(kBlock, end - lo);
@@ -400,6 +401,19 @@ void grid_range(const T* __restrict__ currents, bool constant, const T* __restri
       for (int64_t i = 0; i < n; ++i) x[t * kBlock + i] = src[i];
     }
     const T* tgt = targets + lo;
+    // the block's neurons as runs of one channel each (channel-major layout)
+    int64_t runs = 0;
+    {
+      int64_t c = channels == 1 ? 0 : (lo / inner) % channels, r = lo % inner, i = 0;
+      while (i < n) {
+        const int64_t length = channels == 1 ? n : std::min(n - i, inner - r);
+        run_channel[runs] = c;
+        run_length[runs++] = length;
+        i += length;
+        r = 0;
+        if (channels > 1 && ++c == channels) c = 0;
+      }
+    }
     for (int64_t g = 0; g < grid; ++g) {
       const T factor = factors[g], shift = shifts[g];
       for (int64_t i = 0; i < n; ++i) {
@@ -409,25 +423,34 @@ void grid_range(const T* __restrict__ currents, bool constant, const T* __restri
         count[i] = T(0);
       }
       for (int64_t t = 0; t < steps; ++t) {
-        const T* xt = x.data() + t * kBlock;
-        for (int64_t i = 0; i < n; ++i) {
-          const T vi = v[i] + (shift != T(0) ? xt[i] + add[i] : xt[i]);
-          const T sp = vi > th_g[i] ? T(1) : T(0);
-          count[i] += sp;
-          v[i] = zero ? vi - vi * sp : vi - th_g[i] * sp;
+        const T* __restrict__ xt = x.data() + t * kBlock;
+        if (shift != T(0)) {
+          for (int64_t i = 0; i < n; ++i) {
+            const T vi = v[i] + (xt[i] + add[i]);
+            const T sp = vi > th_g[i] ? T(1) : T(0);
+            count[i] += sp;
+            v[i] = kZero ? vi - vi * sp : vi - th_g[i] * sp;
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i) {
+            const T vi = v[i] + xt[i];
+            const T sp = vi > th_g[i] ? T(1) : T(0);
+            count[i] += sp;
+            v[i] = kZero ? vi - vi * sp : vi - th_g[i] * sp;
+          }
         }
       }
       double* rt = rate_target + g * channels;
       double* rr = rate_rate + g * channels;
-      int64_t c = channels == 1 ? 0 : (lo / inner) % channels, r = lo % inner;
-      for (int64_t i = 0; i < n; ++i) {
-        const T rate = count[i] / steps_t;
-        rt[c] += static_cast<double>(rate * tgt[i]);
-        rr[c] += static_cast<double>(rate * rate);
-        if (channels > 1 && ++r == inner) {
-          r = 0;
-          if (++c == channels) c = 0;
+      for (int64_t run = 0, i0 = 0; run < runs; i0 += run_length[run++]) {
+        double a = 0, b = 0;
+        for (int64_t i = i0; i < i0 + run_length[run]; ++i) {
+          const T rate = count[i] / steps_t;
+          a += static_cast<double>(rate * tgt[i]);
+          b += static_cast<double>(rate * rate);
         }
+        rt[run_channel[run]] += a;
+        rr[run_channel[run]] += b;
       }
     }
   }
@@ -462,9 +485,12 @@ std::vector<at::Tensor> grid_sums(const at::Tensor& currents, bool constant, int
       for (int64_t k = first; k < last; ++k) {
         const int64_t lo = k * per_task, hi = std::min(E, lo + per_task);
         if (lo >= hi) continue;
-        grid_range<scalar_t>(x, constant, tg, th, channels, inner, fp, sp, grid,
-                             static_cast<scalar_t>(v_init), zero, steps, E, lo, hi,
-                             out + k * grid * channels, out + (tasks + k) * grid * channels);
+        auto run = [&](auto Z) {
+          grid_range<scalar_t, decltype(Z)::value>(
+              x, constant, tg, th, channels, inner, fp, sp, grid, static_cast<scalar_t>(v_init),
+              steps, E, lo, hi, out + k * grid * channels, out + (tasks + k) * grid * channels);
+        };
+        with_flag(zero, run);
       }
     });
   });
