@@ -141,6 +141,12 @@ def if_scan_from(
 
 
 FUSED_VARIABLE = "SPIKESHIELD_FUSED_SCAN"
+# A forward scan without gradients that writes more spikes than this runs as PyTorch operations:
+# past it the fused kernel's many concurrent streams lost to PyTorch's step-by-step passes
+# (0.65-0.82x at batch 256 on the 2-core EPYC; 1.0-1.3x at batch 32; benchmarks/if_scan.py).
+# BPTT always runs fused (1.1-2.5x at every size measured), and so do calibration's counts
+# (0.9-3.0x: no spike trains written).
+FUSED_FORWARD_LIMIT = 1 << 22
 SOURCE = Path(__file__).with_name("csrc") / "if_scan.cpp"
 
 
@@ -219,7 +225,8 @@ def _scan_forward(
     step's membrane potential before the reset into ``potentials`` when given (all the backward
     pass needs)."""
     shape = currents.shape if constant else currents.shape[1:]
-    layout = _fused_layout(currents, threshold, shape)
+    layout = _fused_layout(currents, threshold, shape) \
+        if steps * shape.numel() <= FUSED_FORWARD_LIMIT else None
     if layout is not None:
         spikes, _, stored, v = _fused_forward(currents, layout, v0, reset, steps, constant,
                                               spikes=True, potentials=potentials is not None)
