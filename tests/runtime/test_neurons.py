@@ -283,3 +283,27 @@ def test_compiled_scan_with_an_adaptive_surrogate_and_float64_initial_state(monk
     assert torch.equal(compiled[0], reference[0])
     torch.testing.assert_close(compiled[1], reference[1], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(compiled[2], reference[2], rtol=1e-12, atol=1e-14)
+
+
+def test_large_forward_scans_without_gradients_take_the_pytorch_path(monkeypatch):
+    # Past FUSED_FORWARD_LIMIT spikes a no-gradient scan runs as PyTorch operations (measured
+    # faster there); BPTT and calibration's counts still run fused. Same spikes either way.
+    from spikeshield.runtime import neurons
+    from spikeshield.runtime.neurons import if_rate
+
+    calls = []
+    original = neurons._fused_forward
+    monkeypatch.setattr(neurons, "_fused_forward",
+                        lambda *a, **k: calls.append(k) or original(*a, **k))
+    currents = torch.rand(4, 3, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    p = IFParameters(torch.tensor([0.6, 0.4]).view(-1, 1, 1), "subtract", v_init=0.5)
+    with torch.no_grad():
+        fused = if_scan(currents, p)
+    assert len(calls) == 1
+    monkeypatch.setattr(neurons, "FUSED_FORWARD_LIMIT", currents.numel() - 1)
+    with torch.no_grad():
+        assert torch.equal(if_scan(currents, p), fused) and len(calls) == 1
+        if_rate(currents, p, 4, 3)
+    assert calls[-1].get("counts") and len(calls) == 2
+    if_scan(currents.clone().requires_grad_(), p).sum().backward()
+    assert len(calls) == 3
