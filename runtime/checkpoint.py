@@ -77,17 +77,9 @@ class _Signals:
 
 def stop_grace() -> float:
     """Seconds a requested stop waits for the current step to end (``SPIKESHIELD_STOP_GRACE_SECONDS``)."""
-    text = os.environ.get(STOP_GRACE_VARIABLE)
-    if text is None:
-        return DEFAULT_STOP_GRACE
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise ConfigError(f"{STOP_GRACE_VARIABLE} must be a positive number of seconds, got "
-                          f"{text!r}")
-    return value
+    from spikeshield.runtime.progress import env_seconds
+
+    return env_seconds(STOP_GRACE_VARIABLE, DEFAULT_STOP_GRACE, zero_allowed=False)
 
 
 def _handle(signum: int, frame: Any) -> None:

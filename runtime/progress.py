@@ -29,17 +29,24 @@ INTERVAL_VARIABLE = "SPIKESHIELD_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
 
 
-def _interval() -> float:
-    text = os.environ.get(INTERVAL_VARIABLE)
+def env_seconds(variable: str, default: float, *, zero_allowed: bool) -> float:
+    """A number of seconds from the environment variable ``variable`` (``default`` when unset);
+    anything else than a finite number >= 0 (> 0 unless ``zero_allowed``) is refused by name."""
+    text = os.environ.get(variable)
     if text is None:
-        return DEFAULT_INTERVAL
+        return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(f"{INTERVAL_VARIABLE} must be a number of seconds >= 0, got {text!r}")
+    if not (math.isfinite(value) and (value >= 0 if zero_allowed else value > 0)):
+        raise ConfigError(f"{variable} must be a number of seconds "
+                          f"{'>= 0' if zero_allowed else '> 0'}, got {text!r}")
     return value
+
+
+def _interval() -> float:
+    return env_seconds(INTERVAL_VARIABLE, DEFAULT_INTERVAL, zero_allowed=True)
 
 
 class _LineProgress(_std_tqdm):

@@ -354,3 +354,12 @@ def test_a_stop_while_an_epoch_is_scored_keeps_the_trained_epoch(tmp_path, monke
     assert epochs_run[0] == (2, 1)  # epoch 2 is not trained twice, only scored
     assert torch.equal(resumed_weight, weight)
     assert _numbers(resumed.history) == _numbers(reference.history)
+
+
+def test_a_bad_stop_grace_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(ckpt.STOP_GRACE_VARIABLE, "0")
+    with pytest.raises(ConfigError, match="SPIKESHIELD_STOP_GRACE_SECONDS must be a number of "
+                                          "seconds > 0, got '0'"):
+        ckpt.stop_grace()
+    monkeypatch.setenv(ckpt.STOP_GRACE_VARIABLE, "2.5")
+    assert ckpt.stop_grace() == 2.5
