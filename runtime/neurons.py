@@ -225,13 +225,11 @@ def _scan_forward(
     step's membrane potential before the reset into ``potentials`` when given (all the backward
     pass needs)."""
     shape = currents.shape if constant else currents.shape[1:]
+    # (with ``potentials`` the caller, _IFScan, already found the fused kernel inapplicable)
     layout = _fused_layout(currents, threshold, shape) \
-        if steps * shape.numel() <= FUSED_FORWARD_LIMIT else None
+        if potentials is None and steps * shape.numel() <= FUSED_FORWARD_LIMIT else None
     if layout is not None:
-        spikes, _, stored, v = _fused_forward(currents, layout, v0, reset, steps, constant,
-                                              spikes=True, potentials=potentials is not None)
-        if potentials is not None:
-            potentials.copy_(stored.view(potentials.shape))
+        spikes, _, _, v = _fused_forward(currents, layout, v0, reset, steps, constant)
         return spikes.view(steps, *shape), v.view(shape)
     if v0 is None:
         v = torch.zeros(shape, dtype=currents.dtype, device=currents.device)
