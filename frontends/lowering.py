@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from spikeshield.compiler.ir.errors import IRValidationError, UnsupportedOpError
@@ -81,6 +82,8 @@ def as_tensor(value: Any) -> torch.Tensor:
     """A constant (tensor, number or array) as a float32 tensor of its own."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone().float()
+    if isinstance(value, np.ndarray):  # a copy first: ONNX's arrays are read-only, which torch
+        return torch.from_numpy(np.array(value, dtype=np.float32))  # warns about on every compile
     return torch.as_tensor(value, dtype=torch.float32).clone()
 
 

@@ -53,7 +53,14 @@ def option(default: Any, help: str, *flags: str) -> Any:
     return field(default=default, metadata={"help": help, "flags": flags})
 
 
-TARGET_HELP = ("Hardware target: generic, loihi2, speck, xylo, spinnaker2, or a profile .json. "
+# What users choose from, named here (this module imports no torch) so that every --help is built
+# from the same tables as the code: driver/export.py's FORMATS and backends/targets.py's TARGETS
+# have exactly these keys, in this order (tests/compiler/driver/test_cli.py checks both).
+EXPORT_FORMATS = ("nir", "onnx", "onnx-step", "norse", "snntorch", "spikingjelly", "sinabs")
+TARGET_NAMES = ("generic", "loihi2", "speck", "xylo", "spinnaker2")
+EXPORT_HELP = ("Also write exports: comma-separated " + ", ".join(EXPORT_FORMATS)
+               + " (what each is: spikeshield export --help).")
+TARGET_HELP = (f"Hardware target: {', '.join(TARGET_NAMES)}, or a profile .json. "
                "Repairable violations (weight bits, biases, reset, initial potential, encoding) are repaired and the "
                "accuracy re-measured; others are an error.")
 
@@ -180,7 +187,7 @@ class CompileConfig:
     energy: str = option(
         "fp32", "Energy constants: fp32 (4.6 pJ/MAC, 0.9 pJ/AC) or int8 (0.23, 0.03), 45 nm.")
     # Exports written into the output directory ("" for none) and the hardware target they obey.
-    export: str = option("", "Also write exports: comma-separated nir, onnx, onnx-step.")
+    export: str = option("", EXPORT_HELP)
     target: str = option("generic", TARGET_HELP)
 
 

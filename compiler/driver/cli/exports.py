@@ -16,12 +16,17 @@ from spikeshield.compiler.driver.cli.common import (
     _guard,
     app,
 )
+from spikeshield.compiler.driver.config import EXPORT_FORMATS
+
+FORMAT_HELP = (f"One of {', '.join(EXPORT_FORMATS)}: nir (the graph; see --nir-profile), onnx "
+               "(time-unrolled, fixed T), onnx-step (one step, explicit state), or a framework's "
+               "native module (load it with spikeshield.backends.frameworks.load_module).")
 
 
 @app.command("export")
 def export_cmd(
     source: Annotated[Path, typer.Argument(help="A compile directory (its snn.ir), a .ir or a .nir file.")],
-    fmt: Annotated[str, typer.Option("--format", help="nir, onnx (time-unrolled, fixed T), onnx-step (one step, explicit state), or a framework module: norse, snntorch, spikingjelly, sinabs (load it with spikeshield.backends.frameworks.load_module).")] = "nir",
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "nir",
     target: Annotated[str, typer.Option("--target", help=TARGET_HELP)] = "generic",
     out: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: snn.nir, snn.onnx, snn_step.onnx or snn.<framework>.safetensors in DIR).")] = None,
     nir_profile: Annotated[str, typer.Option("--nir-profile", help="exact (what the runtime computes, in all of NIR) or portable (only what SNN frameworks' NIR importers read: reset to zero, v_init 0, one threshold per layer; the reader averages the output over T; default file snn.portable.nir).")] = "exact",

@@ -227,6 +227,26 @@ def test_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_help_lists_every_export_format_and_target_the_code_has():
+    """--help is built from the names the code uses: FORMATS (driver/export.py) and TARGETS
+    (backends/targets.py) have exactly config's EXPORT_FORMATS and TARGET_NAMES, and each help
+    text that offers them names every one (a format added to the code but not to the help, or the
+    reverse, fails here)."""
+    import typer.main
+
+    from spikeshield.backends.targets import TARGETS
+    from spikeshield.compiler.driver.config import EXPORT_FORMATS, TARGET_NAMES
+    from spikeshield.compiler.driver.export import FORMATS
+
+    assert tuple(FORMATS) == EXPORT_FORMATS and tuple(TARGETS) == TARGET_NAMES
+    commands = typer.main.get_command(app).commands
+    helps = {(cmd, p.name): p.help for cmd in ("compile", "export") for p in commands[cmd].params}
+    for key in [("compile", "export"), ("export", "fmt")]:
+        assert all(name in helps[key] for name in EXPORT_FORMATS), (key, helps[key])
+    for key in [("compile", "target"), ("export", "target")]:
+        assert all(name in helps[key] for name in TARGET_NAMES), (key, helps[key])
+
+
 def test_compile_options_are_compile_config_fields():
     """One definition: every CompileConfig knob is a compile option with the field's help text,
     and no option exists apart from the config and the command's own (model, --out, --data,
@@ -258,3 +278,24 @@ def test_ops_lists_every_op_with_its_fate_and_the_tables_that_handle_it():
     assert rows["relu"][4] == "no" and rows["conv2d"][2:] == ["yes"] * 9  # NIR in: no ReLU
     assert rows["relu"][7] == "no" and rows["if"][7] == "yes"  # the framework backends
     assert "becomes an IF neuron" in result.output and "MaxPool" not in result.output
+
+
+def test_an_onnx_compile_prints_no_third_party_warning(tmp_path):
+    """A normal run prints spikeshield's lines and nothing from the libraries under it: ONNX
+    hands its initialisers over as read-only arrays, which torch.as_tensor warned about (with
+    the path of PyTorch's build machine) on every ONNX compile. A fresh process, since torch
+    warns about it only once per process."""
+    import subprocess
+    import sys
+
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    torch.onnx.export(model, (torch.rand(1, 1, 28, 28),), tmp_path / "m.onnx", dynamo=False)
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "spikeshield.compiler.driver.cli", "compile",
+         str(tmp_path / "m.onnx"), "--data", "mnist5k", "--out", str(tmp_path / "snn"),
+         "--finetune", "none", "--robustness", "none", "--no-profile", "--n", "50"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr + result.stdout, result.stderr[-2000:]
