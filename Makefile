@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spikeshield-installed
 
-.PHONY: install demo test lint bench bench-env clean wheel-smoke
+.PHONY: install demo test lint docs bench bench-env clean wheel-smoke
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,frameworks]'
+	$(BIN)/python -m pip install -q -e '.[dev,frameworks,docs]'
 	$(BIN)/python -m pip install -q --no-deps norse==1.1.0 torchattacks==3.5.1 mlxtend==0.25.0 \
 	  spikingjelly==2.0.0 sinabs==3.1.3 neurobench==2.3.0
 	touch $(STAMP)
@@ -34,12 +34,18 @@ test: install
 lint: install
 	$(BIN)/python -m pytest -q tests/test_layers.py
 
+# The documentation site into site/ (mkdocs.yml): warnings are errors (strict), so a broken link,
+# a missing anchor, an API docstring griffe cannot read or a README section the site includes that
+# moved fails the build. NO_MKDOCS_2_WARNING: mkdocs-material's banner about its successor.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 # What the benchmarks compare against (SpikingJelly's ann2snn for benchmarks/conversion.py) is
 # installed by `make install` since the framework backends' interop tests need it too.
 bench-env: install
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
 
 # The wheel as a user installs it (no -e), in a fresh environment, run from outside the checkout:
 # an install that only works editable (a package missing from the wheel) fails here.

@@ -1,7 +1,7 @@
 """What a model file may ask of the machine that loads it, checked before anything is allocated.
 
-A file from a stranger is read only through loaders that cannot run code (see the README's
-"Security and reliability"); these bounds keep it from asking for absurd amounts of memory or work
+A file from a stranger is read only through loaders that cannot run code (see
+docs/reference/security.md); these bounds keep it from asking for absurd amounts of memory or work
 instead: a tensor, all tensors together, one sample's input, the number of graph nodes, and the
 unpacked size and member count of an archive. Each bound can be raised for a file one trusts with
 the environment variable the error message names.

@@ -1,6 +1,6 @@
 """The portable NIR profile, loaded by the SNN frameworks' own NIR importers (the real packages),
 and the importers' known bugs, pinned so that an upgrade that fixes one is noticed (then update
-the README's consumer table and these tests)."""
+the consumer table of docs/guides/deploy.md and these tests)."""
 
 from __future__ import annotations
 

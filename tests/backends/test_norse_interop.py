@@ -1,5 +1,5 @@
 """Norse 1.1 interoperability: what its ``from_nir`` can load of our exports runs identically; the
-limits the README lists are checked here so that the README cannot silently go stale."""
+limits docs/guides/deploy.md lists are checked here so that the guide cannot silently go stale."""
 
 from __future__ import annotations
 
@@ -58,5 +58,5 @@ def test_norse_runs_a_conv_if_affine_export_identically():
 def test_norse_cannot_load_scale_or_subtractive_reset(kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(KeyError):  # README, "SNN frameworks": no Scale, I, Threshold
+        with pytest.raises(KeyError):  # docs/guides/deploy.md, "SNN frameworks": no Scale, I, Threshold
             norse.from_nir(to_nir(conv_if_linear(**kwargs)), dt=1.0)

@@ -17,6 +17,16 @@ def main() -> None:
     app(prog_name="spikeshield")
 
 
+def __getattr__(name: str):
+    """``click_command``: the typer app as the click command it builds, for the docs site's CLI
+    reference (mkdocs-click renders it), built on demand so that the CLI's start pays nothing."""
+    if name == "click_command":
+        import typer
+
+        return typer.main.get_command(app)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["app", "main"]
 
 if __name__ == "__main__":
