@@ -126,14 +126,17 @@ def test_known_bug_norse_runs_a_residual_nir_graph_out_of_order(tmp_path):
 
 def test_known_bug_snntorch_imports_nir_if_as_a_leaky_neuron(tmp_path):
     """snnTorch 1.0: nir.IF becomes Leaky(beta=0.9) with reset by subtraction: not an IF neuron
-    (and nir.I is refused): use the snnTorch backend (export --format snntorch)."""
-    _, _, read = portable("lenet", tmp_path)
+    (and nir.I is refused): use the snnTorch backend (export --format snntorch). The module it
+    builds does not even run: a convolution receives a (spikes, membrane) tuple."""
+    _, x, read = portable("lenet", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = snntorch_import(read)
     leaky = [m for m in module.modules() if isinstance(m, snntorch.Leaky)]
     assert leaky and all(abs(float(m.beta) - 0.9) < 1e-6 for m in leaky)
     assert all(m.reset_mechanism == "subtract" for m in leaky)
+    with pytest.raises(TypeError, match="conv2d"), torch.no_grad():
+        module(x[:2])
 
 
 def test_known_bug_sinabs_imports_nir_if_as_a_multi_spike_subtracting_neuron(tmp_path):
