@@ -72,15 +72,18 @@ ROBUST = (VARIANTS[7], VARIANTS[6])
 SJ_RECIPES = ("max", "99.9%", "99.9% channel + half threshold", "local threshold balancing")
 
 
-def _model(arch: str, splits, width: float):
+def _model(arch: str, splits, width: float, activation: str = "relu", levels: int = 8):
     from spikeshield.frontends.zoo import build_model
     from tests.third_party_models import ResNet
 
     mean, std = splits.channel_stats()
     if arch == "kuangliu-resnet":
+        if activation != "relu":
+            sys.exit("--activation qcfs needs a zoo architecture")
         return ResNet(widths=(16, 32, 64), num_classes=splits.num_classes,
                       in_ch=splits.input_shape[0], mean=mean, std=std)
-    return build_model(arch, splits.input_shape, splits.num_classes, mean, std, width)
+    return build_model(arch, splits.input_shape, splits.num_classes, mean, std, width,
+                       activation, levels)
 
 
 def _for_spikingjelly(arch: str, model, splits, width: float):
@@ -153,6 +156,10 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=0.1, help="ANN training SGD learning rate")
+    parser.add_argument("--activation", default="relu",
+                        help="relu, or qcfs: conversion-aware training (the zoo's QCFS activation "
+                        "with --levels levels; its SNN takes the learned ceilings as thresholds)")
+    parser.add_argument("--levels", type=int, default=4, help="QCFS levels L")
     parser.add_argument("--no-spikingjelly", action="store_true")
     parser.add_argument("--head-to-head", action="store_true",
                         help="only today's default and SpikingJelly's per-channel recipe (its best "
@@ -181,10 +188,14 @@ def main() -> None:
 
     work = args.work / (f"{args.data}-{args.arch}" if args.objective == "trades"
                         else f"{args.data}-{args.arch}-{args.objective}")
+    if args.activation != "relu":
+        if not args.no_spikingjelly:
+            sys.exit("SpikingJelly's converter takes ReLU networks: add --no-spikingjelly")
+        work = work.with_name(f"{work.name}-{args.activation}{args.levels}")
     work.mkdir(parents=True, exist_ok=True)
     splits = load_data(args.data, seed=0)
     test = splits.test.head(args.n)
-    model = _model(args.arch, splits, args.width)
+    model = _model(args.arch, splits, args.width, args.activation, args.levels)
     weights = work / "ann.pt"
     if not weights.exists():
         started = time.perf_counter()
@@ -195,7 +206,7 @@ def main() -> None:
         (work / "training.json").write_text(json.dumps({
             "seconds": round(time.perf_counter() - started, 1), "epochs": args.epochs,
             "max_train": args.max_train, "width": args.width, "eps": args.eps, "lr": args.lr,
-            "objective": args.objective}))
+            "objective": args.objective, "activation": args.activation, "levels": args.levels}))
     model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     ann = _cell(work / "ann.json", lambda: {"accuracy": accuracy_of(model, test)})
