@@ -12,7 +12,8 @@ the prose around it is the history of how the figures came about.
     python benchmarks/results.py render                                   # rewrite the tables
     python benchmarks/results.py render --check                           # what CI runs
 
-Tables so far: ``conversion-h2h``, ``conversion-neurons``, ``conversion-finetuned`` (issue 41).
+Tables so far: ``conversion-h2h``, ``conversion-neurons``, ``conversion-finetuned``,
+``conversion-qcfs`` (issue 41).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NEURON_CELLS = (("ss-old-default--zero--v0-0--layer-", "old default (zero, v0 0,
                 ("ss-default---threshold-search", "issue 19's default"),
                 ("ss-default-fit", "today's default"),
                 ("ss-paper-a-fit-uniform", "Paper A's neuron, fitted"))
+QCFS_LEVELS = 4  # benchmarks/conversion.py --activation qcfs --levels 4: WORK/<ann>-qcfs4/
 FINETUNED_CELLS = (("default", "robust-default-fit-T8-none-e10-n1000"),
                    ("paper-a", "robust-paper-a-fit-uniform-T8-none-e10-n1000"))
 
@@ -85,6 +87,13 @@ def collect_conversion_unseen(work: Path) -> dict:
                                        if cell(stem) else None)
                                  for key, stem in FINETUNED_CELLS},
             })
+            qcfs = work / f"mnist5k-{arch}{suffix}-qcfs{QCFS_LEVELS}"
+            if qcfs.is_dir():  # the same architecture and recipe, trained with QCFS activations
+                stamps += [p.stat().st_mtime for p in qcfs.glob("*.json")]
+                anns[-1]["qcfs"] = {
+                    "levels": QCFS_LEVELS, "ann": (_read(qcfs / "ann.json") or {}).get("accuracy"),
+                    "default": {t: (_read(qcfs / f"ss-default-fit-T{t}.json") or {}).get("accuracy")
+                                for t in STEPS}}
     return {
         "name": "conversion-unseen",
         "issue": 41,
@@ -188,10 +197,28 @@ def render_conversion_finetuned(result: dict) -> str:
                                "validation images, T = 8"), "", *rows])
 
 
+def render_conversion_qcfs(result: dict) -> str:
+    rows = ["| ANN | training | activation | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |",
+            "|---|---|---|---|" + "---|" * len(STEPS)]
+    for ann in result["anns"]:
+        if "qcfs" not in ann:
+            continue
+        qcfs = ann["qcfs"]
+        rows.append(f"| {ann['label']} | {ann['training']} | ReLU | {_pct(ann['ann'])} | "
+                    + " | ".join(_pct(ann["default"][t]) for t in STEPS) + " |")
+        rows.append(f"| | | QCFS, L = {qcfs['levels']} | {_pct(qcfs['ann'])} | "
+                    + " | ".join(_pct(qcfs["default"][t]) for t in STEPS) + " |")
+    return "\n".join([_source(result, "cells of WORK/<ann>-qcfs4: the same architecture and "
+                               "training recipe with QCFS activations, converted with the "
+                               "defaults (thresholds = the learned ceilings, no statistic)"),
+                      "", *rows])
+
+
 TABLES = {  # table -> (result file name, renderer)
     "conversion-h2h": ("conversion-unseen", render_conversion_h2h),
     "conversion-neurons": ("conversion-unseen", render_conversion_neurons),
     "conversion-finetuned": ("conversion-unseen", render_conversion_finetuned),
+    "conversion-qcfs": ("conversion-unseen", render_conversion_qcfs),
 }
 COLLECTORS = {"conversion-unseen": collect_conversion_unseen}
 

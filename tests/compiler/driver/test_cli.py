@@ -227,11 +227,11 @@ def test_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_help_lists_every_export_format_and_target_the_code_has():
+def test_help_lists_every_export_format_target_and_preset_the_code_has():
     """--help is built from the names the code uses: FORMATS (driver/export.py) and TARGETS
     (backends/targets.py) have exactly config's EXPORT_FORMATS and TARGET_NAMES, and each help
-    text that offers them names every one (a format added to the code but not to the help, or the
-    reverse, fails here)."""
+    text that offers them names every one, as the preset options name every attack preset (a
+    choice added to the code but not to the help, or the reverse, fails here)."""
     import typer.main
 
     from spikeshield.backends.targets import TARGETS
@@ -245,6 +245,12 @@ def test_help_lists_every_export_format_and_target_the_code_has():
         assert all(name in helps[key] for name in EXPORT_FORMATS), (key, helps[key])
     for key in [("compile", "target"), ("export", "target")]:
         assert all(name in helps[key] for name in TARGET_NAMES), (key, helps[key])
+    from spikeshield.runtime.attacks import PRESETS
+
+    preset_helps = [p.help for p in commands["eval"].params if p.name == "preset"]
+    preset_helps += [helps[("compile", "robustness")]]
+    for text in preset_helps:
+        assert all(name in text for name in PRESETS), text
 
 
 def test_compile_options_are_compile_config_fields():
