@@ -33,7 +33,13 @@ import torch.nn.functional as F
 
 from spikeshield.runtime.attacks import AttackSpec, Member, with_steps
 from spikeshield.runtime.data import Dataset
-from spikeshield.runtime.ensemble import EnsembleResult, as_tensors, frozen, run_ensemble
+from spikeshield.runtime.ensemble import (
+    EnsembleResult,
+    as_tensors,
+    first_member_robust,
+    frozen,
+    run_ensemble,
+)
 from spikeshield.runtime.executor import GraphExecutor
 from spikeshield.runtime.gradient_modes import GradientMode
 
@@ -178,6 +184,11 @@ def diagnose(
         label = f"{strongest.attack.name.upper() if iterative else 'PGD'} / {mode_label}"
 
         cache: dict[tuple[float, Member], torch.Tensor] = {}
+        # The ensemble's first member already attacked these samples exactly as a curve point
+        # would (adaptive's APGD-CE-200 is the steps curve's last point): not attacked twice.
+        measured = first_member_robust(result, len(subset), batch_size, seed, timesteps)
+        if measured is not None:
+            cache[(eps, result.members[0].member)] = measured
 
         def robust(e: float, member: Member) -> torch.Tensor:
             # Same samples and seed everywhere, so a point both curves need is attacked once.

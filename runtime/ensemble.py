@@ -73,6 +73,9 @@ class EnsembleResult:
     # The per-sample record behind the counts (clean, attacked and broken masks, each member's
     # seconds): what a shard of a sharded evaluation saves, and what merge_ensembles adds up.
     per_sample: dict = field(default_factory=dict, repr=False)
+    # (batch_size, seed, timesteps) of a run_ensemble run: with these, each member's attack on a
+    # chunk is reproducible exactly (diagnostics reuse the first member's; None after a merge).
+    settings: tuple | None = None
 
     @property
     def robust(self) -> int:
@@ -246,7 +249,27 @@ def run_ensemble(
               "attacked": _combine(state["attacked"], current),
               "broken": _combine(state["broken"], current),
               "seconds": list(seconds), "kept": state["kept"]}
-    return _summarize(record, members, eps, exhaustive, budget)
+    result = _summarize(record, members, eps, exhaustive, budget)
+    result.settings = (batch_size, seed, timesteps) if shard is None else None
+    return result
+
+
+def first_member_robust(result: EnsembleResult, samples: int, batch_size: int, seed: int,
+                        timesteps: int | None) -> torch.Tensor | None:
+    """What ``run_ensemble`` with ``result``'s first member alone would return as its robust mask
+    on the first ``samples`` samples, when that is certain without running it: the first member
+    attacked every clean-correct sample, chunk by chunk with the run's seed, and the same chunks,
+    seed and T reproduce it exactly. None when the chunks would differ (a head that is not a whole
+    number of chunks), the settings differ, or the result came from merged shards."""
+    if result.settings != (batch_size, seed, timesteps) or not result.members:
+        return None
+    if samples != result.samples and samples % batch_size:
+        return None
+    first = result.members[0]
+    if first.broken_mask is None or first.skipped:
+        return None
+    clean = result.per_sample["clean"][:samples]
+    return clean & ~first.broken_mask[:samples]
 
 
 def merge_ensembles(records: list[dict], members: list[Member], eps: float,

@@ -3,7 +3,7 @@ import torch
 
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.surrogates import Surrogate
-from spikeshield.runtime.attacks import AttackSpec, Member
+from spikeshield.runtime.attacks import AttackSpec, Member, with_steps
 from spikeshield.runtime.diagnostics import (
     QUICK_CURVE_STEPS,
     Diagnostics,
@@ -179,3 +179,30 @@ def test_a_log_shows_which_member_a_long_chunk_is_at(snn, samples, capsys, monke
     # One chunk: the robust count after the last member is the ensemble's worst case.
     last = [line for line in lines if "member=3/3" in line][-1]
     assert f"robust={result.robust}/{len(samples)}" in last
+
+
+def test_the_curve_reuses_the_first_members_own_attack_and_gets_the_same_point(
+        snn, samples, monkeypatch):
+    """The steps curve's last point is the first member itself (adaptive's APGD-CE-200): on the
+    same chunks, seed and T the ensemble's own attack is that point exactly, so it is not run
+    again; on a head that splits a chunk it is."""
+    import spikeshield.runtime.diagnostics as diagnostics
+
+    apgd = Member(AttackSpec("apgd-ce", steps=4), GradientMode.parse("triangle:1:detach"))
+    result = run_ensemble(snn, samples, [apgd], EPS, 8, 10, batch_size=32)
+    attacked = []
+    real = diagnostics.run_ensemble
+
+    def counting(target, data, members, eps, *args, **kwargs):
+        attacked.append((eps, members[0], len(data)))
+        return real(target, data, members, eps, *args, **kwargs)
+
+    monkeypatch.setattr(diagnostics, "run_ensemble", counting)
+    diag = diagnose(snn, samples, result, 8, 10, curve_samples=32, curve_steps=(2, 4),
+                    batch_size=32)
+    assert (EPS, apgd, 32) not in attacked and (EPS, with_steps(apgd, 2), 32) in attacked
+    alone = real(snn, samples.head(32), [apgd], EPS, 8, 10, batch_size=32)
+    assert diag.steps_curve[-1][1] == float(alone.robust_mask.float().mean())
+    attacked.clear()  # 24 samples cut the first chunk of 32: the point is attacked again
+    diagnose(snn, samples, result, 8, 10, curve_samples=24, curve_steps=(2, 4), batch_size=32)
+    assert (EPS, apgd, 24) in attacked
