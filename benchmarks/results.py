@@ -218,9 +218,28 @@ TABLES = {  # table -> (result file name, renderer)
     "conversion-h2h": ("conversion-unseen", render_conversion_h2h),
     "conversion-neurons": ("conversion-unseen", render_conversion_neurons),
     "conversion-finetuned": ("conversion-unseen", render_conversion_finetuned),
-    "conversion-qcfs": ("conversion-unseen", render_conversion_qcfs),
 }
 COLLECTORS = {"conversion-unseen": collect_conversion_unseen}
+
+
+def readme_figures(results: Path = RESULTS) -> list[str]:
+    """The phrases of the README's results table that come from committed results: each must
+    appear in README.md as rendered here (tests/benchmarks/test_results.py)."""
+    result = json.loads((results / "conversion-unseen.json").read_text())
+    trades_r20 = next(a for a in result["anns"]
+                      if a["arch"] == "resnet20" and a["training"] == "TRADES")
+    cells = [(a["default"][t], a["spikingjelly"][t]) for a in result["anns"] for t in STEPS[1:]]
+    ahead = sum(ours >= theirs for ours, theirs in cells)
+    gap = max(theirs - ours for ours, theirs in cells)
+    phrases = [f"{_pct(trades_r20['default']['2'])} clean, against "
+               f"{_pct(trades_r20['spikingjelly']['2'])} for SpikingJelly",
+               f"at least as accurate in {ahead} of {len(cells)} cells",
+               f"the other {len(cells) - ahead} within {100 * gap:.1f} pp"]
+    finetuned = trades_r20["finetuned_t8"]
+    if finetuned["paper-a"] and finetuned["default"]:
+        phrases.append(f"TRADES resnet20: {_pct(finetuned['paper-a']['after'])}, the default "
+                       f"neuron {_pct(finetuned['default']['after'])}")
+    return phrases
 
 
 def rendered(text: str, results: Path = RESULTS) -> str:

@@ -21,6 +21,12 @@ def test_committed_tables_match_their_results():
     assert results.main(["render", "--check"]) == 0
 
 
+def test_the_readmes_conversion_figures_are_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    for phrase in results.readme_figures():
+        assert phrase in readme, phrase
+
+
 def test_a_changed_result_or_a_hand_edit_is_caught(tmp_path):
     text = results.BENCHMARKS.read_text()
     shutil.copytree(results.RESULTS, tmp_path / "results")
@@ -30,6 +36,7 @@ def test_a_changed_result_or_a_hand_edit_is_caught(tmp_path):
     path.write_text(json.dumps(result))
     changed = results.rendered(text, tmp_path / "results")
     assert changed != text and "| 50.0% |" in changed and "in 20 of 24 cells" in changed
+    assert "at least as accurate in 20 of 24 cells" in results.readme_figures(tmp_path / "results")
     assert results.rendered(text) == text
     hand_edited = text.replace("| 77.6% | 89.3% |", "| 77.6% | 89.4% |", 1)
     assert hand_edited != text and results.rendered(hand_edited) == text
