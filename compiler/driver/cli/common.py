@@ -81,9 +81,22 @@ SkipVerifyOpt = Annotated[bool, typer.Option(
     "--skip-verify", help="Use a compile directory even if its files do not match manifest.json.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        import torch
+
+        typer.echo(f"spikeshield {version('spikeshield')} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print spikeshield's and torch's versions and exit.")] = False,
 ) -> None:
     _state["debug"] = debug
 

@@ -227,6 +227,15 @@ def test_help(cmd):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def test_version_names_spikeshield_and_torch():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == (f"spikeshield {version('spikeshield')} "
+                                     f"(torch {torch.__version__})")
+
+
 def test_help_lists_every_export_format_target_and_preset_the_code_has():
     """--help is built from the names the code uses: FORMATS (driver/export.py) and TARGETS
     (backends/targets.py) have exactly config's EXPORT_FORMATS and TARGET_NAMES, and each help
