@@ -1,7 +1,8 @@
 """ONNX backend: an IR graph as ONNX, written node by node with ``onnx.helper`` (opset 17).
 
 Two forms of an SNN, both exact to the runtime's float32 arithmetic (same operations in the same order;
-only the convolution and matrix kernels of onnxruntime may round differently, see docs/guides/deploy.md):
+only the convolution and matrix kernels of onnxruntime may round differently, see
+docs/guides/deploy.md):
 
 - ``step`` (the deployment contract): one time step. Inputs ``input`` (N, *shape) for this step, the
   membrane potential ``v__<layer>`` of every IF layer and the running output sum ``readout``; outputs

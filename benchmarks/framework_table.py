@@ -1,4 +1,5 @@
-"""The native framework modules' table (docs/guides/deploy.md), generated from the tests that measure it.
+"""The native framework modules' table (docs/guides/deploy.md), generated from the tests that
+measure it.
 
 Runs the tutorial-style tests of ``tests/backends/frameworks/`` against the real packages and prints
 one markdown row per framework: for each habit, how many of its test cases pass (over the zoo SNNs:

@@ -5,7 +5,8 @@ robustly finetuned as an SNN, attacked with the paper ensemble and profiled agai
 Every stage runs through the ``spikeshield`` CLI, so the numbers are what a user gets. Resumable: a
 run whose ``robustness.json`` and ``profile.json`` exist in WORK/<run>/ is skipped, and the trained
 ANN (WORK/dense.pt2) is reused, so the sweep can be run in parts (for example one run per call with
-``--runs``). Prints the table of benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md (its first table).
+``--runs``). Prints the table of
+benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md (its first table).
 
     python benchmarks/paper_b.py --work /tmp/paperb                    # the whole sweep (hours)
     python benchmarks/paper_b.py --work /tmp/paperb --runs dense,harp-0.99
@@ -34,7 +35,8 @@ inner attack for the ANN, the first 20,000 training images for the ANN and 10,00
 SNN finetuning. Pruning runs under the eps the ANN was trained at (``--prune-eps``, default
 ``--eps``, passed explicitly; compile's own default now follows the eps the .pt2 records): at 99%
 it relearns the network, and under the finetuning eps (eps / 4, compile's default until then) the
-99% HARP SNN kept 35.6% against the dense SNN's 56.2% (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md). SNN finetuning runs at
+99% HARP SNN kept 35.6% against the dense SNN's 56.2%
+(benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md). SNN finetuning runs at
 compile's default for every run, dense included (the eps the .pt2 records, else eps / 4; runs
 compiled before 2026-12-03 used eps / 4 whatever the record), unless ``--eps-train`` sets it; the
 table names each run's finetuning eps. The first conv layer (1 input channel, 288
@@ -217,7 +219,8 @@ def time_sparse_path(run_dir: Path, data: str, batch: int, rounds: int) -> dict:
     paths are timed round by round, alternating which goes first: timed one after the other (all
     rounds of one path, then the other), the same all-dense forward of the 99% HARP SNN, timed at
     the start and again after 8 other settings in one process, came out 1.35x apart
-    (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md, "SNN finetuning at the ANN's eps")."""
+    (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md,
+    "SNN finetuning at the ANN's eps")."""
     import torch
 
     from spikeshield.compiler.driver.data import load_data

@@ -5,7 +5,8 @@ an executor trains with ``batch_statistics``), and they describe the network the
 as. Pruning changes that network: at 99% sparsity every conv's output shrinks by an order of
 magnitude, the stored mean then dominates each channel, the network's output barely depends on its input, and finetuning has no
 signal to recover from. Measured on vgg11 (width 0.5, 2.37M weights, robust on Fashion-MNIST,
-benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md): pruned to 99% by global magnitude, the ANN scores 9.7% on
+benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md): pruned to 99% by
+global magnitude, the ANN scores 9.7% on
 1,000 test images with the trained statistics and 54.2% with re-estimated ones, before any
 finetuning (``benchmarks/pruned_batchnorm.py``); HARP finetuning on the trained statistics ended at
 loss 2.3028 = ln 10, a constant output (``benchmarks/paper_b.py``).

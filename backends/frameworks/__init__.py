@@ -12,7 +12,8 @@ finetuned with (``surrogate=`` chooses another: ``"arctan:2"``, or one of the fr
 ``to_module(graph, framework)`` returns the module for an IR graph; ``write_module`` writes the
 file ``spikeshield export --format <framework>`` makes: the graph in spikeshield's safetensors IR
 format (tensors and a JSON structure, nothing pickled) tagged with the framework. The frameworks
-are optional (docs/guides/deploy.md, "SNN frameworks"): ``pip install 'spikeshield[frameworks]'``, then
+are optional (docs/guides/deploy.md, "SNN frameworks"): ``pip install
+'spikeshield[frameworks]'``, then
 ``pip install --no-deps norse==1.1.0 spikingjelly==2.0.0 sinabs==3.1.3``; ``make install`` does both.
 """
 

@@ -70,9 +70,10 @@ class CompileConfig:
     """Every knob of ``spikeshield compile``; defaults are the recommended settings."""
 
     timesteps: int = option(8, "Simulation time steps T.", "--timesteps", "-T")
-    # Defaults measured in benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md: reset by subtraction keeps
-    # the charge above threshold, a membrane starting at half the threshold rounds spike counts
-    # instead of flooring them, and per-channel thresholds fit heavy-tailed BatchNorm channels.
+    # Defaults measured in benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md:
+    # reset by subtraction keeps the charge above threshold, a membrane starting at half the
+    # threshold rounds spike counts instead of flooring them, and per-channel thresholds fit
+    # heavy-tailed BatchNorm channels.
     reset: str = option("subtract", "IF reset: subtract or zero.")
     v_init: float = option(
         0.5, "Initial membrane potential, a fraction of the threshold in [0, 1) (0.5 rounds "
@@ -250,8 +251,8 @@ class CompileConfig:
         """The budget of SNN finetuning (and of pruning the SNN): ``--eps-train``; else the eps the
         robust ANN was trained at (``ann_eps``), as both papers finetune; unrecorded, eps / 4.
         Finetuning under the ANN's eps rather than eps / 4 took a dense vgg11 SNN from 143 to 162
-        and its 99% sparse version from 129 to 135 robust of 256 (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md,
-        2026-12-03)."""
+        and its 99% sparse version from 129 to 135 robust of 256
+        (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md, 2026-12-03)."""
         if self.eps_train is not None:
             return self.eps_train
         return eval_eps / 4 if ann_eps is None else ann_eps
@@ -297,7 +298,8 @@ class CompileConfig:
         """``--prune-eps``; else, pruning the ANN, the eps it was trained at (``ann_eps``, which
         ``spikeshield train`` records in its .pt2) or, unrecorded, the evaluation eps; pruning the
         SNN, the finetuning budget. At 99% pruning relearns most of the network: under eps / 4 a
-        99% HARP vgg11 kept 35.6% robust against 57.2% under the ANN's eps (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md)."""
+        99% HARP vgg11 kept 35.6% robust against 57.2% under the ANN's eps
+        (benchmarks/notes/2026-12-01-paper-b-sessions-issue-21.md)."""
         if self.prune_eps is not None:
             return self.prune_eps
         if self.prune_stage == "snn":

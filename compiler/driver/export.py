@@ -44,7 +44,8 @@ FORMATS: dict[str, tuple[str, Any]] = {
        for name in FRAMEWORKS},
 }
 PORTABLE_NIR_FILE = "snn.portable.nir"  # the default name of the portable profile's export
-# Formats users ask for that cannot be written here, and why (measured; docs/guides/deploy.md, "SNN frameworks").
+# Formats users ask for that cannot be written here, and why (measured; docs/guides/deploy.md,
+# "SNN frameworks").
 UNAVAILABLE: dict[str, str] = {
     "speck": "a Speck chip configuration needs SynSense's samna, and samna 0.48.6 from PyPI only "
     "downloads the real package from gitlab.com when imported (sinabs.backend.dynapcnn imports it "

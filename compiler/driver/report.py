@@ -171,7 +171,8 @@ def export_lines(exports: list[dict[str, Any]]) -> list[str]:
             change = (f"{_pct(a['accuracy_before'])} -> {_pct(a['accuracy_after'])} "
                       f"({a['samples']} samples)")
         lines.append(f"| {e['file']} | {e['format']} | {a['target']} | {repairs} | {change} |")
-    return lines + ["", "Each file has a `.json` sidecar with the details (see docs/guides/deploy.md, Export formats).",
+    return lines + ["", "Each file has a `.json` sidecar with the details (see "
+                    "docs/guides/deploy.md, Export formats).",
                     ""]
 
 

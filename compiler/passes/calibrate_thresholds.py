@@ -46,7 +46,8 @@ def default_threshold_scale(timesteps: int, v_init: float = 0.0, fit: bool = Fal
 
     With an initial potential (``v_init`` > 0, the default 0.5) spike counts are rounded, not
     floored, and the percentile itself is the right threshold: 1.0 (measured on LeNet, VGG and
-    residual nets, benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md). A membrane starting at zero floors
+    residual nets, benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md).
+    A membrane starting at zero floors
     every count, and a lower threshold makes up for it: ``clamp(1 - 1.2 / T, 0.3, 0.9)``, fitted on
     two TRADES LeNets on mnist5k (T=4 -> 0.7, T=8 -> 0.85, T>=16 -> 0.9). The reference code uses
     0.3, but it keeps batch norm (re-estimated on the SNN) and always finetunes; with batch norm

@@ -58,5 +58,6 @@ def test_norse_runs_a_conv_if_affine_export_identically():
 def test_norse_cannot_load_scale_or_subtractive_reset(kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(KeyError):  # docs/guides/deploy.md, "SNN frameworks": no Scale, I, Threshold
+        # docs/guides/deploy.md, "SNN frameworks": no Scale, I, Threshold
+        with pytest.raises(KeyError):
             norse.from_nir(to_nir(conv_if_linear(**kwargs)), dt=1.0)

@@ -4,7 +4,8 @@ at T = 8 with the default settings, calibration only.
 The failure this pins (issue 19): with the old defaults (membrane from zero, reset to zero, one
 threshold per layer) such a net converted to chance level at T = 8 with normal-looking firing
 rates. The root cause, measured layer by layer (``benchmarks/conversion.py --layers 8``,
-benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md): every IF layer sends less than the ANN's activation and the deficit compounds with
+benchmarks/notes/2026-12-01-low-latency-conversion-issue-19.md):
+every IF layer sends less than the ANN's activation and the deficit compounds with
 depth, from 0.70 of the ANN's mean after the first layer to 0.22 after the seventh on Fashion-MNIST.
 Three causes add up: a membrane starting at zero floors every spike count (half a spike's worth
 lost per neuron), reset to zero discards the charge above threshold, and one threshold per layer,
