@@ -24,3 +24,12 @@ def test_other_presets_are_labelled_and_masking_is_said():
     assert "preset `quick`, not spikeshield's default" in headline(report("quick", 0.6, 500))
     assert headline(report("adaptive", 0.7, 200, trustworthy=False)).endswith(
         "verdict: NOT TRUSTWORTHY (gradient masking suspected).")
+
+
+def test_the_default_curve_samples_are_whole_chunks_so_the_first_member_is_reused():
+    """With the defaults, the diagnostics' samples are a whole number of the ensemble's chunks, so
+    ``first_member_robust`` can hand the curve its last point (runtime/ensemble.py)."""
+    from spikeshield.compiler.driver.robustness import RobustnessConfig
+
+    cfg = RobustnessConfig()
+    assert cfg.curve_samples >= 200 and cfg.curve_samples % cfg.batch_size == 0
