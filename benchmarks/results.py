@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
 import sys
@@ -56,8 +57,6 @@ def _machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                platform.processor() or "unknown CPU") if Path("/proc/cpuinfo").is_file() else "?"
-    import os
-
     import torch
 
     return (f"{os.cpu_count()}-core {cpu}, {platform.system()}, CPU only, "
