@@ -19,9 +19,11 @@ Presets (``PRESETS``):
   detached-reset triangles (γ 0.5, 2), sigmoid, arctan and exponential surrogates. Detaching the
   reset is what made the outside attack work: with the reset's derivative attached, BPTT sums
   long runs of opposite terms at every spike.
-- ``strong``: ``adaptive`` plus RGA, APGD-CE and APGD-DLR (100 iterations, triangle and BPTR),
-  targeted APGD (100 iterations), a PGD-20 surrogate width sweep from 0.1 to 3.0 over five
-  families, transfer from the source ANN, and Square with 5,000 queries last.
+- ``strong``: ``adaptive`` plus SA-PGD (100 iterations) through ASSG with and without the reset
+  detached (Wang et al., CVPR 2026: a per-neuron adaptive surrogate sharpness and a step-size
+  adaptive PGD), RGA, APGD-CE and APGD-DLR (100 iterations, triangle and BPTR), targeted APGD
+  (100 iterations), a PGD-20 surrogate width sweep from 0.1 to 3.0 over five families, transfer
+  from the source ANN, and Square with 5,000 queries last.
 - ``autoattack``: AutoAttack's standard set (Croce & Hein 2020), so that an SNN's figure can stand
   beside ANN tables: APGD-CE (100 iterations), APGD-T (100, every other class a target), FAB-T
   (100, the same targets) and Square (5,000 queries), the gradient members through ``adaptive``'s
@@ -39,14 +41,17 @@ from torch import nn
 from spikeshield.compiler.ir.errors import ConfigError
 from spikeshield.compiler.ir.surrogates import Surrogate
 from spikeshield.runtime.executor import GraphExecutor
-from spikeshield.runtime.gradient_modes import GradientMode
+from spikeshield.runtime.gradient_modes import GradientMode, SharpnessTracker
 
 # "tpgd" and "kl-rfgsm" maximise the KL to the clean prediction: TRADES' inner attacks.
 ATTACKS = ("fgsm", "rfgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "transfer",
-           "tpgd", "kl-rfgsm")
+           "tpgd", "kl-rfgsm", "sa-pgd")
 BASE_ATTACKS = ("fgsm", "pgd", "apgd-ce")
 PRESETS = ("quick", "paper", "adaptive", "strong", "autoattack")
 DEFAULT_PRESET = "adaptive"
+# Presets whose ensembles stop a chunk after this many members in a row broke nothing there
+# (see run_ensemble's patience); the others run every member.
+PRESET_PATIENCE: dict[str, int] = {}
 _GRADIENT_FREE = ("square",)
 
 
@@ -96,6 +101,8 @@ class AttackSpec:
         name = self.name
         if name == "kl-rfgsm":
             return KLRFGSM(model, eps)
+        if name == "sa-pgd":
+            return SAPGD(model, eps, self.steps, self.restarts)
         if name == "tpgd":
             return torchattacks.TPGD(model, eps=eps, alpha=self.alpha(eps), steps=self.steps)
         if name in ("apgd-dlr", "apgd-t", "fab-t") and (num_classes or 0) < 3:
@@ -159,6 +166,81 @@ class KLRFGSM:
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1).detach()
 
 
+class SAPGD:
+    """Stable adaptive PGD (SA-PGD; Wang et al., CVPR 2026, arXiv 2512.22522) on cross-entropy.
+
+    From a random start on the surface of the L-inf ball, each step moves by
+    ``clamp(m / sqrt(v) * s, -s, s)``, where ``m`` and ``v`` are momenta of the gradient and of its
+    square, each normalised by its mean magnitude per sample (decays 0.5 and 0.8): a step that
+    stays stable where an SNN's input gradient jumps by orders of magnitude between iterations.
+    The step size ``s`` starts at ``eps`` and halves on a fixed schedule (first after 22% of the
+    steps, then at intervals 3% shorter each time, never under 6%). A sample counts as broken by
+    the last iterate that misclassified it; ``broken_at`` holds, per sample, the first iteration
+    that did (0: the random start, -1: none). Before each restart the model's ``start_run`` is
+    called when it has one (the ASSG statistics start afresh); restarts attack the survivors.
+    """
+
+    def __init__(self, model: nn.Module, eps: float, steps: int = 100, restarts: int = 1) -> None:
+        self.model, self.eps, self.steps, self.restarts = model, eps, steps, restarts
+        self.broken_at: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.detach(), y.detach()
+        best = x.clone()
+        self.broken_at = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+        for _ in range(self.restarts):
+            todo = (self.broken_at < 0).nonzero().flatten()
+            if len(todo) == 0:
+                break
+            adv, when = self._run(x[todo], y[todo])
+            best[todo] = adv
+            self.broken_at[todo] = when
+        return best
+
+    def _gradient(self, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x_adv = x_adv.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x_adv)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+        return grad.detach(), logits.detach().argmax(dim=1) != y
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.model, "start_run"):
+            self.model.start_run()
+        per_sample = (-1,) + (1,) * (x.dim() - 1)
+        dims = tuple(range(1, x.dim()))
+        start = 2 * torch.rand_like(x) - 1
+        start = start / start.flatten(1).abs().amax(dim=1).clamp_min(1e-12).view(per_sample)
+        x_adv = (x + self.eps * start).clamp(0.0, 1.0)
+        best = x_adv.clone()
+        grad, wrong = self._gradient(x_adv, y)
+        broken_at = torch.where(wrong, 0, -1)
+        best[wrong] = x_adv[wrong]
+        step = self.eps
+        interval = max(int(0.22 * self.steps), 1)
+        shrink, shortest = max(int(0.03 * self.steps), 1), max(int(0.06 * self.steps), 1)
+        since = 0
+        m = v = None
+        for i in range(1, self.steps + 1):
+            g_m = grad / grad.abs().mean(dim=dims, keepdim=True).clamp_min(1e-30)
+            square = grad * grad
+            g_v = square / square.mean(dim=dims, keepdim=True).clamp_min(1e-30)
+            m = g_m if m is None else m.mul_(0.5).add_(g_m)
+            v = g_v if v is None else v.mul_(0.8).add_(g_v)
+            move = (m / (v.sqrt() + 1e-12) * step).clamp_(-step, step)
+            x_adv = torch.minimum(torch.maximum(x_adv + move, x - self.eps), x + self.eps)
+            x_adv = x_adv.clamp(0.0, 1.0)
+            grad, wrong = self._gradient(x_adv, y)
+            best[wrong] = x_adv[wrong]
+            broken_at = torch.where(wrong & (broken_at < 0), i, broken_at)
+            since += 1
+            if since == interval:
+                step /= 2
+                since, interval = 0, max(interval - shrink, shortest)
+        return best, broken_at
+
+
 @dataclass(frozen=True)
 class Member:
     """One ensemble member: a base attack and, for white-box attacks, the gradient mode it uses
@@ -194,7 +276,9 @@ class Member:
 class AttackedModel(nn.Module):
     """``x -> logits`` of an executor at ``timesteps`` under one gradient mode, for torchattacks.
 
-    The executor is shared, not copied: switching members costs nothing.
+    The executor is shared, not copied: switching members costs nothing. The assg mode's
+    membrane statistics belong to the attacked model (one attack on one batch), and
+    :meth:`start_run` starts them afresh.
     """
 
     def __init__(self, executor: GraphExecutor, timesteps: int | None, mode: GradientMode) -> None:
@@ -202,10 +286,37 @@ class AttackedModel(nn.Module):
         self.executor = executor
         self.timesteps = timesteps
         self.mode = mode
+        self.sharpness = SharpnessTracker()
+        self.labels: torch.Tensor | None = None
+
+    def start_run(self) -> None:
+        self.sharpness.reset()
+
+    def watch(self, y: torch.Tensor) -> None:
+        """Count the forward passes on the whole batch labelled ``y`` from now on, and note per
+        sample the first at which the network misclassified it (see
+        :meth:`first_wrong_passes`)."""
+        self.labels, self.passes = y, 0
+        self.first_wrong = torch.full((len(y),), -1, dtype=torch.long, device=y.device)
+
+    def first_wrong_passes(self) -> torch.Tensor | None:
+        """After :meth:`watch`: per sample, the index of the first whole-batch forward pass that
+        misclassified it (PGD and SA-PGD evaluate their iterates in order from the random start,
+        so for them it is the iteration; APGD evaluates the clean batch first), or the number
+        of passes where none did (the point returned, after the last); None without
+        :meth:`watch`."""
+        if self.labels is None:
+            return None
+        return torch.where(self.first_wrong < 0, self.passes, self.first_wrong)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.executor.using(self.mode):
-            return self.executor(x, self.timesteps)
+        with self.executor.using(self.mode, self.sharpness):
+            logits = self.executor(x, self.timesteps)
+        if self.labels is not None and len(x) == len(self.labels):
+            wrong = (logits.detach().argmax(dim=1) != self.labels) & (self.first_wrong < 0)
+            self.first_wrong[wrong] = self.passes
+            self.passes += 1
+        return logits
 
 
 def _bptt(name: str, gamma: float, adaptive: bool = False, detach: bool = False) -> GradientMode:
@@ -271,6 +382,8 @@ def preset_members(preset: str, base: AttackSpec | None = None) -> list[Member]:
     if preset == "adaptive":
         return members
     pgd = AttackSpec("pgd", steps=20)
+    members += [Member(AttackSpec("sa-pgd", steps=100), GradientMode("assg", detach_reset=d))
+                for d in (False, True)]
     members.append(Member(base, GradientMode("rga")))
     for name in ("apgd-ce", "apgd-dlr"):
         for mode in (_bptt("triangle", 1), GradientMode("bptr")):

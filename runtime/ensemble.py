@@ -42,6 +42,12 @@ class MemberResult:
     standalone_robust: int | None = None  # exhaustive mode: robust samples under this member alone
     broken_mask: torch.Tensor | None = field(default=None, repr=False)
     skipped: bool = False  # left out by the time budget
+    # Per sample, the member's first forward pass over its whole batch that misclassified it (for
+    # PGD and SA-PGD the iteration, 0 being the random start; APGD's pass 0 is the clean image);
+    # -1: not broken, or a member whose passes are not the SNN's iterates (transfer, the ANN
+    # proxy, Square, FAB-T).
+    broken_at: torch.Tensor | None = field(default=None, repr=False)
+    spared: int = 0  # robust samples it did not attack: their chunk had stopped (patience)
 
     def to_json(self, samples: int) -> dict:
         out = self.member.to_json()
@@ -52,10 +58,14 @@ class MemberResult:
                 "robust_accuracy_after": self.robust_after / samples,
                 "seconds": round(self.seconds, 2),
                 "skipped": self.skipped,
+                "not_run_samples": self.spared,
             }
         )
         if self.broken_mask is not None:  # which test images this member broke (indices)
-            out["broken_samples"] = torch.nonzero(self.broken_mask).flatten().tolist()
+            broken = torch.nonzero(self.broken_mask).flatten()
+            out["broken_samples"] = broken.tolist()
+            if self.broken_at is not None:  # and at which of its forward passes, in that order
+                out["broken_at_pass"] = self.broken_at[broken].tolist()
         if self.standalone_robust is not None:
             out["standalone_robust_accuracy"] = self.standalone_robust / samples
         return out
@@ -70,6 +80,7 @@ class EnsembleResult:
     members: list[MemberResult]
     exhaustive: bool = False
     budget: float | None = None  # seconds; members past what it allowed were skipped
+    patience: int | None = None  # a chunk stopped after this many members in a row broke nothing
     # The per-sample record behind the counts (clean, attacked and broken masks, each member's
     # seconds): what a shard of a sharded evaluation saves, and what merge_ensembles adds up.
     per_sample: dict = field(default_factory=dict, repr=False)
@@ -97,6 +108,7 @@ class EnsembleResult:
             "robust_accuracy": self.robust_accuracy,
             "exhaustive": self.exhaustive,
             "budget_seconds": self.budget,
+            "patience": self.patience,
             "members_run": sum(not m.skipped for m in self.members),
             "members": [m.to_json(self.samples) for m in self.members],
             # Which of the first `samples` test images survived every member, so that two presets
@@ -144,6 +156,7 @@ def run_ensemble(
     part: str = "ensemble",
     budget: float | None = None,
     shard: World | None = None,
+    patience: int | None = None,
 ) -> EnsembleResult:
     """Run ``members`` against ``target`` on ``data``; returns the per-sample worst case.
 
@@ -165,6 +178,11 @@ def run_ensemble(
     (at least the first member), and drops the rest for every sample, the first chunk's included,
     so that all samples face the same members. Order presets strongest first for this reason.
 
+    ``patience`` stops each chunk once that many members in a row broke none of its samples: the
+    members after do not attack it (each member's ``spared`` counts the robust samples it was
+    spared). The rule reads one chunk at a time, so processes and shards still add up to exactly
+    the one-process result; presets order their members strongest and most different first.
+
     ``shard`` (``World(index, count)``, no process group needed) attacks only the chunks that shard
     owns, as a torchrun rank would, and returns their counts alone; :func:`merge_ensembles` adds
     the shards' ``per_sample`` records up to exactly the single-process result.
@@ -180,6 +198,9 @@ def run_ensemble(
     if shard is not None and current.distributed:
         raise ConfigError("a shard runs as one process; torchrun shares one evaluation instead")
     owner = shard or current
+    if patience is not None and (patience < 1 or exhaustive):
+        raise ConfigError("patience counts members that broke nothing in a row: give at least 1, "
+                          "and none with exhaustive runs (every member attacks every sample)")
     if budget is not None and (budget <= 0 or owner.distributed):
         raise ConfigError("a time budget must be positive and needs a single process and shard "
                           "(each would cut the ensemble at a different member)")
@@ -196,13 +217,16 @@ def run_ensemble(
         "clean": torch.zeros(samples, dtype=torch.bool),
         "attacked": torch.zeros(len(members), samples, dtype=torch.bool),
         "broken": torch.zeros(len(members), samples, dtype=torch.bool),
+        "broken_at_pass": torch.full((len(members), samples), -1, dtype=torch.int32),
+        "spared": torch.zeros(len(members), samples, dtype=torch.bool),
         "seconds": [0.0] * len(members),
         "kept": len(members),
     }
     saved = checkpoint.load(part) if checkpoint is not None else None
     if saved is not None:
         _check_resumable(saved, state, part)
-        state = {"kept": len(members)} | saved
+        state = {"kept": len(members), "broken_at_pass": state["broken_at_pass"],
+                 "spared": state["spared"]} | saved
         restore_rng(saved["rng"])
     with frozen(target), frozen(source), deferring_signals(checkpoint):
         bar = progress_bar(chunks, desc=desc, leave=False, initial=state["chunks_done"],
@@ -226,7 +250,7 @@ def run_ensemble(
             try:
                 _attack_chunk(state, members[: state["kept"]], target, source, data, lo, hi, eps,
                               timesteps, num_classes, batch_size, exhaustive, seed, member_done,
-                              member_started)
+                              member_started, patience)
             except Interrupted as stop:
                 if stop.forced and checkpoint is not None:
                     # Cut short mid-chunk: save every chunk done so far (this one is redone).
@@ -248,8 +272,11 @@ def run_ensemble(
     record = {"clean": _combine(state["clean"], current),
               "attacked": _combine(state["attacked"], current),
               "broken": _combine(state["broken"], current),
+              "broken_at_pass": _combine_passes(state["broken_at_pass"], current),
+              "spared": _combine(state["spared"], current),
               "seconds": list(seconds), "kept": state["kept"]}
     result = _summarize(record, members, eps, exhaustive, budget)
+    result.patience = patience
     result.settings = (batch_size, seed, timesteps) if shard is None else None
     return result
 
@@ -273,7 +300,7 @@ def first_member_robust(result: EnsembleResult, samples: int, batch_size: int, s
 
 
 def merge_ensembles(records: list[dict], members: list[Member], eps: float,
-                    exhaustive: bool = False) -> EnsembleResult:
+                    exhaustive: bool = False, patience: int | None = None) -> EnsembleResult:
     """The result of the shards whose ``per_sample`` records are ``records`` (every chunk attacked
     by exactly one of them): the single-process result, count for count."""
     shapes = {tuple(r["attacked"].shape) for r in records}
@@ -287,10 +314,15 @@ def merge_ensembles(records: list[dict], members: list[Member], eps: float,
         "clean": torch.stack([r["clean"] for r in records]).any(dim=0),
         "attacked": torch.stack([r["attacked"] for r in records]).any(dim=0),
         "broken": torch.stack([r["broken"] for r in records]).any(dim=0),
+        # each sample was attacked in one shard; -1 in the others
+        "broken_at_pass": torch.stack([r["broken_at_pass"] for r in records]).amax(dim=0),
+        "spared": torch.stack([r["spared"] for r in records]).any(dim=0),
         "seconds": [sum(r["seconds"][i] for r in records) for i in range(len(members))],
         "kept": len(members),
     }
-    return _summarize(merged, members, eps, exhaustive, None)
+    result = _summarize(merged, members, eps, exhaustive, None)
+    result.patience = patience
+    return result
 
 
 def _summarize(record: dict, members: list[Member], eps: float, exhaustive: bool,
@@ -311,6 +343,8 @@ def _summarize(record: dict, members: list[Member], eps: float, exhaustive: bool
                 standalone_robust=int((clean & ~broken[index]).sum()) if exhaustive else None,
                 broken_mask=broken[index].clone(),
                 skipped=index >= record["kept"],
+                broken_at=record["broken_at_pass"][index].clone(),
+                spared=int(record["spared"][index].sum()),
             )
         )
     return EnsembleResult(eps, len(clean), int(clean.sum()), robust, results, exhaustive, budget,
@@ -320,7 +354,9 @@ def _summarize(record: dict, members: list[Member], eps: float, exhaustive: bool
 def _chunk_snapshot(state: dict, lo: int, hi: int) -> dict:
     """What a chunk changes in the ensemble's state, as it was before the chunk."""
     return {"clean": state["clean"][lo:hi].clone(), "attacked": state["attacked"][:, lo:hi].clone(),
-            "broken": state["broken"][:, lo:hi].clone(), "seconds": list(state["seconds"]),
+            "broken": state["broken"][:, lo:hi].clone(),
+            "broken_at_pass": state["broken_at_pass"][:, lo:hi].clone(),
+            "spared": state["spared"][:, lo:hi].clone(), "seconds": list(state["seconds"]),
             "rng": rng_state()}
 
 
@@ -328,6 +364,8 @@ def _restore_chunk(state: dict, before: dict, lo: int, hi: int) -> None:
     state["clean"][lo:hi] = before["clean"]
     state["attacked"][:, lo:hi] = before["attacked"]
     state["broken"][:, lo:hi] = before["broken"]
+    state["broken_at_pass"][:, lo:hi] = before["broken_at_pass"]
+    state["spared"][:, lo:hi] = before["spared"]
     state["seconds"] = list(before["seconds"])
 
 
@@ -343,6 +381,8 @@ def _apply_budget(state: dict, budget: float, chunks: int) -> None:
     state["kept"] = kept
     state["attacked"][kept:] = False
     state["broken"][kept:] = False
+    state["broken_at_pass"][kept:] = -1
+    state["spared"][kept:] = False
     state["seconds"][kept:] = [0.0] * (len(state["seconds"]) - kept)
 
 
@@ -362,29 +402,39 @@ def _attack_chunk(
     seed: int,
     member_done: Callable[[int, torch.Tensor], None] | None = None,
     member_started: Callable[[int], None] | None = None,
+    patience: int | None = None,
 ) -> None:
     """Clean predictions and every member's attack on samples ``lo:hi``, recorded into ``state``;
     ``member_started(index)`` before and ``member_done(index, robust)`` after each member, with
-    the chunk's samples still robust."""
+    the chunk's samples still robust. With ``patience``, the members after that many in a row
+    that broke nothing here do not attack (``state["spared"]`` marks the samples they spared)."""
     device = next(target.parameters()).device
     x, y = as_tensors(data.slice(lo, hi), device)
     clean = (predictions(target, x, timesteps, batch_size) == y).cpu()
     state["clean"][lo:hi] = clean
     robust = clean.clone()
+    quiet = 0  # members in a row that broke nothing in this chunk
     for index, member in enumerate(members):
+        pending = (clean if exhaustive else robust).nonzero().flatten()
+        if patience is not None and quiet >= patience:
+            state["spared"][index, lo + pending] = True
+            continue
         started = time.perf_counter()
         if member_started is not None:
             member_started(index)
-        pending = (clean if exhaustive else robust).nonzero().flatten()
         state["attacked"][index, lo + pending] = True
         if len(pending) and eps > 0:
             idx = pending.to(device)
-            x_adv = _attack_batch(
+            x_adv, first_wrong = _attack_batch(
                 member, target, source, x[idx], y[idx], eps, timesteps, num_classes, seed + index
             )
             survived = (predictions(target, x_adv, timesteps, batch_size) == y[idx]).cpu()
             state["broken"][index, lo + pending[~survived]] = True
+            if first_wrong is not None:
+                state["broken_at_pass"][index, lo + pending[~survived]] = \
+                    first_wrong.cpu().to(torch.int32)[~survived]
             robust[pending[~survived]] = False
+            quiet = 0 if bool((~survived).any()) else quiet + 1
         state["seconds"][index] += time.perf_counter() - started
         if member_done is not None:
             member_done(index, robust)
@@ -400,6 +450,13 @@ def _check_resumable(saved: dict, fresh: dict, part: str) -> None:
             f"the checkpoint's {part} covers {tuple(saved['attacked'].shape)} (members, samples), "
             f"this run {tuple(fresh['attacked'].shape)}; rerun the interrupted command unchanged"
         )
+
+
+def _combine_passes(passes: torch.Tensor, world: World) -> torch.Tensor:
+    """Per-sample pass indices (-1 where a process did not attack the sample), across processes."""
+    if not world.distributed:
+        return passes
+    return sum_over_processes((passes + 1).to(torch.int64), world).to(torch.int32) - 1
 
 
 def _combine(mask: torch.Tensor, world: World) -> torch.Tensor:
@@ -438,11 +495,17 @@ def _attack_batch(
     timesteps: int | None,
     num_classes: int,
     seed: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The member's adversarial examples for ``x``, and per sample the first of the member's
+    forward passes that the spiking network misclassified it in (None where those passes are not
+    the spiking network's iterates: transfer, the ANN proxy, Square, FAB-T)."""
     if member.attack.name == "transfer":
         model = AttackedModel(source, None, GradientMode())
     else:
         model = AttackedModel(target, timesteps, member.mode or target.gradient_mode)
+        # (Square and FAB-T query subsets and side points: their passes are not iterations)
+        if model.mode.kind != "ann_proxy" and member.attack.name not in ("square", "fab-t"):
+            model.watch(y)
     attack = member.attack.build(model, eps, num_classes, seed)
     devices = [x.device] if x.device.type == "cuda" else []
     # torchattacks reseeds the global generator (APGD, Square): keep that from leaking out.
@@ -451,4 +514,4 @@ def _attack_batch(
         x_adv = attack(x, y).detach()
     # A member may never leave the threat model: project once more, whatever the library did.
     x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
-    return x_adv
+    return x_adv, model.first_wrong_passes()

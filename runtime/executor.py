@@ -13,6 +13,7 @@ ensemble, without rebuilding the executor or touching its parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -28,7 +29,11 @@ from spikeshield.compiler.ir.ops import IF, BatchNorm, Conv2d, Input, OpCoverage
 from spikeshield.compiler.ir.run_spec import ENCODINGS  # noqa: F401  (re-exported)
 from spikeshield.compiler.ir.surrogates import Surrogate
 from spikeshield.runtime.data import as_float, check_images
-from spikeshield.runtime.gradient_modes import GradientMode, rate_gradient_spikes
+from spikeshield.runtime.gradient_modes import (
+    GradientMode,
+    SharpnessTracker,
+    rate_gradient_spikes,
+)
 from spikeshield.runtime.kernels import KERNELS, batchnorm_tracking, channel_view, masked_weight
 from spikeshield.runtime.neurons import IFParameters, IFState, if_scan, if_scan_from
 from spikeshield.runtime.sparse_conv import SparseConvs
@@ -93,6 +98,8 @@ class GraphExecutor(nn.Module):
         if gradient_mode is not None and surrogate is not None:
             raise ConfigError("give either a surrogate or a gradient mode, not both")
         self.gradient_mode = gradient_mode or GradientMode("bptt", surrogate or Surrogate())
+        # The assg mode's membrane statistics (an attack brings its own, see ``using``).
+        self.sharpness = SharpnessTracker()
         spec = graph.run_spec()
         encoding = spec.encoding if encoding is None else encoding  # the graph's, by default
         self.recorded_timesteps = spec.timesteps
@@ -128,13 +135,17 @@ class GraphExecutor(nn.Module):
         self.neuron_spike_counts: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
-    def using(self, mode: GradientMode) -> Iterator[GraphExecutor]:
-        """Run the block with ``mode`` as the gradient mode, then restore the previous one."""
-        previous, self.gradient_mode = self.gradient_mode, mode
+    def using(self, mode: GradientMode, sharpness: SharpnessTracker | None = None
+              ) -> Iterator[GraphExecutor]:
+        """Run the block with ``mode`` as the gradient mode (and, given, ``sharpness`` as the assg
+        mode's statistics), then restore the previous ones."""
+        previous = self.gradient_mode, self.sharpness
+        self.gradient_mode = mode
+        self.sharpness = sharpness or self.sharpness
         try:
             yield self
         finally:
-            self.gradient_mode = previous
+            self.gradient_mode, self.sharpness = previous
 
     # ---- parameters ---------------------------------------------------------------------
     def parameters_of(self, name: str) -> nn.ParameterDict:
@@ -199,6 +210,7 @@ class GraphExecutor(nn.Module):
         if record:
             self.spike_counts, self.neuron_spike_counts = {}, {}
         block = self._block_steps(x, timesteps)
+        # (assg keeps statistics per step of the whole window: it runs unblocked under gradients)
         blockable = not (proxy or stop_at or observe) and (
             self.gradient_mode.kind == "bptt" or not torch.is_grad_enabled()
         )
@@ -348,6 +360,10 @@ class GraphExecutor(nn.Module):
         if mode.kind == "bptt":
             params = IFParameters(threshold, op.reset, mode.surrogate, mode.detach_reset,
                                   op.v_init)
+            return if_scan(value.data, params, steps)
+        if mode.kind == "assg":  # arctan, its slope per neuron and step from the statistics
+            params = IFParameters(threshold, op.reset, Surrogate("arctan"), mode.detach_reset,
+                                  op.v_init, functools.partial(self.sharpness.slope, name))
             return if_scan(value.data, params, steps)
         # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
         with torch.no_grad():

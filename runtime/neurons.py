@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -38,13 +38,19 @@ class IFParameters:
     ``detach_reset`` changes only gradients: the reset's subtraction (``v * s`` or ``threshold * s``)
     is treated as a constant, so the membrane passes its gradient through a spike unchanged, as a
     non-resetting integrator would (the reset's own derivative, ``-v`` at every spike, otherwise
-    drowns the surrogate's signal in long sums of opposite terms)."""
+    drowns the surrogate's signal in long sums of opposite terms).
+
+    ``sharpness``, when given, maps a scan's distances to threshold ``u`` ``(T, N, ...)`` (in
+    units of the threshold) to the surrogate's parameter for every neuron and step, the same shape
+    (ASSG, :class:`spikeshield.runtime.gradient_modes.SharpnessTracker`); it is called once per
+    scan that records gradients, and only :func:`if_scan` and :func:`if_scan_from` apply it."""
 
     threshold: torch.Tensor
     reset: str = "zero"
     surrogate: Surrogate = Surrogate()
     detach_reset: bool = False
     v_init: float = 0.0  # initial membrane potential, as a fraction of the threshold
+    sharpness: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def initial_state(self, shape: torch.Size, like: torch.Tensor) -> IFState:
         """The membrane before the first step: ``v_init * threshold`` everywhere (zero by default).
@@ -133,7 +139,7 @@ def if_scan_from(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
         spikes, v = _IFScan.apply(
             currents, threshold, v0, p.reset, p.surrogate, steps, timesteps is not None,
-            p.detach_reset,
+            p.detach_reset, p.sharpness,
         )
     else:
         spikes, v = _scan_forward(currents, threshold, v0, p.reset, steps, timesteps is not None)
@@ -319,18 +325,20 @@ class _IFScan(torch.autograd.Function):
     collects ``dL/ds_t·d_t·(-v_t/θ)`` through ``u_t``, and ``-g·s_t`` through the subtraction.
     With the reset detached, ``dL/ds_t = grad_t`` and ``dL/dv_t = g + dL/ds_t·d_t`` for both resets,
     and the threshold collects only the term through ``u_t``. An adaptive surrogate takes its width
-    from the stored potentials first (:meth:`Surrogate.adaptive_width`).
+    from the stored potentials first (:meth:`Surrogate.adaptive_width`); a ``sharpness`` function
+    gives one parameter per neuron and step from them in the forward pass (ASSG).
     This is exactly what autograd computes on :func:`if_step`, without recording five nodes per step.
     """
 
     @staticmethod
     def forward(ctx, currents, threshold, v0, reset, surrogate, steps, constant,  # type: ignore[override]
-                detach_reset=False):
+                detach_reset=False, sharpness=None):
         shape = currents.shape if constant else currents.shape[1:]
         layout = _fused_layout(currents, threshold.detach(), shape)
         # With a surrogate the kernel computes, its backward replays the membranes from the
         # currents (no potentials stored or written); otherwise they are stored for the slope.
-        ctx.replay = layout is not None and _kernel_surrogate(surrogate) > 0
+        ctx.replay = layout is not None and _kernel_surrogate(surrogate) > 0 and sharpness is None
+        ctx.width = None
         ctx.layout, ctx.steps = layout, steps
         ctx.reset, ctx.surrogate, ctx.constant = reset, surrogate, constant
         ctx.detach_reset = detach_reset
@@ -346,6 +354,8 @@ class _IFScan(torch.autograd.Function):
         else:
             potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
             spikes, v = _scan_forward(currents, threshold, v0, reset, steps, constant, potentials)
+        if sharpness is not None:
+            ctx.width = sharpness(torch.div(potentials, threshold.detach()).sub_(1.0))
         ctx.save_for_backward(potentials, threshold, None)
         return spikes, v
 
@@ -360,12 +370,13 @@ class _IFScan(torch.autograd.Function):
         detached = ctx.detach_reset
         steps = potentials.shape[0]
         inverse = 1.0 / threshold
-        derivative = ctx.surrogate.derivative
-        if ctx.surrogate.adaptive:  # the width follows this layer's membranes, sample by sample
+        width = ctx.width  # per neuron and step (ASSG), or per sample (adaptive), or None
+        if width is None and ctx.surrogate.adaptive:  # the width follows this layer's membranes
             width = ctx.surrogate.adaptive_width(potentials, inverse)
-            derivative = lambda u: ctx.surrogate.derivative(u, width)  # noqa: E731
+        per_step = width is not None and width.dim() == potentials.dim()
         if ctx.layout is not None:  # the same walk back in time, fused (a surrogate given here)
-            slope = derivative(torch.mul(potentials, inverse).sub_(1.0)).mul_(inverse).contiguous()
+            slope = ctx.surrogate.derivative(torch.mul(potentials, inverse).sub_(1.0), width)
+            slope = slope.mul_(inverse).contiguous()
             layout = ctx.layout
             inverse_values = (1.0 / layout.values).to(potentials.dtype)
             grad_x, grad_theta, g = _extension().backward(
@@ -376,7 +387,8 @@ class _IFScan(torch.autograd.Function):
             dx = grad_x.view(shape if ctx.constant else potentials.shape) if want_x else None
             dthreshold = (grad_theta.view(shape).sum_to_size(threshold.shape)
                           if want_threshold else None)
-            return dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None
+            return (dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None,
+                    None)
         g = grad_state.clone() if grad_state is not None else torch.zeros_like(potentials[0])
         grad_x = torch.empty_like(potentials) if want_x and not ctx.constant else None
         grad_x_sum = torch.zeros_like(g) if want_x and ctx.constant else None
@@ -388,7 +400,8 @@ class _IFScan(torch.autograd.Function):
             v = potentials[t]
             torch.gt(v, threshold, out=fired)
             # d_t = σ'(u_t)/θ with u_t = v_t/θ - 1
-            slope = derivative(torch.mul(v, inverse).sub_(1.0)).mul_(inverse)
+            slope = ctx.surrogate.derivative(torch.mul(v, inverse).sub_(1.0),
+                                             width[t] if per_step else width).mul_(inverse)
             if detached:  # the reset passes no gradient: the spike's comes from its readers only
                 through_spike = torch.mul(grad_spikes[t], slope)
             elif subtract:
@@ -407,7 +420,7 @@ class _IFScan(torch.autograd.Function):
                 grad_x_sum += g
         dx = grad_x if grad_x is not None else grad_x_sum
         dthreshold = grad_threshold.sum_to_size(threshold.shape) if want_threshold else None
-        return dx, dthreshold, g if want_v0 else None, None, None, None, None, None
+        return dx, dthreshold, g if want_v0 else None, None, None, None, None, None, None
 
     @staticmethod
     def _replayed_backward(ctx, currents, threshold, v0, grad_spikes, grad_state):
@@ -425,4 +438,4 @@ class _IFScan(torch.autograd.Function):
         dx = grad_x.view(currents.shape) if want_x else None
         dthreshold = (grad_theta.view(shape).sum_to_size(threshold.shape)
                       if want_threshold else None)
-        return dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None
+        return dx, dthreshold, g.view(shape) if want_v0 else None, None, None, None, None, None, None

@@ -29,7 +29,7 @@ from spikeshield.runtime.data import Dataset
 from spikeshield.runtime.distributed import World
 
 FORMAT = "spikeshield-eval-shard"
-VERSION = 1
+VERSION = 2  # 2: the pass that broke each sample ("broken_at_pass") beside the broken masks
 
 
 def parse_shard(text: str) -> World:

@@ -27,6 +27,7 @@ from spikeshield.compiler.ir.limits import read_json_file
 from spikeshield.runtime import distributed
 from spikeshield.runtime.attacks import (
     DEFAULT_PRESET,
+    PRESET_PATIENCE,
     PRESETS,
     base_attack,
     members_for_ann,
@@ -69,6 +70,16 @@ class RobustnessConfig:
     seed: int = 0
     device: str = "auto"
     budget: float | None = None  # seconds for the SNN ensemble (see run_ensemble)
+    # Stop each chunk of the SNN ensemble after this many members in a row broke nothing there;
+    # None: the preset's own (PRESET_PATIENCE), 0: every member attacks.
+    patience: int | None = None
+
+    def resolved_patience(self) -> int | None:
+        """The patience the SNN ensemble runs with (None: every member attacks)."""
+        if self.exhaustive:
+            return None
+        chosen = PRESET_PATIENCE.get(self.preset) if self.patience is None else self.patience
+        return chosen or None
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -81,6 +92,9 @@ class RobustnessConfig:
             raise ConfigError("batch size and curve samples must be positive")
         if self.budget is not None and not self.budget > 0:
             raise ConfigError(f"--budget is in seconds and must be positive, got {self.budget}")
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"--patience counts members and must be 0 (off) or more, got "
+                              f"{self.patience}")
         base_attack(self.base_attack)
 
 
@@ -130,12 +144,14 @@ def evaluate_robustness(
     identity = shard_fingerprint(snn, ann, data, cfg, eps, device)
     if shards is not None:
         check_shards(shards, identity)
-        result = merge_ensembles([s["snn"] for s in shards], members, eps, cfg.exhaustive)
+        result = merge_ensembles([s["snn"] for s in shards], members, eps, cfg.exhaustive,
+                                 cfg.resolved_patience())
     else:
         result = run_ensemble(target, data, members, eps, timesteps, num_classes, source=source,
                               exhaustive=cfg.exhaustive, desc=f"{cfg.preset} ensemble on the SNN",
                               world=world, checkpoint=checkpoint, part="snn_ensemble",
-                              budget=cfg.budget, shard=shard, **common)
+                              budget=cfg.budget, shard=shard, patience=cfg.resolved_patience(),
+                              **common)
     ann_members = members_for_ann(members, base_attack(cfg.base_attack))
     if shard is not None:
         ann_result = None if source is None else run_ensemble(

@@ -85,7 +85,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (
             " (exhaustive: every member attacks every clean-correct sample)." if exhaustive else "."
         )
-        + _budget_note(snn),
+        + _budget_note(snn) + _patience_note(snn),
         "",
         header + (" alone |" if exhaustive else ""),
         "|---|---|---|---|---|" + ("---|" if exhaustive else ""),
@@ -94,6 +94,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         broken = f"{m['broken']}" + (" (none)" if m["attacked"] and not m["broken"] else "")
         if m.get("skipped"):
             broken = "skipped (budget)"
+        elif m.get("not_run_samples"):
+            broken += f"; not run on {m['not_run_samples']} (patience)"
         row = (
             f"| {i} | {m['label']} | {m['attacked']} | {broken} | "
             f"{_pct(m['robust_accuracy_after'])} |"
@@ -148,6 +150,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "- *Zero gradient*: an input whose loss gradient is exactly zero cannot be moved by a gradient",
         "  attack; many such inputs mean the attack fails for the wrong reason (gradient masking).",
         "- *broken (none)*: the member attacked samples and broke none of them.",
+        "- *ASSG*: an arctan surrogate whose sharpness follows each neuron's and step's running",
+        "  distance to threshold over the attack's iterations; *SA-PGD*: PGD with normalised",
+        "  momenta and a step size that halves on a schedule (both Wang et al., CVPR 2026).",
         "- *Accuracy vs ε* must fall towards zero; *accuracy vs steps* must not rise. Either failing,",
         "  or Square beating the white-box members, makes the verdict NOT TRUSTWORTHY.",
     ]
@@ -162,6 +167,18 @@ def _budget_note(snn: dict[str, Any]) -> str:
         return f" A time budget of {snn['budget_seconds']:g} s allowed every member."
     return (f" A time budget of {snn['budget_seconds']:g} s allowed the first {run} of {total} "
             "members: the worst case is over those alone, a bound from above.")
+
+
+def _patience_note(snn: dict[str, Any]) -> str:
+    if not snn.get("patience"):
+        return ""
+    spared = sum(m.get("not_run_samples", 0) for m in snn["members"])
+    note = (f" Each batch of samples stops once {snn['patience']} members in a row broke none of "
+            "its samples (patience)")
+    if not spared:
+        return note + "; no batch stopped early: every member ran."
+    return note + ("; *not run on* counts the robust samples a member was spared that way. "
+                   "`--patience 0` runs every member.")
 
 
 def _memory_line(peak: dict[str, Any] | None) -> list[str]:

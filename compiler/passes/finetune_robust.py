@@ -135,8 +135,12 @@ class FinetuneConfig:
                 raise ConfigError(f"finetune {what} must be positive, got {value}")
         if self.beta < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError("finetune beta and weight decay must be >= 0 and momentum in [0, 1)")
-        GradientMode.parse(self.surrogate)
-        self.attack_modes()
+        for what, modes in (("surrogate", [GradientMode.parse(self.surrogate)]),
+                            ("attack surrogate", self.attack_modes())):
+            if any(m.kind == "assg" for m in modes):
+                raise ConfigError(f"finetune {what}: assg follows one batch through an attack's "
+                                  "iterations, not training's batches; use it for validation or "
+                                  "evaluation, and train through a surrogate (triangle:1)")
         self.val_modes()
 
     def attack_modes(self) -> list[GradientMode]:

@@ -67,9 +67,13 @@ def test_adversarial_examples_stay_in_the_threat_model(snn, samples, converted_l
     ann = GraphExecutor(converted_lenet.ann)
     others = [Member(AttackSpec(name, steps=3), GradientMode("bptr"))
               for name in ("rfgsm", "apgd-ce", "apgd-dlr", "apgd-t")]
-    others += [Member(AttackSpec("square", queries=20)), Member(AttackSpec("transfer", steps=3))]
+    others += [Member(AttackSpec("square", queries=20)), Member(AttackSpec("transfer", steps=3)),
+               Member(AttackSpec("sa-pgd", steps=3), GradientMode.parse("assg:detach"))]
     for member in DETERMINISTIC + others:
-        x_adv = _attack_batch(member, snn, ann, x, y, EPS, 8, 10, seed=0)
+        x_adv, first_wrong = _attack_batch(member, snn, ann, x, y, EPS, 8, 10, seed=0)
+        unwatched = member.attack.name in ("transfer", "square") or (
+            member.mode is not None and member.mode.kind == "ann_proxy")  # not the SNN's passes
+        assert (first_wrong is None) == unwatched, member.label
         assert (x_adv - x).abs().max() <= EPS + 1e-6
         assert x_adv.min() >= 0 and x_adv.max() <= 1
         assert (x_adv != x).any(), member.label  # it did perturb something
@@ -206,3 +210,62 @@ def test_the_curve_reuses_the_first_members_own_attack_and_gets_the_same_point(
     attacked.clear()  # 24 samples cut the first chunk of 32: the point is attacked again
     diagnose(snn, samples, result, 8, 10, curve_samples=24, curve_steps=(2, 4), batch_size=32)
     assert (EPS, apgd, 24) in attacked
+
+
+def test_the_iteration_that_broke_a_sample_is_counted_as_sa_pgd_counts_it(snn, samples):
+    """The attacked model's count of whole-batch passes (how the ensemble records, for any
+    member, when a sample broke) agrees with SA-PGD's own iteration count on every sample it
+    broke, and the ensemble's JSON lists that pass beside each broken sample."""
+    from spikeshield.runtime.attacks import SAPGD, AttackedModel
+
+    x = samples.images[:32].float() / 255
+    y = samples.labels[:32]
+    model = AttackedModel(snn, 8, GradientMode.parse("assg:detach"))
+    model.watch(y)
+    attack = SAPGD(model, EPS, steps=6)
+    attack(x, y)
+    broken = attack.broken_at >= 0
+    assert 0 < int(broken.sum()) < 32
+    assert len(set(attack.broken_at[broken].tolist())) > 1  # not all at the same iteration
+    assert torch.equal(model.first_wrong_passes()[broken], attack.broken_at[broken])
+    assert (model.first_wrong_passes()[~broken] == 7).all()  # 7 passes: none misclassified
+    member = Member(AttackSpec("sa-pgd", steps=6), GradientMode.parse("assg:detach"))
+    result = run_ensemble(snn, samples.head(32), [member], EPS, 8, 10, batch_size=32)
+    record = result.to_json()["members"][0]
+    assert len(record["broken_at_pass"]) == len(record["broken_samples"]) == record["broken"] > 0
+    assert all(0 <= i <= 6 for i in record["broken_at_pass"])
+
+
+def test_patience_stops_a_chunk_after_members_that_broke_nothing_and_shards_still_add_up(
+        snn, samples):
+    """With patience 1, a chunk stops at the first member that broke none of its samples: the
+    members after it do not attack that chunk and count the robust samples they were spared;
+    chunks decide alone, so two shards merge into exactly the one-process result."""
+    from spikeshield.runtime.distributed import World
+    from spikeshield.runtime.ensemble import merge_ensembles
+
+    idle = Member(AttackSpec("pgd", steps=1, step_size=1e-9, random_start=False),
+                  GradientMode.parse("triangle:1"))  # moves no pixel that matters
+    members = [DETERMINISTIC[0], idle, DETERMINISTIC[1]]
+    full = run_ensemble(snn, samples, members, EPS, 8, 10, batch_size=32)
+    assert full.members[1].broken == 0 and full.members[2].broken > 0
+    stopped = run_ensemble(snn, samples, members, EPS, 8, 10, batch_size=32, patience=1)
+    first, quiet, last = stopped.members
+    assert (first.broken, quiet.attacked, quiet.broken) == (full.members[0].broken,
+                                                           first.robust_after, 0)
+    assert (last.attacked, last.broken, last.spared) == (0, 0, first.robust_after)
+    assert stopped.robust == first.robust_after > full.robust  # the price of stopping
+    record = stopped.to_json()
+    assert record["patience"] == 1 and record["members"][2]["not_run_samples"] == last.spared
+    # patience 2: the idle member alone is not enough to stop
+    assert run_ensemble(snn, samples, members, EPS, 8, 10, batch_size=32,
+                        patience=2).robust == full.robust
+    shards = [run_ensemble(snn, samples, members, EPS, 8, 10, batch_size=32, patience=1,
+                           shard=World(i, 2)).per_sample for i in (1, 0)]
+    merged = merge_ensembles(shards, members, EPS, patience=1).to_json()
+    mine = stopped.to_json()
+    for row in merged["members"] + mine["members"]:
+        row.pop("seconds")
+    assert merged == mine
+    with pytest.raises(ConfigError, match="patience counts members"):
+        run_ensemble(snn, samples, members, EPS, 8, 10, patience=1, exhaustive=True)

@@ -11,7 +11,7 @@ from tests.conftest import single_if_graph
 ALL_MODES = [f"{name}:{g}" for name in SURROGATE_NAMES if name != "none" for g in (0.5, 2.0)]
 ALL_MODES += [f"{name}:1:{flags}" for name in ("triangle", "rectangular", "sigmoid", "exponential")
               for flags in ("detach", "adaptive", "adaptive+detach")]
-ALL_MODES += ["bptr", "rga", "ann_proxy"]
+ALL_MODES += ["bptr", "rga", "ann_proxy", "assg", "assg:detach"]
 
 
 def _input_gradient(executor, x, y, timesteps=8):
@@ -101,6 +101,10 @@ def test_parse_and_label_round_trip():
     assert detached.detach_reset and detached.surrogate.adaptive
     assert detached.label == "adaptive triangle γ=1·mean|u|, detached reset"
     assert GradientMode.parse("sigmoid:4:adaptive").label == "adaptive sigmoid γ=4/mean|u|"
+    for spec in ("assg", "assg:detach"):
+        assert GradientMode.parse(spec).spec == spec
+    assert GradientMode.parse("ASSG:detach").label == "ASSG, detached reset"
+    assert GradientMode.parse("assg").through_time and not GradientMode.parse("rga").through_time
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -109,6 +113,7 @@ def test_parse_and_label_round_trip():
     ("triangle:wide", "not a number"),
     ("triangle:-1", "positive"),
     ("triangle:1:sticky", "unknown flag"),
+    ("assg:2", "takes only the flag detach"),
 ])
 def test_bad_modes(spec, message):
     with pytest.raises(ConfigError, match=message):
@@ -118,3 +123,57 @@ def test_bad_modes(spec, message):
 def test_only_surrogates_have_a_reset_to_detach():
     with pytest.raises(ConfigError, match="no reset to detach"):
         GradientMode("bptr", detach_reset=True)
+
+
+def test_assg_sharpness_follows_running_moments_of_each_neuron_and_step():
+    """By hand, with the reference code's constants: M and D start at 1 and 0 and decay by 0.9;
+    alpha = a / (M + 1.5 D + 1e-4) with a = 2 tan(0.425 pi) / pi; a new shape or a reset starts
+    afresh, and layers are kept apart."""
+    import math
+
+    from spikeshield.runtime.gradient_modes import SharpnessTracker
+
+    tracker = SharpnessTracker()
+    a = 2 * math.tan(0.425 * math.pi) / math.pi
+    first = torch.tensor([[0.5, -2.0]], dtype=torch.float64)
+    m1 = 0.9 + 0.1 * first.abs()
+    d1 = 0.1 * (first.abs() - m1).abs()
+    torch.testing.assert_close(tracker.slope("conv", first), a / (m1 + 1.5 * d1 + 1e-4))
+    second = torch.tensor([[0.0, 3.0]], dtype=torch.float64)
+    m2 = 0.9 * m1 + 0.1 * second.abs()
+    d2 = 0.9 * d1 + 0.1 * (second.abs() - m2).abs()
+    torch.testing.assert_close(tracker.slope("conv", second), a / (m2 + 1.5 * d2 + 1e-4))
+    torch.testing.assert_close(tracker.slope("fc", second),  # another layer: its own moments
+                               a / (0.9 + 0.1 * second.abs() + 1.5 * 0.1 * (
+                                   second.abs() - 0.9 - 0.1 * second.abs()).abs() + 1e-4))
+    wider = torch.zeros(1, 3, dtype=torch.float64)  # a new batch: the moments start afresh
+    torch.testing.assert_close(tracker.slope("conv", wider), torch.full_like(wider, a / (
+        0.9 + 1.5 * 0.09 + 1e-4)))
+    tracker.reset()
+    torch.testing.assert_close(tracker.slope("conv", first), a / (m1 + 1.5 * d1 + 1e-4))
+    with pytest.raises(ConfigError, match="vanishing degree"):
+        SharpnessTracker(vanishing=0.5)
+
+
+def test_assg_gradients_start_afresh_with_each_attacked_model(converted_lenet, mnist5k):
+    """An attack's statistics belong to its AttackedModel: two models on the same executor give
+    the same first gradient, and a second pass through one model (moments moved) another."""
+    from spikeshield.runtime.attacks import AttackedModel
+
+    executor = GraphExecutor(converted_lenet.snn)
+    x = mnist5k.test.head(8).images.float().div(255)
+    y = mnist5k.test.head(8).labels
+
+    def gradient(model):
+        xs = x.clone().requires_grad_()
+        torch.nn.functional.cross_entropy(model(xs), y).backward()
+        return xs.grad
+
+    mode = GradientMode.parse("assg")
+    first = AttackedModel(executor, 8, mode)
+    g1 = gradient(first)
+    assert g1.abs().sum() > 0
+    assert torch.equal(gradient(AttackedModel(executor, 8, mode)), g1)
+    assert not torch.equal(gradient(first), g1)
+    first.start_run()
+    assert torch.equal(gradient(first), g1)

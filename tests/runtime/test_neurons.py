@@ -307,3 +307,53 @@ def test_large_forward_scans_without_gradients_take_the_pytorch_path(monkeypatch
     assert calls[-1].get("counts") and len(calls) == 2
     if_scan(currents.clone().requires_grad_(), p).sum().backward()
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_a_slope_per_neuron_and_step_is_autograd_through_an_arctan_step_by_step(
+        monkeypatch, reset, detach_reset):
+    """ASSG's plumbing: ``sharpness`` sees every step's distance to threshold once, and its
+    per-neuron, per-step slopes give the gradients of stepping an arctan spike with those slopes
+    under autograd (currents and per-channel thresholds), in the compiled scan and without it."""
+    import math
+
+    from spikeshield.compiler.ir.surrogates import Surrogate
+
+    generator = torch.Generator().manual_seed(5)
+    base = (torch.rand(6, 3, 4, 2, 2, generator=generator) * 1.2 - 0.2).double()
+    theta0 = torch.tensor([0.7, 1.1, 0.4, 0.9], dtype=torch.float64).view(-1, 1, 1)
+    weights = torch.linspace(-1, 1, base.numel(), dtype=torch.float64).view_as(base)
+
+    def slopes(u):
+        return 0.5 + u.abs()
+
+    def run():
+        seen = []
+        currents, threshold = base.clone().requires_grad_(), theta0.clone().requires_grad_()
+        p = IFParameters(threshold, reset, Surrogate("arctan"), detach_reset,
+                         sharpness=lambda u: seen.append(u.clone()) or slopes(u))
+        spikes = if_scan(currents, p)
+        (spikes * weights).sum().backward()
+        assert len(seen) == 1 and seen[0].shape == base.shape
+        return spikes.detach(), currents.grad, threshold.grad, seen[0]
+
+    compiled, scanned = _both_scans(monkeypatch, run)
+    currents, threshold = base.clone().requires_grad_(), theta0.clone().requires_grad_()
+    v, out, distances = torch.zeros_like(base[0]), [], []
+    for t in range(len(base)):
+        v = v + currents[t]
+        u = (v - threshold) / threshold
+        alpha = slopes(u.detach())
+        smooth = torch.atan(math.pi / 2 * alpha * u) / math.pi
+        s = (u > 0).double() + (smooth - smooth.detach())
+        lost = v * s if reset == "zero" else threshold * s
+        v = v - (lost.detach() if detach_reset else lost)
+        out.append(s)
+        distances.append(u.detach())
+    (torch.stack(out) * weights).sum().backward()
+    for result in (compiled, scanned):
+        assert torch.equal(result[0], torch.stack(out).detach())
+        torch.testing.assert_close(result[3], torch.stack(distances), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(result[1], currents.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result[2], threshold.grad, rtol=1e-10, atol=1e-12)

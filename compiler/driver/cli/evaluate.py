@@ -34,6 +34,7 @@ def eval_cmd(
     attack: Annotated[str, typer.Option(help="Base attack of the paper preset: pgd (20 steps), fgsm or apgd.")] = "pgd",
     exhaustive: Annotated[bool, typer.Option(help="Every member attacks every sample (gives per-member accuracy; slower).")] = False,
     budget: Annotated[Optional[float], typer.Option(help="Seconds for the SNN ensemble: after the first batch, the members past what fits are skipped for every sample (the presets run strongest first); the report names them.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop each batch of samples once this many members in a row broke none of its samples (the report counts the samples each later member was spared); 0 runs every member. Default: the preset's own.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Data spec (default: the one recorded at compile time).")] = None,
     ir: Annotated[str, typer.Option("--ir", help="Which SNN of the directory to attack: snn.ir, or the target-adapted snn_<target>.ir (its report goes to robustness_<target>.*).")] = "snn.ir",
     shard: Annotated[Optional[str], typer.Option("--shard", help="Attack only shard I of N (I/N, from 1) of the samples, on this machine, and save its record to --shards; merge them with --merge. Any scheduler, any machine: the merged report is the one-process report.")] = None,
@@ -54,7 +55,7 @@ def eval_cmd(
     def config(dev: str) -> RobustnessConfig:
         return RobustnessConfig(preset=preset, eps=eps, samples=n, batch_size=batch_size,
                                 base_attack=attack, exhaustive=exhaustive, seed=seed, device=dev,
-                                budget=budget)
+                                budget=budget, patience=patience)
 
     def check() -> None:
         from spikeshield.compiler.driver.robustness import check_ir_name, eval_chunks

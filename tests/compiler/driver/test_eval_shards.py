@@ -36,6 +36,8 @@ def test_three_shards_merge_to_the_one_process_report(converted_lenet, mnist5k):
     assert any(m["broken"] for m in one["snn"]["members"])
     for member in one["snn"]["members"]:  # which images each member broke, as indices
         assert len(member["broken_samples"]) == member["broken"]
+        assert len(member["broken_at_pass"]) == member["broken"]  # and at which of its passes
+        assert all(0 <= i <= 20 for i in member["broken_at_pass"])  # PGD-20: start + 20 steps
     broken = {i for m in one["snn"]["members"] for i in m["broken_samples"]}
     assert not broken & set(one["snn"]["robust_samples"])
     # Each shard attacked only its chunks (16 samples each, dealt round-robin to 3 shards).

@@ -155,6 +155,13 @@ def test_model_selection_scores_a_bounded_validation_subset_set_from_the_compile
     assert paper.attack_surrogate == "paper"
     with pytest.raises(ConfigError, match="unknown gradient mode"):
         CompileConfig(finetune_attack_surrogate="sawtooth").validate()
+    with pytest.raises(ConfigError, match="finetune attack surrogate: assg follows one batch"):
+        CompileConfig(finetune_attack_surrogate="triangle:1,assg").validate()
+    from spikeshield.compiler.passes.finetune_robust import FinetuneConfig
+    with pytest.raises(ConfigError, match="finetune surrogate: assg follows one batch"):
+        FinetuneConfig(surrogate="assg:detach").validate()
+    assert CompileConfig(finetune_val_surrogate="assg").finetune_config(0.1).val_modes()[0].kind \
+        == "assg"
 
 
 def test_inner_attack_takes_the_attack_modes_in_turn_and_leaves_training_s_alone(converted_lenet,

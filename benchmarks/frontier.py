@@ -1,0 +1,155 @@
+"""Frontier attack members on a robustly finetuned SNN: what each member breaks alone, what it
+costs, and the `adaptive` preset beside a candidate ordering, side by side in one run.
+
+The network: a zoo ANN trained by ``benchmarks/conversion.py`` (its WORK/<data>-<arch>/ann.pt),
+converted with today's defaults and finetuned with TRADES through the spikes (``--finetune-epochs``
+on the first ``--finetune-max-train`` training images), stored as WORK/frontier/snn.ir. Then, on
+the first N test images at one ε, each stage stored as WORK/frontier/<stage>.json when it ends:
+
+* ``alone-<member>``: each listed member attacks every clean-correct sample (exhaustive: its own
+  robust accuracy, the samples it broke, its wall time);
+* ``preset-<name>``: a preset as reports run it (members attack survivors), wall time per member.
+
+A rerun skips the stages already stored. Prints one table at the end and writes it, with the
+command, machine and date, to ``--out`` (JSON).
+
+    python benchmarks/frontier.py --work runs/i41/conv --data mnist5k --arch resnet20 --width 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+# Members measured alone: adaptive's first member, then the frontier members it is compared with.
+ALONE = {
+    "apgd-ce-200-triangle-detach": ("apgd-ce", 200, "triangle:1:detach"),
+    "sa-pgd-100-assg": ("sa-pgd", 100, "assg"),
+    "sa-pgd-100-assg-detach": ("sa-pgd", 100, "assg:detach"),
+    "apgd-ce-100-assg-detach": ("apgd-ce", 100, "assg:detach"),
+    "pgd-50-assg-detach": ("pgd", 50, "assg:detach"),
+}
+
+
+def _stage(folder: Path, name: str, measure) -> dict:
+    path = folder / f"{name}.json"
+    if path.exists():
+        print(f"{name}: already measured ({path})", flush=True)
+        return json.loads(path.read_text())
+    started = time.perf_counter()
+    result = measure()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"{name}: {result['seconds']} s, robust {result['robust_accuracy']:.4f}", flush=True)
+    return result
+
+
+def _machine() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="benchmarks/conversion.py's WORK")
+    parser.add_argument("--data", default="mnist5k")
+    parser.add_argument("--arch", default="resnet20")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("-T", "--timesteps", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-max-train", type=int, default=2000)
+    parser.add_argument("--alone", default=",".join(ALONE), help="members measured alone")
+    parser.add_argument("--presets", default="adaptive", help="presets run as reports run them")
+    parser.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
+    args = parser.parse_args()
+
+    from conversion import _model
+
+    from spikeshield.compiler.driver.data import load_data
+    from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
+    from spikeshield.compiler.ir.serialize import load_graph, save_graph
+    from spikeshield.runtime.attacks import AttackSpec, Member, preset_members
+    from spikeshield.runtime.ensemble import run_ensemble
+    from spikeshield.runtime.executor import GraphExecutor
+    from spikeshield.runtime.gradient_modes import GradientMode
+
+    cell = args.work / f"{args.data}-{args.arch}"
+    folder = cell / f"frontier-e{args.finetune_epochs}-max{args.finetune_max_train}"
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = load_data(args.data, seed=0)
+    test = splits.test.head(args.n)
+    snn_path = folder / "snn.ir"
+    if not snn_path.exists():
+        model = _model(args.arch, splits, args.width)
+        model.load_state_dict(torch.load(cell / "ann.pt", weights_only=True))
+        model.eval()
+        started = time.perf_counter()
+        cfg = CompileConfig(timesteps=args.timesteps, finetune="trades",
+                            finetune_epochs=args.finetune_epochs,
+                            finetune_max_train=args.finetune_max_train, robustness="none",
+                            profile=False, eval_samples=args.n)
+        result = compile_model(model, splits, cfg)
+        save_graph(result.snn, snn_path)
+        (folder / "compile.json").write_text(json.dumps({
+            "seconds": round(time.perf_counter() - started, 1),
+            "snn_accuracy": result.report["snn"]["accuracy"]}))
+    snn = load_graph(snn_path)
+
+    def ensemble(members: list, exhaustive: bool) -> dict:
+        torch.manual_seed(0)
+        result = run_ensemble(GraphExecutor(snn), test, members, args.eps, args.timesteps,
+                              splits.num_classes, exhaustive=exhaustive, desc="frontier")
+        return result.to_json()
+
+    rows = {}
+    for key in [k for k in args.alone.split(",") if k]:
+        attack, steps, mode = ALONE[key]
+        member = Member(AttackSpec(attack, steps=steps), GradientMode.parse(mode))
+        rows[f"alone-{key}"] = _stage(folder, f"alone-{key}",
+                                      lambda m=member: ensemble([m], exhaustive=True))
+    for name in [p for p in args.presets.split(",") if p]:
+        rows[f"preset-{name}"] = _stage(folder, f"preset-{name}",
+                                        lambda n=name: ensemble(preset_members(n), False))
+
+    first = next(iter(rows.values()))
+    print(f"\n{args.arch} (width {args.width:g}) on {args.data}, T={args.timesteps}, "
+          f"eps={args.eps}, first {first['samples']} test images, clean "
+          f"{100 * first['clean_accuracy']:.1f}%; {_machine()}")
+    print(f"{'stage':45s} {'robust':>8s} {'seconds':>8s}")
+    for name, row in rows.items():
+        print(f"{name:45s} {100 * row['robust_accuracy']:7.1f}% {row['seconds']:8.1f}")
+        if name.startswith("preset-"):
+            for m in row["members"]:
+                if m["broken"] or m["seconds"] > 0.05 * row["seconds"]:
+                    print(f"    {m['label']:55s} broke {m['broken']:3d} of {m['attacked']:3d} "
+                          f"in {m['seconds']:7.1f} s")
+    if args.out:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=HERE).stdout.strip()
+        args.out.write_text(json.dumps({
+            "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+            "machine": _machine(), "date": datetime.date.today().isoformat(), "commit": commit,
+            "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
