@@ -44,6 +44,20 @@ ALONE = {
 }
 
 
+def adaptive_before() -> list:
+    """`adaptive` as it was until 2026-12-07 (27 members, every one run), the baseline of the
+    side-by-side comparison: APGD-CE-200 through a detached-reset triangle, seven PGD-50 members
+    with the reset detached, then `paper`'s 19."""
+    from spikeshield.runtime.attacks import AttackSpec, Member, paper_modes
+    from spikeshield.runtime.gradient_modes import GradientMode
+
+    members = [Member(AttackSpec("apgd-ce", steps=200), GradientMode.parse("triangle:1:detach"))]
+    members += [Member(AttackSpec("pgd", steps=50), GradientMode.parse(spec)) for spec in (
+        "triangle:1:adaptive+detach", "rectangular:1:adaptive+detach", "triangle:0.5:detach",
+        "triangle:2:detach", "sigmoid:4:detach", "arctan:2:detach", "exponential:1:detach")]
+    return members + [Member(AttackSpec("pgd", steps=20), mode) for mode in paper_modes()]
+
+
 def _stage(folder: Path, name: str, measure) -> dict:
     path = folder / f"{name}.json"
     if path.exists():
@@ -78,7 +92,11 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--finetune-max-train", type=int, default=2000)
     parser.add_argument("--alone", default=",".join(ALONE), help="members measured alone")
-    parser.add_argument("--presets", default="adaptive", help="presets run as reports run them")
+    parser.add_argument("--presets", default="adaptive",
+                        help="presets run as reports run them (with the preset's patience); "
+                             "adaptive-before is adaptive as it was until 2026-12-07")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also run (and time) the report's diagnostics after each preset")
     parser.add_argument("--out", type=Path, default=None, help="write the summary JSON here")
     args = parser.parse_args()
 
@@ -87,7 +105,8 @@ def main() -> None:
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
     from spikeshield.compiler.ir.serialize import load_graph, save_graph
-    from spikeshield.runtime.attacks import AttackSpec, Member, preset_members
+    from spikeshield.runtime.attacks import PRESET_PATIENCE, AttackSpec, Member, preset_members
+    from spikeshield.runtime.diagnostics import CURVE_STEPS, diagnose
     from spikeshield.runtime.ensemble import run_ensemble
     from spikeshield.runtime.executor import GraphExecutor
     from spikeshield.runtime.gradient_modes import GradientMode
@@ -114,11 +133,24 @@ def main() -> None:
             "snn_accuracy": result.report["snn"]["accuracy"]}))
     snn = load_graph(snn_path)
 
-    def ensemble(members: list, exhaustive: bool) -> dict:
+    def ensemble(members: list, exhaustive: bool, patience: int | None = None,
+                 diagnostics: bool = False) -> dict:
+        """The ensemble's JSON; with ``diagnostics``, also the report's masking diagnostics (as
+        ``eval`` runs them: first 256 samples, steps curve 20-200) and their own wall time."""
         torch.manual_seed(0)
-        result = run_ensemble(GraphExecutor(snn), test, members, args.eps, args.timesteps,
-                              splits.num_classes, exhaustive=exhaustive, desc="frontier")
-        return result.to_json()
+        target = GraphExecutor(snn)
+        started = time.perf_counter()
+        result = run_ensemble(target, test, members, args.eps, args.timesteps,
+                              splits.num_classes, exhaustive=exhaustive, desc="frontier",
+                              patience=patience)
+        out = result.to_json() | {"ensemble_seconds": round(time.perf_counter() - started, 1)}
+        if diagnostics:
+            started = time.perf_counter()
+            diag = diagnose(target, test, result, args.timesteps, splits.num_classes,
+                            curve_samples=256, curve_steps=CURVE_STEPS)
+            out["diagnostics"] = diag.to_json()
+            out["diagnostics_seconds"] = round(time.perf_counter() - started, 1)
+        return out
 
     rows = {}
     for key in [k for k in args.alone.split(",") if k]:
@@ -127,8 +159,13 @@ def main() -> None:
         rows[f"alone-{key}"] = _stage(folder, f"alone-{key}",
                                       lambda m=member: ensemble([m], exhaustive=True))
     for name in [p for p in args.presets.split(",") if p]:
-        rows[f"preset-{name}"] = _stage(folder, f"preset-{name}",
-                                        lambda n=name: ensemble(preset_members(n), False))
+        if name == "adaptive-before":
+            measure = lambda: ensemble(adaptive_before(), False,  # noqa: E731
+                                       diagnostics=args.diagnostics)
+        else:
+            measure = lambda n=name: ensemble(preset_members(n), False,  # noqa: E731
+                                              PRESET_PATIENCE.get(n), args.diagnostics)
+        rows[f"preset-{name}"] = _stage(folder, f"preset-{name}", measure)
 
     first = next(iter(rows.values()))
     print(f"\n{args.arch} (width {args.width:g}) on {args.data}, T={args.timesteps}, "
@@ -137,11 +174,21 @@ def main() -> None:
     print(f"{'stage':45s} {'robust':>8s} {'seconds':>8s}")
     for name, row in rows.items():
         print(f"{name:45s} {100 * row['robust_accuracy']:7.1f}% {row['seconds']:8.1f}")
+        if "diagnostics_seconds" in row:
+            diag = row["diagnostics"]
+            print(f"    ensemble {row['ensemble_seconds']} s, diagnostics "
+                  f"{row['diagnostics_seconds']} s ({diag['verdict'].split(':')[0]}); curve "
+                  + ", ".join(f"{p['steps']}: {100 * p['accuracy']:.1f}%"
+                              for p in diag["accuracy_vs_steps"]))
         if name.startswith("preset-"):
             for m in row["members"]:
                 if m["broken"] or m["seconds"] > 0.05 * row["seconds"]:
                     print(f"    {m['label']:55s} broke {m['broken']:3d} of {m['attacked']:3d} "
                           f"in {m['seconds']:7.1f} s")
+            spared = [m for m in row["members"] if m.get("not_run_samples")]
+            if spared:
+                print(f"    {len(spared)} members not run on {spared[0]['not_run_samples']} "
+                      f"samples or fewer (patience {row.get('patience')})")
     if args.out:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=HERE).stdout.strip()

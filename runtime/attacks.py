@@ -11,15 +11,21 @@ Presets (``PRESETS``):
 - ``paper``: the 19 members of Özdenizci & Legenstein (2024) with one base attack: triangle
   γ∈{1,2,3,0.5,0.25}, damped exponential γ∈{0.5,1,2}, exponential γ∈{0.5,1,2}, rectangular
   γ∈{0.25,0.5,1,2,4}, straight-through, BPTR and the ANN proxy.
-- ``adaptive`` (the default of reports): members an outside evaluator's attack showed to be
-  missing, strongest first, then ``paper``'s 19: APGD-CE with 200 iterations (momentum and a
-  step size that halves when progress stalls) through a triangle surrogate with the reset
-  detached; PGD-50 through adaptive-width triangle and rectangular surrogates (ASSG-style: the
-  width follows each layer's mean distance to threshold) with the reset detached; PGD-50 through
-  detached-reset triangles (γ 0.5, 2), sigmoid, arctan and exponential surrogates. Detaching the
-  reset is what made the outside attack work: with the reset's derivative attached, BPTT sums
-  long runs of opposite terms at every spike.
-- ``strong``: ``adaptive`` plus SA-PGD (100 iterations) through ASSG with and without the reset
+- ``adaptive`` (the default of reports), ordered by what broke samples on the benchmark SNNs
+  (``benchmarks/frontier.py``; BENCHMARKS.md): APGD-CE with 100 iterations (momentum and a step
+  size that halves when progress stalls) through ASSG with the reset detached, which alone broke
+  every image any member broke on both networks measured; SA-PGD-50 through ASSG with the reset
+  attached (another optimiser and another gradient); ``paper``'s 19 with the base attack (on the
+  issue-18 networks they broke the few images left after the long attack); then the members
+  issue 18 added, which broke nothing after the long attack on any network measured: PGD-50
+  through adaptive-width triangle and rectangular surrogates, through triangles (γ 0.5, 2),
+  sigmoid, arctan and exponential surrogates, all with the reset detached, and APGD-CE-200
+  through a detached-reset triangle. Each chunk of samples stops once 3 members in a row broke
+  none of its samples (``PRESET_PATIENCE``); the report counts the samples each later member
+  was spared, and ``--patience 0`` runs them all. Detaching the reset is what made an outside
+  attack work: with the reset's derivative attached, BPTT sums long runs of opposite terms at
+  every spike.
+- ``strong``: ``adaptive`` (every member run) plus SA-PGD (100 iterations) through ASSG with and without the reset
   detached (Wang et al., CVPR 2026: a per-neuron adaptive surrogate sharpness and a step-size
   adaptive PGD), RGA, APGD-CE and APGD-DLR (100 iterations, triangle and BPTR), targeted APGD
   (100 iterations), a PGD-20 surrogate width sweep from 0.1 to 3.0 over five families, transfer
@@ -27,7 +33,7 @@ Presets (``PRESETS``):
 - ``autoattack``: AutoAttack's standard set (Croce & Hein 2020), so that an SNN's figure can stand
   beside ANN tables: APGD-CE (100 iterations), APGD-T (100, every other class a target), FAB-T
   (100, the same targets) and Square (5,000 queries), the gradient members through ``adaptive``'s
-  strongest mode (a triangle surrogate, γ = 1, with the reset detached).
+  strongest mode (ASSG with the reset detached).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ PRESETS = ("quick", "paper", "adaptive", "strong", "autoattack")
 DEFAULT_PRESET = "adaptive"
 # Presets whose ensembles stop a chunk after this many members in a row broke nothing there
 # (see run_ensemble's patience); the others run every member.
-PRESET_PATIENCE: dict[str, int] = {}
+PRESET_PATIENCE: dict[str, int] = {"adaptive": 3}
 _GRADIENT_FREE = ("square",)
 
 
@@ -323,15 +329,20 @@ def _bptt(name: str, gamma: float, adaptive: bool = False, detach: bool = False)
     return GradientMode("bptt", Surrogate(name, gamma, adaptive), detach)
 
 
-def adaptive_members() -> list[Member]:
-    """What ``adaptive`` adds before ``paper``'s members, strongest first (see the module doc)."""
+def adaptive_members(base: AttackSpec | None = None) -> list[Member]:
+    """The members of ``adaptive`` in the order they run (see the module doc); ``base`` is the
+    attack of ``paper``'s members among them (PGD-20 by default)."""
+    assg = GradientMode("assg", detach_reset=True)
+    members = [Member(AttackSpec("apgd-ce", steps=100), assg),
+               Member(AttackSpec("sa-pgd", steps=50), GradientMode("assg"))]
+    members += [Member(base or AttackSpec("pgd", steps=20), m) for m in paper_modes()]
     pgd50 = AttackSpec("pgd", steps=50)
-    members = [Member(AttackSpec("apgd-ce", steps=200), _bptt("triangle", 1, detach=True))]
     members += [Member(pgd50, _bptt(name, 1, adaptive=True, detach=True))
                 for name in ("triangle", "rectangular")]
     members += [Member(pgd50, _bptt(name, gamma, detach=True))
                 for name, gamma in (("triangle", 0.5), ("triangle", 2), ("sigmoid", 4),
                                     ("arctan", 2), ("exponential", 1))]
+    members.append(Member(AttackSpec("apgd-ce", steps=200), _bptt("triangle", 1, detach=True)))
     return members
 
 
@@ -371,14 +382,13 @@ def preset_members(preset: str, base: AttackSpec | None = None) -> list[Member]:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if preset == "autoattack":
-        strongest = _bptt("triangle", 1, detach=True)
+        strongest = GradientMode("assg", detach_reset=True)
         return [Member(AttackSpec(name, steps=100), strongest)
                 for name in ("apgd-ce", "apgd-t", "fab-t")] + [
             Member(AttackSpec("square", queries=5000))]
-    members = [Member(base, m) for m in paper_modes()]
     if preset == "paper":
-        return members
-    members = adaptive_members() + members
+        return [Member(base, m) for m in paper_modes()]
+    members = adaptive_members(base)
     if preset == "adaptive":
         return members
     pgd = AttackSpec("pgd", steps=20)

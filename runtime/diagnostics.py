@@ -50,7 +50,7 @@ PROXY_MARGIN = 0.05
 # Iterations of the convergence curve: up to 200 for the presets whose numbers are quoted, up to
 # 50 for the quick smoke test.
 CURVE_STEPS = (20, 50, 100, 200)
-_ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "tpgd")  # attacks with a step count
+_ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "tpgd", "sa-pgd")  # attacks with a step count
 QUICK_CURVE_STEPS = (5, 10, 20, 50)
 
 
@@ -185,7 +185,7 @@ def diagnose(
 
         cache: dict[tuple[float, Member], torch.Tensor] = {}
         # The ensemble's first member already attacked these samples exactly as a curve point
-        # would (adaptive's APGD-CE-200 is the steps curve's last point): not attacked twice.
+        # would (adaptive's APGD-CE-100 is a point of the steps curve): not attacked twice.
         measured = first_member_robust(result, len(subset), batch_size, seed, timesteps)
         if measured is not None:
             cache[(eps, result.members[0].member)] = measured
@@ -305,7 +305,7 @@ def _compare_members(diag: Diagnostics, result: EnsembleResult) -> None:
         return m.mode is not None and m.mode.kind == "ann_proxy"
 
     def is_bptt(m: Member) -> bool:
-        return m.mode is not None and m.mode.kind == "bptt" and m.attack.name != "transfer"
+        return m.mode is not None and m.mode.through_time and m.attack.name != "transfer"
 
     proxy = broken_only_by(is_proxy, is_bptt)
     if proxy is not None and proxy > PROXY_MARGIN * samples:

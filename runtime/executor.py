@@ -98,8 +98,10 @@ class GraphExecutor(nn.Module):
         if gradient_mode is not None and surrogate is not None:
             raise ConfigError("give either a surrogate or a gradient mode, not both")
         self.gradient_mode = gradient_mode or GradientMode("bptt", surrogate or Surrogate())
-        # The assg mode's membrane statistics (an attack brings its own, see ``using``).
-        self.sharpness = SharpnessTracker()
+        # The assg mode's membrane statistics: an attack brings its own (see ``using``); without
+        # one, each forward pass starts afresh.
+        self.sharpness: SharpnessTracker | None = None
+        self._sharpness_now = SharpnessTracker()
         spec = graph.run_spec()
         encoding = spec.encoding if encoding is None else encoding  # the graph's, by default
         self.recorded_timesteps = spec.timesteps
@@ -209,6 +211,8 @@ class GraphExecutor(nn.Module):
                                   "timesteps=N to run it")
         if record:
             self.spike_counts, self.neuron_spike_counts = {}, {}
+        if self.gradient_mode.kind == "assg":
+            self._sharpness_now = self.sharpness or SharpnessTracker()
         block = self._block_steps(x, timesteps)
         # (assg keeps statistics per step of the whole window: it runs unblocked under gradients)
         blockable = not (proxy or stop_at or observe) and (
@@ -363,7 +367,7 @@ class GraphExecutor(nn.Module):
             return if_scan(value.data, params, steps)
         if mode.kind == "assg":  # arctan, its slope per neuron and step from the statistics
             params = IFParameters(threshold, op.reset, Surrogate("arctan"), mode.detach_reset,
-                                  op.v_init, functools.partial(self.sharpness.slope, name))
+                                  op.v_init, functools.partial(self._sharpness_now.slope, name))
             return if_scan(value.data, params, steps)
         # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
         with torch.no_grad():

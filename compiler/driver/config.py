@@ -174,7 +174,8 @@ class CompileConfig:
     # Robustness of the ANN and the SNN under an attack preset ("none" skips it).
     robustness: str = option(
         "adaptive", "Attack preset for the ANN vs SNN robustness report: adaptive (the default: "
-        "paper's 19 members after long, detached-reset and adaptive-surrogate attacks), paper (the "
+        "APGD-CE and SA-PGD through ASSG, then paper's 19 and issue 18's members, each batch "
+        "stopping after 3 members in a row broke nothing), paper (the "
         "papers' protocol, for comparison), quick (4 members, a smoke test), strong, autoattack "
         "(AutoAttack's standard set), or none.")
     eps: float | None = option(  # None: default_eps(input shape)

@@ -64,8 +64,8 @@ class RobustnessConfig:
     batch_size: int = 256
     base_attack: str = "pgd"
     exhaustive: bool = False
-    # One chunk at the default batch size: the ensemble's first member (adaptive's APGD-CE-200)
-    # on those samples is then exactly the convergence curve's last point, and is reused.
+    # One chunk at the default batch size: the ensemble's first member (adaptive's APGD-CE-100)
+    # on those samples is then exactly a point of the convergence curve, and is reused.
     curve_samples: int = 256
     seed: int = 0
     device: str = "auto"

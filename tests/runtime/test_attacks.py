@@ -26,37 +26,47 @@ def test_paper_preset_is_the_19_member_reference_ensemble():
 
 
 def test_quick_adaptive_and_strong_presets():
+    from spikeshield.runtime.attacks import PRESET_PATIENCE
+
     quick = preset_members("quick")
     assert len(quick) == 4 and quick[-1].mode == GradientMode("bptr")
     adaptive = preset_members("adaptive")
     paper = preset_members("paper")
-    extra = adaptive[: len(adaptive) - 19]
-    assert adaptive[len(extra):] == paper  # the papers' members, after the stronger ones
-    assert extra[0].attack == AttackSpec("apgd-ce", steps=200)  # the long momentum attack first
-    assert all(m.mode.detach_reset for m in extra)
-    assert sum(m.mode.surrogate.adaptive for m in extra) == 2
-    assert all(m.attack.steps >= 50 for m in extra)
+    # the long momentum attack through ASSG first, then SA-PGD, then the papers' 19
+    assert adaptive[0] == Member(AttackSpec("apgd-ce", steps=100), GradientMode.parse("assg:detach"))
+    assert adaptive[1] == Member(AttackSpec("sa-pgd", steps=50), GradientMode.parse("assg"))
+    assert adaptive[2:21] == paper
+    later = adaptive[21:]  # issue 18's members, which broke nothing after the long attack
+    assert len(later) == 8 and all(m.mode.detach_reset for m in later)
+    assert sum(m.mode.surrogate.adaptive for m in later) == 2
+    assert later[-1] == Member(AttackSpec("apgd-ce", steps=200),
+                               GradientMode.parse("triangle:1:detach"))
+    assert len({m.label for m in adaptive}) == len(adaptive) == 29
+    assert PRESET_PATIENCE == {"adaptive": 3}
     strong = preset_members("strong")
     names = [m.attack.name for m in strong]
     assert strong[: len(adaptive)] == adaptive
     assert {"apgd-ce", "apgd-dlr", "apgd-t", "transfer", "sa-pgd"} <= set(names)
-    assert [m.mode.spec for m in strong if m.attack.name == "sa-pgd"] == ["assg", "assg:detach"]
+    assert [m.label for m in strong if m.attack.name == "sa-pgd"] == [
+        "SA-PGD-50 / ASSG", "SA-PGD-100 / ASSG", "SA-PGD-100 / ASSG, detached reset"]
     assert names[-1] == "square" and strong[-1].attack.queries == 5000
     sweep = [m for m in strong[len(adaptive):] if m.attack.name == "pgd" and m.mode.kind == "bptt"]
     widths = {m.mode.surrogate.gamma for m in sweep}
     assert min(widths) == pytest.approx(0.1) and max(widths) == pytest.approx(3.0)
+    fgsm = preset_members("adaptive", base_attack("fgsm"))
+    assert [m.attack.name for m in fgsm[2:21]] == ["fgsm"] * 19  # the base attack is paper's
 
 
 def test_an_ann_needs_one_member_per_distinct_attack():
     ann = members_for_ann(preset_members("strong"))
     assert [(m.attack.name, m.attack.steps) for m in ann] == [
-        ("apgd-ce", 200), ("pgd", 50), ("pgd", 20), ("sa-pgd", 100), ("apgd-ce", 100),
-        ("apgd-dlr", 100), ("apgd-t", 100), ("square", 20)]
+        ("apgd-ce", 100), ("sa-pgd", 50), ("pgd", 20), ("pgd", 50), ("apgd-ce", 200),
+        ("sa-pgd", 100), ("apgd-dlr", 100), ("apgd-t", 100), ("square", 20)]
     assert all(m.mode is None for m in ann)
     # the base attack first, so that the report knows the ANN's PGD-20 robust accuracy alone
     first = members_for_ann(preset_members("adaptive"), AttackSpec("pgd", steps=20))
     assert [(m.attack.name, m.attack.steps) for m in first] == [
-        ("pgd", 20), ("apgd-ce", 200), ("pgd", 50)]
+        ("pgd", 20), ("apgd-ce", 100), ("sa-pgd", 50), ("pgd", 50), ("apgd-ce", 200)]
 
 
 def test_bad_attacks():
@@ -75,8 +85,8 @@ def test_bad_attacks():
 def test_autoattack_is_the_standard_set_through_the_strongest_gradient_mode():
     members = preset_members("autoattack")
     assert [m.label for m in members] == [
-        "APGD-CE-100 / triangle γ=1, detached reset", "APGD-T-100 / triangle γ=1, detached reset",
-        "FAB-T-100 / triangle γ=1, detached reset", "Square-5000"]
+        "APGD-CE-100 / ASSG, detached reset", "APGD-T-100 / ASSG, detached reset",
+        "FAB-T-100 / ASSG, detached reset", "Square-5000"]
 
 
 def test_every_autoattack_member_breaks_images_of_a_calibrated_only_snn(converted_lenet, mnist5k):

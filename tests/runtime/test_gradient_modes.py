@@ -177,3 +177,6 @@ def test_assg_gradients_start_afresh_with_each_attacked_model(converted_lenet, m
     assert not torch.equal(gradient(first), g1)
     first.start_run()
     assert torch.equal(gradient(first), g1)
+    with executor.using(mode):  # outside an attack, each forward pass starts afresh
+        plain = lambda xs: executor(xs, 8)  # noqa: E731
+        assert torch.equal(gradient(plain), g1) and torch.equal(gradient(plain), g1)

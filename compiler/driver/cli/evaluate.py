@@ -27,7 +27,7 @@ from spikeshield.compiler.driver.cli.common import (
 @app.command("eval")
 def eval_cmd(
     directory: Annotated[Path, typer.Argument(help="A compile directory (holds snn.ir, and ann.ir for the comparison).")],
-    preset: Annotated[str, typer.Option(help="Attack ensemble: adaptive (default: long APGD, detached-reset and adaptive surrogates, then paper's 19), paper (the papers' 19, for comparison), quick (4 members, a smoke test), strong (adaptive + APGD, Square, width sweep) or autoattack (AutoAttack's standard set through the strongest gradient mode).")] = "adaptive",
+    preset: Annotated[str, typer.Option(help="Attack ensemble: adaptive (default: APGD-CE and SA-PGD through ASSG, then paper's 19 and issue 18's members; each batch stops after 3 members in a row broke nothing, see --patience), paper (the papers' 19, for comparison), quick (4 members, a smoke test), strong (adaptive + SA-PGD-100, APGD, Square, width sweep, all run) or autoattack (AutoAttack's standard set through the strongest gradient mode).")] = "adaptive",
     eps: Annotated[Optional[float], typer.Option(help="L-inf budget in [0, 1] (default: 0.1 for 1-channel data, 8/255 for colour).")] = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Attack the first N test samples (default: 1000, or the whole test split if smaller).")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of the attacks.")] = 256,
