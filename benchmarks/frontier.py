@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -193,7 +194,8 @@ def main() -> None:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=HERE).stdout.strip()
         args.out.write_text(json.dumps({
-            "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]),
+            "name": args.out.stem,
+            "command": "python benchmarks/frontier.py " + shlex.join(sys.argv[1:]),
             "machine": _machine(), "date": datetime.date.today().isoformat(), "commit": commit,
             "rows": rows}, indent=1) + "\n")
 

@@ -148,6 +148,8 @@ class GraphExecutor(nn.Module):
             yield self
         finally:
             self.gradient_mode, self.sharpness = previous
+            # the last pass's statistics (a batch's worth per IF layer) are not kept past the block
+            self._sharpness_now = SharpnessTracker()
 
     # ---- parameters ---------------------------------------------------------------------
     def parameters_of(self, name: str) -> nn.ParameterDict:

@@ -12,14 +12,16 @@ def _pct(x: float | None) -> str:
 
 
 _PRESET_NOTES = {
-    "adaptive": "spikeshield's default: long APGD, detached-reset and adaptive-surrogate members "
-                "first, then the papers' 19",
+    "adaptive": "spikeshield's default: APGD-CE and SA-PGD through ASSG first, then the papers' "
+                "19 and issue 18's members, each batch stopping after 3 members in a row broke "
+                "nothing",
     "paper": "the papers' protocol (Özdenizci & Legenstein 2024), for comparison with them; "
              "the `adaptive` default adds stronger members",
     "quick": "a smoke test, not a robustness claim: quote `adaptive`",
-    "strong": "`adaptive` plus APGD-DLR/T, a width sweep, transfer and Square",
-    "autoattack": "AutoAttack's standard set (APGD-CE, APGD-T, FAB-T, Square) through the "
-                  "detached-reset triangle, for comparison with ANN tables",
+    "strong": "`adaptive` with every member run, plus SA-PGD-100, APGD-DLR/T, a width sweep, "
+              "transfer and Square",
+    "autoattack": "AutoAttack's standard set (APGD-CE, APGD-T, FAB-T, Square) through ASSG with "
+                  "the reset detached, for comparison with ANN tables",
 }
 
 

@@ -33,3 +33,26 @@ def test_the_default_curve_samples_are_whole_chunks_so_the_first_member_is_reuse
 
     cfg = RobustnessConfig()
     assert cfg.curve_samples >= 200 and cfg.curve_samples % cfg.batch_size == 0
+
+
+def test_members_a_stopped_batch_did_not_run_are_named_with_what_they_were_spared():
+    from spikeshield.compiler.driver.robustness_report import render_markdown
+
+    def member(label, attacked, broken, spared):
+        return {"label": label, "attacked": attacked, "broken": broken, "skipped": False,
+                "robust_accuracy_after": 0.9, "not_run_samples": spared}
+
+    diag = {"verdict": "trustworthy", "warnings": [], "curve_samples": 100,
+            "zero_gradient_fraction": {}, "accuracy_vs_eps": [], "accuracy_vs_steps": [],
+            "trustworthy": True}
+    base = report("adaptive", 0.9, 100) | {"base_attack": "pgd", "device": "cpu"}
+    base["snn"] |= {"clean_accuracy": 0.95, "diagnostics": diag, "patience": 3, "members": [
+        member("APGD-CE-100 / ASSG, detached reset", 95, 5, 0),
+        member("PGD-20 / triangle γ=1", 90, 0, 0), member("PGD-20 / triangle γ=2", 90, 0, 0),
+        member("PGD-20 / triangle γ=3", 90, 0, 0), member("PGD-20 / triangle γ=0.5", 0, 0, 90)]}
+    text = render_markdown(base)
+    assert "| 5 | PGD-20 / triangle γ=0.5 | 0 | 0; not run on 90 (patience) |" in text
+    assert "stops once 3 members in a row broke none of its samples" in text
+    assert "`--patience 0` runs every member" in text
+    base["snn"]["members"][-1] = member("PGD-20 / triangle γ=0.5", 90, 0, 0)
+    assert "no batch stopped early: every member ran" in render_markdown(base)
