@@ -96,7 +96,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         broken = f"{m['broken']}" + (" (none)" if m["attacked"] and not m["broken"] else "")
         if m.get("skipped"):
             broken = "skipped (budget)"
-        elif m.get("not_run_samples"):
+        elif m.get("not_run_samples") and not m["attacked"]:
+            broken = f"not run (patience; {m['not_run_samples']} robust samples spared)"
+        elif m.get("not_run_samples"):  # stopped on some batches only
             broken += f"; not run on {m['not_run_samples']} (patience)"
         row = (
             f"| {i} | {m['label']} | {m['attacked']} | {broken} | "
@@ -179,7 +181,7 @@ def _patience_note(snn: dict[str, Any]) -> str:
             "its samples (patience)")
     if not spared:
         return note + "; no batch stopped early: every member ran."
-    return note + ("; *not run on* counts the robust samples a member was spared that way. "
+    return note + ("; *not run* counts the robust samples a member was spared that way. "
                    "`--patience 0` runs every member.")
 
 

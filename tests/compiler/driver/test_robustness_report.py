@@ -50,9 +50,12 @@ def test_members_a_stopped_batch_did_not_run_are_named_with_what_they_were_spare
         member("APGD-CE-100 / ASSG, detached reset", 95, 5, 0),
         member("PGD-20 / triangle γ=1", 90, 0, 0), member("PGD-20 / triangle γ=2", 90, 0, 0),
         member("PGD-20 / triangle γ=3", 90, 0, 0), member("PGD-20 / triangle γ=0.5", 0, 0, 90)]}
+    base["snn"]["members"].append(member("PGD-20 / triangle γ=0.25", 40, 0, 50))
     text = render_markdown(base)
-    assert "| 5 | PGD-20 / triangle γ=0.5 | 0 | 0; not run on 90 (patience) |" in text
+    assert ("| 5 | PGD-20 / triangle γ=0.5 | 0 | not run (patience; 90 robust samples spared) |"
+            in text)
+    assert "| 6 | PGD-20 / triangle γ=0.25 | 40 | 0 (none); not run on 50 (patience) |" in text
     assert "stops once 3 members in a row broke none of its samples" in text
     assert "`--patience 0` runs every member" in text
-    base["snn"]["members"][-1] = member("PGD-20 / triangle γ=0.5", 90, 0, 0)
+    base["snn"]["members"][-2:] = [member("PGD-20 / triangle γ=0.5", 90, 0, 0)]
     assert "no batch stopped early: every member ran" in render_markdown(base)
