@@ -59,19 +59,6 @@ def adaptive_before() -> list:
     return members + [Member(AttackSpec("pgd", steps=20), mode) for mode in paper_modes()]
 
 
-def _stage(folder: Path, name: str, measure) -> dict:
-    path = folder / f"{name}.json"
-    if path.exists():
-        print(f"{name}: already measured ({path})", flush=True)
-        return json.loads(path.read_text())
-    started = time.perf_counter()
-    result = measure()
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"{name}: {result['seconds']} s, robust {result['robust_accuracy']:.4f}", flush=True)
-    return result
-
-
 def _machine() -> str:
     try:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -102,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from conversion import _model
+    from presets import _stage  # stored stages: a rerun skips them
 
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
