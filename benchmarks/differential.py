@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import json
 import re
 import sys
 import tempfile
@@ -716,6 +717,8 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--findings", type=Path, default=Path("runs/differential/findings"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the outcome counts as JSON (benchmarks/results.py renders it)")
     args = parser.parse_args()
     args.findings.mkdir(parents=True, exist_ok=True)
     stats: dict[str, int] = {}
@@ -752,6 +755,16 @@ def main() -> int:
           f"{time.perf_counter() - started:.0f} s; path outcomes:")
     for key in sorted(stats):
         print(f"  {key}: {stats[key]}")
+    if args.out:
+        from provenance import provenance
+
+        args.out.write_text(json.dumps({
+            "name": args.out.stem, **provenance(), "examples": args.examples, "seed": args.seed,
+            "models": tried[0], "seconds": round(time.perf_counter() - started, 1),
+            "outcomes": dict(sorted(stats.items())),
+            "mismatch": None if found is None else f"{type(found).__name__}: {str(found)[:200]}",
+        }, indent=1) + "\n")
+        print(f"wrote {args.out}")
     if found is None:
         print("no mismatch found")
         return 0

@@ -43,6 +43,8 @@ def main() -> None:
                         help="Set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) for the eval processes: "
                         "freed large blocks go back to the system at once instead of staying in "
                         "a fragmented heap, so the RSS shows what is live.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the rows as JSON (benchmarks/results.py renders it)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="eval-memory-"))
     model, compiled = work / "lenet.pt2", work / "snn"
@@ -57,6 +59,7 @@ def main() -> None:
           f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold or 'glibc default (dynamic)'}")
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else None
     print("samples  peak RSS MiB  seconds  SNN robust")
+    rows = []
     for n in (int(s) for s in args.samples.split(",")):
         started = time.perf_counter()
         spikeshield("eval", str(compiled), "--n", str(n), "--preset", args.preset,
@@ -65,6 +68,17 @@ def main() -> None:
         report = json.loads((compiled / "robustness.json").read_text())
         print(f"{n:7d}  {report['peak_memory']['host_rss_mib']:12.0f}  {seconds:7.1f}  "
               f"{100 * report['snn']['robust_accuracy']:9.2f}%", flush=True)
+        rows.append({"samples": n, "peak_rss_mib": report["peak_memory"]["host_rss_mib"],
+                     "seconds": round(seconds, 1), "robust": report["snn"]["robust_accuracy"]})
+    if args.out:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from provenance import provenance
+
+        args.out.write_text(json.dumps({
+            "name": args.out.stem, **provenance(), "data": args.data, "preset": args.preset,
+            "batch_size": args.batch_size, "mmap_threshold": args.mmap_threshold, "rows": rows},
+            indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=Path("runs/fuzz/corpus"))
     parser.add_argument("--findings", type=Path, default=Path("runs/fuzz/findings"))
     parser.add_argument("--runs", type=int, default=-1, help="stop after this many executions")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write the campaign's figures as JSON (benchmarks/results.py renders it)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.child:
@@ -268,6 +270,7 @@ def main() -> None:
     for reader, inputs in seeds(scratch).items():
         for i, data in enumerate(inputs):
             (args.corpus / f"seed-{reader}-{i}").write_bytes(bytes([READERS.index(reader)]) + data)
+    corpus_before = sum(1 for _ in args.corpus.iterdir())
     end, executions, restarts = time.monotonic() + args.seconds, 0, 0
     while (left := int(end - time.monotonic())) > 5:
         command = [sys.executable, __file__, "--child", "--seconds", str(left), "--corpus",
@@ -291,6 +294,15 @@ def main() -> None:
                    p.name.startswith(("crash-", "timeout-", "oom-", "leak-")))
     print(f"campaign: {args.seconds} s, {executions:,} executions, {restarts} restarts, "
           f"{len(found)} findings{': ' + ', '.join(found) if found else ''}")
+    if args.out:
+        from provenance import provenance
+
+        args.out.write_text(json.dumps({
+            "name": args.out.stem, **provenance(), "seconds": args.seconds,
+            "executions": executions, "restarts": restarts, "findings": found,
+            "corpus_before": corpus_before, "corpus_after": sum(1 for _ in args.corpus.iterdir()),
+            "readers": list(READERS)}, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

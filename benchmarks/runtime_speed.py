@@ -6,10 +6,12 @@ real images, converted and calibrated by spikeshield's own conversion passes) th
 * ``snn/ann``: one SNN forward pass of T steps over T forward passes of the dense ANN (the same
   BatchNorm-folded weights as a ReLU network; the faster of spikeshield's executor and the original
   ``nn.Module`` in eval mode is the denominator). Goal: <= 1.25 at T = 8.
-* ``norse/snn``: a step-by-step Norse execution of the same SNN (Norse ``IAFCell`` neurons in a
+* ``norse/snn``: a step-by-step Norse execution of the SNN (Norse ``IAFCell`` neurons in a
   ``SequentialState`` for chains, the graph walked step by step for residual nets, the same
-  conv/linear/pool kernels, a Python loop over time) over spikeshield's forward. Its logits are checked
-  equal to spikeshield's before anything is timed. Goal: >= 3 at batch <= 32, >= 1 at 256.
+  conv/linear/pool kernels, a Python loop over time) over spikeshield's forward of the same SNN.
+  ``IAFCell`` resets to zero from a zero membrane, so both sides run the SNN converted with that
+  neuron (``--reset zero --v-init 0``; the same arithmetic as the default neuron's); its logits are
+  checked equal to spikeshield's before anything is timed. Goal: >= 3 at batch <= 32, >= 1 at 256.
 * ``grad/ann``: one input-gradient step through the SNN (BPTT, triangle surrogate: an attack step)
   over T forward+backward passes of the dense ANN. Goal: <= 1.5 at T = 8.
 * with ``--memory`` (or only that, ``--memory-only``): per T, in a fresh process, the bytes of the
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from provenance import provenance  # benchmarks/ is on sys.path when a script of it runs
 from torch import nn
 
 from spikeshield.compiler.driver.data import load_data
@@ -59,7 +61,9 @@ GOALS = {"snn/ann": ("<=", 1.25), "grad/ann": ("<=", 1.5)}
 
 
 def build(arch: str, timesteps: int, seed: int = 0):
-    """(torch ANN in eval mode, ANN executor on the folded graph, SNN executor, calibration images)."""
+    """(torch ANN in eval mode, ANN executor on the folded graph, SNN executor of today's default
+    neuron, SNN executor of the reset-to-zero neuron that starts from zero, which Norse's ``IAFCell``
+    computes, test images)."""
     torch.manual_seed(seed)
     splits = load_data("mnist5k", seed=seed)
     mean, std = splits.channel_stats()
@@ -75,7 +79,10 @@ def build(arch: str, timesteps: int, seed: int = 0):
     manager = PassManager()
     folded = manager.run(ann, conversion_pipeline(cfg, batches[:4], "cpu")[:1])
     snn = manager.run(ann, conversion_pipeline(cfg, batches[:4], "cpu"))
-    return model, GraphExecutor(folded).eval(), GraphExecutor(snn).eval(), splits.test.images
+    zero = CompileConfig(timesteps=timesteps, reset="zero", v_init=0.0)
+    snn_zero = manager.run(ann, conversion_pipeline(zero, batches[:4], "cpu"))
+    return (model, GraphExecutor(folded).eval(), GraphExecutor(snn).eval(),
+            GraphExecutor(snn_zero).eval(), splits.test.images)
 
 
 class _Kernel(nn.Module):
@@ -104,7 +111,11 @@ class NorseReference(nn.Module):
             op = graph.op(name)
             if isinstance(op, IF):
                 threshold = executor.tensors_of(name)["threshold"].detach()
-                v_th = threshold.view(-1, *([1] * (len(op.shape) - 1))) if threshold.numel() > 1 else threshold
+                if op.reset != "zero" or op.v_init != 0.0:
+                    raise SystemExit(f"{name}: Norse's IAFCell resets to zero from a zero membrane; "
+                                     f"this IF resets by {op.reset!r} from {op.v_init} x threshold")
+                rank = len(graph.shape(name))
+                v_th = threshold.view(-1, *([1] * (rank - 1))) if threshold.numel() > 1 else threshold
                 p = IAFParameters(v_th=v_th.clone(), v_reset=torch.tensor(0.0), method="heaviside")
                 self.layers[f"n{i}"] = IAFCell(p)
             elif not isinstance(op, (Input, Output, Sum)):
@@ -152,7 +163,7 @@ def timed(fn: Callable[[], object], min_seconds: float) -> float:
             return elapsed / calls
 
 
-def measure(model, ann, snn, norse, images, batch: int, steps: int, args) -> dict:
+def measure(model, ann, snn, snn_zero, norse, images, batch: int, steps: int, args) -> dict:
     x = images[:batch].float() / 255.0
     y = torch.zeros(len(x), dtype=torch.long)
 
@@ -172,6 +183,10 @@ def measure(model, ann, snn, norse, images, batch: int, steps: int, args) -> dic
         xg = x.clone().requires_grad_()
         F.cross_entropy(snn(xg, steps), y).backward()
 
+    def snn_zero_forward():
+        with torch.no_grad():
+            snn_zero(x, steps)
+
     def norse_forward():
         with torch.no_grad():
             norse(x, steps)
@@ -183,6 +198,7 @@ def measure(model, ann, snn, norse, images, batch: int, steps: int, args) -> dic
         "ann_grad_executor": lambda: ann_grad(ann),
         "snn": snn_forward,
         "snn_grad": snn_grad,
+        "snn_zero": snn_zero_forward,
         "norse": norse_forward,
     }
     samples: dict[str, list[float]] = {k: [] for k in methods}
@@ -197,7 +213,7 @@ def measure(model, ann, snn, norse, images, batch: int, steps: int, args) -> dic
         "T": steps,
         "ms": {k: round(1000 * v, 3) for k, v in t.items()},
         "snn/ann": t["snn"] / (steps * ann_pass_s),
-        "norse/snn": t["norse"] / t["snn"],
+        "norse/snn": t["norse"] / t["snn_zero"],  # the same neuron on both sides
         "grad/ann": t["snn_grad"] / (steps * ann_grad_s),
     }
 
@@ -217,7 +233,7 @@ def memory_child(arch: str, steps: int, batch: int, stepwise: bool) -> dict:
 
     if stepwise:
         executor_module.if_scan = neurons.if_scan_stepwise
-    _, _, snn, images = build(arch, steps)
+    _, _, snn, _, images = build(arch, steps)
     if stepwise:  # the counterfactual steps if_step under autograd, all steps folded
         snn.fold_budget = 1 << 62
     x = (images[:batch].float() / 255.0).requires_grad_()
@@ -296,24 +312,26 @@ def main() -> None:
     nets = [n for n in args.nets.split(",") if n]
     batches = [int(b) for b in args.batches.split(",")]
     curve = [int(t) for t in args.timesteps.split(",")]
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"# runtime speed, CPU ({machine}); ms per batch; median of {args.repeats} rounds", flush=True)
-    results: dict = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "nets": {}}
+    results: dict = {"name": "runtime-speed", **provenance(), "threads": torch.get_num_threads(),
+                     "repeats": args.repeats, "grid_t": args.grid_t, "curve_batch": args.curve_batch,
+                     "nets": {}}
+    print(f"# runtime speed, CPU ({results['machine']}, {results['threads']} threads); ms per batch; "
+          f"median of {args.repeats} rounds", flush=True)
     header = "| net | batch | T | ANN pass ms | SNN fwd ms | Norse ms | SNN grad ms | snn/ann | norse/snn | grad/ann |"
     print(header + "\n|" + "---|" * 10, flush=True)
     for arch in nets:
         if args.memory_only:
             results["nets"][arch] = {"memory": memory_curve(arch, curve, args.curve_batch)}
             continue
-        model, ann, snn, images = build(arch, args.grid_t)
-        norse = NorseReference(snn)
-        check_same_network(snn, norse, images, args.grid_t)
+        model, ann, snn, snn_zero, images = build(arch, args.grid_t)
+        norse = NorseReference(snn_zero)
+        check_same_network(snn_zero, norse, images, args.grid_t)
         configs = [(b, args.grid_t) for b in batches] + [
             (args.curve_batch, t) for t in curve if t != args.grid_t or args.curve_batch not in batches
         ]
         rows = []
         for batch, steps in configs:
-            row = measure(model, ann, snn, norse, images, batch, steps, args)
+            row = measure(model, ann, snn, snn_zero, norse, images, batch, steps, args)
             rows.append(row)
             ms = row["ms"]
             print(f"| {arch} | {batch} | {steps} | {min(ms['ann_module'], ms['ann_executor']):.2f} | "

@@ -12,6 +12,7 @@ are 7-13% ones; BENCHMARKS.md). Medians of ``--rounds`` rounds. Prints markdown 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def main() -> None:
     p.add_argument("--snn-batch", type=int, default=32)
     p.add_argument("-T", "--timesteps", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the cells as JSON (benchmarks/results.py renders it)")
     args = p.parse_args()
     torch.set_num_threads(2)
     import torch.nn.functional as F
@@ -59,6 +62,7 @@ def main() -> None:
     print("| layer (weight) | input | density | forward dense ms | forward sparse ms | ratio "
           "| fwd+bwd dense ms | fwd+bwd sparse ms | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
+    layers = []
     for density in [float(d) for d in args.densities.split(",")]:
         for conv in convs[1:]:  # the first layer takes analog pixels, one channel
             shape = shapes[conv]
@@ -83,6 +87,9 @@ def main() -> None:
                 fd, fs = median(dense, args.rounds), median(sparse, args.rounds)
             bd = median(lambda: dense(True), args.rounds)
             bs = median(lambda: sparse(True), args.rounds)
+            layers.append({"weight": list(conv.weight.shape), "input": list(shape[1:]),
+                           "density": density, "forward_ms": [1e3 * fd, 1e3 * fs],
+                           "fwd_bwd_ms": [1e3 * bd, 1e3 * bs]})
             print(f"| {tuple(conv.weight.shape)} | {tuple(shape[1:])} | {density:g} "
                   f"| {1e3 * fd:.1f} | {1e3 * fs:.1f} | {fd / fs:.2f}x | {1e3 * bd:.1f} "
                   f"| {1e3 * bs:.1f} | {bd / bs:.2f}x |")
@@ -122,6 +129,17 @@ def main() -> None:
     print(f"| forward | {1e3 * fo:.0f} | {1e3 * fa:.0f} | {fo / fa:.2f}x |")
     print(f"| attack step (forward + input gradient) | {1e3 * ao:.0f} | {1e3 * aa:.0f} "
           f"| {ao / aa:.2f}x |")
+    if args.out:
+        from provenance import provenance
+
+        args.out.write_text(json.dumps({
+            "name": args.out.stem, **provenance(), "weights": weights, "batch": args.batch,
+            "rounds": args.rounds, "threads": torch.get_num_threads(), "layers": layers,
+            "snn": {"density": args.snn_density, "timesteps": args.timesteps,
+                    "batch": args.snn_batch, "sparse_chosen": chosen, "cases": measured,
+                    "forward_ms": [1e3 * fo, 1e3 * fa], "attack_step_ms": [1e3 * ao, 1e3 * aa]},
+        }, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
