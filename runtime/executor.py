@@ -13,7 +13,6 @@ ensemble, without rebuilding the executor or touching its parameters.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -369,7 +368,7 @@ class GraphExecutor(nn.Module):
             return if_scan(value.data, params, steps)
         if mode.kind == "assg":  # arctan, its slope per neuron and step from the statistics
             params = IFParameters(threshold, op.reset, Surrogate("arctan"), mode.detach_reset,
-                                  op.v_init, functools.partial(self._sharpness_now.slope, name))
+                                  op.v_init, self._sharpness_now.layer(name))
             return if_scan(value.data, params, steps)
         # Rate modes: exact spikes without a graph, then the rate-based gradient attached.
         with torch.no_grad():

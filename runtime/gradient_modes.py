@@ -142,6 +142,22 @@ class SharpnessTracker:
     def reset(self) -> None:
         self.moments.clear()
 
+    def layer(self, name: str) -> LayerSharpness:
+        """What an IF scan of layer ``name`` is handed (``IFParameters.sharpness``)."""
+        return LayerSharpness(self, name)
+
+    def moments_like(self, name: str, potentials: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Layer ``name``'s moment tensors for the fused kernel to update in place, shaped and
+        typed as ``potentials`` (new, and ``fresh``, when the layer has none of that shape)."""
+        mean, spread = self.moments.get(name, (None, None))
+        fresh = (mean is None or mean.shape != potentials.shape or mean.dtype != potentials.dtype
+                 or not mean.is_contiguous() or not spread.is_contiguous())
+        if fresh:
+            mean, spread = torch.empty_like(potentials), torch.empty_like(potentials)
+            self.moments[name] = (mean, spread)
+        return mean, spread, fresh
+
     def slope(self, name: str, u: torch.Tensor) -> torch.Tensor:
         """Update layer ``name``'s statistics with ``u`` ``(T, N, ...)`` and return its slopes."""
         distance = u.detach().abs()
@@ -153,6 +169,20 @@ class SharpnessTracker:
         spread = spread * keep + (distance - mean).abs_() * (1 - keep)
         self.moments[name] = (mean, spread)
         return self.scale / (mean + self.relax * spread + 1e-4)
+
+
+@dataclass(frozen=True)
+class LayerSharpness:
+    """One IF layer's view of a :class:`SharpnessTracker`: called with the scan's distances to
+    threshold ``u`` it returns the arctan's slope parameter (the PyTorch scan); the fused scan
+    instead has its kernel update :meth:`SharpnessTracker.moments_like` in place and compute the
+    backward pass's slope in the same pass (``runtime/csrc/if_scan.cpp``, ``assg_slope``)."""
+
+    tracker: SharpnessTracker
+    name: str
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self.tracker.slope(self.name, u)
 
 
 def rate_gradient_spikes(

@@ -354,7 +354,16 @@ class _IFScan(torch.autograd.Function):
         else:
             potentials = torch.empty((steps, *shape), dtype=currents.dtype, device=currents.device)
             spikes, v = _scan_forward(currents, threshold, v0, reset, steps, constant, potentials)
-        if sharpness is not None:
+        ctx.slope = None
+        tracker = getattr(sharpness, "tracker", None)
+        if tracker is not None and layout is not None and surrogate.name == "arctan":
+            # ASSG in the kernel: its moments updated and the backward pass's slope written in
+            # one pass over the potentials
+            mean, spread, fresh = tracker.moments_like(sharpness.name, potentials)
+            ctx.slope = _extension().assg_slope(
+                potentials, layout.values, layout.channels, layout.inner, mean, spread, steps,
+                tracker.decay, tracker.relax, tracker.scale, fresh)
+        elif sharpness is not None:
             ctx.width = sharpness(torch.div(potentials, threshold.detach()).sub_(1.0))
         ctx.save_for_backward(potentials, threshold, None)
         return spikes, v
@@ -375,8 +384,11 @@ class _IFScan(torch.autograd.Function):
             width = ctx.surrogate.adaptive_width(potentials, inverse)
         per_step = width is not None and width.dim() == potentials.dim()
         if ctx.layout is not None:  # the same walk back in time, fused (a surrogate given here)
-            slope = ctx.surrogate.derivative(torch.mul(potentials, inverse).sub_(1.0), width)
-            slope = slope.mul_(inverse).contiguous()
+            if ctx.slope is not None:  # ASSG's, from the forward pass
+                slope = ctx.slope
+            else:
+                slope = ctx.surrogate.derivative(torch.mul(potentials, inverse).sub_(1.0), width)
+                slope = slope.mul_(inverse).contiguous()
             layout = ctx.layout
             inverse_values = (1.0 / layout.values).to(potentials.dtype)
             grad_x, grad_theta, g = _extension().backward(

@@ -260,6 +260,50 @@ void backward_kernel(const T* potentials, const T* currents, const T* v0, const 
   });
 }
 
+
+// ASSG (gradient mode ``assg``): one pass over a scan's pre-reset potentials (T, E) that updates
+// each neuron's and step's running moments of |u|, u = v / theta - 1 (``mean``, ``spread``, in
+// place; ``fresh``: they start at 1 and 0) and writes the backward pass's slope
+// d = arctan'(u'; alpha) / theta, with alpha = scale / (mean + relax * spread + 1e-4) and
+// u' = v * (1 / theta) - 1, in the operation order of SharpnessTracker.slope and the arctan
+// derivative of compiler/ir/surrogates.py (what the PyTorch path computes in some twenty passes).
+template <typename T>
+SPIKESHIELD_MULTIVERSION void assg_range(const T* __restrict__ potentials, const T* __restrict__ theta,
+                                         int64_t channels, int64_t inner, T* __restrict__ mean,
+                                         T* __restrict__ spread, T* __restrict__ slope, int64_t steps,
+                                         int64_t E, T keep, T fresh_weight, T relax, T scale,
+                                         bool fresh, int64_t begin, int64_t end) {
+  std::vector<T> th_block(kForwardBlock), inv_block(kForwardBlock);
+  T* __restrict__ th = th_block.data();
+  T* __restrict__ inv = inv_block.data();
+  const T half_pi = static_cast<T>(M_PI / 2);
+  for (int64_t lo = begin; lo < end; lo += kForwardBlock) {
+    const int64_t n = std::min(kForwardBlock, end - lo);
+    gather_thresholds(theta, channels, inner, lo, n, th);
+    for (int64_t i = 0; i < n; ++i) inv[i] = T(1) / th[i];
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = t * E + lo;
+      const T* __restrict__ v = potentials + o;
+      T* __restrict__ m = mean + o;
+      T* __restrict__ sp = spread + o;
+      T* __restrict__ d = slope + o;
+      for (int64_t i = 0; i < n; ++i) {
+        const T distance = std::abs(v[i] / th[i] - T(1));
+        const T m0 = fresh ? T(1) : m[i];
+        const T s0 = fresh ? T(0) : sp[i];
+        const T mi = m0 * keep + distance * fresh_weight;
+        const T si = s0 * keep + std::abs(distance - mi) * fresh_weight;
+        m[i] = mi;
+        sp[i] = si;
+        const T alpha = scale / (mi + relax * si + static_cast<T>(1e-4));
+        const T u = v[i] * inv[i] - T(1);
+        const T z = half_pi * alpha * u;
+        d[i] = alpha / T(2) / (T(1) + z * z) * inv[i];
+      }
+    }
+  }
+}
+
 void check(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), what, " must be a contiguous CPU tensor");
 }
@@ -498,8 +542,44 @@ std::vector<at::Tensor> grid_sums(const at::Tensor& currents, bool constant, int
   return {total[0], total[1]};
 }
 
+// ASSG's slope for a scan's potentials (T, E), updating ``mean`` and ``spread`` ((T, E), of the
+// potentials' dtype) in place; see assg_range.
+at::Tensor assg_slope(const at::Tensor& potentials, const at::Tensor& theta, int64_t channels,
+                      int64_t inner, at::Tensor& mean, at::Tensor& spread, int64_t steps,
+                      double keep, double relax, double scale, bool fresh) {
+  check(potentials, "potentials");
+  check(theta, "theta");
+  check(mean, "mean");
+  check(spread, "spread");
+  const int64_t E = potentials.numel() / std::max<int64_t>(1, steps);
+  TORCH_CHECK(potentials.numel() == steps * E, "potentials must be (T, E)");
+  TORCH_CHECK(mean.numel() == potentials.numel() && spread.numel() == potentials.numel() &&
+              mean.scalar_type() == potentials.scalar_type() &&
+              spread.scalar_type() == potentials.scalar_type(),
+              "mean and spread must be shaped and typed as the potentials");
+  TORCH_CHECK(theta.numel() == channels && theta.scalar_type() == potentials.scalar_type(),
+              "theta must hold one value per channel, of the potentials' dtype");
+  at::Tensor slope = at::empty_like(potentials);
+  AT_DISPATCH_FLOATING_TYPES(potentials.scalar_type(), "if_scan_assg_slope", [&] {
+    const scalar_t* p = potentials.data_ptr<scalar_t>();
+    const scalar_t* th = theta.data_ptr<scalar_t>();
+    scalar_t* m = mean.data_ptr<scalar_t>();
+    scalar_t* sp = spread.data_ptr<scalar_t>();
+    scalar_t* d = slope.data_ptr<scalar_t>();
+    // (1 - keep) as Python computes it, then rounded to the tensor's dtype, as PyTorch does
+    const scalar_t k = static_cast<scalar_t>(keep), w = static_cast<scalar_t>(1.0 - keep);
+    const scalar_t r = static_cast<scalar_t>(relax), a = static_cast<scalar_t>(scale);
+    at::parallel_for(0, E, kGrain, [=](int64_t begin, int64_t end) {
+      assg_range<scalar_t>(p, th, channels, inner, m, sp, d, steps, E, k, w, r, a, fresh, begin,
+                           end);
+    });
+  });
+  return slope;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grid_sums", &grid_sums, "calibration's fit: rate sums over a grid of thresholds");
   m.def("forward", &forward, "fused IF scan, forward");
   m.def("backward", &backward, "fused IF scan, backward");
+  m.def("assg_slope", &assg_slope, "ASSG's moments and slope for a scan's potentials");
 }

@@ -357,3 +357,47 @@ def test_a_slope_per_neuron_and_step_is_autograd_through_an_arctan_step_by_step(
         torch.testing.assert_close(result[3], torch.stack(distances), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(result[1], currents.grad, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(result[2], threshold.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+@pytest.mark.parametrize("detach_reset", [False, True])
+def test_assg_in_the_kernel_is_assg_as_pytorch_operations(monkeypatch, dtype, reset, detach_reset):
+    """The fused kernel's ASSG (moments updated in place and the slope written in one pass) gives
+    the PyTorch path's gradients and moments, over an attack's first pass (moments start at 1 and
+    0) and a second one (moments carried), with per-channel thresholds."""
+    from spikeshield.compiler.ir.surrogates import Surrogate
+    from spikeshield.runtime import neurons
+    from spikeshield.runtime.gradient_modes import SharpnessTracker
+
+    generator = torch.Generator().manual_seed(7)
+    passes = [(torch.rand(8, 3, 4, 3, 3, generator=generator) * 1.4 - 0.3).to(dtype)
+              for _ in range(2)]
+    theta0 = torch.tensor([0.7, 1.1, 0.4, 0.9], dtype=dtype).view(-1, 1, 1)
+    weights = torch.linspace(-1, 1, passes[0].numel(), dtype=dtype).view_as(passes[0])
+    kernel_calls = []
+    original = neurons._extension
+
+    class Counting:  # the kernel module, counting its assg_slope calls
+        def __getattr__(self, name):
+            if name == "assg_slope":
+                kernel_calls.append(1)
+            return getattr(original(), name)
+
+    monkeypatch.setattr(neurons, "_extension", lambda: Counting())
+
+    def run():
+        tracker, grads = SharpnessTracker(), []
+        for base in passes:
+            currents, threshold = base.clone().requires_grad_(), theta0.clone().requires_grad_()
+            p = IFParameters(threshold, reset, Surrogate("arctan"), detach_reset,
+                             sharpness=tracker.layer("conv"))
+            (if_scan(currents, p) * weights).sum().backward()
+            grads += [currents.grad, threshold.grad]
+        return grads, tracker.moments["conv"]
+
+    compiled, scanned = _both_scans(monkeypatch, run)
+    assert len(kernel_calls) == 2  # once per pass, in the compiled run only
+    tight = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-6}
+    for ours, reference in zip(compiled[0] + list(compiled[1]), scanned[0] + list(scanned[1])):
+        torch.testing.assert_close(ours, reference, **tight)
