@@ -19,12 +19,7 @@ command, machine and date, to ``--out`` (JSON).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,15 +54,6 @@ def adaptive_before() -> list:
     return members + [Member(AttackSpec("pgd", steps=20), mode) for mode in paper_modes()]
 
 
-def _machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="benchmarks/conversion.py's WORK")
@@ -90,6 +76,7 @@ def main() -> None:
 
     from conversion import _model
     from presets import _stage  # stored stages: a rerun skips them
+    from provenance import machine, provenance
 
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.driver.pipeline import CompileConfig, compile_model
@@ -159,7 +146,7 @@ def main() -> None:
     first = next(iter(rows.values()))
     print(f"\n{args.arch} (width {args.width:g}) on {args.data}, T={args.timesteps}, "
           f"eps={args.eps}, first {first['samples']} test images, clean "
-          f"{100 * first['clean_accuracy']:.1f}%; {_machine()}")
+          f"{100 * first['clean_accuracy']:.1f}%; {machine()}")
     print(f"{'stage':45s} {'robust':>8s} {'seconds':>8s}")
     for name, row in rows.items():
         print(f"{name:45s} {100 * row['robust_accuracy']:7.1f}% {row['seconds']:8.1f}")
@@ -179,12 +166,8 @@ def main() -> None:
                 print(f"    {len(spared)} members not run on {spared[0]['not_run_samples']} "
                       f"samples or fewer (patience {row.get('patience')})")
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=HERE).stdout.strip()
         args.out.write_text(json.dumps({
-            "name": args.out.stem,
-            "command": "python benchmarks/frontier.py " + shlex.join(sys.argv[1:]),
-            "machine": _machine(), "date": datetime.date.today().isoformat(), "commit": commit,
+            "name": args.out.stem, **provenance(),
             "rows": rows}, indent=1) + "\n")
 
 
