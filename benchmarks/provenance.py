@@ -30,10 +30,16 @@ def machine() -> str:
 
 
 def provenance(script: str | None = None) -> dict:
-    """``command`` (this process's, as typed), ``machine``, ``date`` (UTC) and ``commit`` (short)."""
+    """``command`` (this process's, as typed), ``machine``, ``date`` (UTC) and ``commit`` (short;
+    flagged when tracked code differs from it)."""
     script = script or f"benchmarks/{Path(sys.argv[0]).name}"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=HERE).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                              "*.py", "*.cpp", "pyproject.toml"],
+                             capture_output=True, text=True, cwd=HERE).stdout.strip()
+    if commit and changed:  # the code measured is not the commit's: say so
+        commit += " with uncommitted changes"
     return {"command": f"python {script} " + shlex.join(sys.argv[1:]),
             "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
             "commit": commit}

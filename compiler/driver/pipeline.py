@@ -96,7 +96,7 @@ def deployment_pipeline(cfg: CompileConfig) -> list:
     train at tens of times the learning rate, and the surrogate's width changes against the
     threshold. Measured on a fitted reset-to-zero resnet20 (half width, mnist5k; one TRADES epoch
     on 2,000 images at lr 1e-3): folded first, validation accuracy fell from 87.8% to 67.8%;
-    folded after, it rose to 91.8% (BENCHMARKS.md, issue 41)."""
+    folded after, it rose to 91.8% (benchmarks/notes/2026-12-07-paper-a-neuron-finetuning-issue-41.md)."""
     return [("uniform_thresholds", {})] if cfg.uniform_thresholds else []
 
 
