@@ -42,3 +42,35 @@ def test_a_changed_result_or_a_hand_edit_is_caught(tmp_path):
     assert hand_edited != text and results.rendered(hand_edited) == text
     with pytest.raises(SystemExit, match="results:conversion-h2h"):
         results.rendered(text.replace("<!-- results:conversion-h2h -->", ""))
+
+
+def _tables_outside_markers(text: str) -> list[int]:
+    """Line numbers where a Markdown table starts outside a ``results:`` block."""
+    starts, inside, previous = [], False, ""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("<!-- results:"):
+            inside = True
+        elif line.startswith("<!-- /results:"):
+            inside = False
+        elif line.startswith("|") and not previous.startswith("|") and not inside:
+            starts.append(number)
+        previous = line
+    return starts
+
+
+def test_every_table_of_benchmarks_md_is_generated():
+    text = results.BENCHMARKS.read_text()
+    assert _tables_outside_markers(text) == [], (
+        "BENCHMARKS.md has tables no result generates (line numbers above): render them from a "
+        "benchmark's JSON (benchmarks/results.py) or move them to benchmarks/notes/ as history")
+    assert _tables_outside_markers(text + "\n| a | b |\n|---|---|\n| 1 | 2 |\n") != []
+
+
+def test_the_runtime_grid_marks_cells_over_the_dense_limit():
+    row = {"batch": 32, "T": 8, "ms": dict.fromkeys(
+        ("ann_module", "ann_executor", "snn", "snn_zero", "norse", "snn_grad"), 1.0),
+        "snn/ann": 1.2, "grad/ann": 1.05, "norse/snn": 3.0}
+    result = {"name": "runtime-speed", "date": "d", "machine": "m", "command": "c", "grid_t": 8,
+              "repeats": 3, "threads": 2, "nets": {"lenet": {"rows": [row, row | {"batch": 1}]}}}
+    table = results.render_runtime_grid(result)
+    assert "| 1.20 ✗ | **1.05** |" in table and "1 of 2 cells" in table
