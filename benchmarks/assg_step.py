@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import sys
 import time
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("-T", "--timesteps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None, help="also write the medians as JSON")
     args = parser.parse_args()
     from spikeshield.compiler.driver.data import load_data
     from spikeshield.compiler.ir.serialize import load_graph
@@ -73,6 +75,15 @@ def main() -> None:
     for label, values in samples.items():
         median = statistics.median(values)
         print(f"  {label:34s} {1000 * median:8.1f} ms per step  {median / base:.2f}x the triangle's")
+    if args.out:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from provenance import provenance
+
+        args.out.write_text(json.dumps({
+            "name": args.out.stem, **provenance(), "snn": str(args.snn), "batch": args.batch,
+            "timesteps": args.timesteps, "rounds": args.rounds, "steps": args.steps,
+            "ms": {k: 1000 * statistics.median(v) for k, v in samples.items()}}, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
