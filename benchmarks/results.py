@@ -388,13 +388,22 @@ DIFFERENTIAL_PATHS = (  # outcome key prefix -> what the path is
     ("norse", "native Norse module"), ("snntorch", "native snnTorch module"),
     ("spikingjelly", "native SpikingJelly module"), ("sinabs", "native Sinabs module"),
     ("onnx-unrolled", "ONNX, unrolled SNN"), ("onnx-step", "ONNX, one step with explicit state"),
-    ("nir", "exact NIR through `spikeshield run`"),
+    ("nir-exact", "exact NIR through `spikeshield run`"),
     ("nir-portable", "portable NIR through `spikeshield run`"))
+
+
+def _one_line(message: str, limit: int = 140) -> str:
+    """A recorded message as one table-safe line: no terminal colours, no pipes, cut at ``limit``."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", message).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def render_differential(result: dict) -> str:
     """Outcome counts per path: exact, refused in one line, or the exporter itself failing."""
     outcomes = result["outcomes"]
+    unknown = {k.split(" ")[0] for k in outcomes} - {key for key, _ in DIFFERENTIAL_PATHS}
+    if unknown:  # a path the harness checks must not drop out of the table unnoticed
+        raise SystemExit(f"differential.json has paths DIFFERENTIAL_PATHS lacks: {sorted(unknown)}")
     lines = [_stamp(result, f"{result['models']} random models, seed {result['seed']}"), "",
              "| path | exact | refused in one line | the exporter itself failed | mismatch |",
              "|---|---|---|---|---|"]
@@ -404,6 +413,12 @@ def render_differential(result: dict) -> str:
             continue
         lines.append(f"| {label} | {count('exact')} | {count('refused')} | "
                      f"{count('exporter failed')} | {count('mismatch')} |")
+    reasons = [(k.split(" ")[0], k.split(": ", 1)[1], n) for k, n in outcomes.items()
+               if ": " in k and k.split(": ", 1)[0].endswith(("refused", "exporter failed"))]
+    if reasons:
+        labels = dict(DIFFERENTIAL_PATHS)
+        lines += ["", "Why (each refusal or exporter failure, with its count):", ""]
+        lines += [f"- {labels[path]}: {_one_line(reason)} ({n})" for path, reason, n in reasons]
     found = result.get("mismatch")
     lines += ["", f"{result['models']} models in {result['seconds']:.0f} s: "
                   + (f"**mismatch**: {found}" if found else "no mismatch on any path.")]
@@ -473,7 +488,7 @@ def render_targets(result: dict) -> str:
              "| target | repairs | clean accuracy before -> after |", "|---|---|---|"]
     for row in result["rows"]:
         if "refused" in row:
-            lines.append(f"| {row['target']} | refused: {row['refused']} | — |")
+            lines.append(f"| {row['target']} | refused: {_one_line(row['refused'], 400)} | — |")
         else:
             lines.append(f"| {row['target']} | {', '.join(row['repairs']) or 'none'} | "
                          f"{_pct(row['before'])} -> {_pct(row['after'])} ({row['samples']:,} "
@@ -504,6 +519,21 @@ def collect_speed_i44(work: Path) -> dict:
         "validation": {net: v | {"command": "python " + v["command"]}
                        for net, v in validation.items()},
     }
+
+
+def render_assg_step(results: tuple[dict, ...]) -> str:
+    """An attack step through ASSG, fused and as PyTorch operations, against a triangle step."""
+    lines = [_stamp(r, f"batch {r['batch']}, T = {r['timesteps']}, medians of {r['rounds']} "
+                       f"rounds of {r['steps']} steps") for r in results]
+    lines += ["", "| SNN | triangle, detached reset | ASSG, fused kernel | ASSG, PyTorch operations "
+                  "| ASSG step: PyTorch / kernel |", "|---|---|---|---|---|"]
+    for r in results:
+        ms = r["ms"]
+        tri, fused, torch_ops = (ms["triangle:1:detach"], ms["assg:detach, fused kernel"],
+                                 ms["assg:detach, PyTorch operations"])
+        lines.append(f"| `{r['snn']}` | {tri:.1f} ms | {fused:.1f} ms ({fused / tri:.2f}x) | "
+                     f"{torch_ops:.1f} ms ({torch_ops / tri:.2f}x) | {torch_ops / fused:.2f}x |")
+    return "\n".join(lines)
 
 
 def render_if_scan(result: dict) -> str:
@@ -598,6 +628,7 @@ TABLES = {  # table -> (result file name, renderer)
     "speed-validation": ("speed-i44", render_validation),
     "speed-if-scan": ("speed-i44", render_if_scan),
     "speed-compile-time": ("speed-i44", render_compile_time),
+    "speed-assg-step": (("assg-step-lenet", "assg-step-resnet20"), render_assg_step),
     "runtime-grid": ("runtime-speed", render_runtime_grid),
     "runtime-scaling": ("runtime-speed", render_runtime_scaling),
     "runtime-memory": ("runtime-speed", render_runtime_memory),
@@ -633,11 +664,25 @@ def readme_figures(results: Path = RESULTS) -> list[str]:
                    f"{_pct(old['robust_accuracy'])} for the previous default, its ensemble "
                    f"{old['ensemble_seconds'] / new['ensemble_seconds']:.2f}x faster (the whole "
                    f"report {old['seconds'] / new['seconds']:.2f}x")
+    versus = []
+    for net, label in (("resnet20", "resnet20"), ("lenet", "LeNet")):
+        ours = json.loads((results / f"frontier-{net}.json").read_text())["rows"]
+        paper = json.loads((results / f"frontier-{net}-paper.json").read_text())["rows"]
+        versus.append(f"{label}: {_pct(ours['preset-adaptive']['robust_accuracy'])} against "
+                      f"{_pct(paper['preset-paper']['robust_accuracy'])}")
+    phrases.append("; ".join(versus))
+    differential = json.loads((results / "differential.json").read_text())
+    phrases += [f"({differential['models']} random models)",
+                "no mismatch:" if differential["mismatch"] is None else "a mismatch:",
+                f"exact on the {differential['outcomes']['norse exact']} converted SNNs"]
     return phrases
 
 
 def rendered(text: str, results: Path = RESULTS) -> str:
     """``text`` (BENCHMARKS.md) with every marked table regenerated from ``results``."""
+    orphans = set(re.findall(r"<!-- results:(\S+) -->", text)) - TABLES.keys()
+    if orphans:
+        raise SystemExit(f"BENCHMARKS.md has results blocks no renderer knows: {sorted(orphans)}")
     for table, (name, render) in TABLES.items():
         pattern = re.compile(rf"(<!-- results:{table} -->\n)(.*?)(<!-- /results:{table} -->)",
                              re.S)

@@ -31,7 +31,8 @@ from spikeshield.runtime.kernel_cache import load_kernel
 SOURCE = Path(__file__).with_name("csrc") / "sparse_conv2d.cpp"
 PROBE_ROUNDS = 3  # timed rounds of each path in faster_than_dense (after one warm-up)
 # Layers denser than this are not even measured: at 10% density the kernel lost to the dense
-# convolution on every vgg11 layer (0.4-0.7x forward; BENCHMARKS.md, "Weight-sparse convolutions").
+# convolution on most vgg11 layers once the backward pass counts (0.4-0.5x forward + backward;
+# BENCHMARKS.md, "Weight-sparse convolutions").
 CANDIDATE_DENSITY = 0.1
 
 
