@@ -315,9 +315,9 @@ def collect_runtime_speed(work: Path) -> dict:
 
 
 def _runtime_rows(result: dict, grid: bool) -> list[tuple[str, dict]]:
-    t, b = result["grid_t"], result["curve_batch"]
+    key, value = ("T", result["grid_t"]) if grid else ("batch", result["curve_batch"])
     return [(arch, row) for arch, net in result["nets"].items() for row in net.get("rows", [])
-            if (row["T"] == t if grid else row["batch"] == b)]
+            if row[key] == value]
 
 
 def _ratio_cell(value: float, goal: float, applies: bool) -> str:
@@ -468,7 +468,8 @@ def render_eval_memory(results: tuple[dict, dict]) -> str:
     by_n = {row["samples"]: row for row in fixed["rows"]}
     lines = [_stamp(default, f"{default['data']}, preset `{default['preset']}`, batch "
                              f"{default['batch_size']}, glibc's default allocator"),
-             _stamp(fixed, f"the same with `MALLOC_MMAP_THRESHOLD_={fixed['mmap_threshold']}`"), "",
+             "", _stamp(fixed, f"the same with `MALLOC_MMAP_THRESHOLD_={fixed['mmap_threshold']}`"),
+             "",
              "| samples | peak RSS MiB, glibc default | seconds | peak RSS MiB, fixed mmap threshold "
              "| seconds |", "|---|---|---|---|---|"]
     for row in default["rows"]:
@@ -523,8 +524,11 @@ def collect_speed_i44(work: Path) -> dict:
 
 def render_assg_step(results: tuple[dict, ...]) -> str:
     """An attack step through ASSG, fused and as PyTorch operations, against a triangle step."""
-    lines = [_stamp(r, f"batch {r['batch']}, T = {r['timesteps']}, medians of {r['rounds']} "
-                       f"rounds of {r['steps']} steps") for r in results]
+    lines = []
+    for r in results:
+        lines += [_stamp(r, f"batch {r['batch']}, T = {r['timesteps']}, medians of {r['rounds']} "
+                            f"rounds of {r['steps']} steps"), ""]
+    lines.pop()
     lines += ["", "| SNN | triangle, detached reset | ASSG, fused kernel | ASSG, PyTorch operations "
                   "| ASSG step: PyTorch / kernel |", "|---|---|---|---|---|"]
     for r in results:
