@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -81,32 +80,11 @@ def exactness(snn_cpu, snn_dev, images: torch.Tensor, steps: int, device: torch.
 
 def speed(model, ann, snn, images, batch: int, steps: int, device, repeats: int,
           min_seconds: float) -> dict:
+    from runtime_speed import dense_limit_steps
+
     sync = _synchronised(device)
-    x = images[:batch].to(device)
-    y = torch.zeros(len(x), dtype=torch.long, device=device)
-
-    def ann_pass(module):
-        with torch.no_grad():
-            module(x)
-
-    def ann_grad(module):
-        xg = x.clone().requires_grad_()
-        F.cross_entropy(module(xg), y).backward()
-
-    def snn_forward():
-        with torch.no_grad():
-            snn(x, steps)
-
-    def snn_grad():
-        xg = x.clone().requires_grad_()
-        F.cross_entropy(snn(xg, steps), y).backward()
-
-    ms = {"ann_module": _median_ms(lambda: ann_pass(model), sync, repeats, min_seconds),
-          "ann_executor": _median_ms(lambda: ann_pass(ann), sync, repeats, min_seconds),
-          "ann_grad_module": _median_ms(lambda: ann_grad(model), sync, repeats, min_seconds),
-          "ann_grad_executor": _median_ms(lambda: ann_grad(ann), sync, repeats, min_seconds),
-          "snn": _median_ms(snn_forward, sync, repeats, min_seconds),
-          "snn_grad": _median_ms(snn_grad, sync, repeats, min_seconds)}
+    methods = dense_limit_steps(model, ann, snn, images[:batch].to(device), steps)
+    ms = {k: _median_ms(fn, sync, repeats, min_seconds) for k, fn in methods.items()}
     return {"batch": batch, "T": steps, "ms": {k: round(v, 3) for k, v in ms.items()},
             "snn/ann": ms["snn"] / (steps * min(ms["ann_module"], ms["ann_executor"])),
             "grad/ann": ms["snn_grad"] / (steps * min(ms["ann_grad_module"],

@@ -163,9 +163,11 @@ def timed(fn: Callable[[], object], min_seconds: float) -> float:
             return elapsed / calls
 
 
-def measure(model, ann, snn, snn_zero, norse, images, batch: int, steps: int, args) -> dict:
-    x = images[:batch].float() / 255.0
-    y = torch.zeros(len(x), dtype=torch.long)
+def dense_limit_steps(model, ann, snn, x: torch.Tensor, steps: int) -> dict[str, Callable[[], None]]:
+    """What the ratios to the dense limit time, on input ``x``: one pass and one input-gradient step
+    of the ANN (as the ``nn.Module`` and as spikeshield's executor), one SNN forward pass of
+    ``steps`` steps and one SNN attack step (BPTT). Also used by ``benchmarks/gpu_check.py``."""
+    y = torch.zeros(len(x), dtype=torch.long, device=x.device)
 
     def ann_pass(module):
         with torch.no_grad():
@@ -183,6 +185,14 @@ def measure(model, ann, snn, snn_zero, norse, images, batch: int, steps: int, ar
         xg = x.clone().requires_grad_()
         F.cross_entropy(snn(xg, steps), y).backward()
 
+    return {"ann_module": lambda: ann_pass(model), "ann_executor": lambda: ann_pass(ann),
+            "ann_grad_module": lambda: ann_grad(model), "ann_grad_executor": lambda: ann_grad(ann),
+            "snn": snn_forward, "snn_grad": snn_grad}
+
+
+def measure(model, ann, snn, snn_zero, norse, images, batch: int, steps: int, args) -> dict:
+    x = images[:batch].float() / 255.0
+
     def snn_zero_forward():
         with torch.no_grad():
             snn_zero(x, steps)
@@ -192,12 +202,7 @@ def measure(model, ann, snn, snn_zero, norse, images, batch: int, steps: int, ar
             norse(x, steps)
 
     methods = {
-        "ann_module": lambda: ann_pass(model),
-        "ann_executor": lambda: ann_pass(ann),
-        "ann_grad_module": lambda: ann_grad(model),
-        "ann_grad_executor": lambda: ann_grad(ann),
-        "snn": snn_forward,
-        "snn_grad": snn_grad,
+        **dense_limit_steps(model, ann, snn, x, steps),
         "snn_zero": snn_zero_forward,
         "norse": norse_forward,
     }
