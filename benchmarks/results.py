@@ -627,6 +627,8 @@ TABLES = {  # table -> (result file name, renderer)
     "frontier-lenet-alone": ("frontier-lenet-alone", render_frontier_alone),
     "frontier-lenet-presets": ("frontier-lenet", render_frontier_presets),
     "frontier-lenet-paper": (("frontier-lenet-paper", "frontier-lenet"), render_frontier_versus),
+    "frontier-lenet-autoattack": (("frontier-lenet-autoattack", "frontier-lenet"),
+                                  render_frontier_versus),
     "frontier-resnet20-paper": (("frontier-resnet20-paper", "frontier-resnet20"),
                                 render_frontier_versus),
     "speed-validation": ("speed-i44", render_validation),
