@@ -43,7 +43,9 @@ class IFParameters:
     ``sharpness``, when given, maps a scan's distances to threshold ``u`` ``(T, N, ...)`` (in
     units of the threshold) to the surrogate's parameter for every neuron and step, the same shape
     (ASSG, :class:`spikeshield.runtime.gradient_modes.SharpnessTracker`); it is called once per
-    scan that records gradients, and only :func:`if_scan` and :func:`if_scan_from` apply it."""
+    scan that records gradients, and only :func:`if_scan` and :func:`if_scan_from` apply it. A
+    tracker's layer view (:class:`~spikeshield.runtime.gradient_modes.LayerSharpness`, which has a
+    ``tracker``) is not called on the fused kernel's path: the kernel updates its moments itself."""
 
     threshold: torch.Tensor
     reset: str = "zero"
